@@ -1,0 +1,672 @@
+"""The Python API: `finetune`, `distill`, `evaluate`, `predict`.
+
+Each function reads as one story (run_glue's `main()`): check everything that can be
+checked up front -> load data and models -> write config.yaml -> train -> metrics.json.
+Nothing is written before every check has passed, and metrics.json, the mark of a finished
+run, is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pkd import config as C
+from pkd.data import EncodedSplit, collator, encode, infer_labels, load_split, truncated_fraction
+from pkd.errors import PkdError
+from pkd.mapping import layer_map
+from pkd.metrics import majority_baseline
+from pkd.models import (
+    BASE_MODEL_KEY,
+    TASK_KEY,
+    build_student,
+    count_parameters,
+    load_finetuned,
+    load_for_finetuning,
+    load_tokenizer,
+    model_labels,
+    num_layers,
+    quiet_transformers,
+)
+from pkd.tasks import CLASSIFICATION, REGRESSION, TaskSpec, custom_task, get_task
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_WARN = 0.05  # warn when more than 5% of training examples hit --max-length
+WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and data
+
+
+def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
+    if data.task != "custom":
+        return get_task(data.task)
+    if not data.train_file and not data.validation_file:
+        raise PkdError("--task: give a GLUE task name, or --train-file/--validation-file")
+    if not data.text_columns:
+        raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
+    problem = REGRESSION if data.problem_type == "regression" else CLASSIFICATION
+    return custom_task(tuple(data.text_columns), data.label_column, problem, labels)
+
+
+def _file_for(data: C.DataConfig, split: str) -> str | None:
+    if split == "train":
+        return data.train_file
+    if split.startswith("dev"):
+        return data.validation_file
+    return data.test_file
+
+
+def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] = ()):
+    """The task spec (labels inferred from train for custom tasks) and raw splits."""
+    spec = resolve_task(data, labels)
+    out = {}
+    for split in splits:
+        file = _file_for(data, split)
+        if spec.source == "custom" and file is None:
+            raise PkdError(f"--{'validation' if split.startswith('dev') else split}-file: required")
+        raw = load_split(spec, split, data.data_dir, file, data.encoding)
+        if split == "train" and spec.problem_type == CLASSIFICATION and not spec.labels:
+            spec = dataclasses.replace(spec, labels=infer_labels(raw))  # custom: from train
+        n = data.max_train_samples if split == "train" else data.max_eval_samples
+        out[split] = raw.head(n)
+    return spec, out
+
+
+def check_label_sets(spec: TaskSpec, splits: dict) -> None:
+    """Every label in every split must be one of the task's labels (by name)."""
+    if spec.problem_type != CLASSIFICATION:
+        return
+    for split in splits.values():
+        if split.labels is None:
+            continue
+        unknown = sorted(set(split.labels) - set(spec.labels))
+        if unknown:
+            raise PkdError(
+                f"{split.source}: labels {unknown} do not occur in training labels {list(spec.labels)}"
+            )
+
+
+def encode_all(
+    splits: dict, tokenizer, max_length: int, label2id, quiet: bool
+) -> dict[str, EncodedSplit]:
+    return {
+        name: encode(s, tokenizer, max_length, label2id, not quiet) for name, s in splits.items()
+    }
+
+
+def _warn_truncation(train: EncodedSplit, max_length: int) -> float:
+    frac = truncated_fraction(train, max_length)
+    if frac > TRUNCATION_WARN:
+        logger.warning(
+            "%.1f%% of training examples reach --max-length %d and are truncated; consider a larger "
+            "--max-length",
+            100 * frac,
+            max_length,
+        )
+    return frac
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+
+
+def check_output(output: str, overwrite: bool, resume: bool = False) -> Path:
+    """Refuse to reuse a run directory unless --overwrite (or --resume)."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise PkdError(f"--output: {output} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+        what = "a finished run" if (path / "metrics.json").exists() else "files"
+        raise PkdError(f"--output: {output} already holds {what}; pass --overwrite to replace it")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not _writable(parent):
+        raise PkdError(f"--output: cannot write to {parent}")
+    return path
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def start_run(path: Path, cfg, overwrite: bool) -> None:
+    """Create the run dir (replacing an old one with --overwrite) and write config.yaml."""
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    C.save(cfg, path / "config.yaml", meta=provenance())
+
+
+def provenance() -> dict:
+    import accelerate
+    import torch
+    import transformers
+
+    import pkd
+
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {
+        "pkd": pkd.__version__,
+        "git_sha": sha,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    C.atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def data_summary(splits: dict, encoded: dict, max_length: int) -> dict:
+    return {
+        name: {
+            "source": s.source,
+            "examples": len(s),
+            "truncated": round(truncated_fraction(encoded[name], max_length), 4),
+        }
+        for name, s in splits.items()
+    }
+
+
+def _setup_logging(quiet: bool) -> None:
+    quiet_transformers()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune
+
+
+def finetune(cfg: C.FinetuneConfig) -> dict:
+    """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
+
+    Returns the contents of metrics.json.
+    """
+    _setup_logging(cfg.train.quiet)
+    from pkd.train import Objective, make_accelerator, train
+
+    output = check_output(cfg.output, cfg.overwrite)
+    spec = resolve_task(cfg.data)
+    spec, splits = load_splits(cfg.data, ["train", *spec.eval_splits])
+    check_label_sets(spec, splits)
+    tokenizer = load_tokenizer(cfg.model, "model", cfg.trust_remote_code)
+    model = load_for_finetuning(cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code)
+    label2id = model.config.label2id if spec.problem_type == CLASSIFICATION else None
+    encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
+    trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
+    baseline = _baselines(spec, splits)
+    model.config.update({TASK_KEY: spec.name})
+    start_run(output, cfg, cfg.overwrite)
+    accelerator = make_accelerator(cfg.train, output)
+    t0 = time.perf_counter()
+    result = train(
+        model,
+        tokenizer,
+        encoded["train"],
+        {k: v for k, v in encoded.items() if k != "train"},
+        spec,
+        cfg.train,
+        Objective(),
+        output,
+        accelerator,
+        collator(tokenizer),
+    )
+    metrics = {
+        "task": spec.name,
+        "model": cfg.model,
+        "labels": list(spec.labels),
+        "best": result["best"],
+        "final": result["final"],
+        "history": result["history"],
+        "majority_baseline": baseline,
+        "parameters": count_parameters(model),
+        "data": data_summary(splits, encoded, cfg.data.max_length),
+        "truncated_train_fraction": trunc,
+        "wall_seconds": {
+            "train": result["train_seconds"],
+            "total": round(time.perf_counter() - t0, 2),
+        },
+    }
+    if accelerator.is_main_process:
+        _record_in_model(output / "model", {"baseline": baseline[spec.eval_splits[0]]})
+        write_json(output / "metrics.json", metrics)
+    return metrics
+
+
+def _baselines(spec: TaskSpec, splits: dict) -> dict[str, float]:
+    out = {}
+    for name in spec.eval_splits:
+        labels = splits[name].labels
+        if spec.problem_type == CLASSIFICATION:
+            labels = [spec.labels.index(v) for v in labels]
+        out[name] = majority_baseline(spec.metrics, labels, spec.problem_type == REGRESSION)
+    return out
+
+
+def _record_in_model(model_dir: Path, extra: dict) -> None:
+    """Add the majority baseline next to the dev metric in the saved model's config.json."""
+    from pkd.models import DEV_METRIC_KEY
+
+    path = model_dir / "config.json"
+    conf = json.loads(path.read_text())
+    conf[DEV_METRIC_KEY] = {**conf.get(DEV_METRIC_KEY, {}), **extra}
+    C.atomic_write(path, json.dumps(conf, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# distill
+
+
+@dataclass
+class DistillPlan:
+    """Everything `distill` resolved before training: shown by --dry-run, used by the run."""
+
+    spec: TaskSpec
+    teacher: object
+    tokenizer: object
+    student: object
+    student_init: str
+    pairs: list[tuple[int, int]]
+    splits: dict
+    encoded: dict
+    teacher_metrics: dict
+    baseline: dict
+    truncated: float
+
+
+def plan_distill(cfg: C.DistillRunConfig, accelerator=None) -> DistillPlan:
+    """Every up-front check of `pkd distill`, and the loaded teacher, student and data."""
+    d = cfg.distill
+    spec = resolve_task(cfg.data)
+    teacher = load_finetuned(cfg.teacher, "teacher", cfg.trust_remote_code)
+    teacher_labels = model_labels(teacher)
+    n = num_layers(teacher.config)
+    pairs = layer_map(d.strategy, n, d.student_layers, d.layer_map)
+    spec, splits = load_splits(
+        cfg.data, ["train", *spec.eval_splits], teacher_labels if spec.source == "custom" else ()
+    )
+    check_label_sets(spec, splits)
+    if spec.problem_type == CLASSIFICATION:
+        if set(spec.labels) != set(teacher_labels):
+            raise PkdError(
+                f"--teacher: its labels {list(teacher_labels)} differ from the data's {list(spec.labels)}"
+            )
+        if tuple(spec.labels) != teacher_labels:
+            logger.info(
+                "label order differs between teacher %s and task %s; mapping by name",
+                teacher_labels,
+                spec.labels,
+            )
+        spec = dataclasses.replace(spec, labels=teacher_labels)  # by name, in the teacher's order
+    elif teacher_labels:
+        raise PkdError(
+            f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
+        )
+    init = _student_init(cfg)
+    student = build_student(
+        init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code
+    )
+    tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
+    label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
+    encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
+    trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
+    baseline = _baselines(spec, splits)
+    teacher_metrics = _teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
+    _check_teacher_strength(spec, teacher_metrics, baseline, d.allow_weak_teacher)
+    return DistillPlan(
+        spec,
+        teacher,
+        tokenizer,
+        student,
+        init,
+        pairs,
+        splits,
+        encoded,
+        teacher_metrics,
+        baseline,
+        trunc,
+    )
+
+
+def _student_init(cfg: C.DistillRunConfig) -> str:
+    from pkd.models import load_config
+
+    init = cfg.distill.student_init
+    if init in (None, ""):
+        init = getattr(load_config(cfg.teacher, "teacher"), BASE_MODEL_KEY, None)
+        if not init:
+            raise PkdError(
+                f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
+                "pass --student-init NAME_OR_DIR (or 'teacher')"
+            )
+    if init == "teacher" or (
+        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
+    ):
+        logger.warning(
+            "the student is initialised from the fine-tuned teacher %s, not its pre-trained base "
+            "model; the paper initialises from the pre-trained model",
+            cfg.teacher,
+        )
+        init = cfg.teacher
+    return init
+
+
+def _teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator) -> dict:
+    from accelerate import Accelerator
+
+    from pkd.train import score
+
+    acc = accelerator or Accelerator(cpu=True)
+    teacher.to(acc.device)
+    out = {}
+    for name in spec.eval_splits:
+        loader = __import__("torch").utils.data.DataLoader(
+            encoded[name], batch_size=cfg.train.eval_batch_size, collate_fn=collator(tokenizer)
+        )
+        out[name] = score(teacher, acc.prepare(loader), spec, acc)
+    return out
+
+
+def _check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None:
+    split = spec.eval_splits[0]
+    value, base = teacher_metrics[split][spec.main_metric], baseline[split]
+    if value < base + WEAK_TEACHER_MARGIN:
+        msg = (
+            f"--teacher: it scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
+            f"majority baseline {base:.4f}; fine-tune it better or pass --allow-weak-teacher"
+        )
+        if not allow:
+            raise PkdError(msg)
+        logger.warning(
+            msg.replace("; fine-tune it better or pass --allow-weak-teacher", " (allowed)")
+        )
+
+
+def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
+    """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
+
+    Returns the contents of metrics.json (or the plan, with dry_run).
+    """
+    _setup_logging(cfg.train.quiet)
+    from pkd import cache as cache_mod
+    from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, train
+
+    d = cfg.distill
+    output = check_output(cfg.output, cfg.overwrite)
+    accelerator = make_accelerator(cfg.train, output) if not dry_run else None
+    plan = plan_distill(cfg, accelerator)
+    if dry_run:
+        return describe_plan(cfg, plan)
+    start_run(output, cfg, cfg.overwrite)
+    t0 = time.perf_counter()
+    spec = plan.spec
+    cache_info = None
+    needs_teacher = len(d.terms) > 1
+    if needs_teacher and d.teacher_mode == "cached":
+        extra = {
+            "task": spec.name,
+            "labels": list(spec.labels),
+            "max_length": cfg.data.max_length,
+            "truncation": True,
+        }
+        with accelerator.main_process_first():  # built once, by the main process
+            cache = cache_mod.build_or_load(
+                plan.teacher,
+                plan.encoded["train"],
+                collator(plan.tokenizer),
+                spec.name,
+                extra,
+                d.cache_dir,
+                cfg.train.eval_batch_size,
+                accelerator.device,
+                not cfg.train.quiet,
+            )
+        teacher_signal = cached_teacher(cache)
+        cache_info = {
+            "path": str(cache.path),
+            "reused": cache.manifest.get("reused"),
+            "build_seconds": cache.manifest.get("build_seconds"),
+        }
+    elif needs_teacher:
+        plan.teacher.to(accelerator.device)
+        teacher_signal = online_teacher(plan.teacher)
+    else:
+        teacher_signal = None
+    t_cache = time.perf_counter() - t0
+    objective = Objective(
+        terms=d.terms,
+        alpha=d.alpha,
+        beta=d.beta,
+        temperature=d.temperature,
+        kd_form=d.kd_loss,
+        pt_form=d.pt_loss,
+        pt_normalize=d.pt_normalize,
+        pairs=plan.pairs,
+        teacher=teacher_signal,
+    )
+    plan.student.config.update({TASK_KEY: spec.name})
+    result = train(
+        plan.student,
+        plan.tokenizer,
+        plan.encoded["train"],
+        {k: v for k, v in plan.encoded.items() if k != "train"},
+        spec,
+        cfg.train,
+        objective,
+        output,
+        accelerator,
+        collator(plan.tokenizer),
+    )
+    split = spec.eval_splits[0]
+    best = result["best"]["metrics"][split][spec.main_metric]
+    teacher_main = plan.teacher_metrics[split][spec.main_metric]
+    metrics = {
+        "task": spec.name,
+        "teacher": cfg.teacher,
+        "student_init": plan.student_init,
+        "method": d.method,
+        "student_layers": d.student_layers,
+        "layer_map": [list(p) for p in plan.pairs] if "pt" in d.terms else [],
+        "labels": list(spec.labels),
+        "best": result["best"],
+        "final": result["final"],
+        "history": result["history"],
+        "teacher_metrics": plan.teacher_metrics,
+        "fraction_of_teacher": best / teacher_main if teacher_main else None,
+        "majority_baseline": plan.baseline,
+        "parameters": {
+            "student": count_parameters(plan.student),
+            "teacher": count_parameters(plan.teacher),
+        },
+        "data": data_summary(plan.splits, plan.encoded, cfg.data.max_length),
+        "teacher_cache": cache_info,
+        "wall_seconds": {
+            "teacher_cache": round(t_cache, 2),
+            "train": result["train_seconds"],
+            "total": round(time.perf_counter() - t0, 2),
+        },
+    }
+    _warn_collapse(result, spec, plan.baseline, d)
+    if accelerator.is_main_process:
+        _record_in_model(output / "model", {"baseline": plan.baseline[split]})
+        write_json(output / "metrics.json", metrics)
+    return metrics
+
+
+def _warn_collapse(result, spec, baseline, d) -> None:
+    """A student stuck at the majority baseline after epoch 1 (e.g. too strong a patient loss)."""
+    if not result["history"] or d.method == "ft" or spec.problem_type != CLASSIFICATION:
+        return
+    split = spec.eval_splits[0]
+    first = result["history"][0]["metrics"][split][spec.main_metric]
+    if abs(first - baseline[split]) < 1e-9:
+        logger.warning(
+            "the student scores the majority baseline (%.4f) after the first epoch: it may have "
+            "collapsed; beta=%s with the %r patient-loss form may be too strong",
+            first,
+            d.beta,
+            d.pt_loss,
+        )
+
+
+def describe_plan(cfg: C.DistillRunConfig, plan: DistillPlan) -> dict:
+    from pkd.cache import estimate_bytes
+
+    t = plan.teacher.config
+    n = len(plan.encoded["train"])
+    c = max(1, t.num_labels)
+    size = estimate_bytes(n, (c,), (t.num_hidden_layers + 1, t.hidden_size))
+    return {
+        "teacher": {
+            "path": cfg.teacher,
+            "layers": t.num_hidden_layers,
+            "hidden_size": t.hidden_size,
+            "labels": list(plan.spec.labels),
+            "dev": plan.teacher_metrics,
+        },
+        "student": {"layers": cfg.distill.student_layers, "init": plan.student_init},
+        "method": cfg.distill.method,
+        "layer_map": [f"teacher {a} -> student {b}" for a, b in plan.pairs]
+        if "pt" in cfg.distill.terms
+        else [],
+        "loss": {
+            "alpha": cfg.distill.alpha,
+            "beta": cfg.distill.beta,
+            "temperature": cfg.distill.temperature,
+            "kd_form": cfg.distill.kd_loss,
+            "pt_form": cfg.distill.pt_loss,
+            "pt_normalize": cfg.distill.pt_normalize,
+        },
+        "data": {
+            k: {
+                "examples": len(v),
+                "truncated": round(truncated_fraction(plan.encoded[k], cfg.data.max_length), 4),
+            }
+            for k, v in plan.splits.items()
+        },
+        "cache_bytes": size,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate / predict
+
+
+def _load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bool):
+    _setup_logging(True)
+    net = load_finetuned(model, "model")
+    tokenizer = load_tokenizer(model, "model")
+    spec = resolve_task(data, model_labels(net))
+    if spec.source == "custom" and spec.problem_type == CLASSIFICATION:
+        spec = dataclasses.replace(spec, labels=model_labels(net))
+    if split not in spec.splits and spec.source != "custom":
+        raise PkdError(
+            f"--split: task {spec.name} has no split {split!r}; it has {list(spec.splits)}"
+        )
+    file = _file_for(data, split)
+    if spec.source == "custom" and file is None:
+        raise PkdError(
+            f"--{'validation' if split.startswith('dev') else 'test'}-file: required for split {split!r}"
+        )
+    raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled).head(
+        data.max_eval_samples
+    )
+    if spec.problem_type == CLASSIFICATION and labelled:
+        check_label_sets(dataclasses.replace(spec, labels=model_labels(net)), {split: raw})
+    label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
+    enc = encode(
+        raw, tokenizer, data.max_length, label2id if labelled else None, show_progress=False
+    )
+    return net, tokenizer, spec, raw, enc
+
+
+def evaluate(model: str, data: C.DataConfig, split: str = "dev", batch_size: int = 128) -> dict:
+    """Task metrics of a fine-tuned model on a labelled split."""
+    import torch
+    from accelerate import Accelerator
+
+    from pkd.train import score
+
+    if split.startswith("test"):
+        raise PkdError(
+            f"--split: {split} has no labels in GLUE; use `pkd predict` for test predictions"
+        )
+    spec = resolve_task(data) if data.task != "custom" else None
+    if spec is not None and split == "dev" and "dev" not in spec.splits:
+        split = spec.eval_splits[0]
+    net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    net.to(acc.device)
+    loader = acc.prepare(
+        torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
+    )
+    metrics = score(net, loader, spec, acc)
+    return {
+        "task": spec.name,
+        "split": split,
+        "examples": len(raw),
+        "source": raw.source,
+        **metrics,
+    }
+
+
+def predict(
+    model: str,
+    data: C.DataConfig,
+    split: str = "test",
+    output: str | None = None,
+    batch_size: int = 128,
+) -> Path:
+    """Predictions in GLUE submission format: `index<TAB>prediction` (label names)."""
+    import torch
+    from accelerate import Accelerator
+
+    from pkd.train import predict_logits, predictions
+
+    net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=False)
+    out = Path(output) if output else Path(model) / f"predictions_{spec.name}_{split}.tsv"
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    net.to(acc.device)
+    loader = acc.prepare(
+        torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
+    )
+    logits, _ = predict_logits(net, loader, acc)
+    preds = predictions(logits, spec.problem_type)
+    names = model_labels(net)
+    lines = ["index\tprediction"]
+    for i, p in zip(raw.ids, preds, strict=False):
+        lines.append(
+            f"{i}\t{p:.3f}" if spec.problem_type == REGRESSION else f"{i}\t{names[int(p)]}"
+        )
+    C.atomic_write(out, "\n".join(lines) + "\n")
+    return out

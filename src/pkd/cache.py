@@ -1,0 +1,258 @@
+"""Teacher cache: run the teacher once over the training set, keep its outputs on disk.
+
+As in the authors' setup, student training never runs the teacher. Unlike their pickles,
+the cache is keyed by a fingerprint of what determines its content (teacher weights, the
+tokenised inputs, which already reflect tokenizer, data, max length and truncation, and
+the label order), carries a manifest with per-file checksums, and is rebuilt, never read,
+when any check fails.
+
+Layout of `<root>/<task>-<fingerprint[:16]>/`:
+    logits.npy  float32 (n, *logit_shape)       teacher logits per training example
+    cls.npy     float16 (n, *prefix, N+1, H)    [CLS] state of every teacher layer (0 = embeddings)
+    manifest.json
+Rows are indexed by `example_index`, so shuffled batches read the right targets and any
+layer map reuses the same cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pkd.errors import PkdError
+from pkd.models import cls_states
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("PKD_CACHE_DIR", Path.home() / ".cache" / "pkd" / "teacher"))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
+    """sha256 over the teacher's weights, the tokenised inputs and `extra` (labels, max length)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(features):
+        rows = features[key]
+        h.update(key.encode())
+        h.update(np.asarray([len(r) for r in rows], dtype=np.int64).tobytes())
+        h.update(np.fromiter((t for r in rows for t in _flat(r)), dtype=np.int64).tobytes())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    h.update(str(FORMAT_VERSION).encode())
+    return h.hexdigest()
+
+
+def _flat(row):
+    """Token ids of one example; multiple-choice rows are lists of per-choice lists."""
+    if row and isinstance(row[0], list):
+        for r in row:
+            yield from r
+            yield -1  # choice separator, so [[1, 2], [3]] != [[1], [2, 3]]
+    else:
+        yield from row
+
+
+@dataclass
+class TeacherCache:
+    """Memory-mapped teacher outputs for one training set."""
+
+    path: Path
+    logits: np.ndarray
+    cls: np.ndarray
+    manifest: dict
+
+    def targets(self, example_index: torch.Tensor, layers: list[int]):
+        """Teacher logits and [CLS] states at `layers` for a batch, as float32 tensors.
+
+        Returns:
+            logits (B, *logit_shape) and cls (B, *prefix, len(layers), H).
+        """
+        idx = example_index.cpu().numpy()
+        logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
+        cls = torch.from_numpy(np.asarray(self.cls[idx][..., layers, :], dtype=np.float32))
+        return logits, cls
+
+
+def estimate_bytes(n: int, logit_shape: tuple, cls_shape: tuple) -> int:
+    return n * (int(np.prod(logit_shape)) * 4 + int(np.prod(cls_shape)) * 2)
+
+
+def _load(path: Path, fp: str) -> TeacherCache:
+    """Open a cache dir, checking manifest, fingerprint, shapes, dtypes and checksums."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ValueError("no manifest")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("fingerprint") != fp:
+        raise ValueError("fingerprint differs from the manifest's")
+    arrays = {}
+    for name, dtype in (("logits", "float32"), ("cls", "float16")):
+        f = path / f"{name}.npy"
+        meta = manifest["files"][name]
+        if not f.is_file() or f.stat().st_size != meta["bytes"]:
+            raise ValueError(f"{f.name} is missing or truncated")
+        if _sha256_file(f) != meta["sha256"]:
+            raise ValueError(f"{f.name} checksum differs from the manifest's")
+        arr = np.load(f, mmap_mode="r")
+        if arr.dtype != np.dtype(dtype) or list(arr.shape) != meta["shape"]:
+            raise ValueError(
+                f"{f.name} has shape {arr.shape} {arr.dtype}, expected {meta['shape']}"
+            )
+        arrays[name] = arr
+    return TeacherCache(path, arrays["logits"], arrays["cls"], manifest)
+
+
+@torch.no_grad()
+def _run_teacher(teacher, dataset, collate, batch_size: int, device, show_progress: bool):
+    """Yield (example indices, logits, [CLS] states) over the dataset, longest first."""
+    order = np.argsort([-n for n in dataset.lengths()], kind="stable")  # little padding
+    teacher.eval().to(device)
+    bar = tqdm(total=len(order), desc="teacher cache", unit="ex", disable=not show_progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([dataset[int(i)] for i in idx])
+        inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "example_index")}
+        out = teacher(**inputs, output_hidden_states=True)
+        cls = cls_states(out.hidden_states, out.logits)  # (B, [choices,] N+1, H)
+        yield idx, out.logits.float().cpu().numpy(), cls.cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
+
+
+def build_or_load(
+    teacher,
+    dataset,
+    collate,
+    task: str,
+    extra: dict,
+    root: Path | None = None,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> TeacherCache:
+    """Return the valid cache for (teacher, dataset), building it if needed.
+
+    Args:
+        teacher: the fine-tuned teacher.
+        dataset: the tokenised training split (`pkd.data.EncodedSplit`).
+        collate: batch collator (dynamic padding).
+        task: task name, for the directory name.
+        extra: other inputs to the fingerprint (label order, max length, truncation).
+        root: cache root (default `$PKD_CACHE_DIR` or ~/.cache/pkd/teacher).
+    """
+    root = Path(root) if root else default_root()
+    t0 = time.perf_counter()
+    fp = fingerprint(teacher, dataset.features, extra)
+    path = root / f"{task}-{fp[:16]}"
+    if path.exists():
+        try:
+            cache = _load(path, fp)
+            logger.info(
+                "teacher cache: reusing %s (checked in %.1fs)", path, time.perf_counter() - t0
+            )
+            cache.manifest["reused"] = True
+            return cache
+        except (ValueError, KeyError, json.JSONDecodeError) as e:
+            logger.warning("teacher cache %s is invalid (%s); rebuilding it", path, e)
+            shutil.rmtree(path, ignore_errors=True)
+    return _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_progress)
+
+
+def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_progress):
+    n = len(dataset)
+    # One forward on a single example tells the shapes of logits and [CLS] states.
+    first = next(_run_teacher(teacher, _Subset(dataset, [0]), collate, 1, device, False))
+    logit_shape, cls_shape = first[1].shape[1:], first[2].shape[1:]
+    size = estimate_bytes(n, logit_shape, cls_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    logger.info("teacher cache: %d examples, %.1f MB at %s", n, size / 1e6, path)
+    if free < size * 1.1:
+        raise PkdError(
+            f"--cache-dir: the teacher cache needs {size / 1e6:.0f} MB but {path.parent} has "
+            f"{free / 1e6:.0f} MB free"
+        )
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        t0 = time.perf_counter()
+        logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (n, *logit_shape))
+        cls = np.lib.format.open_memmap(tmp / "cls.npy", "w+", np.float16, (n, *cls_shape))
+        for idx, lg, cs in _run_teacher(
+            teacher, dataset, collate, batch_size, device, show_progress
+        ):
+            logits[idx] = lg
+            cls[idx] = cs
+        logits.flush()
+        cls.flush()
+        del logits, cls
+        seconds = time.perf_counter() - t0
+        files = {}
+        for name in ("logits", "cls"):
+            f = tmp / f"{name}.npy"
+            arr = np.load(f, mmap_mode="r")
+            files[name] = {
+                "shape": list(arr.shape),
+                "bytes": f.stat().st_size,
+                "sha256": _sha256_file(f),
+            }
+        manifest = {
+            "format": FORMAT_VERSION,
+            "fingerprint": fp,
+            "examples": n,
+            "teacher_layers": int(cls_shape[-2]) - 1,
+            "hidden_size": int(cls_shape[-1]),
+            "build_seconds": round(seconds, 3),
+            "files": files,
+            **extra,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        try:
+            os.replace(tmp, path)  # atomic: a half-built cache is never at `path`
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _load(path, fp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("teacher cache: built in %.1fs", seconds)
+    cache = _load(path, fp)
+    cache.manifest["reused"] = False
+    return cache
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+    def lengths(self):
+        return [self.dataset.lengths()[i] for i in self.indices]

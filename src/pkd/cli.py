@@ -1,0 +1,317 @@
+"""`pkd` command line: subcommands -> resolved config -> the Python API. No logic here.
+
+Every dataclass field of the config sections becomes an option (`max_length` ->
+`--max-length`); `--config FILE.yaml` supplies values first, options override them.
+Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from pkd import config as C
+from pkd.errors import PkdError
+
+SECTION_OPTIONS = {"finetune": ("data", "train"), "distill": ("data", "train", "distill")}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _list_of(kind):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        try:
+            return [kind(x) for x in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _add_section(parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of a config section, defaulting to 'not given'."""
+    group = parser.add_argument_group(section)
+    for f in dataclasses.fields(C.SECTIONS[section]):
+        if f.name in skip:
+            continue
+        kw = {
+            "dest": f"{section}.{f.name}",
+            "default": argparse.SUPPRESS,
+            "help": f.metadata.get("help"),
+        }
+        t = str(f.type)
+        if t == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif t.startswith("list[int]"):
+            kw.update(type=_list_of(int), metavar="N,N")
+        elif t.startswith("list[str]"):
+            kw.update(type=_list_of(str), metavar="A,B")
+        elif t.startswith("int"):
+            kw["type"] = int
+        elif t.startswith("float"):
+            kw["type"] = float
+        group.add_argument(_flag(f.name), **kw)
+
+
+def _add_run_options(p: argparse.ArgumentParser, model_flag: str) -> None:
+    p.add_argument("--config", help="YAML config file; command-line options override it")
+    p.add_argument(
+        model_flag,
+        dest=model_flag.strip("-"),
+        default=argparse.SUPPRESS,
+        help="checkpoint name or directory",
+    )
+    p.add_argument("--output", default=argparse.SUPPRESS, help="run directory to create")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="replace an existing run directory",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        dest="trust_remote_code",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow custom model code from the checkpoint",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check everything, print the plan, train nothing"
+    )
+
+
+def _add_data_source(p: argparse.ArgumentParser) -> None:
+    """Options to pick a task and data for evaluate/predict (no training options)."""
+    _add_section(p, "data", skip=("max_train_samples",))
+    p.add_argument("--model", required=True, help="fine-tuned model directory (run/model)")
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pkd", description="Patient Knowledge Distillation for BERT models"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pkd {__import__('pkd').__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a teacher (or any encoder) on a task")
+    _add_run_options(p, "--model")
+    for s in SECTION_OPTIONS["finetune"]:
+        _add_section(p, s)
+
+    p = sub.add_parser("distill", help="distill a fine-tuned teacher into an M-layer student")
+    _add_run_options(p, "--teacher")
+    for s in SECTION_OPTIONS["distill"]:
+        _add_section(p, s)
+
+    p = sub.add_parser("evaluate", help="task metrics of a fine-tuned model (JSON)")
+    _add_data_source(p)
+    p.add_argument(
+        "--split", default="dev", help="dev (default), dev_matched, dev_mismatched, train"
+    )
+    p.add_argument("--output-file", help="where to write the metrics JSON")
+
+    p = sub.add_parser("predict", help="predictions file in GLUE submission format")
+    _add_data_source(p)
+    p.add_argument("--split", default="test", help="test (default), test_matched, dev, ...")
+    p.add_argument("--output-file", help="predictions TSV (default: next to the model)")
+
+    p = sub.add_parser("benchmark", help="size, latency and throughput of several models")
+    p.add_argument(
+        "--models", nargs="+", required=True, help="model dirs; the first is the reference"
+    )
+    p.add_argument("--batch-sizes", type=_list_of(int), default=[1, 32], metavar="N,N")
+    p.add_argument("--seq-lengths", type=_list_of(int), default=[32, 128], metavar="N,N")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--backend", default="torch", help="torch|onnx (ONNX dirs from `pkd export`)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per setting")
+    p.add_argument("--iterations", type=int, default=10, help="timed runs per setting")
+    p.add_argument("--output", default=None, help="directory for benchmark.json and benchmark.md")
+
+    p = sub.add_parser("compare", help="teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds")
+    p.add_argument("--config", help="YAML config file for the shared data/train/distill options")
+    p.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    p.add_argument("--output", required=True, help="directory for the runs and the tables")
+    p.add_argument("--student-layers", type=_list_of(int), default=[3], metavar="N,N")
+    p.add_argument("--methods", type=_list_of(str), default=["ft", "kd", "pkd-skip", "pkd-last"])
+    p.add_argument("--seeds", type=_list_of(int), default=[1, 2, 3], metavar="N,N")
+    p.add_argument("--bench-batch-size", type=int, default=32)
+    p.add_argument("--bench-seq-length", type=int, default=128)
+    p.add_argument("--dry-run", action="store_true", help="print the runs it would do")
+    for s in ("data", "train"):
+        _add_section(p, s)
+    _add_section(p, "distill", skip=("method", "strategy", "student_layers"))
+
+    p = sub.add_parser("export", help="ONNX export (+ int8) with a parity check")
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--output", required=True, help="export directory")
+    p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (default)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="add a dynamic int8 model")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--task", default=None, help="task whose dev split feeds the parity check")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--validation-file", default=None)
+    p.add_argument("--text-columns", type=_list_of(str), default=None)
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--parity-samples", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser(
+        "demo", help="offline quickstart: fine-tune MiniLM, distill FT/KD/PKD students"
+    )
+    p.add_argument("--output", default="demo_runs", help="directory for the demo's runs")
+    p.add_argument(
+        "--train-samples", type=int, default=None, help="training tweets (default: demo's)"
+    )
+    p.add_argument("--eval-samples", type=int, default=None, help="dev tweets")
+    p.add_argument("--epochs", type=float, default=None, help="epochs for teacher and students")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def resolve(args: argparse.Namespace, cls):
+    """defaults < --config YAML < command-line options -> a validated config dataclass."""
+    values = C.load_yaml(args.config) if args.config else {}
+    source = args.config or "options"
+    given: dict = {}
+    for key, value in vars(args).items():
+        if key in ("command", "config", "dry_run"):
+            continue
+        if "." in key:
+            section, name = key.split(".", 1)
+            given.setdefault(section, {})[name] = value
+        else:
+            given[key] = value
+    return C.build(cls, C.merge(values, given), source)
+
+
+def resolve_sections(args: argparse.Namespace) -> dict:
+    """--config YAML merged with the section options given: a nested dict for `compare`."""
+    values = C.load_yaml(args.config) if args.config else {}
+    given: dict = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            given.setdefault(section, {})[name] = value
+    return C.merge(values, given)
+
+
+def _data_config(args) -> C.DataConfig:
+    values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("data.")}
+    return C.DataConfig(**values)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "finetune":
+        from pkd.api import finetune
+
+        cfg = resolve(args, C.FinetuneConfig)
+        if args.dry_run:
+            print(json.dumps(C.to_dict(cfg), indent=2))
+            return 0
+        metrics = finetune(cfg)
+        print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
+    elif args.command == "distill":
+        from pkd.api import distill
+
+        cfg = resolve(args, C.DistillRunConfig)
+        result = distill(cfg, dry_run=args.dry_run)
+        if args.dry_run:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
+    elif args.command == "evaluate":
+        from pkd.api import evaluate, write_json
+
+        metrics = evaluate(args.model, _data_config(args), args.split, args.batch_size)
+        out = (
+            Path(args.output_file)
+            if args.output_file
+            else Path(args.model).resolve().parent / f"eval_{metrics['task']}_{args.split}.json"
+        )
+        write_json(out, metrics)
+        print(json.dumps(metrics, indent=2))
+    elif args.command == "predict":
+        from pkd.api import predict
+
+        out = predict(args.model, _data_config(args), args.split, args.output_file, args.batch_size)
+        print(out)
+    elif args.command == "benchmark":
+        from pkd.bench import benchmark
+
+        result = benchmark(
+            args.models,
+            args.batch_sizes,
+            args.seq_lengths,
+            args.threads,
+            args.backend,
+            args.output,
+            args.warmup,
+            args.iterations,
+        )
+        print(result["markdown"])
+    elif args.command == "compare":
+        from pkd.compare import compare
+
+        base = resolve_sections(args)
+        result = compare(
+            args.teacher,
+            args.output,
+            base,
+            args.student_layers,
+            args.methods,
+            args.seeds,
+            bench_batch_size=args.bench_batch_size,
+            bench_seq_length=args.bench_seq_length,
+            dry_run=args.dry_run,
+        )
+        print(result["markdown"])
+    elif args.command == "export":
+        from pkd.export import export
+
+        parity = export(
+            args.model,
+            args.output,
+            quantize=args.quantize,
+            opset=args.opset,
+            task=args.task,
+            data_dir=args.data_dir,
+            validation_file=args.validation_file,
+            text_columns=args.text_columns,
+            encoding=args.encoding,
+            parity_samples=args.parity_samples,
+            overwrite=args.overwrite,
+        )
+        print(json.dumps(parity, indent=2))
+    elif args.command == "demo":
+        from pkd.demo import demo
+
+        demo(args.output, args.train_samples, args.eval_samples, args.epochs, quiet=args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except PkdError as e:
+        print(f"pkd: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("pkd: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

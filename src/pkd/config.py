@@ -1,0 +1,254 @@
+"""Run configuration: one dataclass per concern, YAML in and out, CLI overrides on top.
+
+Precedence: dataclass defaults < `--config FILE.yaml` < command-line options. Validation
+happens in `__post_init__`, so a config that exists is a valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pkd.errors import PkdError
+from pkd.losses import KD_FORMS, PT_FORMS
+from pkd.mapping import STRATEGIES
+
+METHODS = ("ft", "kd", "pkd")
+TEACHER_MODES = ("cached", "online")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _choice(option: str, value, valid) -> None:
+    if value not in valid:
+        raise PkdError(f"--{option}: {value!r} is not one of {', '.join(map(str, valid))}")
+
+
+def _positive(option: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise PkdError(f"--{option}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class DataConfig:
+    task: str = field(default="custom", metadata={"help": "GLUE task name, or 'custom'"})
+    data_dir: str | None = field(default=None, metadata={"help": "GLUE task dir (TSV files)"})
+    train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSONL training file"})
+    validation_file: str | None = field(default=None, metadata={"help": "dev file"})
+    test_file: str | None = field(default=None, metadata={"help": "unlabelled test file"})
+    text_columns: list[str] | None = field(default=None, metadata={"help": "1 or 2 text columns"})
+    label_column: str = field(default="label", metadata={"help": "label column (custom files)"})
+    problem_type: str = field(
+        default="classification", metadata={"help": "classification|regression (custom files)"}
+    )
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of the data files"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (truncation)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "first N train rows"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "first N eval rows"})
+
+    def __post_init__(self):
+        _choice("problem-type", self.problem_type, ("classification", "regression"))
+        _positive("max-length", self.max_length)
+        _positive("max-train-samples", self.max_train_samples)
+        _positive("max-eval-samples", self.max_eval_samples)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = field(default=4, metadata={"help": "training epochs"})
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW)"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
+    eval_batch_size: int = field(default=128, metadata={"help": "examples per eval batch"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share of steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches/step"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after N steps (-1: epochs)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no|fp16|bf16"})
+    seed: int = field(default=42, metadata={"help": "seed for everything seedable"})
+    logging_steps: int = field(default=20, metadata={"help": "log every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: epochs)"})
+    save_total_limit: int = field(default=1, metadata={"help": "checkpoints kept"})
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep checkpoints/ after a finished run"}
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+    def __post_init__(self):
+        _positive("epochs", self.epochs)
+        _positive("lr", self.lr)
+        _positive("batch-size", self.batch_size)
+        _positive("eval-batch-size", self.eval_batch_size)
+        _positive("gradient-accumulation-steps", self.gradient_accumulation_steps)
+        _positive("max-grad-norm", self.max_grad_norm, allow_zero=True)
+        _positive("weight-decay", self.weight_decay, allow_zero=True)
+        _positive("logging-steps", self.logging_steps)
+        _positive("save-steps", self.save_steps, allow_zero=True)
+        _positive("save-total-limit", self.save_total_limit)
+        if not 0 <= self.warmup_ratio < 1:
+            raise PkdError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise PkdError(
+                f"--batch-size: {self.batch_size} is not divisible by "
+                f"--gradient-accumulation-steps {self.gradient_accumulation_steps}"
+            )
+        _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
+
+
+@dataclass
+class DistillConfig:
+    method: str = field(default="pkd", metadata={"help": "ft|kd|pkd"})
+    student_layers: int = field(default=3, metadata={"help": "student depth M"})
+    strategy: str = field(default="skip", metadata={"help": "PKD layer map: skip|last"})
+    layer_map: list[int] | None = field(default=None, metadata={"help": "explicit map, e.g. 2,4"})
+    student_init: str | None = field(
+        default=None,
+        metadata={"help": "checkpoint for the first M layers (default: teacher's base)"},
+    )
+    alpha: float = field(default=0.5, metadata={"help": "weight of KD vs CE (Eq. 5)"})
+    beta: float = field(default=100.0, metadata={"help": "weight of the patient loss"})
+    temperature: float = field(default=10.0, metadata={"help": "KD temperature T"})
+    kd_loss: str = field(default="kl", metadata={"help": "kl (authors', T^2-scaled)|ce (Eq. 2)"})
+    pt_loss: str = field(default="mean", metadata={"help": "mean (authors')|sum (Eq. 4)"})
+    pt_normalize: bool = field(default=True, metadata={"help": "L2-normalise [CLS] states"})
+    teacher_mode: str = field(default="cached", metadata={"help": "cached|online"})
+    cache_dir: str | None = field(default=None, metadata={"help": "teacher cache root"})
+    allow_weak_teacher: bool = field(
+        default=False, metadata={"help": "distill a near-chance teacher"}
+    )
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("kd-loss", self.kd_loss, KD_FORMS)
+        _choice("pt-loss", self.pt_loss, PT_FORMS)
+        _choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        _positive("student-layers", self.student_layers)
+        _positive("temperature", self.temperature)
+        _positive("beta", self.beta, allow_zero=True)
+        if not 0 <= self.alpha <= 1:
+            raise PkdError(f"--alpha: must be in [0, 1], got {self.alpha}")
+        # The method decides which terms exist (the paper's baselines): FT has neither KD nor
+        # PT, KD has no PT. Recorded as 0 so the saved config says what was trained.
+        if self.method == "ft":
+            self.alpha, self.beta = 0.0, 0.0
+        elif self.method == "kd":
+            self.beta = 0.0
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return {"ft": ("ce",), "kd": ("ce", "kd"), "pkd": ("ce", "kd", "pt")}[self.method]
+
+
+@dataclass
+class FinetuneConfig:
+    """`pkd finetune`: train a teacher (or any classifier) on labels."""
+
+    model: str = ""
+    output: str = ""
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if not self.model:
+            raise PkdError("--model: required (a checkpoint name or directory)")
+        if not self.output:
+            raise PkdError("--output: required (the run directory)")
+
+
+@dataclass
+class DistillRunConfig:
+    """`pkd distill`: train an M-layer student from a fine-tuned teacher."""
+
+    teacher: str = ""
+    output: str = ""
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise PkdError("--teacher: required (a fine-tuned model directory)")
+        if not self.output:
+            raise PkdError("--output: required (the run directory)")
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
+
+
+def build(cls, values: dict[str, Any], source: str = "config"):
+    """Build a run config from a nested dict, rejecting unknown keys by name."""
+    kwargs = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key == "meta":  # provenance written by save(); not an option
+            continue
+        if key not in names:
+            raise PkdError(f"{source}: unknown option {key!r}; valid: {', '.join(names)}")
+        if key in SECTIONS and isinstance(value, dict):
+            sub = SECTIONS[key]
+            subnames = {f.name for f in dataclasses.fields(sub)}
+            unknown = set(value) - subnames
+            if unknown:
+                raise PkdError(f"{source}: unknown option(s) {sorted(unknown)} in section {key!r}")
+            base = dataclasses.asdict(names[key].default_factory())  # e.g. distill's lr 5e-5
+            kwargs[key] = sub(**{**base, **value})
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise PkdError(f"{source}: {e}") from None
+
+
+def load_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise PkdError(f"--config: {path} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PkdError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PkdError(f"--config: {path} must hold a mapping of options")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Nested dict merge: values in override win."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save(cfg, path: Path, meta: dict | None = None) -> None:
+    """Write the resolved config (plus provenance under `meta`) as YAML."""
+    data = to_dict(cfg)
+    if meta:
+        data["meta"] = meta
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,88 @@
+"""The loss terms of Eq. (1)-(4): L = (1 - alpha) * L_CE + alpha * L_DS + beta * L_PT.
+
+Each term is a small pure function; `LOSS_FORMS` names the variants a config may choose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KD_FORMS = ("kl", "ce")  # default "kl": the authors' code (T^2-scaled); "ce": the paper's Eq. (2)
+PT_FORMS = ("mean", "sum")  # default "mean": the authors' F.mse_loss; "sum": the paper's Eq. (4)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
+    """L_CE: cross-entropy against gold labels; MSE for regression.
+
+    Args:
+        logits: (B, C) (any leading shape flattened to rows), or (B, 1) for regression.
+        labels: (B,) class ids, or (B,) floats for regression.
+    """
+    if regression:
+        return F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    form: str = "kl",
+    regression: bool = False,
+) -> torch.Tensor:
+    """L_DS: distillation from the teacher's soft labels at temperature T.
+
+    Forms, for (B, C) logits, p_t = softmax(z_t / T), log q_s = log_softmax(z_s / T):
+      - "kl" (default, the authors' code): KL(p_t || q_s), averaged over B * C entries
+        (`KLDivLoss(reduction="mean")`), times T^2 to keep the gradient scale of CE.
+      - "ce" (the paper's Eq. 2): -sum_c p_t,c log q_s,c, averaged over the batch, no T^2.
+    Regression: MSE between student and teacher predictions (T unused).
+    """
+    if regression:
+        return F.mse_loss(student_logits.view(-1).float(), teacher_logits.view(-1).float())
+    t = temperature
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    p = F.softmax(teacher_logits.float() / t, dim=-1)
+    if form == "kl":
+        # sum / numel == KLDivLoss(reduction="mean"), without its deprecation warning
+        return F.kl_div(log_q, p, reduction="sum") / log_q.numel() * t * t
+    if form == "ce":
+        return -(p * log_q).sum(-1).mean()
+    raise ValueError(f"unknown KD form {form!r}; valid: {KD_FORMS}")
+
+
+def patient_loss(
+    student_cls: torch.Tensor, teacher_cls: torch.Tensor, normalize: bool = True, form: str = "mean"
+) -> torch.Tensor:
+    """L_PT (Eq. 4): squared distance between [CLS] states of mapped layers.
+
+    Args:
+        student_cls: (B, L, H) [CLS] states at student layers 1..M-1 (any leading shape,
+            e.g. (B, choices, L, H) for multiple choice).
+        teacher_cls: same shape, at the mapped teacher layers I(j).
+        normalize: divide each state by its L2 norm first (the paper's default).
+        form: "mean" (default, the authors' `F.mse_loss`: mean over all B*L*H entries, the
+            scale the paper's beta grid 10..1000 was tuned for) or "sum" (the paper's Eq. 4:
+            sum over layers and hidden units, mean over the batch; about H times stronger).
+    """
+    if student_cls.numel() == 0:  # a 1-layer student has no intermediate layer to match
+        return student_cls.new_zeros(())
+    s, t = student_cls.float(), teacher_cls.float()
+    if normalize:
+        s, t = F.normalize(s, p=2, dim=-1), F.normalize(t, p=2, dim=-1)
+    if form == "mean":
+        return F.mse_loss(s, t)
+    if form == "sum":
+        return (s - t).pow(2).sum() / s.shape[0]
+    raise ValueError(f"unknown patient-loss form {form!r}; valid: {PT_FORMS}")
+
+
+def total_loss(terms: dict[str, torch.Tensor], alpha: float, beta: float) -> torch.Tensor:
+    """Eq. (5): (1 - alpha) * CE + alpha * KD + beta * PT, over the terms present."""
+    loss = (1.0 - alpha) * terms["ce"]
+    if "kd" in terms:
+        loss = loss + alpha * terms["kd"]
+    if "pt" in terms:
+        loss = loss + beta * terms["pt"]
+    return loss

@@ -1,0 +1,233 @@
+"""Load teachers, build students from the first M layers of a pre-trained checkpoint.
+
+The student (Sun et al. 2019, Sec. 4.1) has the teacher's architecture with M < N layers and
+is initialised from the *pre-trained* model the teacher was fine-tuned from, embeddings and
+layers 1..M, with a new classification head. `transformers` does the truncation: loading a
+checkpoint with `num_hidden_layers=M` keeps `encoder.layer.0..M-1` and drops the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pkd.errors import PkdError
+from pkd.tasks import MULTIPLE_CHOICE, REGRESSION
+
+logger = logging.getLogger(__name__)
+
+# Written into a fine-tuned model's config.json by `pkd finetune` / `pkd distill`.
+BASE_MODEL_KEY = "pkd_base_model"  # the pre-trained checkpoint it was fine-tuned from
+DEV_METRIC_KEY = "pkd_dev_metric"  # {"name", "value", "baseline"} on the dev split
+TASK_KEY = "pkd_task"
+
+
+def quiet_transformers() -> None:
+    """transformers 5 prints a load report per model; keep our own output readable."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).exists()
+
+
+def _check_exists(name_or_path: str, option: str) -> None:
+    p = Path(name_or_path)
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
+    if looks_local and not p.is_dir():
+        raise PkdError(f"--{option}: model directory {name_or_path} does not exist")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise PkdError(f"--{option}: {name_or_path} is not a model directory (no config.json)")
+
+
+def auto_class(problem_type: str):
+    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    if problem_type == MULTIPLE_CHOICE:
+        return AutoModelForMultipleChoice
+    return AutoModelForSequenceClassification
+
+
+def load_config(name_or_path: str, option: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    _check_exists(name_or_path, option)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PkdError(
+            f"--{option}: cannot load a model config from {name_or_path} ({first})"
+        ) from None
+
+
+def load_tokenizer(name_or_path: str, option: str = "model", trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PkdError(
+            f"--{option}: cannot load a tokenizer from {name_or_path} ({first})"
+        ) from None
+    if not tok.is_fast:
+        logger.warning("%s has no fast tokenizer; tokenising will be slow", name_or_path)
+    return tok
+
+
+def load_for_finetuning(
+    name_or_path: str,
+    problem_type: str,
+    labels: tuple[str, ...],
+    trust_remote_code: bool = False,
+    option: str = "model",
+):
+    """A pre-trained encoder with a new task head; label names stored in its config."""
+    config = load_config(name_or_path, option, trust_remote_code)
+    kwargs = _head_kwargs(problem_type, labels)
+    try:
+        model = auto_class(problem_type).from_pretrained(
+            name_or_path,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_use_safetensors(name_or_path),
+            **kwargs,
+        )
+    except (ValueError, OSError) as e:
+        raise PkdError(
+            f"--{option}: cannot load {name_or_path} ({str(e).splitlines()[0]})"
+        ) from None
+    base = str(Path(name_or_path).resolve()) if is_local(name_or_path) else name_or_path
+    # Remember where it came from: the student's default init (`--student-init`).
+    model.config.update({BASE_MODEL_KEY: getattr(config, BASE_MODEL_KEY, None) or base})
+    return model
+
+
+def _head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
+    if problem_type == REGRESSION:
+        return {"num_labels": 1, "problem_type": "regression"}
+    if problem_type == MULTIPLE_CHOICE:
+        return {}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "problem_type": "single_label_classification",
+    }
+
+
+def _use_safetensors(name_or_path: str) -> bool | None:
+    """Local dirs: weights only through safetensors (no pickle). Hub names: let HF decide."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        if not any(p.glob("*.safetensors")):
+            raise PkdError(
+                f"{name_or_path}: no *.safetensors weights (pickled .bin weights are not "
+                "loaded; convert them with save_pretrained(safe_serialization=True))"
+            )
+        return True
+    return None
+
+
+def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code: bool = False):
+    """A fine-tuned classifier (teacher, or a finished student) in eval mode.
+
+    Raises:
+        PkdError: not a model dir, or a bare encoder without a fine-tuned task head.
+    """
+    config = load_config(name_or_path, option, trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    head = [a for a in archs if a.endswith(("ForSequenceClassification", "ForMultipleChoice"))]
+    if not head:
+        raise PkdError(
+            f"--{option}: {name_or_path} has no fine-tuned task head (architectures: {archs}); "
+            "fine-tune it first with `pkd finetune`"
+        )
+    problem_type = MULTIPLE_CHOICE if head[0].endswith("ForMultipleChoice") else None
+    cls = auto_class(problem_type or "")
+    model = cls.from_pretrained(
+        name_or_path,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=_use_safetensors(name_or_path),
+    )
+    model.eval()
+    return model
+
+
+def model_labels(model) -> tuple[str, ...]:
+    """Label names in the model's output order (empty for regression)."""
+    if getattr(model.config, "problem_type", None) == "regression" or model.config.num_labels == 1:
+        return ()
+    id2label = model.config.id2label
+    return tuple(id2label[i] for i in range(len(id2label)))
+
+
+def num_layers(config) -> int:
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None:
+        raise PkdError(
+            f"architecture {config.model_type!r} has no num_hidden_layers; pkd cannot truncate it "
+            "(supported: BERT-family encoders such as BERT, RoBERTa, ELECTRA, MiniLM)"
+        )
+    return n
+
+
+def build_student(
+    init: str,
+    student_layers: int,
+    teacher,
+    problem_type: str,
+    trust_remote_code: bool = False,
+):
+    """An M-layer student initialised from the first M layers (and embeddings) of `init`.
+
+    Raises:
+        PkdError: init and teacher cannot match (architecture, hidden size, vocabulary), or
+            init has fewer than M layers.
+    """
+    config = load_config(init, "student-init", trust_remote_code)
+    t = teacher.config
+    init_layers = num_layers(config)
+    for attr in ("model_type", "hidden_size", "vocab_size"):
+        a, b = getattr(config, attr, None), getattr(t, attr, None)
+        if a != b:
+            raise PkdError(
+                f"--student-init: {init} has {attr}={a} but the teacher has {attr}={b}; "
+                "student and teacher must share architecture, hidden size and vocabulary"
+            )
+    if student_layers > init_layers:
+        raise PkdError(f"--student-layers: {student_layers} > the {init_layers} layers of {init}")
+    kwargs = _head_kwargs(problem_type, model_labels(teacher))
+    model = auto_class(problem_type).from_pretrained(
+        init,
+        num_hidden_layers=student_layers,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=_use_safetensors(init),
+        **kwargs,
+    )
+    model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
+    return model
+
+
+def cls_states(hidden_states: tuple[torch.Tensor, ...], logits: torch.Tensor) -> torch.Tensor:
+    """[CLS] state of every layer, index 0 = embeddings.
+
+    Classification: L+1 tensors (B, T, H) -> (B, L+1, H). Multiple choice: the encoder sees
+    B * C sequences, so (B * C, T, H) -> (B, C, L+1, H), matching logits (B, C).
+    """
+    cls = torch.stack([h[:, 0] for h in hidden_states], dim=1)
+    if cls.shape[0] != logits.shape[0]:
+        cls = cls.view(*logits.shape, *cls.shape[1:])
+    return cls
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Total parameters and those in the transformer layers (embeddings and head excluded)."""
+    total = sum(p.numel() for p in model.parameters())
+    layers = sum(p.numel() for n, p in model.named_parameters() if ".layer." in n)
+    return {"total": total, "transformer_layers": layers}

@@ -1,0 +1,222 @@
+"""Task registry: where each GLUE task keeps its texts and labels, and how it is scored.
+
+Tasks are data (like `task_to_keys` in transformers' run_glue.py). A column is a header name
+for files with a header row, or a 0-based position for CoLA, which has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pkd.errors import PkdError
+
+CLASSIFICATION = "single_label_classification"
+REGRESSION = "regression"
+MULTIPLE_CHOICE = "multiple_choice"
+PROBLEM_TYPES = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to read, label and score one task.
+
+    Attributes:
+        name: registry name (`sst2`, `mnli`, ...).
+        problem_type: one of PROBLEM_TYPES.
+        labels: label names in model order; empty for regression, and for custom tasks until
+            they are inferred from the training file.
+        text_columns: one or two text columns (single sentence or sentence pair).
+        label_column: column of the gold label.
+        metrics: metric names, see `pkd.metrics`; the first is the main one.
+        splits: split name -> file name inside the task's data directory.
+        header: whether the files start with a header row (GLUE test files always do).
+        test_text_columns / id_column: columns in the unlabelled test file.
+        hf_path / hf_name: `datasets.load_dataset` arguments when reading from the Hub.
+        hf_splits: our split name -> the Hub's split name.
+        hf_text_fields: the Hub's feature names for the texts.
+    """
+
+    name: str
+    problem_type: str
+    labels: tuple[str, ...]
+    text_columns: tuple[str | int, ...]
+    label_column: str | int
+    metrics: tuple[str, ...]
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+    )
+    header: bool = True
+    test_text_columns: tuple[str | int, ...] | None = None
+    id_column: str | int | None = "index"
+    hf_path: str | None = None
+    hf_name: str | None = None
+    hf_splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
+    )
+    hf_text_fields: tuple[str, ...] = ()
+    source: str = "glue"
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def eval_splits(self) -> list[str]:
+        """Labelled evaluation splits (`dev`, or MNLI's `dev_matched` and `dev_mismatched`)."""
+        return [s for s in self.splits if s.startswith("dev")]
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.problem_type == REGRESSION else len(self.labels)
+
+
+def _glue(name: str, hf_fields: tuple[str, ...], **kw) -> TaskSpec:
+    return TaskSpec(name=name, hf_path="nyu-mll/glue", hf_name=name, hf_text_fields=hf_fields, **kw)
+
+
+BINARY = ("0", "1")
+NLI2 = ("entailment", "not_entailment")
+
+GLUE_TASKS: dict[str, TaskSpec] = {
+    "cola": _glue(
+        "cola",
+        ("sentence",),
+        problem_type=CLASSIFICATION,
+        labels=BINARY,
+        text_columns=(3,),
+        label_column=1,
+        header=False,
+        test_text_columns=("sentence",),
+        metrics=("matthews_correlation", "accuracy"),
+    ),
+    "sst2": _glue(
+        "sst2",
+        ("sentence",),
+        problem_type=CLASSIFICATION,
+        labels=BINARY,
+        text_columns=("sentence",),
+        label_column="label",
+        metrics=("accuracy",),
+    ),
+    "mrpc": _glue(
+        "mrpc",
+        ("sentence1", "sentence2"),
+        problem_type=CLASSIFICATION,
+        labels=BINARY,
+        text_columns=("#1 String", "#2 String"),
+        label_column="Quality",
+        metrics=("f1", "accuracy"),
+    ),
+    "qqp": _glue(
+        "qqp",
+        ("question1", "question2"),
+        problem_type=CLASSIFICATION,
+        labels=BINARY,
+        text_columns=("question1", "question2"),
+        label_column="is_duplicate",
+        id_column="id",
+        metrics=("f1", "accuracy"),
+    ),
+    "stsb": _glue(
+        "stsb",
+        ("sentence1", "sentence2"),
+        problem_type=REGRESSION,
+        labels=(),
+        text_columns=("sentence1", "sentence2"),
+        label_column="score",
+        metrics=("pearson", "spearman"),
+    ),
+    "mnli": _glue(
+        "mnli",
+        ("premise", "hypothesis"),
+        problem_type=CLASSIFICATION,
+        labels=("contradiction", "entailment", "neutral"),
+        text_columns=("sentence1", "sentence2"),
+        label_column="gold_label",
+        metrics=("accuracy",),
+        splits={
+            "train": "train.tsv",
+            "dev_matched": "dev_matched.tsv",
+            "dev_mismatched": "dev_mismatched.tsv",
+            "test_matched": "test_matched.tsv",
+            "test_mismatched": "test_mismatched.tsv",
+        },
+        hf_splits={
+            "train": "train",
+            "dev_matched": "validation_matched",
+            "dev_mismatched": "validation_mismatched",
+            "test_matched": "test_matched",
+            "test_mismatched": "test_mismatched",
+        },
+    ),
+    "qnli": _glue(
+        "qnli",
+        ("question", "sentence"),
+        problem_type=CLASSIFICATION,
+        labels=NLI2,
+        text_columns=("question", "sentence"),
+        label_column="label",
+        metrics=("accuracy",),
+    ),
+    "rte": _glue(
+        "rte",
+        ("sentence1", "sentence2"),
+        problem_type=CLASSIFICATION,
+        labels=NLI2,
+        text_columns=("sentence1", "sentence2"),
+        label_column="label",
+        metrics=("accuracy",),
+    ),
+    "wnli": _glue(
+        "wnli",
+        ("sentence1", "sentence2"),
+        problem_type=CLASSIFICATION,
+        labels=BINARY,
+        text_columns=("sentence1", "sentence2"),
+        label_column="label",
+        metrics=("accuracy",),
+    ),
+}
+
+# Names people use for the same tasks (GLUE directory names, Hub names).
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a GLUE task up by name (case-insensitive; `SST-2` and `sst2` both work).
+
+    Raises:
+        PkdError: unknown name, with the valid names.
+    """
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in GLUE_TASKS:
+        valid = ", ".join(sorted(GLUE_TASKS))
+        raise PkdError(f"--task: unknown task {name!r}; valid tasks: {valid}, or 'custom'")
+    return GLUE_TASKS[key]
+
+
+def custom_task(
+    text_columns: tuple[str, ...],
+    label_column: str,
+    problem_type: str = CLASSIFICATION,
+    labels: tuple[str, ...] = (),
+) -> TaskSpec:
+    """A task over the user's own CSV/TSV/JSONL files (labels inferred from train later)."""
+    if not text_columns or len(text_columns) > 2:
+        raise PkdError("--text-columns: give one or two column names, e.g. 'text' or 'q1,q2'")
+    if problem_type not in (CLASSIFICATION, REGRESSION):
+        raise PkdError(
+            f"--problem-type: expected classification or regression, got {problem_type!r}"
+        )
+    metrics = ("pearson", "spearman") if problem_type == REGRESSION else ("accuracy", "macro_f1")
+    return TaskSpec(
+        name="custom",
+        problem_type=problem_type,
+        labels=labels,
+        text_columns=text_columns,
+        label_column=label_column,
+        metrics=metrics,
+        splits={"train": "", "dev": "", "test": ""},
+        id_column=None,
+        source="custom",
+    )

@@ -1,0 +1,402 @@
+"""The one training loop: fine-tuning and every distillation mode (FT, KD, PKD).
+
+Fine-tuning is distillation with only the CE term. The loop reads top-down like nanoGPT's:
+prepare (accelerate) -> resume -> for each step: loss terms -> backward -> clip -> step ->
+log -> checkpoint; each epoch: evaluate -> keep the best model. Devices, DDP and mixed
+precision are accelerate's; the loop never touches them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pkd.config import TrainConfig
+from pkd.errors import PkdError
+from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
+from pkd.metrics import compute_metrics
+from pkd.models import DEV_METRIC_KEY, cls_states
+from pkd.tasks import REGRESSION, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+NON_INPUTS = ("labels", "example_index")
+
+
+@dataclass
+class Objective:
+    """What the student learns from: loss terms, their weights, and the teacher's signals.
+
+    `teacher(batch, layers)` returns teacher logits and [CLS] states at the given teacher
+    layers, from the cache or from a live teacher.
+    """
+
+    terms: tuple[str, ...] = ("ce",)
+    alpha: float = 0.0
+    beta: float = 0.0
+    temperature: float = 1.0
+    kd_form: str = "kl"
+    pt_form: str = "mean"
+    pt_normalize: bool = True
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
+    teacher: Callable | None = None
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in NON_INPUTS}
+
+
+def loss_terms(
+    model, batch: dict, objective: Objective, regression: bool
+) -> dict[str, torch.Tensor]:
+    """Each loss term of Eq. (5) for one batch, unweighted."""
+    out = model(**model_inputs(batch), output_hidden_states="pt" in objective.terms)
+    terms = {"ce": ce_loss(out.logits, batch["labels"], regression)}
+    if "kd" in objective.terms:
+        t_layers = [t for t, _ in objective.pairs] if "pt" in objective.terms else []
+        t_logits, t_cls = objective.teacher(batch, t_layers)
+        terms["kd"] = kd_loss(
+            out.logits,
+            t_logits.to(out.logits.device),
+            objective.temperature,
+            objective.kd_form,
+            regression,
+        )
+        if "pt" in objective.terms:
+            s_layers = [s for _, s in objective.pairs]
+            s_cls = cls_states(out.hidden_states, out.logits)[..., s_layers, :]
+            terms["pt"] = patient_loss(
+                s_cls, t_cls.to(s_cls.device), objective.pt_normalize, objective.pt_form
+            )
+    return terms
+
+
+def cached_teacher(cache) -> Callable:
+    """Teacher signals read from a `pkd.cache.TeacherCache` by example index."""
+    return lambda batch, layers: cache.targets(batch["example_index"], layers)
+
+
+def online_teacher(teacher) -> Callable:
+    """Teacher signals from a forward pass of the (frozen) teacher on each batch."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+
+    @torch.no_grad()
+    def signals(batch, layers):
+        out = teacher(**model_inputs(batch), output_hidden_states=True)
+        return out.logits.float(), cls_states(out.hidden_states, out.logits)[..., layers, :].float()
+
+    return signals
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict_logits(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and gold labels, if any) for a prepared loader, gathered over processes."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        logits = model(**model_inputs(batch)).logits
+        if "labels" in batch:
+            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+            all_labels.append(labels.float().cpu().numpy())
+        else:
+            logits = accelerator.gather_for_metrics(logits)
+        all_logits.append(logits.float().cpu().numpy())
+    model.train()
+    labels = np.concatenate(all_labels) if all_labels else None
+    return np.concatenate(all_logits), labels
+
+
+def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
+    return logits.reshape(-1) if problem_type == REGRESSION else logits.argmax(-1)
+
+
+def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
+    logits, labels = predict_logits(model, loader, accelerator)
+    preds = predictions(logits, spec.problem_type)
+    if spec.problem_type != REGRESSION:
+        labels = labels.astype(np.int64)
+    return compute_metrics(spec.metrics, preds, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory helpers
+
+
+class RunLog:
+    """log.jsonl (every record) + TensorBoard scalars, from the main process only."""
+
+    def __init__(self, output: Path, accelerator):
+        self.path = output / "log.jsonl"
+        self.accelerator = accelerator
+
+    def write(self, record: dict, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        self.accelerator.log(scalars, step=step)
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """save_pretrained into a temporary dir, then swap it in (readers never see half a model)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Half-written ones are hidden `.tmp` dirs."""
+    root = output / "checkpoints"
+    done = (
+        [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
+        if root.is_dir()
+        else []
+    )
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output: Path, state: dict, limit: int) -> Path | None:
+    """accelerate's save_state (weights, optimizer, scheduler, RNG) + our loop state, atomically."""
+    root = output / "checkpoints"
+    final = root / f"step-{state['step']}"
+    tmp = root / f".step-{state['step']}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(output)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def make_accelerator(cfg: TrainConfig, output: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_dir=str(output),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def train(
+    model,
+    tokenizer,
+    train_set,
+    eval_sets: dict,
+    spec: TaskSpec,
+    cfg: TrainConfig,
+    objective: Objective,
+    output: Path,
+    accelerator,
+    collate,
+    resume_from: Path | None = None,
+) -> dict:
+    """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
+
+    Writes into `output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
+    checkpoints/step-N/. Returns the best and final metrics, history and timings.
+    """
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    set_seed(cfg.seed)
+    world = accelerator.num_processes
+    micro = cfg.batch_size // (cfg.gradient_accumulation_steps * world)
+    if micro < 1 or micro * cfg.gradient_accumulation_steps * world != cfg.batch_size:
+        raise PkdError(
+            f"--batch-size: {cfg.batch_size} is not divisible by gradient accumulation "
+            f"({cfg.gradient_accumulation_steps}) x processes ({world})"
+        )
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=micro, shuffle=True, collate_fn=collate
+    )
+    eval_loaders = {
+        name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        for name, ds in eval_sets.items()
+    }
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler
+    )
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    if accelerator.is_main_process:
+        accelerator.init_trackers("tensorboard")
+    log = RunLog(output, accelerator)
+    regression = spec.problem_type == REGRESSION
+    select_split = next(iter(eval_sets))
+
+    # Loop state; restored from a checkpoint on resume.
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "history": []}
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        logger.info("resumed from %s at step %d", resume_from, state["step"])
+    logger.info(
+        "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
+        len(train_set),
+        total_steps,
+        cfg.batch_size,
+        micro,
+        cfg.gradient_accumulation_steps,
+        world,
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=True if (cfg.quiet or not accelerator.is_local_main_process) else None,
+    )
+    sums, count, t_log = defaultdict(float), 0, time.perf_counter()
+    t_start, examples_seen = time.perf_counter(), 0
+    model.train()
+    while state["step"] < total_steps:
+        train_loader.set_epoch(state["epoch"])
+        loader = train_loader
+        if state["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        for batch in loader:
+            with accelerator.accumulate(model):
+                terms = loss_terms(model, batch, objective, regression)
+                loss = total_loss(terms, objective.alpha, objective.beta)
+                if not torch.isfinite(loss):
+                    last = checkpoints(output)
+                    raise PkdError(
+                        f"non-finite loss at step {state['step']} "
+                        f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
+                        f"last checkpoint: {last[-1] if last else 'none'}"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            examples_seen += len(batch["labels"]) * world
+            for k, v in terms.items():
+                sums[k] += v.item()
+            sums["loss"] += loss.item()
+            count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
+                now = time.perf_counter()
+                record = {k: v / count for k, v in sums.items()}
+                record.update(
+                    step=state["step"],
+                    epoch=state["epoch"] + state["batches_in_epoch"] / len(train_loader),
+                    lr=scheduler.get_last_lr()[0],
+                    examples_per_s=examples_seen / max(now - t_log, 1e-9),
+                )
+                log.write(record, state["step"])
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
+                )
+                sums, count, t_log, examples_seen = defaultdict(float), 0, now, 0
+            if cfg.save_steps and state["step"] % cfg.save_steps == 0:
+                save_checkpoint(accelerator, output, state, cfg.save_total_limit)
+            if state["step"] >= total_steps:
+                break
+        epoch_done = state["step"] < total_steps or state["batches_in_epoch"] >= len(train_loader)
+        if epoch_done:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+        _evaluate_and_keep_best(
+            model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
+        )
+        save_checkpoint(accelerator, output, state, cfg.save_total_limit)
+    bar.close()
+    accelerator.end_training()
+    if not cfg.keep_checkpoints and accelerator.is_main_process:
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the best model is in model/
+    train_seconds = time.perf_counter() - t_start
+    return {
+        "best": state["best"],
+        "final": state["history"][-1] if state["history"] else None,
+        "history": state["history"],
+        "steps": state["step"],
+        "train_seconds": round(train_seconds, 2),
+    }
+
+
+def _evaluate_and_keep_best(
+    model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
+):
+    metrics = {
+        name: score(model, loader, spec, accelerator) for name, loader in eval_loaders.items()
+    }
+    main = metrics[select_split][spec.main_metric]
+    record = {"step": state["step"], "epoch": state["epoch"], "metrics": metrics}
+    state["history"].append(record)
+    flat = {f"{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
+    log.write({"step": state["step"], "epoch": state["epoch"], **flat}, state["step"])
+    logger.info("step %d: %s", state["step"], json.dumps(metrics))
+    if state["best"] is None or main > state["best"]["metrics"][select_split][spec.main_metric]:
+        state["best"] = record
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.config.update(
+                {DEV_METRIC_KEY: {"split": select_split, "name": spec.main_metric, "value": main}}
+            )
+            save_model(unwrapped, tokenizer, output / "model")
+    accelerator.wait_for_everyone()
