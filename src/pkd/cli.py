@@ -93,6 +93,7 @@ def _add_data_source(p: argparse.ArgumentParser) -> None:
     _add_section(p, "data", skip=("max_train_samples",))
     p.add_argument("--model", required=True, help="fine-tuned model directory (run/model)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
