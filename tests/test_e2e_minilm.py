@@ -38,7 +38,13 @@ def teacher_run(tmp_path_factory, minilm) -> Path:
 def test_finetune_writes_a_reloadable_run(teacher_run, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    for name in ("config.yaml", "metrics.json", "log.jsonl", "model/model.safetensors", "model/config.json"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "log.jsonl",
+        "model/model.safetensors",
+        "model/config.json",
+    ):
         assert (teacher_run / name).is_file(), name
     metrics = json.loads((teacher_run / "metrics.json").read_text())
     acc = metrics["best"]["metrics"]["dev"]["accuracy"]
@@ -54,10 +60,17 @@ def test_finetune_writes_a_reloadable_run(teacher_run, capsys):
     # The saved model reloads with plain transformers and predicts the same labels.
     model = AutoModelForSequenceClassification.from_pretrained(teacher_run / "model").eval()
     tok = AutoTokenizer.from_pretrained(teacher_run / "model")
-    sentences = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés ."]
+    sentences = [
+        "a gorgeous , witty , seductive movie .",
+        "the plot is nothing but boilerplate clichés .",
+    ]
     with torch.no_grad():
         ids = model(**tok(sentences, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
-    clf = pipeline("text-classification", model=str(teacher_run / "model"), tokenizer=str(teacher_run / "model"))
+    clf = pipeline(
+        "text-classification",
+        model=str(teacher_run / "model"),
+        tokenizer=str(teacher_run / "model"),
+    )
     labels = [r["label"] for r in clf(sentences)]
     assert labels == [model.config.id2label[i] for i in ids]
     assert set(labels) <= {"0", "1"}

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from pkd import config as C
 from pkd.data import EncodedSplit, collator, encode, infer_labels, load_split, truncated_fraction
 from pkd.errors import PkdError
@@ -142,8 +144,31 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def start_run(path: Path, cfg, overwrite: bool) -> None:
+def resume_point(cfg) -> Path | None:
+    """The checkpoint to continue from (--resume: latest in the run dir; --resume-from: given)."""
+    from pkd.train import checkpoints
+
+    if cfg.resume_from:
+        ckpt = Path(cfg.resume_from)
+        if not (ckpt / "trainer_state.json").is_file():
+            raise PkdError(
+                f"--resume-from: {ckpt} is not a complete checkpoint (no trainer_state.json)"
+            )
+        return ckpt
+    if not cfg.resume:
+        return None
+    if (Path(cfg.output) / "metrics.json").is_file():
+        raise PkdError(f"--resume: {cfg.output} holds a finished run; nothing to resume")
+    found = checkpoints(Path(cfg.output))
+    if not found:
+        raise PkdError(f"--resume: no complete checkpoint in {cfg.output}/checkpoints")
+    return found[-1]
+
+
+def start_run(path: Path, cfg, overwrite: bool, resuming: bool = False) -> None:
     """Create the run dir (replacing an old one with --overwrite) and write config.yaml."""
+    if resuming:
+        return
     if overwrite and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -215,10 +240,12 @@ def finetune(cfg: C.FinetuneConfig) -> dict:
     _setup_logging(cfg.train.quiet)
     from pkd.train import Objective, make_accelerator, train
 
-    output = check_output(cfg.output, cfg.overwrite)
+    output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
+    ckpt = resume_point(cfg)
     spec = resolve_task(cfg.data)
     spec, splits = load_splits(cfg.data, ["train", *spec.eval_splits])
     check_label_sets(spec, splits)
+    set_seed(cfg.train.seed)  # before the new head is initialised
     tokenizer = load_tokenizer(cfg.model, "model", cfg.trust_remote_code)
     model = load_for_finetuning(cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code)
     label2id = model.config.label2id if spec.problem_type == CLASSIFICATION else None
@@ -226,7 +253,7 @@ def finetune(cfg: C.FinetuneConfig) -> dict:
     trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
     baseline = _baselines(spec, splits)
     model.config.update({TASK_KEY: spec.name})
-    start_run(output, cfg, cfg.overwrite)
+    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None)
     accelerator = make_accelerator(cfg.train, output)
     t0 = time.perf_counter()
     result = train(
@@ -240,6 +267,7 @@ def finetune(cfg: C.FinetuneConfig) -> dict:
         output,
         accelerator,
         collator(tokenizer),
+        resume_from=ckpt,
     )
     metrics = {
         "task": spec.name,
@@ -333,6 +361,7 @@ def plan_distill(cfg: C.DistillRunConfig, accelerator=None) -> DistillPlan:
             f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
         )
     init = _student_init(cfg)
+    set_seed(cfg.train.seed)  # before the student's new head is initialised
     student = build_student(
         init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code
     )
@@ -422,12 +451,13 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
     from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, train
 
     d = cfg.distill
-    output = check_output(cfg.output, cfg.overwrite)
+    output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
+    ckpt = resume_point(cfg)
     accelerator = make_accelerator(cfg.train, output) if not dry_run else None
     plan = plan_distill(cfg, accelerator)
     if dry_run:
         return describe_plan(cfg, plan)
-    start_run(output, cfg, cfg.overwrite)
+    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None)
     t0 = time.perf_counter()
     spec = plan.spec
     cache_info = None
@@ -486,6 +516,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
         output,
         accelerator,
         collator(plan.tokenizer),
+        resume_from=ckpt,
     )
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]

@@ -176,7 +176,7 @@ def build_or_load(
             )
             cache.manifest["reused"] = True
             return cache
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # incl. JSONDecodeError
             logger.warning("teacher cache %s is invalid (%s); rebuilding it", path, e)
             shutil.rmtree(path, ignore_errors=True)
     return _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_progress)

@@ -77,6 +77,18 @@ def _add_run_options(p: argparse.ArgumentParser, model_flag: str) -> None:
         help="replace an existing run directory",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue from the latest checkpoint in --output",
+    )
+    p.add_argument(
+        "--resume-from",
+        dest="resume_from",
+        default=argparse.SUPPRESS,
+        help="continue from this checkpoint directory",
+    )
+    p.add_argument(
         "--trust-remote-code",
         dest="trust_remote_code",
         action="store_true",
@@ -148,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_list_of(int), default=[1, 2, 3], metavar="N,N")
     p.add_argument("--bench-batch-size", type=int, default=32)
     p.add_argument("--bench-seq-length", type=int, default=128)
+    p.add_argument("--bench-threads", type=int, default=None, help="CPU threads when timing")
+    p.add_argument("--bench-warmup", type=int, default=3)
+    p.add_argument("--bench-iterations", type=int, default=10)
     p.add_argument("--dry-run", action="store_true", help="print the runs it would do")
     for s in ("data", "train"):
         _add_section(p, s)
@@ -275,6 +290,9 @@ def run(argv: list[str] | None = None) -> int:
             args.seeds,
             bench_batch_size=args.bench_batch_size,
             bench_seq_length=args.bench_seq_length,
+            bench_threads=args.bench_threads,
+            bench_warmup=args.bench_warmup,
+            bench_iterations=args.bench_iterations,
             dry_run=args.dry_run,
         )
         print(result["markdown"])

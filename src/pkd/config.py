@@ -154,6 +154,8 @@ class FinetuneConfig:
     model: str = ""
     output: str = ""
     overwrite: bool = False
+    resume: bool = False
+    resume_from: str | None = None
     trust_remote_code: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -172,6 +174,8 @@ class DistillRunConfig:
     teacher: str = ""
     output: str = ""
     overwrite: bool = False
+    resume: bool = False
+    resume_from: str | None = None
     trust_remote_code: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5))

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def read_rows(path: Path, encoding: str, quoted: bool) -> list[tuple[int, list[s
 def read_jsonl(path: Path, encoding: str) -> list[tuple[int, dict]]:
     text = read_text(path, encoding)
     rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 (latin-1's 0x85) and
+    # other characters that JSON strings may hold unescaped.
+    for i, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -127,9 +131,12 @@ def _parse_label(spec: TaskSpec, value, where: str):
     """A label as the model sees it: a name from spec.labels, or a float for regression."""
     if spec.problem_type == REGRESSION:
         try:
-            return float(value)
+            score = float(value)
         except (TypeError, ValueError):
             raise PkdError(f"{where}: score {value!r} is not a number") from None
+        if not math.isfinite(score):  # float() accepts 'nan' and 'inf'; MSE would turn NaN
+            raise PkdError(f"{where}: score {value!r} is not a finite number")
+        return score
     label = str(value).strip()
     if spec.labels and label not in spec.labels:
         raise PkdError(f"{where}: label {label!r} is not one of {list(spec.labels)}")
@@ -168,7 +175,7 @@ def read_table_split(
                 id_idx = _column_index(path, head, spec.id_column)
         else:
             text_idx, label_idx, id_idx = list(columns), spec.label_column, None
-    needed = max([*text_idx, label_idx if label_idx is not None else -1]) + 1
+    needed = max([*text_idx, *(i for i in (label_idx, id_idx) if i is not None)]) + 1
     ids, text_a, text_b, labels = [], [], [], []
     for n, (line, row) in enumerate(rows):
         if len(row) < needed:

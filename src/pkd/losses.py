@@ -64,7 +64,8 @@ def patient_loss(
         normalize: divide each state by its L2 norm first (the paper's default).
         form: "mean" (default, the authors' `F.mse_loss`: mean over all B*L*H entries, the
             scale the paper's beta grid 10..1000 was tuned for) or "sum" (the paper's Eq. 4:
-            sum over layers and hidden units, mean over the batch; about H times stronger).
+            sum over layers and hidden units, mean over the sequences, i.e. over B, or over
+            B * choices for multiple choice; exactly L*H times the "mean" form).
     """
     if student_cls.numel() == 0:  # a 1-layer student has no intermediate layer to match
         return student_cls.new_zeros(())
@@ -74,7 +75,8 @@ def patient_loss(
     if form == "mean":
         return F.mse_loss(s, t)
     if form == "sum":
-        return (s - t).pow(2).sum() / s.shape[0]
+        # one [CLS] per sequence: (B, [C,] L, H) has B (* C) sequences
+        return (s - t).pow(2).sum() / (s.numel() // (s.shape[-2] * s.shape[-1]))
     raise ValueError(f"unknown patient-loss form {form!r}; valid: {PT_FORMS}")
 
 

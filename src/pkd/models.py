@@ -8,6 +8,7 @@ checkpoint with `num_hidden_layers=M` keeps `encoder.layer.0..M-1` and drops the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def load_config(name_or_path: str, option: str, trust_remote_code: bool = False)
 def load_tokenizer(name_or_path: str, option: str = "model", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    _check_exists(name_or_path, option)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
@@ -150,13 +152,25 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
         )
     problem_type = MULTIPLE_CHOICE if head[0].endswith("ForMultipleChoice") else None
     cls = auto_class(problem_type or "")
-    model = cls.from_pretrained(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=_use_safetensors(name_or_path),
-    )
+    use_safetensors = _use_safetensors(name_or_path)
+    with _load_errors(option, name_or_path):
+        model = cls.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+        )
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _load_errors(option: str, name_or_path: str):
+    """Damaged or mismatched weights -> a one-line PkdError naming the option."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PkdError(f"--{option}: cannot load the weights of {name_or_path} ({first})") from None
 
 
 def model_labels(model) -> tuple[str, ...]:
@@ -200,16 +214,21 @@ def build_student(
                 f"--student-init: {init} has {attr}={a} but the teacher has {attr}={b}; "
                 "student and teacher must share architecture, hidden size and vocabulary"
             )
-    if student_layers > init_layers:
-        raise PkdError(f"--student-layers: {student_layers} > the {init_layers} layers of {init}")
+    if not 1 <= student_layers <= init_layers:
+        raise PkdError(
+            f"--student-layers: {student_layers} is impossible for the {init_layers} layers of "
+            f"{init} (need 1 <= M <= {init_layers})"
+        )
     kwargs = _head_kwargs(problem_type, model_labels(teacher))
-    model = auto_class(problem_type).from_pretrained(
-        init,
-        num_hidden_layers=student_layers,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=_use_safetensors(init),
-        **kwargs,
-    )
+    use_safetensors = _use_safetensors(init)
+    with _load_errors("student-init", init):
+        model = auto_class(problem_type).from_pretrained(
+            init,
+            num_hidden_layers=student_layers,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors,
+            **kwargs,
+        )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
     return model
 

@@ -211,6 +211,9 @@ def make_accelerator(cfg: TrainConfig, output: Path):
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
     return Accelerator(
+        # Without a GPU, say so: accelerate only sets up multi-process CPU (gloo) training
+        # under torchrun/accelerate launch when cpu=True.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with="tensorboard",
@@ -248,8 +251,14 @@ def train(
             f"--batch-size: {cfg.batch_size} is not divisible by gradient accumulation "
             f"({cfg.gradient_accumulation_steps}) x processes ({world})"
         )
+    # Its own generator: creating a loader iterator (e.g. on resume) must not draw from the
+    # global RNG, or dropout masks after a resume would differ from an uninterrupted run.
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=micro, shuffle=True, collate_fn=collate
+        train_set,
+        batch_size=micro,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     eval_loaders = {
         name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)

@@ -1,0 +1,585 @@
+"""`pkd compare`: the paper's comparison in one command.
+
+Teacher vs FT / KD / PKD-Skip / PKD-Last students at one or more depths and seeds:
+
+1. check everything up front (methods, depths against the teacher, the student init, the
+   data, finished runs' settings) and score the teacher on the dev split(s);
+2. run each student with `pkd.api.distill` into `OUTPUT/runs/L{layers}-{method}-seed{seed}`;
+   all runs share one teacher cache (same teacher, data and max length -> same fingerprint),
+   built by the first run that needs it. A run dir with metrics.json is finished and reused;
+   an unfinished one is replaced;
+3. evaluate every saved model on the dev split(s) and benchmark it against the teacher on
+   identical inputs (`pkd.bench`);
+4. write results.json, results.md, results.csv (via `pkd.report`) and pareto.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pkd import config as C
+from pkd import report as R
+from pkd.errors import PkdError
+
+logger = logging.getLogger(__name__)
+
+# compare's method name -> (DistillConfig.method, DistillConfig.strategy)
+METHODS = {
+    "ft": ("ft", "skip"),
+    "kd": ("kd", "skip"),
+    "pkd-skip": ("pkd", "skip"),
+    "pkd-last": ("pkd", "last"),
+}
+SET_BY_COMPARE = ("method", "strategy", "student_layers", "layer_map")  # from --methods etc.
+IGNORED_TOP_LEVEL = ("teacher", "output", "overwrite", "meta")  # e.g. a saved config.yaml
+# Settings that do not change what a run learns: a finished run may differ in these.
+NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
+NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
+
+
+@dataclass
+class Run:
+    name: str
+    layers: int
+    method: str
+    seed: int
+    path: Path
+    cfg: C.DistillRunConfig
+    status: str  # train | reuse (finished) | replace (unfinished, overwritten)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning and up-front checks
+
+
+def _check_lists(student_layers, methods, seeds) -> None:
+    if not methods:
+        raise PkdError(f"--methods: give at least one of {', '.join(METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PkdError(f"--methods: unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+    for option, values in (
+        ("methods", methods),
+        ("seeds", seeds),
+        ("student-layers", student_layers),
+    ):
+        if not values:
+            raise PkdError(f"--{option}: give at least one value")
+        if len(set(values)) != len(values):
+            raise PkdError(f"--{option}: repeated values in {values}")
+
+
+def _clean_base(base: dict) -> dict:
+    """The shared data/train/distill sections; settings compare decides itself are dropped."""
+    base = dict(base or {})
+    for key in IGNORED_TOP_LEVEL:
+        if key in base and key != "meta":
+            logger.warning("compare ignores %r from the config; it uses --%s", key, key)
+        base.pop(key, None)
+    unknown = set(base) - {"data", "train", "distill", "trust_remote_code"}
+    if unknown:
+        raise PkdError(
+            f"--config: unknown option(s) {sorted(unknown)} for compare; "
+            "valid: data, train, distill, trust_remote_code"
+        )
+    distill = dict(base.get("distill") or {})
+    for key in SET_BY_COMPARE:
+        if distill.pop(key, None) is not None:
+            logger.warning(
+                "compare ignores distill.%s from the config; --methods/--student-layers set it", key
+            )
+    base["distill"] = distill
+    return base
+
+
+def plan_runs(
+    teacher: str,
+    output: str,
+    base: dict,
+    student_layers: list[int],
+    methods: list[str],
+    seeds: list[int],
+) -> list[Run]:
+    """One validated DistillRunConfig per depth x method x seed, with its run dir's status."""
+    _check_lists(student_layers, methods, seeds)
+    base = _clean_base(base)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise PkdError(f"--output: {output} exists and is not a directory")
+    runs = []
+    for layers in student_layers:
+        for method in methods:
+            for seed in seeds:
+                name = R.run_name(layers, method, seed)
+                path = out / "runs" / name
+                finished = R.is_finished(path)
+                unfinished = path.exists() and not finished
+                kind, strategy = METHODS[method]
+                values = {
+                    "teacher": teacher,
+                    "output": str(path),
+                    "overwrite": unfinished,
+                    "trust_remote_code": bool(base.get("trust_remote_code", False)),
+                    "data": dict(base.get("data") or {}),
+                    "train": {**(base.get("train") or {}), "seed": seed},
+                    "distill": {
+                        **base["distill"],
+                        "method": kind,
+                        "strategy": strategy,
+                        "student_layers": layers,
+                    },
+                }
+                cfg = C.build(C.DistillRunConfig, values, "compare")
+                status = "reuse" if finished else ("replace" if unfinished else "train")
+                runs.append(Run(name, layers, method, seed, path, cfg, status))
+    return runs
+
+
+def _norm(value):
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def config_drift(run: Run) -> list[str]:
+    """Settings in which a finished run's config.yaml differs from the one compare would use."""
+    path = run.path / "config.yaml"
+    if not path.is_file():
+        logger.warning("%s has no config.yaml; reusing it unchecked", run.path)
+        return []
+    saved = yaml.safe_load(path.read_text()) or {}
+    new = C.to_dict(run.cfg)
+    diffs = []
+    if _norm(saved.get("teacher")) != _norm(new["teacher"]):
+        diffs.append(f"teacher: {saved.get('teacher')!r} -> {new['teacher']!r}")
+    for section in ("data", "train", "distill"):
+        old_section = saved.get(section) or {}
+        for key, value in new[section].items():
+            if key in NO_EFFECT:
+                continue
+            old = old_section.get(key)
+            if _norm(old) != _norm(value):
+                diffs.append(f"{section}.{key}: {old!r} -> {value!r}")
+    return diffs
+
+
+@dataclass
+class Checked:
+    spec: object
+    teacher_layers: int
+    teacher_eval: dict  # split -> metrics
+
+
+def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None) -> Checked:
+    """Everything that can fail before the first run: teacher, depths, init, data, old runs."""
+    from pkd import api
+    from pkd.mapping import layer_map
+    from pkd.models import load_config, load_finetuned, model_labels, num_layers
+    from pkd.tasks import CLASSIFICATION
+
+    cfg = runs[0].cfg
+    trust = cfg.trust_remote_code
+    model = load_finetuned(teacher, "teacher", trust)
+    n = num_layers(model.config)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if bench_seq_length and positions and bench_seq_length > positions:
+        raise PkdError(
+            f"--bench-seq-length: {bench_seq_length} exceeds the teacher's {positions} positions"
+        )
+    for run in runs:
+        layer_map(run.cfg.distill.strategy, n, run.layers)  # 1 <= M < N for every method
+    init = api._student_init(cfg)
+    init_layers = num_layers(load_config(init, "student-init", trust))
+    deepest = max(r.layers for r in runs)
+    if deepest > init_layers:
+        raise PkdError(f"--student-layers: {deepest} > the {init_layers} layers of {init}")
+    labels = model_labels(model)
+    spec = api.resolve_task(cfg.data)
+    spec, splits = api.load_splits(
+        cfg.data, ["train", *spec.eval_splits], labels if spec.source == "custom" else ()
+    )
+    api.check_label_sets(spec, splits)
+    if spec.problem_type == CLASSIFICATION:
+        if set(spec.labels) != set(labels):
+            raise PkdError(
+                f"--teacher: its labels {list(labels)} differ from the data's {list(spec.labels)}"
+            )
+        spec = dataclasses.replace(spec, labels=labels)
+    for run in runs:
+        if run.status == "reuse":
+            diffs = config_drift(run)
+            if diffs:
+                raise PkdError(
+                    f"--output: {run.path} was trained with other settings ({'; '.join(diffs[:3])}); "
+                    "use another --output or delete that run"
+                )
+    del model
+    teacher_eval = evaluate_model(teacher, cfg, spec)
+    main = {s: {spec.main_metric: m[spec.main_metric]} for s, m in teacher_eval.items()}
+    api._check_teacher_strength(
+        spec, main, api._baselines(spec, splits), cfg.distill.allow_weak_teacher
+    )
+    return Checked(spec, n, teacher_eval)
+
+
+def evaluate_model(model_dir: str | Path, cfg: C.DistillRunConfig, spec) -> dict:
+    from pkd.api import evaluate
+
+    out = {}
+    for split in spec.eval_splits:
+        m = evaluate(str(model_dir), cfg.data, split, cfg.train.eval_batch_size)
+        out[split] = {k: v for k, v in m.items() if k not in ("task", "split", "source")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def compare(
+    teacher: str,
+    output: str,
+    base: dict,
+    student_layers: list[int],
+    methods: list[str],
+    seeds: list[int],
+    bench_batch_size: int = 32,
+    bench_seq_length: int = 128,
+    dry_run: bool = False,
+    bench_warmup: int = 3,
+    bench_iterations: int = 10,
+    bench_threads: int | None = None,
+) -> dict:
+    """Train (or reuse) every student, evaluate and benchmark all models, write the tables.
+
+    Args:
+        teacher: fine-tuned teacher directory.
+        output: directory for runs/ and the results files.
+        base: nested dict with optional "data", "train", "distill" sections shared by all runs.
+        student_layers, methods, seeds: the grid; methods from ft, kd, pkd-skip, pkd-last.
+        bench_batch_size, bench_seq_length, bench_warmup, bench_iterations, bench_threads:
+            the benchmark setting (threads: torch's default when None).
+        dry_run: check everything and list the runs; train nothing, write nothing.
+
+    Returns:
+        results.json's content plus "markdown" (results.md); with dry_run, the plan.
+
+    Raises:
+        PkdError: unknown methods, impossible depths, a teacher or data that does not load,
+            a finished run trained with other settings.
+    """
+    from pkd.api import distill
+    from pkd.bench import benchmark, check_bench_options
+    from pkd.models import quiet_transformers
+
+    t0 = time.perf_counter()
+    quiet_transformers()
+    runs = plan_runs(teacher, output, base, student_layers, methods, seeds)
+    for option, value in (
+        ("bench-batch-size", bench_batch_size),
+        ("bench-seq-length", bench_seq_length),
+    ):
+        if value < 1:
+            raise PkdError(f"--{option}: must be >= 1, got {value}")
+    check_bench_options(
+        [bench_batch_size],
+        [bench_seq_length],
+        bench_threads,
+        "torch",
+        bench_warmup,
+        bench_iterations,
+    )
+    checked = validate(runs, teacher, bench_seq_length)
+    spec = checked.spec
+    if dry_run:
+        return _describe(runs, teacher, checked)
+    wall = {"validate": round(time.perf_counter() - t0, 2), "teacher_cache": 0.0, "students": {}}
+    for i, run in enumerate(runs, 1):
+        if run.status == "reuse":
+            logger.info("[%d/%d] %s: finished, reused", i, len(runs), run.name)
+            wall["students"][run.name] = {"reused": True, "seconds": 0.0}
+            continue
+        logger.info("[%d/%d] %s: %s", i, len(runs), run.name, run.status)
+        t = time.perf_counter()
+        m = distill(run.cfg)
+        took = time.perf_counter() - t
+        cache = m["wall_seconds"]["teacher_cache"]
+        wall["teacher_cache"] += cache
+        wall["students"][run.name] = {
+            "reused": False,
+            "seconds": round(took - cache, 2),
+            "train": m["wall_seconds"]["train"],
+            "teacher_cache": cache,
+        }
+    wall["teacher_cache"] = round(wall["teacher_cache"], 2)
+
+    t = time.perf_counter()
+    evals = {run.name: evaluate_model(run.path / "model", run.cfg, spec) for run in runs}
+    wall["evaluation"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    bench = benchmark(
+        [teacher] + [str(run.path) for run in runs],
+        [bench_batch_size],
+        [bench_seq_length],
+        bench_threads,
+        "torch",
+        str(output),
+        bench_warmup,
+        bench_iterations,
+    )
+    wall["benchmark"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    result = _results(runs, teacher, checked, evals, bench, methods)
+    wall["report"] = round(time.perf_counter() - t, 2)
+    wall["total"] = round(time.perf_counter() - t0, 2)
+    result["wall_seconds"] = wall
+    result["markdown"] = to_markdown(result)
+    out = Path(output)
+    R.write_json(out / "results.json", {k: v for k, v in result.items() if k != "markdown"})
+    R.write_text(out / "results.md", result["markdown"])
+    R.write_csv(out / "results.csv", result["rows"], CSV_COLUMNS)
+    split = spec.eval_splits[0]
+    R.pareto_plot(
+        [
+            {"label": r["name"], "group": r["method"], "x": r["throughput"], "y": 100 * r["metric"]}
+            for r in result["rows"]
+        ],
+        out / "pareto.png",
+        f"throughput (examples/s, batch {bench_batch_size} x {bench_seq_length} tokens, CPU)",
+        f"{spec.main_metric} on {split} (%)",
+        f"{spec.name}: teacher vs {'/'.join(map(str, student_layers))}-layer students",
+    )
+    return result
+
+
+CSV_COLUMNS = [
+    "name",
+    "role",
+    "layers",
+    "method",
+    "seed",
+    "metric",
+    "fraction_of_teacher",
+    "params_total",
+    "params_transformer_layers",
+    "size_mb",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput",
+    "speedup",
+    "reused",
+    "path",
+]
+
+
+def _results(runs, teacher, checked: Checked, evals, bench, methods) -> dict:
+    spec = checked.spec
+    split, metric = spec.eval_splits[0], spec.main_metric
+    # One benchmark setting: results[i] belongs to the i-th model (teacher first).
+    timed = bench["results"]
+    sizes = bench["models"]
+
+    def speed(i: int) -> dict:
+        r, m = timed[i], sizes[i]
+        return {
+            "params_total": m["parameters"]["total"],
+            "params_transformer_layers": m["parameters"]["transformer_layers"],
+            "size_mb": m["size_mb"],
+            "latency_ms_p50": r["latency_ms_p50"],
+            "latency_ms_p95": r["latency_ms_p95"],
+            "throughput": r["throughput"],
+            "speedup": r["speedup"],
+        }
+
+    t_value = checked.teacher_eval[split][metric]
+    rows = [
+        {
+            "name": "teacher",
+            "role": "teacher",
+            "layers": checked.teacher_layers,
+            "method": "teacher",
+            "seed": None,
+            "metric": t_value,
+            "metrics": checked.teacher_eval,
+            "fraction_of_teacher": 1.0,
+            "reused": None,
+            "path": str(teacher),
+            **speed(0),
+        }
+    ]
+    for i, run in enumerate(runs, 1):
+        value = evals[run.name][split][metric]
+        recorded = R.read_metrics(run.path)
+        rows.append(
+            {
+                "name": run.name,
+                "role": "student",
+                "layers": run.layers,
+                "method": run.method,
+                "seed": run.seed,
+                "metric": value,
+                "metrics": evals[run.name],
+                "fraction_of_teacher": value / t_value if t_value else None,
+                "reused": run.status == "reuse",
+                "path": str(run.path),
+                "recorded_best": R.best_metric(recorded, split, metric),
+                "teacher_cache_path": (recorded.get("teacher_cache") or {}).get("path"),
+                **speed(i),
+            }
+        )
+    return {
+        "task": spec.name,
+        "split": split,
+        "metric": metric,
+        "teacher": {
+            "path": str(teacher),
+            "layers": checked.teacher_layers,
+            "metrics": checked.teacher_eval,
+        },
+        "benchmark": {"device": bench["device"], "settings": bench["settings"]},
+        "rows": rows,
+        "summary": R.summarize(rows[1:], t_value, methods),
+    }
+
+
+def to_markdown(result: dict) -> str:
+    metric, split = result["metric"], result["split"]
+    teacher = result["rows"][0]
+    s = result["benchmark"]["settings"]
+    from pkd.bench import describe_device
+
+    lines = [
+        f"# pkd compare: {result['task']} ({metric} on {split}, %)",
+        "",
+        f"Teacher: {teacher['path']} ({teacher['layers']} layers, "
+        f"{teacher['params_total'] / 1e6:.2f}M parameters): {metric} {R.pct(teacher['metric'])}.",
+        f"Speed: batch {s['batch_sizes'][0]} x {s['seq_lengths'][0]} tokens, median of "
+        f"{s['iterations']} runs; {describe_device(result['benchmark']['device'])}.",
+        "",
+        "## Students, mean ± std over seeds",
+        "",
+    ]
+    lines.append(
+        R.markdown_table(
+            [
+                "layers",
+                "method",
+                "seeds",
+                f"{metric} (mean ± std)",
+                "% of teacher",
+                "examples/s",
+                "speed-up",
+                "params (M)",
+            ],
+            [
+                [
+                    g["layers"],
+                    g["method"],
+                    g["n"],
+                    R.pm(g["mean"], g["std"]),
+                    R.pct(g["fraction_of_teacher"]),
+                    f"{g['throughput']:.1f}",
+                    f"{g['speedup']:.2f}x",
+                    f"{g['params_total'] / 1e6:.2f}",
+                ]
+                for g in result["summary"]
+            ],
+        )
+    )
+    lines += ["## All models", ""]
+    lines.append(
+        R.markdown_table(
+            [
+                "model",
+                "layers",
+                "method",
+                "seed",
+                metric,
+                "% of teacher",
+                "params (M)",
+                "p50 (ms)",
+                "examples/s",
+                "speed-up",
+            ],
+            [
+                [
+                    r["name"] + (" (reused)" if r["reused"] else ""),
+                    r["layers"],
+                    r["method"],
+                    r["seed"],
+                    R.pct(r["metric"]),
+                    R.pct(r["fraction_of_teacher"]),
+                    f"{r['params_total'] / 1e6:.2f}",
+                    f"{r['latency_ms_p50']:.2f}",
+                    f"{r['throughput']:.1f}",
+                    f"{r['speedup']:.2f}x",
+                ]
+                for r in result["rows"]
+            ],
+        )
+    )
+    if "wall_seconds" in result:
+        w = result["wall_seconds"]
+        phases = [
+            ["checks + teacher evaluation", w["validate"]],
+            ["teacher cache", w["teacher_cache"]],
+        ]
+        for name, st in w["students"].items():
+            phases.append([f"student {name}", "reused" if st["reused"] else st["seconds"]])
+        phases += [
+            ["evaluation", w["evaluation"]],
+            ["benchmark", w["benchmark"]],
+            ["report", w["report"]],
+            ["**total**", f"**{w['total']}**"],
+        ]
+        lines += [
+            "## Wall time (this invocation, seconds)",
+            "",
+            R.markdown_table(["phase", "seconds"], phases),
+        ]
+    return "\n".join(lines)
+
+
+def _describe(runs: list[Run], teacher: str, checked: Checked) -> dict:
+    spec = checked.spec
+    split = spec.eval_splits[0]
+    t_value = checked.teacher_eval[split][spec.main_metric]
+    table = R.markdown_table(
+        ["run", "layers", "method", "seed", "status", "directory"],
+        [[r.name, r.layers, r.method, r.seed, r.status, str(r.path)] for r in runs],
+    )
+    todo = sum(r.status != "reuse" for r in runs)
+    markdown = (
+        f"# pkd compare (dry run): {spec.name}\n\n"
+        f"Teacher: {teacher} ({checked.teacher_layers} layers), {spec.main_metric} on {split}: "
+        f"{R.pct(t_value)}.\n{len(runs)} runs, {todo} to train, {len(runs) - todo} finished.\n\n"
+        + table
+    )
+    return {
+        "dry_run": True,
+        "task": spec.name,
+        "teacher": {
+            "path": teacher,
+            "layers": checked.teacher_layers,
+            "metrics": checked.teacher_eval,
+        },
+        "runs": [
+            {
+                "name": r.name,
+                "layers": r.layers,
+                "method": r.method,
+                "seed": r.seed,
+                "status": r.status,
+                "path": str(r.path),
+            }
+            for r in runs
+        ],
+        "markdown": markdown,
+    }

@@ -1,0 +1,267 @@
+"""Bad input through the `pkd` command: exit code 2, one `pkd: error:` line naming the file and
+line (or the option), nothing written. Plus one happy path: finetune -> evaluate -> predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sentiment_rows, write_sst2
+
+from pkd.cli import main
+
+# Tiny models on a shared 2-core machine: several torch threads per process fight over the
+# cores and make each step ~40x slower than one thread.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TRAIN_OPTS = ["--epochs", "1", "--batch-size", "8", "--max-length", "16", "--quiet"]
+
+
+def finetune_argv(model, data_dir, output, *extra):
+    return [
+        "finetune",
+        "--model",
+        str(model),
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        *TRAIN_OPTS,
+        *extra,
+    ]
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def cli_error(argv, capsys) -> str:
+    """Run the CLI, expect exit 2 and exactly one `pkd: error:` line; return that line."""
+    code, out, err = cli(argv, capsys)
+    assert code == 2, (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pkd: error: "), err
+    assert out == ""
+    return lines[0]
+
+
+def tsv(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data: each names the file and line, and no run directory appears
+
+
+def _missing_dev(d: Path) -> str:
+    (d / "dev.tsv").unlink()
+    return f"{d / 'dev.tsv'}: file not found"
+
+
+def _too_few_columns(d: Path) -> str:
+    tsv(d / "train.tsv", ["sentence\tlabel", "good film\t1", "no tab on this line", "bad\t0"])
+    return f"{d / 'train.tsv'}:3: expected at least 2 columns, found 1"
+
+
+def _label_out_of_range(d: Path) -> str:
+    tsv(d / "dev.tsv", ["sentence\tlabel", "good film\t1", "bad film\t0", "meh film\t2"])
+    return f"{d / 'dev.tsv'}:4: label '2' is not one of ['0', '1']"
+
+
+def _header_only(d: Path) -> str:
+    tsv(d / "train.tsv", ["sentence\tlabel"])
+    return f"{d / 'train.tsv'}: no examples in the train split"
+
+
+def _wrong_header(d: Path) -> str:
+    tsv(d / "train.tsv", ["text\tlabel", "good\t1"])
+    return f"{d / 'train.tsv'}:1: no column 'sentence'"
+
+
+def _not_utf8(d: Path) -> str:
+    (d / "train.tsv").write_bytes(b"sentence\tlabel\ngood\t1\nna\xefve\t0\n")
+    return f"{d / 'train.tsv'}:3: not valid utf-8"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [_missing_dev, _too_few_columns, _label_out_of_range, _header_only, _wrong_header, _not_utf8],
+)
+def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, capsys):
+    d = write_sst2(tmp_path / "SST-2", n_train=8, n_dev=4, n_test=2)
+    expected = corrupt(d)
+    line = cli_error(finetune_argv(tiny_bert, d, tmp_path / "run"), capsys)
+    assert expected in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_numeric_stsb_score(tiny_bert, tmp_path, capsys):
+    d = tmp_path / "STS-B"
+    d.mkdir()
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane."
+    tsv(d / "train.tsv", [head, row + "\t5.000", row + "\tfive"])
+    tsv(d / "dev.tsv", [head, row + "\t4.2"])
+    argv = finetune_argv(tiny_bert, d, tmp_path / "run")
+    argv[argv.index("sst2")] = "stsb"
+    line = cli_error(argv, capsys)
+    assert f"{d / 'train.tsv'}:3: score 'five' is not a number" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_task(tiny_bert, sst2_dir, tmp_path, capsys):
+    argv = finetune_argv(tiny_bert, sst2_dir, tmp_path / "run")
+    argv[argv.index("sst2")] = "sst3"
+    line = cli_error(argv, capsys)
+    assert line.startswith("pkd: error: --task: unknown task 'sst3'")
+    assert "sst2" in line and "mnli" in line  # lists the valid names
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_directory_missing(sst2_dir, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    line = cli_error(finetune_argv(missing, sst2_dir, tmp_path / "run"), capsys)
+    assert line == f"pkd: error: --model: model directory {missing} does not exist"
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_directory_that_is_not_a_model(sst2_dir, tmp_path, capsys):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a model\n")
+    line = cli_error(finetune_argv(junk, sst2_dir, tmp_path / "run"), capsys)
+    assert line == f"pkd: error: --model: {junk} is not a model directory (no config.json)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_a_model_as_a_user_sees_it(sst2_dir, tmp_path):
+    """In a real process: logging, warnings and progress bars must not add to the one line."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    argv = finetune_argv(junk, sst2_dir, tmp_path / "run")
+    argv.remove("--quiet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pkd.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines == [f"pkd: error: --model: {junk} is not a model directory (no config.json)"], (
+        proc.stderr
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_option_value_names_the_option(tiny_bert, sst2_dir, tmp_path, capsys):
+    line = cli_error(
+        finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", "--max-length", "0"), capsys
+    )
+    assert line.startswith("pkd: error: --max-length:")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished run: the happy path, and what must not happen to it
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_sst2(root / "SST-2")
+    argv = finetune_argv(tiny_bert, data, root / "run", "--epochs", "6", "--lr", "3e-3")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    assert e.value.code == 0
+    return root / "run", data
+
+
+def test_finetune_evaluate_predict(finished_run, capsys):
+    run, data = finished_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "sst2" and metrics["labels"] == ["0", "1"]
+    assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # separable toy data
+
+    code, out, _ = cli(["evaluate", "--model", run / "model", "--task", "sst2",
+                        "--data-dir", data], capsys)  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    assert result["task"] == "sst2" and result["split"] == "dev" and result["examples"] == 32
+    assert result["accuracy"] >= 0.8
+    written = run / "eval_sst2_dev.json"
+    assert json.loads(written.read_text()) == result
+
+    preds_file = run / "preds.tsv"
+    code, out, _ = cli(["predict", "--model", run / "model", "--task", "sst2", "--data-dir", data,
+                        "--output-file", preds_file], capsys)  # fmt: skip
+    assert code == 0
+    assert out.strip() == str(preds_file)
+    lines = preds_file.read_text().splitlines()
+    assert lines[0] == "index\tprediction"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[0] for r in rows] == [str(i) for i in range(8)]  # one row per test example
+    assert {r[1] for r in rows} <= {"0", "1"}  # label names, not logits
+    gold = [y for _, y in sentiment_rows(8, 2)]  # what write_sst2 put in test.tsv
+    assert sum(r[1] == y for r, y in zip(rows, gold, strict=True)) >= 6
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_existing_run_is_not_overwritten(finished_run, tiny_bert, capsys):
+    run, data = finished_run
+    before = _snapshot(run)
+    assert "metrics.json" in before and "model/model.safetensors" in before
+    line = cli_error(finetune_argv(tiny_bert, data, run), capsys)
+    assert line.startswith(f"pkd: error: --output: {run} already holds a finished run")
+    assert "--overwrite" in line
+    assert _snapshot(run) == before
+
+
+def test_evaluate_refuses_the_test_split(finished_run, capsys):
+    run, data = finished_run
+    before = _snapshot(run)
+    line = cli_error(["evaluate", "--model", run / "model", "--task", "sst2", "--data-dir", data,
+                      "--split", "test"], capsys)  # fmt: skip
+    assert line.startswith("pkd: error: --split: test")
+    assert "pkd predict" in line
+    assert _snapshot(run) == before  # no eval file written
+
+
+def test_evaluate_bad_label_in_dev(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    d = write_sst2(tmp_path / "SST-2", n_train=4, n_dev=4, n_test=2)
+    tsv(d / "dev.tsv", ["sentence\tlabel", "good\t1", "bad\tpositive"])
+    line = cli_error(
+        ["evaluate", "--model", run / "model", "--task", "sst2", "--data-dir", d,
+         "--output-file", tmp_path / "eval.json"], capsys,
+    )  # fmt: skip
+    assert f"{d / 'dev.tsv'}:3: label 'positive'" in line
+    assert not (tmp_path / "eval.json").exists()
