@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +83,41 @@ def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] =
             spec = dataclasses.replace(spec, labels=infer_labels(raw))  # custom: from train
         n = data.max_train_samples if split == "train" else data.max_eval_samples
         out[split] = raw.head(n)
+    if data.holdout_fraction and "train" in out:
+        # Right after train, so the training loop selects its best epoch on it (its first
+        # eval set); dev is still scored every epoch but no longer chooses anything.
+        train, held = split_holdout(out["train"], data.holdout_fraction)
+        out = {"train": train, HOLDOUT: held, **{k: v for k, v in out.items() if k != "train"}}
     return spec, out
+
+
+HOLDOUT = "holdout"
+HOLDOUT_SEED = 0  # fixed: the same training rows and fraction always hold out the same rows
+
+
+def split_holdout(train, fraction: float):
+    """(train without the holdout rows, holdout): round(fraction * n) rows chosen by a fixed seed."""
+    import random
+
+    n = len(train)
+    if n < 2:
+        raise PkdError(f"--holdout-fraction: {n} training example(s) cannot be split")
+    held = set(random.Random(HOLDOUT_SEED).sample(range(n), min(n - 1, max(1, round(fraction * n)))))
+
+    def rows(values, in_holdout: bool):
+        return None if values is None else [v for i, v in enumerate(values) if (i in held) == in_holdout]
+
+    def part(name: str, in_holdout: bool):
+        return dataclasses.replace(
+            train,
+            name=name,
+            ids=rows(train.ids, in_holdout),
+            text_a=rows(train.text_a, in_holdout),
+            text_b=rows(train.text_b, in_holdout),
+            labels=rows(train.labels, in_holdout),
+        )
+
+    return part(train.name, False), part(HOLDOUT, True)
 
 
 def check_label_sets(spec: TaskSpec, splits: dict) -> None:
@@ -133,15 +169,13 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> Path:
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    if not _writable(parent):
-        raise PkdError(f"--output: cannot write to {parent}")
+    if not parent.is_dir():
+        raise PkdError(f"--output: cannot create {output}: {parent} is a file, not a directory")
+    try:  # a real write: os.access says yes to root even on read-only file systems
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
+    except OSError as e:
+        raise PkdError(f"--output: cannot create {output}: {parent} is not writable ({e.strerror})") from None
     return path
-
-
-def _writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK)
 
 
 def resume_point(cfg) -> Path | None:
@@ -214,11 +248,28 @@ def data_summary(splits: dict, encoded: dict, max_length: int) -> dict:
     return {
         name: {
             "source": s.source,
+            "sha256": data_fingerprint(s),
             "examples": len(s),
             "truncated": round(truncated_fraction(encoded[name], max_length), 4),
         }
         for name, s in splits.items()
     }
+
+
+def data_fingerprint(split) -> str:
+    """sha256 of the data file a split was read from (of its examples, for a Hub split)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    path = Path(split.source)
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    else:
+        rows = [split.ids, split.text_a, split.text_b, split.labels]
+        h.update(json.dumps(rows, ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -232,10 +283,11 @@ def _setup_logging(quiet: bool) -> None:
 # finetune
 
 
-def finetune(cfg: C.FinetuneConfig) -> dict:
+def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
 
-    Returns the contents of metrics.json.
+    Returns the contents of metrics.json (or, with dry_run, the plan: every check is run
+    and a few steps are timed, nothing is written).
     """
     _setup_logging(cfg.train.quiet)
     from pkd.train import Objective, make_accelerator, train
@@ -252,6 +304,10 @@ def finetune(cfg: C.FinetuneConfig) -> dict:
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
     trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
     baseline = _baselines(spec, splits)
+    if dry_run:
+        from pkd.dryrun import describe_finetune
+
+        return describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, ckpt)
     model.config.update({TASK_KEY: spec.name})
     start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None)
     accelerator = make_accelerator(cfg.train, output)
@@ -332,8 +388,13 @@ class DistillPlan:
     truncated: float
 
 
-def plan_distill(cfg: C.DistillRunConfig, accelerator=None) -> DistillPlan:
-    """Every up-front check of `pkd distill`, and the loaded teacher, student and data."""
+def plan_distill(
+    cfg: C.DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
+) -> DistillPlan:
+    """Every up-front check of `pkd distill`, and the loaded teacher, student and data.
+
+    teacher_metrics: the teacher's dev scores when already measured (`compare`), else scored.
+    """
     d = cfg.distill
     spec = resolve_task(cfg.data)
     teacher = load_finetuned(cfg.teacher, "teacher", cfg.trust_remote_code)
@@ -360,17 +421,24 @@ def plan_distill(cfg: C.DistillRunConfig, accelerator=None) -> DistillPlan:
         raise PkdError(
             f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
         )
+    if len(d.terms) > 1 and d.teacher_mode == "cached":
+        check_cache_space(
+            d.cache_dir, spec.name, teacher.config, len(splits["train"]), cfg.data.max_length
+        )
     init = _student_init(cfg)
+    tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
+    if init != cfg.teacher:
+        check_same_tokenizer(init, tokenizer, cfg.trust_remote_code)
     set_seed(cfg.train.seed)  # before the student's new head is initialised
     student = build_student(
         init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code
     )
-    tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
     label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
     trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
     baseline = _baselines(spec, splits)
-    teacher_metrics = _teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
+    if teacher_metrics is None:
+        teacher_metrics = _teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
     _check_teacher_strength(spec, teacher_metrics, baseline, d.allow_weak_teacher)
     return DistillPlan(
         spec,
@@ -387,12 +455,94 @@ def plan_distill(cfg: C.DistillRunConfig, accelerator=None) -> DistillPlan:
     )
 
 
+TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
+
+
+def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
+    """The student reads the teacher's token ids, so its init must tokenise identically."""
+    try:
+        theirs = load_tokenizer(init, "student-init", trust_remote_code)
+    except PkdError:
+        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
+        return
+    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
+    if ours != other:
+        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
+            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
+            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
+        )
+    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
+    if a != b:
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
+            f"text differently (e.g. lower-casing or accents: {TOKENIZER_PROBE!r} -> {b} vs {a}); "
+            "student and teacher must share one tokenizer"
+        )
+
+
+def check_cache_space(
+    cache_dir: str | None, task: str, teacher_config, examples: int, max_length: int
+) -> int:
+    """Estimate the teacher cache, log it, and refuse to start when the disk cannot hold it.
+
+    Returns the estimate in bytes. A cache that may already exist for these inputs (same task,
+    examples, max length and teacher shape) skips the space check: it would be reused.
+    """
+    from pkd.cache import default_root, estimate_bytes
+
+    t = teacher_config
+    size = estimate_bytes(
+        examples, (max(1, t.num_labels),), (t.num_hidden_layers + 1, t.hidden_size)
+    )
+    root = Path(cache_dir) if cache_dir else default_root()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    logger.info(
+        "teacher cache: about %s for %d examples under %s (%s free)",
+        _human(size),
+        examples,
+        root,
+        _human(free),
+    )
+    if free >= size * 1.1:
+        return size
+    for manifest in root.glob(f"{task}-*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+            if (m["examples"], m["max_length"], m["teacher_layers"], m["hidden_size"]) == (
+                examples,
+                max_length,
+                t.num_hidden_layers,
+                t.hidden_size,
+            ):
+                return size  # probably reusable; the build re-checks space if it is not
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise PkdError(
+        f"--cache-dir: the teacher cache needs about {_human(size)} but {existing} has "
+        f"{_human(free)} free; free some space or pass --cache-dir on a larger disk"
+    )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _student_init(cfg: C.DistillRunConfig) -> str:
     from pkd.models import load_config
 
     init = cfg.distill.student_init
     if init in (None, ""):
-        init = getattr(load_config(cfg.teacher, "teacher"), BASE_MODEL_KEY, None)
+        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
+        init = getattr(teacher_config, BASE_MODEL_KEY, None)
         if not init:
             raise PkdError(
                 f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
@@ -401,10 +551,12 @@ def _student_init(cfg: C.DistillRunConfig) -> str:
     if init == "teacher" or (
         Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
     ):
+        base = getattr(load_config(cfg.teacher, "teacher", cfg.trust_remote_code), BASE_MODEL_KEY, None)
         logger.warning(
-            "the student is initialised from the fine-tuned teacher %s, not its pre-trained base "
-            "model; the paper initialises from the pre-trained model",
+            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
+            "the pre-trained %s; the paper initialises from the pre-trained model",
             cfg.teacher,
+            base or "checkpoint it was fine-tuned from",
         )
         init = cfg.teacher
     return init
@@ -441,9 +593,11 @@ def _check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> Non
         )
 
 
-def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
+def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
     """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
 
+    `on_evaluate(step, epoch, metrics)` is called after each epoch's evaluation (see
+    `pkd.train.train`); if it raises, the run stops and metrics.json is not written.
     Returns the contents of metrics.json (or the plan, with dry_run).
     """
     _setup_logging(cfg.train.quiet)
@@ -463,12 +617,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
     cache_info = None
     needs_teacher = len(d.terms) > 1
     if needs_teacher and d.teacher_mode == "cached":
-        extra = {
-            "task": spec.name,
-            "labels": list(spec.labels),
-            "max_length": cfg.data.max_length,
-            "truncation": True,
-        }
+        extra = cache_extra(spec, cfg)
         with accelerator.main_process_first():  # built once, by the main process
             cache = cache_mod.build_or_load(
                 plan.teacher,
@@ -517,6 +666,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False) -> dict:
         accelerator,
         collator(plan.tokenizer),
         resume_from=ckpt,
+        on_evaluate=on_evaluate,
     )
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]
@@ -570,42 +720,20 @@ def _warn_collapse(result, spec, baseline, d) -> None:
         )
 
 
-def describe_plan(cfg: C.DistillRunConfig, plan: DistillPlan) -> dict:
-    from pkd.cache import estimate_bytes
+def describe_plan(cfg: C.DistillRunConfig, plan: DistillPlan, timed: bool = True) -> dict:
+    """The resolved plan of a distill run (what --dry-run prints), with a timed estimate."""
+    from pkd.dryrun import describe_distill
 
-    t = plan.teacher.config
-    n = len(plan.encoded["train"])
-    c = max(1, t.num_labels)
-    size = estimate_bytes(n, (c,), (t.num_hidden_layers + 1, t.hidden_size))
+    return describe_distill(cfg, plan, timed)
+
+
+def cache_extra(spec: TaskSpec, cfg: C.DistillRunConfig) -> dict:
+    """What besides teacher weights and token ids decides the teacher cache's content."""
     return {
-        "teacher": {
-            "path": cfg.teacher,
-            "layers": t.num_hidden_layers,
-            "hidden_size": t.hidden_size,
-            "labels": list(plan.spec.labels),
-            "dev": plan.teacher_metrics,
-        },
-        "student": {"layers": cfg.distill.student_layers, "init": plan.student_init},
-        "method": cfg.distill.method,
-        "layer_map": [f"teacher {a} -> student {b}" for a, b in plan.pairs]
-        if "pt" in cfg.distill.terms
-        else [],
-        "loss": {
-            "alpha": cfg.distill.alpha,
-            "beta": cfg.distill.beta,
-            "temperature": cfg.distill.temperature,
-            "kd_form": cfg.distill.kd_loss,
-            "pt_form": cfg.distill.pt_loss,
-            "pt_normalize": cfg.distill.pt_normalize,
-        },
-        "data": {
-            k: {
-                "examples": len(v),
-                "truncated": round(truncated_fraction(plan.encoded[k], cfg.data.max_length), 4),
-            }
-            for k, v in plan.splits.items()
-        },
-        "cache_bytes": size,
+        "task": spec.name,
+        "labels": list(spec.labels),
+        "max_length": cfg.data.max_length,
+        "truncation": True,
     }
 
 
@@ -617,9 +745,37 @@ def _load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bo
     _setup_logging(True)
     net = load_finetuned(model, "model")
     tokenizer = load_tokenizer(model, "model")
-    spec = resolve_task(data, model_labels(net))
+    spec, raw = _inference_split(data, split, model_labels(net), labelled)
+    label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
+    enc = encode(
+        raw, tokenizer, data.max_length, label2id if labelled else None, show_progress=False
+    )
+    return net, tokenizer, spec, raw, enc
+
+
+def _loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str | None) -> bool:
+    """Whether a split that failed to load with labels is unlabelled (test) data: it has no
+    label column (key) at all, and reads fine without one."""
+    from pkd.data import read_jsonl, read_rows
+
+    if not isinstance(spec.label_column, str):
+        return False  # header-less GLUE files: columns by position
+    try:
+        raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=False)
+        path = Path(raw.source)
+        if path.suffix.lower() in (".jsonl", ".json"):
+            return not any(spec.label_column in obj for _, obj in read_jsonl(path, data.encoding))
+        header = read_rows(path, data.encoding, quoted=spec.source == "custom")[0][1]
+    except (PkdError, IndexError):
+        return False
+    return spec.label_column not in [h.strip() for h in header]
+
+
+def _inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
+    """The task (labels: the model's, by name) and the raw split to run a model on."""
+    spec = resolve_task(data, labels)
     if spec.source == "custom" and spec.problem_type == CLASSIFICATION:
-        spec = dataclasses.replace(spec, labels=model_labels(net))
+        spec = dataclasses.replace(spec, labels=labels)
     if split not in spec.splits and spec.source != "custom":
         raise PkdError(
             f"--split: task {spec.name} has no split {split!r}; it has {list(spec.splits)}"
@@ -629,16 +785,20 @@ def _load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bo
         raise PkdError(
             f"--{'validation' if split.startswith('dev') else 'test'}-file: required for split {split!r}"
         )
-    raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled).head(
-        data.max_eval_samples
-    )
+    try:
+        raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled)
+    except PkdError:
+        if labelled and _loads_unlabelled(spec, split, data, file):
+            where = file or str(Path(data.data_dir or ".") / spec.splits.get(split, split))
+            raise PkdError(
+                f"{where}: has no {spec.label_column!r} labels to evaluate against; "
+                "use `pkd predict` for unlabelled data"
+            ) from None
+        raise
+    raw = raw.head(data.max_eval_samples)
     if spec.problem_type == CLASSIFICATION and labelled:
-        check_label_sets(dataclasses.replace(spec, labels=model_labels(net)), {split: raw})
-    label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
-    enc = encode(
-        raw, tokenizer, data.max_length, label2id if labelled else None, show_progress=False
-    )
-    return net, tokenizer, spec, raw, enc
+        check_label_sets(dataclasses.replace(spec, labels=labels), {split: raw})
+    return spec, raw
 
 
 def evaluate(model: str, data: C.DataConfig, split: str = "dev", batch_size: int = 128) -> dict:
@@ -684,20 +844,27 @@ def predict(
 
     from pkd.train import predict_logits, predictions
 
-    net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=False)
-    out = Path(output) if output else Path(model) / f"predictions_{spec.name}_{split}.tsv"
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    net.to(acc.device)
-    loader = acc.prepare(
-        torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
-    )
-    logits, _ = predict_logits(net, loader, acc)
-    preds = predictions(logits, spec.problem_type)
-    names = model_labels(net)
-    lines = ["index\tprediction"]
-    for i, p in zip(raw.ids, preds, strict=False):
-        lines.append(
-            f"{i}\t{p:.3f}" if spec.problem_type == REGRESSION else f"{i}\t{names[int(p)]}"
+    if Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file():
+        # An `pkd export` directory: onnxruntime only, no PyTorch model code.
+        from pkd.export import load_onnx
+
+        onnx_model = load_onnx(model)
+        spec, raw = _inference_split(data, split, onnx_model.labels, labelled=False)
+        names = onnx_model.predict(raw.text_a, raw.text_b, batch_size)
+    else:
+        net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=False)
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        net.to(acc.device)
+        loader = acc.prepare(
+            torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
         )
+        logits, _ = predict_logits(net, loader, acc)
+        preds = predictions(logits, spec.problem_type)
+        labels = model_labels(net)
+        regression = spec.problem_type == REGRESSION
+        names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
+    model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
+    out = Path(output) if output else model_dir / f"predictions_{spec.name}_{split}.tsv"
+    lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]
     C.atomic_write(out, "\n".join(lines) + "\n")
     return out

@@ -17,6 +17,7 @@ from pkd import config as C
 from pkd.errors import PkdError
 
 SECTION_OPTIONS = {"finetune": ("data", "train"), "distill": ("data", "train", "distill")}
+NOT_OPTIONS = ("preset_source",)  # recorded in config.yaml by --preset, not set by the user
 
 
 def _flag(name: str) -> str:
@@ -40,7 +41,7 @@ def _add_section(parser: argparse.ArgumentParser, section: str, skip: tuple[str,
     """One option per field of a config section, defaulting to 'not given'."""
     group = parser.add_argument_group(section)
     for f in dataclasses.fields(C.SECTIONS[section]):
-        if f.name in skip:
+        if f.name in skip or f.name in NOT_OPTIONS:
             continue
         kw = {
             "dest": f"{section}.{f.name}",
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_section(p, s)
     _add_section(p, "distill", skip=("method", "strategy", "student_layers"))
 
+    sub.add_parser("presets", help="the authors' best settings per task/method/depth (--preset paper)")
+
     p = sub.add_parser("export", help="ONNX export (+ int8) with a parity check")
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--output", required=True, help="export directory")
@@ -208,6 +211,10 @@ def resolve(args: argparse.Namespace, cls):
             given.setdefault(section, {})[name] = value
         else:
             given[key] = value
+    if cls is C.DistillRunConfig:  # defaults < YAML < --preset < options
+        from pkd.presets import apply
+
+        return C.build(cls, apply(values, given), source)
     return C.build(cls, C.merge(values, given), source)
 
 
@@ -222,6 +229,16 @@ def resolve_sections(args: argparse.Namespace) -> dict:
     return C.merge(values, given)
 
 
+def _given_sections(args: argparse.Namespace) -> dict:
+    """The section options given on the command line (they override a --preset)."""
+    given: dict = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            given.setdefault(section, {})[name] = value
+    return given
+
+
 def _data_config(args) -> C.DataConfig:
     values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("data.")}
     return C.DataConfig(**values)
@@ -234,7 +251,9 @@ def run(argv: list[str] | None = None) -> int:
 
         cfg = resolve(args, C.FinetuneConfig)
         if args.dry_run:
-            print(json.dumps(C.to_dict(cfg), indent=2))
+            from pkd.dryrun import format_plan
+
+            print(format_plan(finetune(cfg, dry_run=True)))
             return 0
         metrics = finetune(cfg)
         print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
@@ -244,7 +263,9 @@ def run(argv: list[str] | None = None) -> int:
         cfg = resolve(args, C.DistillRunConfig)
         result = distill(cfg, dry_run=args.dry_run)
         if args.dry_run:
-            print(json.dumps(result, indent=2, default=str))
+            from pkd.dryrun import format_plan
+
+            print(format_plan(result))
         else:
             print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
     elif args.command == "evaluate":
@@ -285,6 +306,7 @@ def run(argv: list[str] | None = None) -> int:
             args.teacher,
             args.output,
             base,
+            options=_given_sections(args),
             args.student_layers,
             args.methods,
             args.seeds,
@@ -296,6 +318,10 @@ def run(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
         )
         print(result["markdown"])
+    elif args.command == "presets":
+        from pkd.presets import format_table
+
+        print(format_table())
     elif args.command == "export":
         from pkd.export import export
 

