@@ -110,6 +110,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own teacher-cache root and no network access to the Hub."""
     monkeypatch.setenv("PKD_CACHE_DIR", str(tmp_path / "teacher-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -32,6 +32,7 @@ from pkd.models import (
     TASK_KEY,
     build_student,
     count_parameters,
+    is_multiple_choice,
     load_finetuned,
     load_for_finetuning,
     load_tokenizer,
@@ -39,7 +40,15 @@ from pkd.models import (
     num_layers,
     quiet_transformers,
 )
-from pkd.tasks import CLASSIFICATION, REGRESSION, TaskSpec, custom_task, get_task
+from pkd.race import choice_letter, num_choices
+from pkd.tasks import (
+    CLASSIFICATION,
+    MULTIPLE_CHOICE,
+    REGRESSION,
+    TaskSpec,
+    custom_task,
+    get_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +63,14 @@ WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 poi
 def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
     if data.task != "custom":
         return get_task(data.task)
-    if not data.train_file and not data.validation_file:
+    if not (data.train_file or data.validation_file or data.test_file):  # test: `pkd predict`
         raise PkdError("--task: give a GLUE task name, or --train-file/--validation-file")
+    if data.choices_column or data.problem_type == "multiple_choice":
+        from pkd.race import choice_task
+
+        return choice_task(
+            data.context_column, data.question_column, data.choices_column, data.label_column
+        )
     if not data.text_columns:
         raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
     problem = REGRESSION if data.problem_type == "regression" else CLASSIFICATION
@@ -115,6 +130,8 @@ def split_holdout(train, fraction: float):
             text_a=rows(train.text_a, in_holdout),
             text_b=rows(train.text_b, in_holdout),
             labels=rows(train.labels, in_holdout),
+            choices=rows(train.choices, in_holdout),
+            levels=rows(train.levels, in_holdout),
         )
 
     return part(train.name, False), part(HOLDOUT, True)
@@ -201,7 +218,7 @@ def resume_point(cfg) -> Path | None:
 
 def start_run(path: Path, cfg, overwrite: bool, resuming: bool = False) -> None:
     """Create the run dir (replacing an old one with --overwrite) and write config.yaml."""
-    if resuming:
+    if resuming and (path / "config.yaml").is_file():  # continuing in place: keep its config
         return
     if overwrite and path.exists():
         shutil.rmtree(path)
@@ -268,6 +285,8 @@ def data_fingerprint(split) -> str:
                 h.update(block)
     else:
         rows = [split.ids, split.text_a, split.text_b, split.labels]
+        if split.choices is not None:  # a RACE directory or the Hub
+            rows += [split.choices, split.levels]
         h.update(json.dumps(rows, ensure_ascii=False).encode())
     return h.hexdigest()
 
@@ -300,6 +319,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     set_seed(cfg.train.seed)  # before the new head is initialised
     tokenizer = load_tokenizer(cfg.model, "model", cfg.trust_remote_code)
     model = load_for_finetuning(cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code)
+    check_max_length(cfg.data.max_length, cfg.model, "model", model.config, tokenizer)
     label2id = model.config.label2id if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
     trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
@@ -405,6 +425,12 @@ def plan_distill(
         cfg.data, ["train", *spec.eval_splits], teacher_labels if spec.source == "custom" else ()
     )
     check_label_sets(spec, splits)
+    if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
+        kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
+        raise PkdError(
+            f"--teacher: {cfg.teacher} is a {kind} classifier but task {spec.name} is "
+            f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
+        )
     if spec.problem_type == CLASSIFICATION:
         if set(spec.labels) != set(teacher_labels):
             raise PkdError(
@@ -423,16 +449,23 @@ def plan_distill(
         )
     if len(d.terms) > 1 and d.teacher_mode == "cached":
         check_cache_space(
-            d.cache_dir, spec.name, teacher.config, len(splits["train"]), cfg.data.max_length
+            d.cache_dir,
+            spec.name,
+            teacher.config,
+            len(splits["train"]),
+            cfg.data.max_length,
+            num_choices(splits["train"]),
         )
     init = _student_init(cfg)
     tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
+    check_max_length(cfg.data.max_length, cfg.teacher, "teacher", teacher.config, tokenizer)
     if init != cfg.teacher:
         check_same_tokenizer(init, tokenizer, cfg.trust_remote_code)
     set_seed(cfg.train.seed)  # before the student's new head is initialised
     student = build_student(
         init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code
     )
+    check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
     label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
     trunc = _warn_truncation(encoded["train"], cfg.data.max_length)
@@ -455,6 +488,24 @@ def plan_distill(
     )
 
 
+def max_length_limit(config, tokenizer) -> int | None:
+    """The longest input a model takes: its position embeddings (and tokenizer's limit)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if tokenizer is not None and tokenizer.model_max_length < 1_000_000:  # else: 'unlimited'
+        limits.append(tokenizer.model_max_length)
+    return min((n for n in limits if n), default=None)
+
+
+def check_max_length(max_length: int, name: str, option: str, config, tokenizer) -> None:
+    """--max-length must fit the model's position embeddings (else a crash mid-run)."""
+    limit = max_length_limit(config, tokenizer)
+    if limit is not None and max_length > limit:
+        raise PkdError(
+            f"--max-length: {max_length} is more than the {limit} positions of --{option} "
+            f"{name}; pass --max-length {limit} or less"
+        )
+
+
 TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
 
 
@@ -475,27 +526,33 @@ def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool =
         )
     a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
     if a != b:
+        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
         raise PkdError(
             f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
-            f"text differently (e.g. lower-casing or accents: {TOKENIZER_PROBE!r} -> {b} vs {a}); "
+            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
+            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
             "student and teacher must share one tokenizer"
         )
 
 
 def check_cache_space(
-    cache_dir: str | None, task: str, teacher_config, examples: int, max_length: int
+    cache_dir: str | None,
+    task: str,
+    teacher_config,
+    examples: int,
+    max_length: int,
+    choices: int = 0,
 ) -> int:
     """Estimate the teacher cache, log it, and refuse to start when the disk cannot hold it.
 
     Returns the estimate in bytes. A cache that may already exist for these inputs (same task,
     examples, max length and teacher shape) skips the space check: it would be reused.
+    choices: multiple choice: choices per example (logits (n, C), states (n, C, N+1, H)).
     """
-    from pkd.cache import default_root, estimate_bytes
+    from pkd.cache import default_root, estimate_bytes, teacher_shapes
 
     t = teacher_config
-    size = estimate_bytes(
-        examples, (max(1, t.num_labels),), (t.num_hidden_layers + 1, t.hidden_size)
-    )
+    size = estimate_bytes(examples, *teacher_shapes(t, choices))
     root = Path(cache_dir) if cache_dir else default_root()
     existing = root
     while not existing.exists() and existing != existing.parent:
@@ -551,7 +608,8 @@ def _student_init(cfg: C.DistillRunConfig) -> str:
     if init == "teacher" or (
         Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
     ):
-        base = getattr(load_config(cfg.teacher, "teacher", cfg.trust_remote_code), BASE_MODEL_KEY, None)
+        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
+        base = getattr(teacher_config, BASE_MODEL_KEY, None)
         logger.warning(
             "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
             "the pre-trained %s; the paper initialises from the pre-trained model",
@@ -711,12 +769,16 @@ def _warn_collapse(result, spec, baseline, d) -> None:
     split = spec.eval_splits[0]
     first = result["history"][0]["metrics"][split][spec.main_metric]
     if abs(first - baseline[split]) < 1e-9:
+        cause = (
+            f"beta={d.beta} with the {d.pt_loss!r} patient-loss form may be too strong"
+            if d.method == "pkd"
+            else f"alpha={d.alpha} at T={d.temperature} with the {d.kd_loss!r} KD form may not suit it"
+        )
         logger.warning(
             "the student scores the majority baseline (%.4f) after the first epoch: it may have "
-            "collapsed; beta=%s with the %r patient-loss form may be too strong",
+            "collapsed; %s",
             first,
-            d.beta,
-            d.pt_loss,
+            cause,
         )
 
 
@@ -745,11 +807,11 @@ def _load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bo
     _setup_logging(True)
     net = load_finetuned(model, "model")
     tokenizer = load_tokenizer(model, "model")
+    # the default --max-length may exceed a small model's positions: cut there, do not crash
+    max_length = min(data.max_length, max_length_limit(net.config, tokenizer) or data.max_length)
     spec, raw = _inference_split(data, split, model_labels(net), labelled)
     label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
-    enc = encode(
-        raw, tokenizer, data.max_length, label2id if labelled else None, show_progress=False
-    )
+    enc = encode(raw, tokenizer, max_length, label2id if labelled else None, show_progress=False)
     return net, tokenizer, spec, raw, enc
 
 
@@ -808,11 +870,11 @@ def evaluate(model: str, data: C.DataConfig, split: str = "dev", batch_size: int
 
     from pkd.train import score
 
-    if split.startswith("test"):
+    spec = resolve_task(data) if data.task != "custom" else None
+    if split.startswith("test") and not (spec is not None and spec.test_labelled):
         raise PkdError(
             f"--split: {split} has no labels in GLUE; use `pkd predict` for test predictions"
         )
-    spec = resolve_task(data) if data.task != "custom" else None
     if spec is not None and split == "dev" and "dev" not in spec.splits:
         split = spec.eval_splits[0]
     net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=True)
@@ -862,7 +924,10 @@ def predict(
         preds = predictions(logits, spec.problem_type)
         labels = model_labels(net)
         regression = spec.problem_type == REGRESSION
-        names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
+        if spec.problem_type == MULTIPLE_CHOICE:  # the chosen option as a letter
+            names = [choice_letter(p) for p in preds]
+        else:
+            names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
     model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
     out = Path(output) if output else model_dir / f"predictions_{spec.name}_{split}.tsv"
     lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]

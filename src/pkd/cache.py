@@ -101,6 +101,17 @@ def estimate_bytes(n: int, logit_shape: tuple, cls_shape: tuple) -> int:
     return n * (int(np.prod(logit_shape)) * 4 + int(np.prod(cls_shape)) * 2)
 
 
+def teacher_shapes(config, choices: int = 0) -> tuple[tuple, tuple]:
+    """Per-example shapes of the cached logits and [CLS] states for a teacher config.
+
+    Multiple choice (choices > 0): (C,) and (C, N+1, H); otherwise (labels,) and (N+1, H).
+    """
+    states = (config.num_hidden_layers + 1, config.hidden_size)
+    if choices:
+        return (choices,), (choices, *states)
+    return (max(1, config.num_labels),), states
+
+
 def _load(path: Path, fp: str) -> TeacherCache:
     """Open a cache dir, checking manifest, fingerprint, shapes, dtypes and checksums."""
     manifest_path = path / "manifest.json"

@@ -169,7 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
         _add_section(p, s)
     _add_section(p, "distill", skip=("method", "strategy", "student_layers"))
 
-    sub.add_parser("presets", help="the authors' best settings per task/method/depth (--preset paper)")
+    p = sub.add_parser("sweep", help="the paper's grid or a search space on Optuna (resumable)")
+    p.add_argument("--config", help="YAML config file for the shared data/train/distill options")
+    p.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    p.add_argument("--output", required=True, help="directory for trials, study and reports")
+    p.add_argument("--method", default="pkd", help="ft|kd|pkd")
+    p.add_argument("--strategy", type=_list_of(str), default=None, metavar="skip,last")
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--grid", default=None, help="'paper': T, alpha, beta, lr as the authors")
+    p.add_argument("--space", default=None, help="YAML search space (lists or {low, high, log})")
+    p.add_argument("--trials", type=int, default=None, help="budget (default: grid size; TPE 20)")
+    p.add_argument("--sampler", default=None, help="grid|tpe (default: grid for lists)")
+    p.add_argument("--pruner", default="none", help="none|median|hyperband (per-epoch metric)")
+    p.add_argument("--pruner-startup-trials", type=int, default=3, metavar="N")
+    p.add_argument("--seeds", type=_list_of(int), default=[], metavar="N,N")
+    p.add_argument("--storage", default=None, help="RDB URL or journal file (shared study)")
+    p.add_argument("--study-name", default="pkd-sweep")
+    p.add_argument("--selection-split", default=None, help="dev (paper)|holdout (from train)")
+    p.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--dry-run", action="store_true", help="check and describe; train nothing")
+    for s in ("data", "train"):
+        _add_section(p, s)
+    _add_section(p, "distill", skip=("method", "strategy", "student_layers", "layer_map", "preset"))
+
+    sub.add_parser("presets", help="the authors' best settings per task, method and depth")
 
     p = sub.add_parser("export", help="ONNX export (+ int8) with a parity check")
     p.add_argument("--model", required=True, help="fine-tuned model directory")
@@ -306,16 +329,41 @@ def run(argv: list[str] | None = None) -> int:
             args.teacher,
             args.output,
             base,
-            options=_given_sections(args),
             args.student_layers,
             args.methods,
             args.seeds,
+            options=_given_sections(args),
             bench_batch_size=args.bench_batch_size,
             bench_seq_length=args.bench_seq_length,
             bench_threads=args.bench_threads,
             bench_warmup=args.bench_warmup,
             bench_iterations=args.bench_iterations,
             dry_run=args.dry_run,
+        )
+        print(result["markdown"])
+    elif args.command == "sweep":
+        from pkd.sweep import sweep
+
+        result = sweep(
+            args.teacher,
+            args.output,
+            resolve_sections(args),
+            method=args.method,
+            strategies=args.strategy,
+            student_layers=args.student_layers,
+            grid=args.grid,
+            space=args.space,
+            trials=args.trials,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            pruner_startup_trials=args.pruner_startup_trials,
+            seeds=args.seeds,
+            storage=args.storage,
+            study_name=args.study_name,
+            selection_split=args.selection_split,
+            stale_after=args.stale_after,
+            dry_run=args.dry_run,
+            quiet=getattr(args, "train.quiet", False),
         )
         print(result["markdown"])
     elif args.command == "presets":

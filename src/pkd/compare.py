@@ -41,6 +41,7 @@ IGNORED_TOP_LEVEL = ("teacher", "output", "overwrite", "meta")  # e.g. a saved c
 # Settings that do not change what a run learns: a finished run may differ in these.
 NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
 NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
+NO_EFFECT += ("preset", "preset_source")  # the values a preset sets are compared themselves
 
 
 @dataclass
@@ -105,10 +106,19 @@ def plan_runs(
     student_layers: list[int],
     methods: list[str],
     seeds: list[int],
+    options: dict | None = None,
 ) -> list[Run]:
-    """One validated DistillRunConfig per depth x method x seed, with its run dir's status."""
+    """One validated DistillRunConfig per depth x method x seed, with its run dir's status.
+
+    With `distill.preset`, each run gets the authors' values for its task, method and depth:
+    base < preset < options (the command-line options, which override the preset).
+    """
+    from pkd.presets import apply
+
     _check_lists(student_layers, methods, seeds)
     base = _clean_base(base)
+    options = {k: v for k, v in (options or {}).items() if k in ("data", "train", "distill")}
+    warned: set = set()  # one preset message per method and depth, not per seed
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise PkdError(f"--output: {output} exists and is not a directory")
@@ -135,6 +145,9 @@ def plan_runs(
                         "student_layers": layers,
                     },
                 }
+                own = {"method": kind, "strategy": strategy, "student_layers": layers}
+                forced = {"train": {"seed": seed}, "distill": own}
+                values = apply(values, C.merge(options, forced), warned)
                 cfg = C.build(C.DistillRunConfig, values, "compare")
                 status = "reuse" if finished else ("replace" if unfinished else "train")
                 runs.append(Run(name, layers, method, seed, path, cfg, status))
@@ -255,6 +268,7 @@ def compare(
     bench_warmup: int = 3,
     bench_iterations: int = 10,
     bench_threads: int | None = None,
+    options: dict | None = None,
 ) -> dict:
     """Train (or reuse) every student, evaluate and benchmark all models, write the tables.
 
@@ -266,6 +280,8 @@ def compare(
         bench_batch_size, bench_seq_length, bench_warmup, bench_iterations, bench_threads:
             the benchmark setting (threads: torch's default when None).
         dry_run: check everything and list the runs; train nothing, write nothing.
+        options: data/train/distill values that override a `distill.preset` (the command
+            line's options; `base` is below the preset).
 
     Returns:
         results.json's content plus "markdown" (results.md); with dry_run, the plan.
@@ -280,7 +296,7 @@ def compare(
 
     t0 = time.perf_counter()
     quiet_transformers()
-    runs = plan_runs(teacher, output, base, student_layers, methods, seeds)
+    runs = plan_runs(teacher, output, base, student_layers, methods, seeds, options)
     for option, value in (
         ("bench-batch-size", bench_batch_size),
         ("bench-seq-length", bench_seq_length),
@@ -547,7 +563,9 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _describe(runs: list[Run], teacher: str, checked: Checked) -> dict:
+def _describe(runs: list[Run], teacher: str, checked: Checked, timed: bool = True) -> dict:
+    from pkd.dryrun import describe_compare
+
     spec = checked.spec
     split = spec.eval_splits[0]
     t_value = checked.teacher_eval[split][spec.main_metric]
@@ -562,7 +580,11 @@ def _describe(runs: list[Run], teacher: str, checked: Checked) -> dict:
         f"{R.pct(t_value)}.\n{len(runs)} runs, {todo} to train, {len(runs) - todo} finished.\n\n"
         + table
     )
+    plans = describe_compare(runs, checked) if timed else None
+    if plans:
+        markdown += "\n" + plans["markdown"]
     return {
+        "plans": plans,
         "dry_run": True,
         "task": spec.name,
         "teacher": {

@@ -7,6 +7,7 @@ happens in `__post_init__`, so a config that exists is a valid one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,10 +19,13 @@ import yaml
 from pkd.errors import PkdError
 from pkd.losses import KD_FORMS, PT_FORMS
 from pkd.mapping import STRATEGIES
+from pkd.presets import PRESETS
+from pkd.tasks import default_max_length
 
 METHODS = ("ft", "kd", "pkd")
 TEACHER_MODES = ("cached", "online")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+PROBLEM_TYPES = ("classification", "regression", "multiple_choice")
 
 
 def _choice(option: str, value, valid) -> None:
@@ -38,7 +42,9 @@ def _positive(option: str, value, allow_zero: bool = False) -> None:
 
 @dataclass
 class DataConfig:
-    task: str = field(default="custom", metadata={"help": "GLUE task name, or 'custom'"})
+    task: str = field(
+        default="custom", metadata={"help": "GLUE task, race|race-middle|race-high, or 'custom'"}
+    )
     data_dir: str | None = field(default=None, metadata={"help": "GLUE task dir (TSV files)"})
     train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSONL training file"})
     validation_file: str | None = field(default=None, metadata={"help": "dev file"})
@@ -46,18 +52,45 @@ class DataConfig:
     text_columns: list[str] | None = field(default=None, metadata={"help": "1 or 2 text columns"})
     label_column: str = field(default="label", metadata={"help": "label column (custom files)"})
     problem_type: str = field(
-        default="classification", metadata={"help": "classification|regression (custom files)"}
+        default="classification",
+        metadata={"help": "classification|regression|multiple_choice (custom files)"},
+    )
+    context_column: str | None = field(
+        default=None, metadata={"help": "multiple choice: the context (article) column"}
+    )
+    question_column: str | None = field(
+        default=None, metadata={"help": "multiple choice: the question column (optional)"}
+    )
+    choices_column: str | None = field(
+        default=None,
+        metadata={"help": "multiple choice: column with a JSON list of choices (custom files)"},
     )
     encoding: str = field(default="utf-8", metadata={"help": "text encoding of the data files"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (truncation)"})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per example (truncation); default 128, 512 for RACE"},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "first N train rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "first N eval rows"})
+    holdout_fraction: float | None = field(
+        default=None,
+        metadata={"help": "hold out this share of train (fixed rows) to select epochs on"},
+    )
 
     def __post_init__(self):
-        _choice("problem-type", self.problem_type, ("classification", "regression"))
+        _choice("problem-type", self.problem_type, PROBLEM_TYPES)
+        if self.max_length is None:  # the task's default, recorded as such in config.yaml
+            self.max_length = default_max_length(self.task)
         _positive("max-length", self.max_length)
+        if self.task == "custom" and self.problem_type == "multiple_choice":
+            if not self.choices_column:
+                raise PkdError("--choices-column: required for multiple-choice files")
+        if self.task == "custom" and self.choices_column and self.problem_type == "regression":
+            raise PkdError("--problem-type: regression cannot have --choices-column")
         _positive("max-train-samples", self.max_train_samples)
         _positive("max-eval-samples", self.max_eval_samples)
+        if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:
+            raise PkdError(f"--holdout-fraction: must be in (0, 1), got {self.holdout_fraction}")
 
 
 @dataclass
@@ -70,6 +103,10 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches/step"})
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "batch examples of similar length together (less padding, memory)"},
+    )
     max_steps: int = field(default=-1, metadata={"help": "stop after N steps (-1: epochs)"})
     mixed_precision: str = field(default="no", metadata={"help": "no|fp16|bf16"})
     seed: int = field(default=42, metadata={"help": "seed for everything seedable"})
@@ -123,6 +160,13 @@ class DistillConfig:
     allow_weak_teacher: bool = field(
         default=False, metadata={"help": "distill a near-chance teacher"}
     )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "'paper': the authors' best lr, T, alpha, beta, ... (`pkd presets`)"},
+    )
+    preset_source: str | None = field(
+        default=None, metadata={"help": "set by --preset: the authors' file the values came from"}
+    )
 
     def __post_init__(self):
         _choice("method", self.method, METHODS)
@@ -130,6 +174,8 @@ class DistillConfig:
         _choice("kd-loss", self.kd_loss, KD_FORMS)
         _choice("pt-loss", self.pt_loss, PT_FORMS)
         _choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        if self.preset is not None:
+            _choice("preset", self.preset, PRESETS)
         _positive("student-layers", self.student_layers)
         _positive("temperature", self.temperature)
         _positive("beta", self.beta, allow_zero=True)
@@ -191,6 +237,61 @@ class DistillRunConfig:
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
 
 
+def _coerce(name: str, type_name: str, value, source: str):
+    """A YAML value as its field's type, or a PkdError naming the option.
+
+    YAML 1.1 reads `lr: 1e-5` as the string '1e-5' (no dot), so numbers given as text are
+    parsed here; anything else of the wrong type (`epochs: four`) is an error, not a crash.
+    """
+    flag = "--" + name.rsplit(".", 1)[-1].replace("_", "-")
+    kind = type_name.split("|")[0].strip()
+
+    def bad(expected: str) -> PkdError:
+        return PkdError(f"{source}: {name} ({flag}) expects {expected}, got {value!r}")
+
+    if value is None:
+        if "None" in type_name:
+            return None
+        raise bad("a value")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad("an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad("a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
+    if kind == "str":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad("text")
+        return str(value)
+    if kind.startswith("list["):
+        item = kind[5:-1]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            items = [items]
+        items = [x.strip() if isinstance(x, str) else x for x in items]
+        return [_coerce(name, item, x, source) for x in items if x != ""]
+    return value
+
+
 def build(cls, values: dict[str, Any], source: str = "config"):
     """Build a run config from a nested dict, rejecting unknown keys by name."""
     kwargs = {}
@@ -200,16 +301,31 @@ def build(cls, values: dict[str, Any], source: str = "config"):
             continue
         if key not in names:
             raise PkdError(f"{source}: unknown option {key!r}; valid: {', '.join(names)}")
-        if key in SECTIONS and isinstance(value, dict):
+        if key in SECTIONS:
+            value = {} if value is None else value  # an empty `train:` section in YAML
+            if not isinstance(value, dict):
+                raise PkdError(f"{source}: section {key!r} must be a mapping of options")
             sub = SECTIONS[key]
-            subnames = {f.name for f in dataclasses.fields(sub)}
-            unknown = set(value) - subnames
+            subfields = {f.name: f for f in dataclasses.fields(sub)}
+            unknown = set(value) - set(subfields)
             if unknown:
                 raise PkdError(f"{source}: unknown option(s) {sorted(unknown)} in section {key!r}")
-            base = dataclasses.asdict(names[key].default_factory())  # e.g. distill's lr 5e-5
+            value = {
+                k: _coerce(f"{key}.{k}", str(subfields[k].type), v, source)
+                for k, v in value.items()
+            }
+            # Only what the section's factory sets differently from the dataclass (distill's
+            # lr 5e-5): defaults resolved from other options (data.max_length from the task)
+            # must resolve again here, not be copied from a default instance.
+            plain = dataclasses.asdict(sub())
+            base = {
+                k: v
+                for k, v in dataclasses.asdict(names[key].default_factory()).items()
+                if v != plain[k]
+            }
             kwargs[key] = sub(**{**base, **value})
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(key, str(names[key].type), value, source)
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -221,11 +337,14 @@ def load_yaml(path: str) -> dict:
     if not p.is_file():
         raise PkdError(f"--config: {path} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_bytes()) or {}  # bytes: bad encodings are YAMLErrors
     except yaml.YAMLError as e:
         raise PkdError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise PkdError(f"--config: {path} must hold a mapping of options")
+    for key in SECTIONS:  # checked here: merge() would let command-line options hide it
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise PkdError(f"{path}: section {key!r} must be a mapping of options")
     return data
 
 

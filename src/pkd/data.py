@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pkd.errors import PkdError
-from pkd.tasks import CLASSIFICATION, REGRESSION, TaskSpec
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ class Split:
     """Raw examples of one split.
 
     `labels` holds label names (classification) or floats (regression), None when the
-    split is unlabelled (GLUE test files).
+    split is unlabelled (GLUE test files). Multiple choice (`pkd.race`): text_a is the
+    context (article), text_b the question (or None), `choices` each example's options and
+    labels the answer letters; `levels` RACE's middle/high per example (else None).
     """
 
     name: str
@@ -39,6 +41,8 @@ class Split:
     text_a: list[str]
     text_b: list[str] | None
     labels: list | None
+    choices: list[list[str]] | None = None
+    levels: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,6 +58,8 @@ class Split:
             self.text_a[:n],
             None if self.text_b is None else self.text_b[:n],
             None if self.labels is None else self.labels[:n],
+            None if self.choices is None else self.choices[:n],
+            None if self.levels is None else self.levels[:n],
         )
 
 
@@ -244,9 +250,15 @@ def load_split(
         data_dir: GLUE task directory (files named as in spec.splits).
         file: an explicit file (custom tasks, or to override the directory's file).
         encoding: text encoding of the file.
-        labelled: whether the split has gold labels; default: every split but `test*`.
+        labelled: whether the split has gold labels; default: every split but `test*`
+            (RACE's test split too).
     """
-    labelled = not split.startswith("test") if labelled is None else labelled
+    if labelled is None:
+        labelled = spec.test_labelled or not split.startswith("test")
+    if spec.problem_type == MULTIPLE_CHOICE:  # RACE layout, the Hub, or the user's files
+        from pkd.race import load_choice_split
+
+        return load_choice_split(spec, split, data_dir, file, encoding, labelled)
     if file is not None:
         path = Path(file)
     elif data_dir is not None:
@@ -265,10 +277,18 @@ def load_split(
     return read_table_split(spec, path, split, encoding, labelled, header)
 
 
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def infer_labels(train: Split) -> tuple[str, ...]:
     """Label names of a custom classification task: sorted, numerically when all are ints."""
     names = set(train.labels or [])
-    if all(n.lstrip("-").isdigit() for n in names):
+    if names and all(_is_int(n) for n in names):
         return tuple(sorted(names, key=int))
     return tuple(sorted(names))
 
@@ -296,7 +316,11 @@ class EncodedSplit(torch.utils.data.Dataset):
         return item
 
     def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.features["input_ids"]]
+        """Tokens per example; multiple choice: of its longest choice."""
+        ids = self.features["input_ids"]
+        if self.split.choices is not None:
+            return [max(map(len, choices)) for choices in ids]
+        return [len(x) for x in ids]
 
 
 def encode(
@@ -310,7 +334,12 @@ def encode(
     """Tokenise a split once (fast tokenizer, batched), truncating to max_length.
 
     Labels are mapped by name through label2id (never by position); regression keeps floats.
+    Multiple-choice splits are encoded per choice by `pkd.race.encode_choices`.
     """
+    if split.choices is not None:
+        from pkd.race import encode_choices
+
+        return encode_choices(split, tokenizer, max_length, show_progress)
     features: dict[str, list] = {}
     bar = tqdm(
         total=len(split), desc=f"tokenise {split.name}", unit="ex", disable=not show_progress
@@ -345,7 +374,43 @@ def truncated_fraction(encoded: EncodedSplit, max_length: int) -> float:
 
 
 def collator(tokenizer):
-    """Pads each batch to its longest sequence (dynamic padding)."""
+    """Pads each batch to its longest sequence (dynamic padding); multiple choice to
+    (B, choices, T) with `pkd.race.pad_choices`."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, padding="longest")
+    from pkd.race import pad_choices
+
+    flat = DataCollatorWithPadding(tokenizer, padding="longest")
+
+    def collate(items: list[dict]) -> dict:
+        if items and items[0]["input_ids"] and isinstance(items[0]["input_ids"][0], list):
+            return pad_choices(items, tokenizer)
+        return flat(items)
+
+    return collate
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Shuffled indices in which neighbours have similar lengths (`--group-by-length`).
+
+    Each epoch: a random permutation, cut into mega-batches of 50 batches, each sorted by
+    length (longest first), so consecutive batches need little padding while batches still
+    come from all over the data. The order depends only on (seed, epoch), never on how many
+    epochs ran before: a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
+        self.lengths, self.group, self.seed, self.epoch = lengths, batch_size * mega, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by accelerate's loader every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        for start in range(0, len(order), self.group):
+            chunk = order[start : start + self.group]
+            yield from sorted(chunk, key=lambda i: -self.lengths[i])

@@ -174,11 +174,20 @@ def _load_errors(option: str, name_or_path: str):
 
 
 def model_labels(model) -> tuple[str, ...]:
-    """Label names in the model's output order (empty for regression)."""
+    """Label names in the model's output order (empty for regression and multiple choice,
+    whose outputs are the choices of each example)."""
     if getattr(model.config, "problem_type", None) == "regression" or model.config.num_labels == 1:
+        return ()
+    if type(model).__name__.endswith("ForMultipleChoice") or is_multiple_choice(model.config):
         return ()
     id2label = model.config.id2label
     return tuple(id2label[i] for i in range(len(id2label)))
+
+
+def is_multiple_choice(config) -> bool:
+    """Whether a model config belongs to a `*ForMultipleChoice` model."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForMultipleChoice") for a in archs)
 
 
 def num_layers(config) -> int:

@@ -34,6 +34,12 @@ class TaskSpec:
         hf_path / hf_name: `datasets.load_dataset` arguments when reading from the Hub.
         hf_splits: our split name -> the Hub's split name.
         hf_text_fields: the Hub's feature names for the texts.
+        source: where the files come from: glue, race (`DIR/{split}/{middle,high}/*.txt`)
+            or custom (the user's CSV/TSV/JSONL).
+        choices_column: multiple choice: the column holding each row's list of choices.
+        levels: RACE: the difficulty levels (sub-directories) the task reads.
+        default_max_length: --max-length when the user gives none (512 for RACE).
+        test_labelled: whether the test split has gold labels (RACE's does, GLUE's not).
     """
 
     name: str
@@ -55,6 +61,10 @@ class TaskSpec:
     )
     hf_text_fields: tuple[str, ...] = ()
     source: str = "glue"
+    choices_column: str | None = None
+    levels: tuple[str, ...] = ()
+    default_max_length: int = 128
+    test_labelled: bool = False
 
     @property
     def main_metric(self) -> str:
@@ -67,6 +77,7 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
+        """Outputs per example: 1 (regression), classes, or choices (multiple choice)."""
         return 1 if self.problem_type == REGRESSION else len(self.labels)
 
 
@@ -178,21 +189,60 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     ),
 }
 
+
+
+def _race(name: str, levels: tuple[str, ...], hub_name: str) -> TaskSpec:
+    """RACE (Lai et al. 2017): 4-way multiple choice over an article, read from the original
+    release's `DIR/{train,dev,test}/{middle,high}/*.txt` (see `pkd.race`)."""
+    return TaskSpec(
+        name=name,
+        problem_type=MULTIPLE_CHOICE,
+        labels=("A", "B", "C", "D"),
+        text_columns=("article", "question"),
+        label_column="answers",
+        metrics=("accuracy",),
+        splits={"train": "train", "dev": "dev", "test": "test"},  # directories
+        id_column="id",
+        hf_path="ehovy/race",
+        hf_name=hub_name,
+        source="race",
+        choices_column="options",
+        levels=levels,
+        default_max_length=512,
+        test_labelled=True,
+    )
+
+
+RACE_TASKS: dict[str, TaskSpec] = {
+    "race": _race("race", ("middle", "high"), "all"),
+    "race-middle": _race("race-middle", ("middle",), "middle"),
+    "race-high": _race("race-high", ("high",), "high"),
+}
+
+TASKS: dict[str, TaskSpec] = {**GLUE_TASKS, **RACE_TASKS}
+
 # Names people use for the same tasks (GLUE directory names, Hub names).
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}
+ALIASES.update({"race-m": "race-middle", "race-h": "race-high", "race-all": "race"})
 
 
 def get_task(name: str) -> TaskSpec:
-    """Look a GLUE task up by name (case-insensitive; `SST-2` and `sst2` both work).
+    """Look a GLUE or RACE task up by name (case-insensitive; `SST-2` and `sst2` both work).
 
     Raises:
         PkdError: unknown name, with the valid names.
     """
     key = ALIASES.get(name.lower(), name.lower())
-    if key not in GLUE_TASKS:
-        valid = ", ".join(sorted(GLUE_TASKS))
+    if key not in TASKS:
+        valid = ", ".join(sorted(TASKS))
         raise PkdError(f"--task: unknown task {name!r}; valid tasks: {valid}, or 'custom'")
-    return GLUE_TASKS[key]
+    return TASKS[key]
+
+
+def default_max_length(name: str | None) -> int:
+    """--max-length when none is given: the task's default (512 for RACE), else 128."""
+    key = ALIASES.get((name or "").lower(), (name or "").lower())
+    return TASKS[key].default_max_length if key in TASKS else 128
 
 
 def custom_task(

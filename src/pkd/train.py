@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from collections import defaultdict
@@ -24,10 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pkd.config import TrainConfig
+from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, cls_states
+from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -132,7 +135,11 @@ def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
     preds = predictions(logits, spec.problem_type)
     if spec.problem_type != REGRESSION:
         labels = labels.astype(np.int64)
-    return compute_metrics(spec.metrics, preds, labels)
+    metrics = compute_metrics(spec.metrics, preds, labels)
+    # RACE: accuracy per level (RACE-M, RACE-H) when the split holds both; eval loaders
+    # keep the dataset's order, so predictions line up with its examples.
+    metrics.update(level_metrics(getattr(loader.dataset, "split", None), preds, labels))
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,11 +241,14 @@ def train(
     accelerator,
     collate,
     resume_from: Path | None = None,
+    on_evaluate: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
     """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
 
     Writes into `output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
     checkpoints/step-N/. Returns the best and final metrics, history and timings.
+    `on_evaluate(step, epoch, metrics)`, if given, runs after each evaluation on every
+    process; an exception from it (e.g. a sweep's `optuna.TrialPruned`) stops the run.
     """
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -253,10 +263,15 @@ def train(
         )
     # Its own generator: creating a loader iterator (e.g. on resume) must not draw from the
     # global RNG, or dropout masks after a resume would differ from an uninterrupted run.
+    # --group-by-length: similar lengths per batch, in an order fixed by (seed, epoch).
+    sampler = None
+    if cfg.group_by_length:
+        sampler = LengthGroupedSampler(train_set.lengths(), micro, cfg.seed)
     train_loader = torch.utils.data.DataLoader(
         train_set,
         batch_size=micro,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
@@ -294,8 +309,12 @@ def train(
     # Loop state; restored from a checkpoint on resume.
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "history": []}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / "trainer_state.json").read_text())
+        try:  # optimizer/RNG pickles go through torch.load(weights_only=True): no code runs
+            accelerator.load_state(str(resume_from))
+            state = json.loads((resume_from / "trainer_state.json").read_text())
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PkdError(f"{resume_from}: cannot load the checkpoint ({first})") from None
         logger.info("resumed from %s at step %d", resume_from, state["step"])
     logger.info(
         "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
@@ -328,7 +347,8 @@ def train(
                 if not torch.isfinite(loss):
                     last = checkpoints(output)
                     raise PkdError(
-                        f"non-finite loss at step {state['step']} "
+                        # step numbering as in log.jsonl: the update this batch belongs to
+                        f"non-finite loss at step {state['step'] + 1} "
                         f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
                         f"last checkpoint: {last[-1] if last else 'none'}"
                     )
@@ -373,6 +393,13 @@ def train(
         _evaluate_and_keep_best(
             model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
         )
+        if on_evaluate is not None:
+            try:
+                on_evaluate(state["step"], state["epoch"], state["history"][-1]["metrics"])
+            except BaseException:
+                bar.close()
+                accelerator.end_training()  # close TensorBoard writers before stopping
+                raise
         save_checkpoint(accelerator, output, state, cfg.save_total_limit)
     bar.close()
     accelerator.end_training()

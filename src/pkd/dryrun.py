@@ -1,0 +1,608 @@
+"""`--dry-run`: the resolved plan of a run, and its wall time estimated from timed steps.
+
+A dry run has already passed every up-front check of the real command (it runs the same
+planning code); this module only describes what was resolved and times a few training
+steps on copies of real batches. It writes nothing: no run directory, no teacher cache.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pkd.tasks import CLASSIFICATION, REGRESSION
+
+TIMED_STEPS = 3  # optimizer steps timed after one untimed warm-up step
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batches(dataset, collate, size: int, count: int, seed: int) -> list[dict]:
+    """`count` batches of `size` examples drawn as the training loader would (shuffled)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    out = []
+    for k in range(count):
+        idx = [order[(k * size + j) % len(order)] for j in range(size)]
+        out.append(collate([dataset[i] for i in idx]))
+    return out
+
+
+def time_steps(
+    model,
+    train_set,
+    collate,
+    train_cfg,
+    objective,
+    problem_type: str,
+    teacher=None,
+    steps: int = TIMED_STEPS,
+) -> dict:
+    """Seconds per optimizer step, per evaluated example and per teacher example.
+
+    Runs `steps` + 1 real training steps (forward, loss terms, backward, clipping, AdamW) of
+    `model` on batches of the training set; the first is a warm-up and is not counted. For
+    KD/PKD the teacher's outputs for those batches are computed first (and timed: the cost of
+    building the cache, or of an online teacher per step). The model's weights change; a
+    dry run discards it.
+    """
+    from dataclasses import replace
+
+    from pkd.losses import total_loss
+    from pkd.models import cls_states
+    from pkd.train import loss_terms, model_inputs
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    micro = max(1, train_cfg.batch_size // train_cfg.gradient_accumulation_steps)
+    batches = [
+        {k: v.to(device) for k, v in b.items()}
+        for b in _batches(train_set, collate, micro, steps + 1, train_cfg.seed)
+    ]
+    counted = micro * steps
+    teacher_out, teacher_s = [], 0.0
+    if teacher is not None:
+        teacher.eval().to(device)
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                _sync(device)
+                t0 = time.perf_counter()
+                out = teacher(**model_inputs(batch), output_hidden_states=True)
+                teacher_out.append((out.logits.float(), cls_states(out.hidden_states, out.logits)))
+                _sync(device)
+                if i:
+                    teacher_s += time.perf_counter() - t0
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr)
+    regression = problem_type == REGRESSION
+    step_s = 0.0
+    for i, batch in enumerate(batches):
+        obj = objective
+        if teacher_out:
+            logits, cls = teacher_out[i]
+            obj = replace(
+                objective, teacher=lambda b, layers, lg=logits, c=cls: (lg, c[..., layers, :])
+            )
+        _sync(device)
+        t0 = time.perf_counter()
+        terms = loss_terms(model, batch, obj, regression)
+        total_loss(terms, obj.alpha, obj.beta).backward()
+        if train_cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        _sync(device)
+        if i:
+            step_s += time.perf_counter() - t0
+    model.eval()
+    forward_s = 0.0
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(**model_inputs(batch))
+            _sync(device)
+            if i:
+                forward_s += time.perf_counter() - t0
+    return {
+        "device": device,
+        "timed_steps": steps,
+        "micro_batch": micro,
+        "step_seconds": step_s / steps * train_cfg.gradient_accumulation_steps,
+        "eval_seconds_per_example": forward_s / counted,
+        "teacher_seconds_per_example": teacher_s / counted if teacher is not None else 0.0,
+    }
+
+
+def estimate(
+    timing: dict,
+    train_cfg,
+    n_train: int,
+    n_eval: int,
+    teacher_cache_examples: int = 0,
+    online_teacher: bool = False,
+    teacher_eval_examples: int = 0,
+) -> dict:
+    """Wall time of a run from `time_steps`: train steps, per-epoch evaluation, teacher work.
+
+    Args:
+        teacher_cache_examples: examples the teacher cache must be built for (0: none or reused).
+        online_teacher: the teacher runs on every training step.
+        teacher_eval_examples: examples the teacher is scored on before training.
+    """
+    steps_per_epoch = math.ceil(n_train / train_cfg.batch_size)
+    total_steps = (
+        train_cfg.max_steps
+        if train_cfg.max_steps > 0
+        else math.ceil(train_cfg.epochs * steps_per_epoch)
+    )
+    evaluations = math.ceil(total_steps / steps_per_epoch)
+    step = timing["step_seconds"]
+    if online_teacher:
+        step += timing["teacher_seconds_per_example"] * train_cfg.batch_size
+    parts = {
+        "train": total_steps * step,
+        "evaluation": evaluations * n_eval * timing["eval_seconds_per_example"],
+        "teacher_cache": teacher_cache_examples * timing["teacher_seconds_per_example"],
+        "teacher_evaluation": teacher_eval_examples * timing["teacher_seconds_per_example"],
+    }
+    return {
+        "total_seconds": round(sum(parts.values()), 1),
+        "seconds": {k: round(v, 2) for k, v in parts.items()},
+        "steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "evaluations": evaluations,
+        "seconds_per_step": round(step, 4),
+        "from": f"{timing['timed_steps']} timed steps of {timing['micro_batch']} examples on "
+        f"{timing['device']} ({_threads()})",
+    }
+
+
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+
+
+def _data(splits: dict, encoded: dict, max_length: int) -> dict:
+    from pkd.data import truncated_fraction
+
+    return {
+        name: {
+            "source": s.source,
+            "examples": len(s),
+            "truncated": round(truncated_fraction(encoded[name], max_length), 4),
+        }
+        for name, s in splits.items()
+    }
+
+
+def _eval_examples(encoded: dict) -> int:
+    return sum(len(v) for k, v in encoded.items() if k != "train")
+
+
+def describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, resume_from) -> dict:
+    """The plan of `pkd finetune` (what --dry-run prints)."""
+    from pkd.data import collator
+    from pkd.models import count_parameters, num_layers
+    from pkd.train import Objective
+
+    c = model.config
+    timing = time_steps(
+        model, encoded["train"], collator(tokenizer), cfg.train, Objective(), spec.problem_type
+    )
+    return {
+        "command": "finetune",
+        "output": str(cfg.output),
+        "resume_from": str(resume_from) if resume_from else None,
+        "model": {
+            "path": cfg.model,
+            "type": c.model_type,
+            "layers": num_layers(c),
+            "hidden_size": c.hidden_size,
+            "parameters": count_parameters(model)["total"],
+        },
+        "task": spec.name,
+        "problem_type": spec.problem_type,
+        "labels": list(spec.labels) if spec.problem_type == CLASSIFICATION else [],
+        "metric": f"{spec.main_metric} on {spec.eval_splits[0]}",
+        "majority_baseline": baseline,
+        "data": _data(splits, encoded, cfg.data.max_length),
+        "max_length": cfg.data.max_length,
+        "train": _train_summary(cfg.train),
+        "estimate": estimate(timing, cfg.train, len(encoded["train"]), _eval_examples(encoded)),
+    }
+
+
+def _train_summary(t) -> dict:
+    return {
+        "epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "seed": t.seed,
+    }
+
+
+def loss_formula(d) -> str:
+    """Eq. (5) with this run's weights and forms, e.g. `0.5*CE + 0.5*KD(kl, T=10) + ...`."""
+    kd = f"KD({d.kd_loss}{', x T^2' if d.kd_loss == 'kl' else ''}, T={d.temperature:g})"
+    pt = f"PT({d.pt_loss}, {'L2-normalised' if d.pt_normalize else 'raw'} [CLS])"
+    parts = [f"{1 - d.alpha:g}*CE"]
+    if "kd" in d.terms:
+        parts.append(f"{d.alpha:g}*{kd}")
+    if "pt" in d.terms:
+        parts.append(f"{d.beta:g}*{pt}")
+    return " + ".join(parts)
+
+
+def teacher_cache(cfg, plan) -> dict:
+    """Where the teacher cache of this run lives, its size, and whether it already exists."""
+    from pkd import cache as cache_mod
+    from pkd.api import cache_extra
+    from pkd.race import num_choices
+
+    d = cfg.distill
+    if len(d.terms) == 1:
+        return {"mode": "not needed (FT uses labels only)", "bytes": 0, "exists": None}
+    t = plan.teacher.config
+    n = len(plan.encoded["train"])
+    choices = num_choices(plan.splits["train"])  # multiple choice: (n, C) and (n, C, N+1, H)
+    size = cache_mod.estimate_bytes(n, *cache_mod.teacher_shapes(t, choices))
+    if d.teacher_mode == "online":
+        return {
+            "mode": "online (no cache; the teacher runs every step)",
+            "bytes": 0,
+            "exists": None,
+        }
+    root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
+    fp = cache_mod.fingerprint(
+        plan.teacher, plan.encoded["train"].features, cache_extra(plan.spec, cfg)
+    )
+    path = root / f"{plan.spec.name}-{fp[:16]}"  # build_or_load's layout
+    return {
+        "mode": "cached",
+        "bytes": size,
+        "path": str(path),
+        "exists": (path / "manifest.json").is_file(),
+    }
+
+
+def describe_distill(cfg, plan, timed: bool = True) -> dict:
+    """The plan of `pkd distill` (what --dry-run prints)."""
+    from pkd.data import collator
+    from pkd.models import DEV_METRIC_KEY, count_parameters, num_layers
+    from pkd.train import Objective
+
+    d = cfg.distill
+    t = plan.teacher.config
+    cache = teacher_cache(cfg, plan)
+    pt = "pt" in d.terms
+    out = {
+        "command": "distill",
+        "output": str(cfg.output),
+        "preset": {"name": d.preset, "source": d.preset_source} if d.preset else None,
+        "teacher": {
+            "path": str(cfg.teacher),
+            "layers": num_layers(t),
+            "hidden_size": t.hidden_size,
+            "parameters": count_parameters(plan.teacher)["total"],
+            "labels": list(plan.spec.labels),
+            "recorded_dev": getattr(t, DEV_METRIC_KEY, None),
+            "dev": plan.teacher_metrics,
+            "majority_baseline": plan.baseline,
+        },
+        "student": {
+            "layers": d.student_layers,
+            "init": str(plan.student_init),
+            "parameters": count_parameters(plan.student)["total"],
+        },
+        "method": d.method + (f"-{d.strategy}" if pt and not d.layer_map else ""),
+        "layer_map": [[a, b] for a, b in plan.pairs] if pt else [],
+        "layer_map_text": [f"teacher {a} -> student {b}" for a, b in plan.pairs] if pt else [],
+        "loss": {
+            "formula": loss_formula(d),
+            "alpha": d.alpha,
+            "beta": d.beta,
+            "temperature": d.temperature,
+            "kd_form": d.kd_loss,
+            "pt_form": d.pt_loss,
+            "pt_normalize": d.pt_normalize,
+        },
+        "data": _data(plan.splits, plan.encoded, cfg.data.max_length),
+        "max_length": cfg.data.max_length,
+        "train": _train_summary(cfg.train),
+        "teacher_cache": cache,
+        "cache_bytes": cache["bytes"],
+    }
+    if timed:
+        needs_teacher = len(d.terms) > 1
+        objective = Objective(
+            terms=d.terms,
+            alpha=d.alpha,
+            beta=d.beta,
+            temperature=d.temperature,
+            kd_form=d.kd_loss,
+            pt_form=d.pt_loss,
+            pt_normalize=d.pt_normalize,
+            pairs=plan.pairs,
+        )
+        timing = time_steps(
+            plan.student,
+            plan.encoded["train"],
+            collator(plan.tokenizer),
+            cfg.train,
+            objective,
+            plan.spec.problem_type,
+            teacher=plan.teacher,  # also scored before training: always timed
+        )
+        n_train = len(plan.encoded["train"])
+        builds = needs_teacher and d.teacher_mode == "cached" and not cache["exists"]
+        out["estimate"] = estimate(
+            timing,
+            cfg.train,
+            n_train,
+            _eval_examples(plan.encoded),
+            teacher_cache_examples=n_train if builds else 0,
+            online_teacher=needs_teacher and d.teacher_mode == "online",
+            teacher_eval_examples=_eval_examples(plan.encoded),
+        )
+    return out
+
+
+def _preset_label(preset: dict | None) -> str:
+    if not preset:
+        return "-"
+    source = preset["source"] or ""
+    return "none (defaults)" if source.startswith("none") else source.rsplit("/", 1)[-1]
+
+
+def describe_compare(runs, checked) -> dict:
+    """Per depth x method of a `compare` grid: layer map, loss, cache and a timed estimate.
+
+    One plan (teacher, data, student) per student depth, reusing the teacher scores that
+    `compare.validate` measured; each method's steps are timed on it.
+    """
+    import dataclasses
+
+    from pkd import api
+    from pkd.mapping import layer_map
+
+    plans, groups = {}, {}
+    for run in runs:
+        key = (run.layers, run.method)
+        if key in groups:
+            continue
+        if run.layers not in plans:
+            plans[run.layers] = api.plan_distill(run.cfg, teacher_metrics=checked.teacher_eval)
+        d = run.cfg.distill
+        pairs = layer_map(d.strategy, checked.teacher_layers, d.student_layers, d.layer_map)
+        plan = dataclasses.replace(plans[run.layers], pairs=pairs)
+        groups[key] = describe_distill(run.cfg, plan)
+    cache = next((g["teacher_cache"] for g in groups.values() if g["teacher_cache"]["bytes"]), None)
+    todo = [r for r in runs if r.status != "reuse"]
+    students = sum(
+        groups[(r.layers, r.method)]["estimate"]["seconds"]["train"]
+        + groups[(r.layers, r.method)]["estimate"]["seconds"]["evaluation"]
+        for r in todo
+    )
+    builds = (
+        cache is not None
+        and not cache["exists"]
+        and any(groups[(r.layers, r.method)]["estimate"]["seconds"]["teacher_cache"] for r in todo)
+    )
+    cache_s = (
+        max(g["estimate"]["seconds"]["teacher_cache"] for g in groups.values()) if builds else 0.0
+    )
+    rows = []
+    for (layers, method), g in groups.items():
+        e = g["estimate"]
+        rows.append(
+            [
+                layers,
+                method,
+                " ".join(f"{a}->{b}" for a, b in g["layer_map"]) or "-",
+                g["loss"]["formula"],
+                _preset_label(g["preset"]),
+                human_seconds(e["seconds"]["train"] + e["seconds"]["evaluation"]),
+            ]
+        )
+    from pkd.report import markdown_table
+
+    lines = [
+        "## Plan per depth and method",
+        "",
+        markdown_table(
+            ["layers", "method", "teacher->student map", "loss", "preset", "time per run"], rows
+        ),
+    ]
+    if cache:
+        state = "exists, reused" if cache["exists"] else "to build"
+        lines.append(
+            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
+        )
+    else:
+        lines.append("Teacher cache: not needed.")
+    first = next(iter(groups.values()))["estimate"]
+    lines.append(
+        f"Estimate: about {human_seconds(students + cache_s)} for {len(todo)} runs "
+        f"(teacher cache {human_seconds(cache_s)}; benchmark not included), from {first['from']}."
+    )
+    return {
+        "groups": [
+            {
+                "layers": k[0],
+                "method": k[1],
+                **{x: g[x] for x in ("layer_map", "loss", "estimate", "preset")},
+            }
+            for k, g in groups.items()
+        ],
+        "teacher_cache": cache,
+        "estimate_seconds": round(students + cache_s, 1),
+        "markdown": "\n".join(lines),
+    }
+
+
+def sweep_lines(checked: dict, trials: int | None) -> list[str]:
+    """Markdown lines for `pkd sweep --dry-run` from the plan of its first trial."""
+    pairs = " ".join(f"{a}->{b}" for a, b in checked["layer_map"]) or "none (no patient loss)"
+    cache = checked["teacher_cache"]
+    lines = [
+        "",
+        f"First trial: teacher->student map {pairs}; loss {checked['loss']['formula']}.",
+    ]
+    if cache["mode"] == "cached":
+        state = "exists, reused" if cache["exists"] else "built once, shared by all trials"
+        lines.append(
+            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
+        )
+    else:
+        lines.append(f"Teacher cache: {cache['mode']}.")
+    e = checked.get("estimate")
+    if e:
+        s = e["seconds"]
+        per_trial = s["train"] + s["evaluation"]
+        total = (trials or 1) * per_trial + s["teacher_cache"] + s["teacher_evaluation"]
+        lines.append(
+            f"Estimate: about {human_seconds(per_trial)} per trial like the first "
+            f"({e['steps']} steps x {e['seconds_per_step']:.3g} s), about {human_seconds(total)} "
+            f"for {trials or 1} trials without pruning; from {e['from']}."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.1f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _num(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _scores(metrics: dict) -> str:
+    return "; ".join(
+        ", ".join(f"{k} {_num(v)}" for k, v in m.items() if k != "examples") + f" on {split}"
+        for split, m in metrics.items()
+    )
+
+
+def _estimate_lines(e: dict) -> list[str]:
+    s = e["seconds"]
+    parts = [
+        f"train {human_seconds(s['train'])} ({e['steps']} steps x {e['seconds_per_step']:.3g} s)"
+    ]
+    parts.append(f"evaluation {human_seconds(s['evaluation'])} ({e['evaluations']} passes)")
+    if s.get("teacher_cache"):
+        parts.append(f"teacher cache {human_seconds(s['teacher_cache'])}")
+    if s.get("teacher_evaluation"):
+        parts.append(f"teacher scoring {human_seconds(s['teacher_evaluation'])}")
+    return [
+        f"estimate:   about {human_seconds(e['total_seconds'])}: " + ", ".join(parts),
+        f"            from {e['from']}",
+    ]
+
+
+def _data_lines(plan: dict) -> list[str]:
+    lines = [f"data:       max length {plan['max_length']}"]
+    for name, v in plan["data"].items():
+        lines.append(
+            f"            {name}: {v['examples']} examples, {_pct(v['truncated'])} truncated "
+            f"({v['source']})"
+        )
+    return lines
+
+
+def format_plan(plan: dict) -> str:
+    """A dry-run plan (from describe_finetune/describe_distill) as readable text."""
+    lines = [f"pkd {plan['command']} (dry run): nothing trained, nothing written", ""]
+    if plan["command"] == "finetune":
+        m = plan["model"]
+        lines.append(
+            f"model:      {m['path']} ({m['type']}, {m['layers']} layers, hidden {m['hidden_size']}, "
+            f"{m['parameters'] / 1e6:.2f}M parameters)"
+        )
+        labels = ", ".join(plan["labels"]) or "(regression)"
+        lines.append(f"task:       {plan['task']}, labels {labels}; selects on {plan['metric']}")
+        lines.append(
+            "baseline:   majority class "
+            + ", ".join(f"{k} {v:.4f}" for k, v in plan["majority_baseline"].items())
+        )
+    else:
+        t, s = plan["teacher"], plan["student"]
+        if plan.get("preset"):
+            lines.append(f"preset:     {plan['preset']['name']} ({plan['preset']['source']})")
+        lines.append(
+            f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
+            f"{t['parameters'] / 1e6:.2f}M parameters)"
+        )
+        lines.append(f"            labels {', '.join(t['labels']) or '(regression)'}")
+        lines.append(f"            scores {_scores(t['dev'])}")
+        rec = t.get("recorded_dev")
+        if rec:
+            lines.append(
+                f"            recorded at fine-tuning: {rec.get('name')} {_num(rec.get('value'))} "
+                f"on {rec.get('split')}"
+            )
+        lines.append(
+            "            majority baseline "
+            + ", ".join(f"{k} {v:.4f}" for k, v in t["majority_baseline"].items())
+        )
+        lines.append(
+            f"student:    {s['layers']} layers from {s['init']} ({s['parameters'] / 1e6:.2f}M parameters)"
+        )
+        lines.append(f"method:     {plan['method']}")
+        if plan["layer_map"]:
+            pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"])
+            lines.append(f"layer map:  teacher->student {pairs} (+ logits of the last layer)")
+        else:
+            lines.append("layer map:  none (no patient loss)")
+        lines.append(f"loss:       {plan['loss']['formula']}")
+        c = plan["teacher_cache"]
+        if c["mode"] == "cached":
+            state = "exists, reused" if c["exists"] else "to build"
+            lines.append(f"cache:      {human_bytes(c['bytes'])} on disk at {c['path']} ({state})")
+        else:
+            lines.append(f"cache:      {c['mode']}")
+    lines += _data_lines(plan)
+    tr = plan["train"]
+    span = f"{tr['max_steps']} steps" if tr["max_steps"] > 0 else f"{tr['epochs']:g} epochs"
+    lines.append(
+        f"training:   {span}, lr {tr['lr']:g}, batch {tr['batch_size']} "
+        f"(accumulation {tr['gradient_accumulation_steps']}), seed {tr['seed']}"
+    )
+    lines.append(f"output:     {plan['output']} (not created)")
+    if "estimate" in plan:
+        lines += _estimate_lines(plan["estimate"])
+    return "\n".join(lines)

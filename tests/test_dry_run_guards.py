@@ -1,0 +1,409 @@
+"""`--dry-run` plans and the guard-rails against silent failures.
+
+Each guard-rail is tested both ways: it fires when its condition holds and stays quiet (or
+lets the run through) when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
+
+from pkd import api
+from pkd import config as C
+from pkd.cli import main
+from pkd.data import Split, encode
+from pkd.errors import PkdError
+from pkd.tasks import CLASSIFICATION, TaskSpec
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a trained teacher (clearly above chance), its label-reversed twin, and a teacher
+# trained 0 steps (zeroed head: constant predictions, the constant-prediction baseline).
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guards")
+    bert = make_tiny_bert(root / "bert")
+    data = write_sst2(root / "SST-2")
+    cfg = C.FinetuneConfig(
+        model=str(bert),
+        output=str(root / "ft"),
+        data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
+        train=C.TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
+    )
+    metrics = api.finetune(cfg)
+    assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # a strong teacher
+    teacher = root / "ft" / "model"
+    return {
+        "root": root,
+        "bert": bert,
+        "data": data,
+        "teacher": teacher,
+        "reversed": _reversed_copy(teacher, root / "reversed"),
+        "untrained": _zero_head(make_tiny_teacher(root / "untrained", bert)),
+    }
+
+
+def _reversed_copy(teacher: Path, out: Path) -> Path:
+    """The same classifier with its outputs in the opposite order (id2label "1", "0")."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight.flip(0))
+        model.classifier.bias.copy_(model.classifier.bias.flip(0))
+    names = [model.config.id2label[i] for i in range(2)][::-1]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
+    return out
+
+
+def _zero_head(path: Path) -> Path:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def distill_argv(world, teacher, output, *extra):
+    argv = ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", world["data"]]
+    argv += ["--output", output, "--max-length", "16", "--batch-size", "8", "--quiet"]
+    return [*argv, *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run
+
+
+def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = cli(distill_argv(world, world["teacher"], out, "--dry-run"), capsys)
+    assert code == 0, err
+    # 4-layer teacher -> 3-layer PKD-Skip student: student layers 1, 2 learn from teacher 1, 2
+    assert "layer map:  teacher->student 1->1, 2->2" in stdout
+    assert f"student:    3 layers from {world['bert']}" in stdout
+    assert "teacher:    " in stdout and "(4 layers, hidden 32" in stdout
+    assert "labels 0, 1" in stdout
+    assert (
+        "loss:       0.5*CE + 0.5*KD(kl, x T^2, T=10) + 100*PT(mean, L2-normalised [CLS])" in stdout
+    )
+    # 64 examples x (2 logits x 4 B + 5 layers x 32 x 2 B) = 20,992 B
+    assert "cache:      21.0 kB on disk at " in stdout and "(to build)" in stdout
+    assert "train: 64 examples, 0.0% truncated" in stdout
+    assert "estimate:   about " in stdout and "32 steps x " in stdout  # 4 epochs x 8 batches
+    assert "from 3 timed steps of 8 examples" in stdout
+    assert not out.exists()
+    assert not (tmp_path / "teacher-cache").exists()  # no cache built either
+
+    # The Python API returns the same plan as data.
+    cfg = C.DistillRunConfig(
+        teacher=str(world["teacher"]),
+        output=str(out),
+        data=C.DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16),
+        train=C.TrainConfig(batch_size=8, epochs=2, quiet=True),
+        distill=C.DistillConfig(method="pkd", strategy="last", student_layers=2),
+    )
+    plan = api.distill(cfg, dry_run=True)
+    assert plan["layer_map"] == [[3, 1]]
+    assert plan["cache_bytes"] == plan["teacher_cache"]["bytes"] == 64 * (2 * 4 + 5 * 32 * 2)
+    assert plan["estimate"]["steps"] == 16 and plan["estimate"]["total_seconds"] > 0
+    assert not out.exists()
+
+
+def test_finetune_dry_run_is_a_real_plan(world, tmp_path, capsys):
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
+    argv += ["--output", out, "--max-length", "16", "--batch-size", "16", "--epochs", "2"]
+    code, stdout, err = cli([*argv, "--dry-run", "--quiet"], capsys)
+    assert code == 0, err
+    assert "model:      " in stdout and "(bert, 4 layers, hidden 32" in stdout
+    assert "task:       sst2, labels 0, 1" in stdout
+    assert "train: 64 examples, 0.0% truncated" in stdout
+    assert "dev: 32 examples" in stdout
+    assert "baseline:   majority class dev 0.5625" in stdout  # 18 of 32 dev rows are one class
+    assert "8 steps x " in stdout  # 2 epochs x 4 batches of 16
+    assert not out.exists()
+
+
+def test_compare_dry_run_prints_maps_cache_and_estimate(world, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--teacher", world["teacher"], "--output", out, "--task", "sst2"]
+    argv += ["--data-dir", world["data"], "--max-length", "16", "--bench-seq-length", "16"]
+    argv += ["--methods", "kd,pkd-last", "--student-layers", "3", "--seeds", "1,2", "--dry-run"]
+    code, stdout, err = cli([*argv, "--quiet", "--batch-size", "8"], capsys)
+    assert code == 0, err
+    assert "| 3 | pkd-last | 2->1 3->2 |" in stdout
+    assert "| 3 | kd | - |" in stdout
+    assert "Teacher cache: 21.0 kB on disk at " in stdout
+    assert "Estimate: about " in stdout and "for 4 runs" in stdout
+    assert not out.exists()
+
+
+def test_sweep_dry_run_prints_map_cache_and_estimate(world, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--teacher", world["teacher"], "--output", out, "--task", "sst2"]
+    argv += ["--data-dir", world["data"], "--max-length", "16", "--grid", "paper"]
+    argv += ["--student-layers", "2", "--batch-size", "8", "--dry-run", "--quiet"]
+    code, stdout, err = cli(argv, capsys)
+    assert code == 0, err
+    assert "First trial: teacher->student map 2->1; loss " in stdout
+    assert "Teacher cache: 21.0 kB on disk at " in stdout
+    assert "Estimate: about " in stdout and "for 108 trials without pruning" in stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--alpha", "2"], "pkd: error: --alpha: must be in [0, 1], got 2.0"),
+        (["--student-layers", "9"], "pkd: error: --student-layers: "),
+        (["--preset", "book"], "pkd: error: --preset: 'book' is not one of paper"),
+    ],
+)
+def test_dry_run_with_a_bad_option_exits_2_before_any_plan(world, tmp_path, capsys, extra, message):
+    code, stdout, err = cli(
+        distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run", *extra), capsys
+    )
+    assert code == 2
+    assert stdout == ""
+    assert err.startswith(message), err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Weak teacher
+
+
+def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, capsys, caplog):
+    argv = distill_argv(world, world["untrained"], tmp_path / "run", "--dry-run")
+    code, stdout, err = cli(argv, capsys)
+    assert code == 2 and stdout == ""
+    # zero head: every prediction is "0", the majority class (18 of 32 dev rows): the
+    # constant-prediction baseline itself
+    assert err.strip() == (
+        "pkd: error: --teacher: it scores accuracy=0.5625 on dev, not 2 points above the majority "
+        "baseline 0.5625; fine-tune it better or pass --allow-weak-teacher"
+    )
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        code, stdout, err = cli([*argv, "--allow-weak-teacher"], capsys)
+    assert code == 0, err
+    assert "layer map:" in stdout
+    assert "baseline 0.5625 (allowed)" in caplog.text
+    # The trained teacher passes without the flag (the check is not always on).
+    code, _, err = cli(distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run"), capsys)
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Unlabelled splits
+
+
+def test_evaluate_refuses_unlabelled_splits(world, tmp_path, capsys):
+    base = ["evaluate", "--model", world["teacher"], "--task", "sst2", "--max-length", "16"]
+    code, stdout, err = cli([*base, "--data-dir", world["data"], "--split", "test"], capsys)
+    assert code == 2 and stdout == ""
+    assert err.strip() == (
+        "pkd: error: --split: test has no labels in GLUE; use `pkd predict` for test predictions"
+    )
+    # GLUE's test.tsv given as the dev file: no label column -> the same pointer, naming it.
+    test_tsv = world["data"] / "test.tsv"
+    code, _, err = cli([*base, "--validation-file", test_tsv], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"pkd: error: {test_tsv}: has no 'label' labels to evaluate against; "
+        "use `pkd predict` for unlabelled data"
+    )
+    # A custom CSV without its label column.
+    csv = tmp_path / "unlabelled.csv"
+    csv.write_text("text\ngood great movie\nawful bad plot\n")
+    custom = ["evaluate", "--model", world["teacher"], "--text-columns", "text"]
+    code, _, err = cli([*custom, "--validation-file", csv], capsys)
+    assert code == 2
+    assert f"pkd: error: {csv}: has no 'label' labels to evaluate against; use `pkd predict`" in err
+    # ... which `pkd predict` reads fine; with labels, evaluate works.
+    code, _, err = cli(["predict", "--model", world["teacher"], "--text-columns", "text",
+                        "--test-file", csv, "--output-file", tmp_path / "p.tsv"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "p.tsv").read_text().splitlines()[1:] == ["0\t1", "1\t0"]
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\ngood great movie,1\nawful bad plot,0\n")
+    code, stdout, err = cli([*custom, "--validation-file", labelled], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["accuracy"] == 1.0
+    # A bad label value is still reported as such, not as "unlabelled".
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\ngood great movie,maybe\n")
+    code, _, err = cli([*custom, "--validation-file", bad], capsys)
+    assert code == 2 and "maybe" in err and "pkd predict" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Label names, not positions
+
+
+def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, caplog):
+    data = C.DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16)
+    files = [
+        api.predict(str(world[m]), data, "test", str(tmp_path / f"{m}.tsv"))
+        for m in ("teacher", "reversed")
+    ]
+    original, flipped = (f.read_text() for f in files)
+    assert original == flipped
+    assert {line.split("\t")[1] for line in original.splitlines()[1:]} == {"0", "1"}
+    scores = [api.evaluate(str(world[m]), data, "dev")["accuracy"] for m in ("teacher", "reversed")]
+    assert scores[0] == scores[1] >= 0.8
+
+    # Distilling from the reversed teacher: labels follow the teacher's order, by name, and
+    # its dev score is the original's.
+    cfg = C.DistillRunConfig(
+        teacher=str(world["reversed"]),
+        output=str(tmp_path / "run"),
+        data=data,
+        train=C.TrainConfig(batch_size=8, quiet=True),
+        distill=C.DistillConfig(student_init=str(world["bert"])),
+    )
+    with caplog.at_level(logging.INFO, logger="pkd.api"):
+        plan = api.plan_distill(cfg)
+    assert plan.spec.labels == ("1", "0")
+    assert plan.teacher_metrics["dev"]["accuracy"] == scores[0]
+    assert plan.encoded["dev"].labels[:4] == [1 - int(v) for v in plan.splits["dev"].labels[:4]]
+    assert "label order differs between teacher ('1', '0') and task ('0', '1')" in caplog.text
+
+
+def test_teacher_with_other_label_names_is_refused(world, tmp_path, capsys):
+    other = make_tiny_teacher(tmp_path / "other", world["bert"], labels=("neg", "pos"))
+    code, stdout, err = cli(distill_argv(world, other, tmp_path / "run", "--dry-run"), capsys)
+    assert code == 2 and stdout == ""
+    assert err.strip() == (
+        "pkd: error: --teacher: its labels ['neg', 'pos'] differ from the data's ['0', '1']"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Student initialised from the fine-tuned teacher
+
+
+def test_student_from_the_teacher_warns_naming_both(world, tmp_path, capsys, caplog):
+    argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        code, stdout, err = cli([*argv, "--student-init", "teacher"], capsys)
+    assert code == 0, err
+    assert (
+        f"--student-init: the student is initialised from the fine-tuned teacher "
+        f"{world['teacher']}, not from the pre-trained {world['bert']}"
+    ) in caplog.text
+    assert f"student:    3 layers from {world['teacher']}" in stdout
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        code, _, _ = cli(argv, capsys)  # default: the teacher's pre-trained base
+    assert code == 0
+    assert "initialised from the fine-tuned teacher" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncation
+
+
+def _spec() -> TaskSpec:
+    return TaskSpec(
+        name="custom",
+        problem_type=CLASSIFICATION,
+        labels=("0", "1"),
+        text_columns=("text",),
+        label_column="label",
+        metrics=("accuracy",),
+        splits={"train": ""},
+        source="custom",
+    )
+
+
+@pytest.mark.parametrize("long_rows, warns", [(5, False), (6, True)])
+def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns):
+    """100 examples, 5 (5.0%: quiet) or 6 (6.0%: warning) longer than --max-length 8."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world["bert"])
+    texts = ["good movie"] * (100 - long_rows) + [
+        "good great fine nice movie film plot"
+    ] * long_rows
+    split = Split("train", "mem", [str(i) for i in range(100)], texts, None, ["1"] * 100)
+    enc = encode(split, tok, 8, {"0": 0, "1": 1}, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        frac = api._warn_truncation(enc, 8)
+    assert frac == pytest.approx(long_rows / 100)
+    expected = f"{long_rows}.0% of training examples reach --max-length 8 and are truncated"
+    assert (expected in caplog.text) is warns
+
+
+def test_truncation_warning_through_the_cli(world, tmp_path, capsys, caplog):
+    argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
+    argv += ["--output", tmp_path / "ft", "--dry-run", "--quiet"]
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        code, stdout, _ = cli([*argv, "--max-length", "6"], capsys)
+    assert code == 0
+    assert "100.0% of training examples reach --max-length 6" in caplog.text
+    assert "train: 64 examples, 100.0% truncated" in stdout
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        code, _, _ = cli([*argv, "--max-length", "16"], capsys)  # sentences are 7 tokens
+    assert code == 0
+    assert "truncated" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Collapse
+
+
+def _history(first: float, later: float = 0.9) -> dict:
+    epochs = [{"metrics": {"dev": {"accuracy": v}}} for v in (first, later)]
+    return {"history": epochs}
+
+
+@pytest.mark.parametrize(
+    "method, first, warns",
+    [
+        ("pkd", 0.5625, True),  # stuck at the majority baseline after epoch 1
+        ("pkd", 0.75, False),  # learning
+        ("kd", 0.5625, True),
+        ("ft", 0.5625, False),  # FT is the reference, not a distillation collapse
+    ],
+)
+def test_collapse_warning(method, first, warns, caplog):
+    from pkd.tasks import get_task
+
+    d = C.DistillConfig(method=method, beta=500.0, pt_loss="sum")
+    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        api._warn_collapse(_history(first), get_task("sst2"), {"dev": 0.5625}, d)
+    text = caplog.text
+    assert ("majority baseline (0.5625) after the first epoch" in text) is warns
+    if warns and method == "pkd":
+        assert "collapsed; beta=500.0 with the 'sum' patient-loss form may be too strong" in text
+    if warns and method == "kd":
+        assert "collapsed; alpha=0.5 at T=10.0 with the 'kl' KD form" in text
+
+
+def test_config_options_exist():
+    """The guard-rail switches are real options of the command."""
+    cfg = C.build(C.DistillRunConfig, {"teacher": "t", "output": "o"})
+    assert cfg.distill.allow_weak_teacher is False
+    with pytest.raises(PkdError, match="--preset"):
+        C.DistillConfig(preset="book")

@@ -1,0 +1,606 @@
+"""Issue 7: bad input is caught before training, runs are reproducible, loading is safe.
+
+Each up-front check goes through the `pkd` command and must: exit 2 with one `pkd: error:`
+line naming the file/line or option, create no run directory, and leave an earlier finished
+run untouched even with --overwrite. Plus the numerical guards, determinism, provenance,
+trust_remote_code, pickles, and text edge cases through a whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import WORDS, make_tiny_bert, make_tiny_teacher, write_sst2
+from safetensors.torch import load_file
+
+from pkd import config as C
+from pkd.api import finetune
+from pkd.cli import main
+
+TRAIN = ["--batch-size", "8", "--max-length", "16", "--quiet"]
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def cli_error(argv, capsys) -> str:
+    """Run the CLI, expect exit 2 and exactly one `pkd: error:` line; return its message."""
+    code, out, err = cli(argv, capsys)
+    assert code == 2, (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pkd: error: "), err
+    assert out == ""
+    return lines[0].removeprefix("pkd: error: ")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a teacher that passes the weak-teacher check, and one finished distillation run
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("robust")
+
+
+@pytest.fixture(scope="module")
+def data(root) -> Path:
+    return write_sst2(root / "SST-2")
+
+
+@pytest.fixture(scope="module")
+def teacher(root, data, tiny_bert) -> Path:
+    """tiny_bert fine-tuned on the separable toy SST-2 (dev accuracy 1.0); keeps a checkpoint."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
+        m = finetune(
+            C.FinetuneConfig(
+                model=str(tiny_bert),
+                output=str(root / "teacher"),
+                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=C.TrainConfig(
+                    epochs=8, lr=3e-3, batch_size=8, quiet=True, keep_checkpoints=True
+                ),
+            )
+        )
+    assert m["best"]["metrics"]["dev"]["accuracy"] >= 0.9
+    return root / "teacher" / "model"
+
+
+def distill_argv(teacher, data, output, *extra):
+    return ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", data,
+            "--output", output, "--student-layers", "2", "--epochs", "1", "--lr", "1e-3",
+            *TRAIN, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(root, data, teacher) -> Path:
+    """A finished PKD run that every failed check below must leave exactly as it is."""
+    out = root / "finished"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in distill_argv(teacher, data, out)])
+    assert e.value.code == 0
+    assert (out / "metrics.json").is_file()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Up-front validation: one case per check
+
+
+def _bad_dev_row(ctx):
+    d = write_sst2(ctx["tmp"] / "SST-2", n_train=16, n_dev=8)
+    (d / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\nno label here\nbad\t0\n")
+    return ["--data-dir", d], f"{d / 'dev.tsv'}:3: expected at least 2 columns, found 1"
+
+
+def _not_utf8(ctx):
+    d = write_sst2(ctx["tmp"] / "SST-2", n_train=16, n_dev=8)
+    (d / "train.tsv").write_bytes(b"sentence\tlabel\ngood\t1\ncaf\xe9 film\t0\n")
+    return ["--data-dir", d], (
+        f"{d / 'train.tsv'}:3: not valid utf-8 (byte 0xe9); pass --encoding (e.g. latin-1) "
+        "to read it"
+    )
+
+
+def _missing_train(ctx):
+    d = write_sst2(ctx["tmp"] / "SST-2", n_train=16, n_dev=8)
+    (d / "train.tsv").unlink()
+    return ["--data-dir", d], f"{d / 'train.tsv'}: file not found"
+
+
+def _dev_label_unknown(ctx):
+    d = write_sst2(ctx["tmp"] / "SST-2", n_train=16, n_dev=8)
+    (d / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\nmeh film\tneutral\n")
+    return ["--data-dir", d], f"{d / 'dev.tsv'}:3: label 'neutral' is not one of ['0', '1']"
+
+
+def _custom_labels_not_teachers(ctx):
+    # the user's own file, with label names the teacher does not have
+    train, dev = ctx["tmp"] / "train.csv", ctx["tmp"] / "dev.csv"
+    train.write_text('text,label\n"good, great film",pos\nawful film,neg\n')
+    dev.write_text("text,label\ngood film,pos\n")
+    argv = ["--task", "custom", "--train-file", train, "--validation-file", dev,
+            "--text-columns", "text"]  # fmt: skip
+    return argv, f"{train}:2: label 'pos' is not one of ['0', '1']"
+
+
+def _teacher_labels_differ(ctx):
+    other = make_tiny_teacher(ctx["tmp"] / "named", ctx["tiny_bert"], labels=("neg", "pos"))
+    return ["--teacher", other], (
+        "--teacher: its labels ['neg', 'pos'] differ from the data's ['0', '1']"
+    )
+
+
+def _student_hidden_size(ctx):
+    init = make_tiny_bert(ctx["tmp"] / "h16", hidden=16)
+    return ["--student-init", init], (
+        f"--student-init: {init} has hidden_size=16 but the teacher has hidden_size=32; "
+        "student and teacher must share architecture, hidden size and vocabulary"
+    )
+
+
+def _student_other_vocabulary(ctx):
+    # same vocabulary size and weights, but two words swapped: token ids would mean other words
+    from transformers import BertTokenizerFast
+
+    init = ctx["tmp"] / "swapped"
+    shutil.copytree(ctx["tiny_bert"], init)
+    for f in init.glob("*token*"):
+        f.unlink()
+    (init / "vocab.txt").unlink(missing_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    words[5], words[6] = words[6], words[5]  # good <-> great
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(init)
+    return ["--student-init", init], (
+        f"--student-init: the tokenizer of {init} differs from the teacher's (2 vocabulary "
+        "entries differ, e.g. 'good': 6 vs 5); student and teacher must share one tokenizer"
+    )
+
+
+def _student_other_casing(ctx):
+    # same vocabulary, but no lower-casing: 'GOOD' becomes [UNK] for the student's tokenizer
+    from transformers import BertTokenizerFast
+
+    init = ctx["tmp"] / "cased"
+    shutil.copytree(ctx["tiny_bert"], init)
+    for f in init.glob("*token*"):
+        f.unlink()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(words)}, do_lower_case=False
+    ).save_pretrained(init)
+    return ["--student-init", init], (
+        f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits text "
+        "differently"
+    )
+
+
+def _student_pickled_weights(ctx):
+    init = ctx["tmp"] / "pickled"
+    shutil.copytree(ctx["tiny_bert"], init)
+    state = load_file(str(init / "model.safetensors"))
+    (init / "model.safetensors").unlink()
+    torch.save(state, init / "pytorch_model.bin")
+    return ["--student-init", init], (
+        f"{init}: no *.safetensors weights (pickled .bin weights are not loaded; convert them "
+        "with save_pretrained(safe_serialization=True))"
+    )
+
+
+def _layer_map_out_of_range(ctx):
+    return ["--student-layers", "3", "--layer-map", "2,4"], (
+        "--layer-map: layers must be in 1..3 for a 4-layer teacher"
+    )
+
+
+def _layer_map_wrong_length(ctx):
+    return ["--layer-map", "1,2"], "--layer-map: 2-layer student needs 1 teacher layers, got 2"
+
+
+def _student_too_deep(ctx):
+    return ["--student-layers", "4"], (
+        "--student-layers: 4 is impossible for a 4-layer teacher (need 1 <= M < 4)"
+    )
+
+
+def _max_length_beyond_positions(ctx):
+    # tiny BERTs have 64 position embeddings: 100 would crash in the first forward pass
+    return ["--max-length", "100"], (
+        f"--max-length: 100 is more than the 64 positions of --teacher {ctx['teacher']}; "
+        "pass --max-length 64 or less"
+    )
+
+
+def _weak_teacher(ctx):
+    return ["--teacher", ctx["tiny_teacher"]], "not 2 points above the majority baseline"
+
+
+def _no_disk_for_cache(ctx):
+    free = shutil.disk_usage(ctx["tmp"])
+    ctx["mp"].setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
+    # 64 examples x (2 float32 logits + 5 layers x 32 fp16) = 20,992 bytes
+    return [], "--cache-dir: the teacher cache needs about 21.0 kB but "
+
+
+def _bad_config_value(ctx):
+    f = ctx["tmp"] / "bad.yaml"
+    f.write_text("train:\n  warmup_ratio: ten percent\n")  # --epochs etc. are given as options
+    return ["--config", f], (
+        f"{f}: train.warmup_ratio (--warmup-ratio) expects a number, got 'ten percent'"
+    )
+
+
+def _config_not_a_mapping(ctx):
+    f = ctx["tmp"] / "bad.yaml"
+    f.write_text("distill: pkd\n")
+    return ["--config", f], f"{f}: section 'distill' must be a mapping of options"
+
+
+CHECKS = [
+    _bad_dev_row,
+    _not_utf8,
+    _missing_train,
+    _dev_label_unknown,
+    _custom_labels_not_teachers,
+    _teacher_labels_differ,
+    _student_hidden_size,
+    _student_other_vocabulary,
+    _student_other_casing,
+    _student_pickled_weights,
+    _layer_map_out_of_range,
+    _layer_map_wrong_length,
+    _student_too_deep,
+    _max_length_beyond_positions,
+    _weak_teacher,
+    _no_disk_for_cache,
+    _bad_config_value,
+    _config_not_a_mapping,
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_is_refused_before_training(
+    check, finished, teacher, data, tiny_bert, tiny_teacher, tmp_path, capsys, monkeypatch
+):
+    ctx = {"tmp": tmp_path, "tiny_bert": tiny_bert, "tiny_teacher": tiny_teacher,
+           "teacher": teacher, "mp": monkeypatch}  # fmt: skip
+    extra, expected = check(ctx)
+    trained = []
+    monkeypatch.setattr("pkd.train.train", lambda *a, **k: trained.append(1))
+
+    # a new run directory: never created
+    fresh = tmp_path / "run"
+    msg = cli_error(distill_argv(teacher, data, fresh, *extra), capsys)
+    assert expected in msg
+    assert not fresh.exists()
+
+    # an earlier finished run, with --overwrite: left exactly as it was
+    before = snapshot(finished)
+    msg = cli_error(distill_argv(teacher, data, finished, "--overwrite", *extra), capsys)
+    assert expected in msg
+    assert snapshot(finished) == before
+    assert not trained
+
+
+def test_finished_run_is_refused_without_overwrite(finished, teacher, data, capsys):
+    before = snapshot(finished)
+    msg = cli_error(distill_argv(teacher, data, finished), capsys)
+    assert (
+        msg == f"--output: {finished} already holds a finished run; pass --overwrite to replace it"
+    )
+    assert snapshot(finished) == before
+
+
+def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pkd.api")
+    code, _, err = cli(distill_argv(teacher, data, tmp_path / "run", "--dry-run"), capsys)
+    assert code == 0, err
+    logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].startswith("teacher cache: about 21.0 kB for 64 examples under ")
+    assert not (tmp_path / "run").exists()  # --dry-run writes nothing
+
+
+def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, capsys, monkeypatch):
+    # the finished run's cache lies under PKD_CACHE_DIR=root/cache: a rerun reuses it
+    monkeypatch.setenv("PKD_CACHE_DIR", str(finished.parent / "cache"))
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
+    code, out, err = cli(distill_argv(teacher, data, tmp_path / "run", "--dry-run"), capsys)
+    assert code == 0, err
+
+
+def test_config_yaml_numbers_written_as_text(tmp_path):
+    from pkd.cli import build_parser, resolve
+
+    # YAML 1.1 reads `lr: 1e-5` (no dot) as the string '1e-5'
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 1e-5\n  epochs: 2\ndata:\n  max_length: '64'\n")
+    args = build_parser().parse_args(["finetune", "--config", str(f), "--model", "m",
+                                      "--output", str(tmp_path / "r")])  # fmt: skip
+    cfg = resolve(args, C.FinetuneConfig)
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 2.0 and cfg.data.max_length == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical guards
+
+
+def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys, monkeypatch):
+    import pkd.train
+
+    calls = []
+    real = pkd.train.patient_loss
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        value = real(*args, **kwargs)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(pkd.train, "patient_loss", nan_at_step_3)
+    run = tmp_path / "run"
+    msg = cli_error(distill_argv(teacher, data, run, "--save-steps", "1"), capsys)
+    assert msg.startswith("non-finite loss at step 3 (ce=")
+    for term in ("ce=", "kd=", "pt=nan"):
+        assert term in msg
+    assert msg.endswith(f"; last checkpoint: {run / 'checkpoints' / 'step-2'}")
+    assert (run / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+    assert not (run / "metrics.json").exists()  # not a finished run
+
+
+def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pkd.train.ce_loss", lambda *a, **k: torch.tensor(float("inf")))
+    run = tmp_path / "run"
+    msg = cli_error(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", data,
+                     "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
+    assert msg == "non-finite loss at step 1 (ce=inf); last checkpoint: none"
+
+
+def _encoder_change(run: Path, init: Path) -> float:
+    """Largest change of any encoder weight between init and the trained model."""
+    before = load_file(str(init / "model.safetensors"))
+    after = weights(run / "model")
+    return max(
+        (after[f"bert.{k}"] - v).abs().max().item()
+        for k, v in before.items()
+        if f"bert.{k}" in after and "layer." in k
+    )
+
+
+def test_max_grad_norm_clips(tiny_bert, data, tmp_path):
+    def run(name, norm):
+        finetune(
+            C.FinetuneConfig(
+                model=str(tiny_bert),
+                output=str(tmp_path / name),
+                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=C.TrainConfig(
+                    epochs=1,
+                    lr=0.05,
+                    batch_size=8,
+                    max_grad_norm=norm,
+                    weight_decay=0.0,
+                    warmup_ratio=0.0,
+                    quiet=True,
+                ),
+            )
+        )
+        return _encoder_change(tmp_path / name, tiny_bert)
+
+    free = run("free", 0.0)  # 0: off
+    clipped = run("clipped", 1e-9)
+    # AdamW normalises the gradient scale away, except against its eps (1e-8): a gradient
+    # clipped to norm 1e-9 gives per-weight updates ~1e-3 of the unclipped ones
+    assert free > 0.1
+    assert clipped < free * 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducibility and provenance
+
+
+def test_same_command_twice_gives_identical_results(finished, teacher, data, tmp_path, capsys):
+    again = tmp_path / "again"
+    code, _, err = cli(distill_argv(teacher, data, again), capsys)
+    assert code == 0, err
+    a = json.loads((finished / "metrics.json").read_text())
+    b = json.loads((again / "metrics.json").read_text())
+    for key in ("best", "final", "history", "teacher_metrics", "layer_map", "data"):
+        assert a[key] == b[key], key
+    wa, wb = weights(finished / "model"), weights(again / "model")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    la = [json.loads(x) for x in (finished / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (again / "log.jsonl").read_text().splitlines()]
+    strip = ("examples_per_s",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in la] == [
+        {k: v for k, v in r.items() if k not in strip} for r in lb
+    ]
+
+
+def test_run_records_config_versions_and_data_fingerprints(finished, data):
+    conf = yaml.safe_load((finished / "config.yaml").read_text())
+    assert conf["distill"]["student_layers"] == 2 and conf["train"]["seed"] == 42
+    assert conf["data"]["data_dir"] == str(data) and conf["data"]["max_length"] == 16
+    for key in ("pkd", "torch", "transformers", "accelerate", "python", "git_sha"):
+        assert key in conf["meta"], key
+    import torch as _torch
+    import transformers
+
+    assert conf["meta"]["torch"] == str(_torch.__version__)
+    assert conf["meta"]["transformers"] == transformers.__version__
+    summary = json.loads((finished / "metrics.json").read_text())["data"]
+    for split, file in (("train", "train.tsv"), ("dev", "dev.tsv")):
+        assert summary[split]["source"] == str(data / file)
+        assert summary[split]["sha256"] == hashlib.sha256((data / file).read_bytes()).hexdigest()
+
+
+def test_rerun_from_config_yaml(finished, tmp_path, capsys):
+    new = tmp_path / "rerun"
+    code, out, err = cli(["distill", "--config", finished / "config.yaml", "--output", new], capsys)
+    assert code == 0, err
+    assert json.loads(out)["output"] == str(new)
+    a = json.loads((finished / "metrics.json").read_text())
+    b = json.loads((new / "metrics.json").read_text())
+    assert a["best"] == b["best"] and a["history"] == b["history"]
+    wa, wb = weights(finished / "model"), weights(new / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the re-run's own config equals the original but for the output
+    ca = yaml.safe_load((finished / "config.yaml").read_text())
+    cb = yaml.safe_load((new / "config.yaml").read_text())
+    ca.pop("meta"), cb.pop("meta")
+    assert cb.pop("output") == str(new) and ca.pop("output") == str(finished)
+    assert ca == cb
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe loading
+
+
+def _record_trust_remote_code(monkeypatch) -> list:
+    import transformers
+
+    seen = []
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"):
+        cls = getattr(transformers, name)
+        real = cls.from_pretrained
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("trust_remote_code")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    return seen
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_trust_remote_code_only_when_asked(flag, teacher, data, tmp_path, capsys, monkeypatch):
+    seen = _record_trust_remote_code(monkeypatch)
+    extra = ["--trust-remote-code"] if flag else []
+    code, _, err = cli(distill_argv(teacher, data, tmp_path / "r", "--dry-run", *extra), capsys)
+    assert code == 0, err
+    loaded = {name for name, _ in seen}
+    assert loaded == {"AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"}
+    assert {value for _, value in seen} == {flag}, seen
+
+
+def test_evaluate_never_trusts_remote_code(teacher, data, tmp_path, capsys, monkeypatch):
+    seen = _record_trust_remote_code(monkeypatch)
+    code, out, err = cli(["evaluate", "--model", teacher, "--task", "sst2", "--data-dir", data,
+                          "--output-file", tmp_path / "e.json"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert seen and {value for _, value in seen} == {False}
+
+
+class _Payload:
+    """Unpickling this runs code: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, capsys):
+    ckpt = next((teacher.parent / "checkpoints").glob("step-*"))
+    evil = tmp_path / "step-64"
+    shutil.copytree(ckpt, evil)
+    marker = tmp_path / "pwned.txt"
+    with open(evil / "optimizer.bin", "wb") as f:
+        pickle.dump(_Payload(marker), f, protocol=2)
+    run = tmp_path / "run"
+    msg = cli_error(["finetune", "--model", teacher,
+                     "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
+                     "--resume-from", evil, *TRAIN], capsys)  # fmt: skip
+    assert not marker.exists()
+    pickle.loads((evil / "optimizer.bin").read_bytes())  # the payload is live: plain pickle runs it
+    assert marker.read_text() == "pwned"
+    assert msg.startswith(f"{evil}: cannot load the checkpoint (Weights only load failed.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text edge cases through a whole run
+
+EDGE_ROWS = [
+    ("", "0"),  # empty text
+    (" ".join(["good movie"] * 60), "1"),  # 120 words: truncated at --max-length
+    ('the "plot" was "great', "1"),  # quotes inside an unquoted GLUE field
+    ("naïve café — 😀 très bien 🎬", "1"),  # Unicode and emoji
+    ("bad\u00a0film\u2028awful", "0"),  # no-break space, line separator inside a field
+]
+
+
+def test_glue_edge_cases_through_finetune_and_predict(tiny_bert, tmp_path, capsys):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    from conftest import sentiment_rows
+
+    for name, seed in (("train", 0), ("dev", 1)):
+        rows = sentiment_rows(16, seed) + EDGE_ROWS
+        lines = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in rows]
+        (d / f"{name}.tsv").write_bytes(("\r\n".join(lines) + "\r\n").encode())  # CRLF
+    test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(EDGE_ROWS)]
+    (d / "test.tsv").write_bytes(("\r\n".join(test) + "\r\n").encode())
+    run = tmp_path / "run"
+    code, _, err = cli(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", d,
+                        "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((run / "metrics.json").read_text())["data"]
+    assert summary["train"]["examples"] == summary["dev"]["examples"] == 21
+    assert summary["train"]["truncated"] == round(1 / 21, 4)  # only the 120-word text
+    out = tmp_path / "preds.tsv"
+    predict = ["predict", "--model", run / "model", "--task", "sst2", "--data-dir", d,
+               "--output-file", out]  # fmt: skip
+    code, _, err = cli(predict, capsys)  # default --max-length 128: cut at the 64 positions
+    assert code == 0, err
+    lines = out.read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 1 + len(EDGE_ROWS)
+    assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])
+
+
+def test_custom_csv_and_jsonl_edge_cases_through_finetune(tiny_bert, tmp_path, capsys):
+    from conftest import sentiment_rows
+
+    rows = sentiment_rows(16) + EDGE_ROWS + [('a "quoted", comma\nand a newline', "1")]
+    csv_text = "text,label\r\n" + "".join(
+        '"' + s.replace('"', '""') + f'",{y}\r\n' for s, y in rows
+    )
+    (tmp_path / "train.csv").write_text(csv_text, encoding="utf-8", newline="")
+    jsonl = "".join(
+        json.dumps({"text": s, "label": y}, ensure_ascii=False) + "\r\n" for s, y in rows
+    )
+    (tmp_path / "dev.jsonl").write_text(jsonl, encoding="utf-8", newline="")
+    run = tmp_path / "run"
+    code, _, err = cli(["finetune", "--model", tiny_bert, "--task", "custom",
+                        "--train-file", tmp_path / "train.csv",
+                        "--validation-file", tmp_path / "dev.jsonl", "--text-columns", "text",
+                        "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["labels"] == ["0", "1"]
+    assert metrics["data"]["train"]["examples"] == metrics["data"]["dev"]["examples"] == 22

@@ -1,0 +1,397 @@
+"""`pkd sweep` on tiny models: grid, resume, kill-and-resume, two workers, pruning, best.yaml,
+holdout selection, and search spaces rejected before any trial."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+
+from pkd import sweep as S
+from pkd.cli import main
+
+TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--allow-weak-teacher",
+        "--method", "kd", "--student-layers", "2"]  # fmt: skip
+SPACE4 = "lr: [3e-3, 1e-3]\ntemperature: [5, 10]\n"
+SPACE6 = "lr: [3e-3, 1e-3, 5e-4]\ntemperature: [5, 10]\n"
+PRUNE_SPACE = "lr: [3e-3, 1e-7]\ntemperature: [5, 10]\n"
+
+
+def run_cli(args) -> int:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    return e.value.code
+
+
+def sweep_args(teacher, data, out, space: Path, *extra):
+    return ["sweep", "--teacher", teacher, "--data-dir", data, "--output", out,
+            "--space", space, *TINY, *extra]  # fmt: skip
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def load(storage) -> optuna.Study:
+    return optuna.load_study(study_name=S.STUDY_NAME, storage=S.open_storage(str(storage)))
+
+
+def points(study, states=(TrialState.COMPLETE,)) -> list[tuple]:
+    return sorted(
+        (t.params["lr"], t.params["temperature"]) for t in study.trials if t.state in states
+    )
+
+
+@pytest.fixture(scope="module")
+def grid4(tmp_path_factory, tiny_teacher, sst2_dir):
+    """One 4-point grid sweep (1 epoch per trial), shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("grid4")
+    space = write(root / "space.yaml", SPACE4)
+    out = root / "sweep"
+    args = sweep_args(tiny_teacher, sst2_dir, out, space, "--epochs", "1", "--alpha", "0.5",
+                      "--cache-dir", root / "cache")  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        assert run_cli(args) == 0
+    return {"out": out, "args": args, "space": space}
+
+
+def test_grid_runs_every_point_once_with_its_parameters(grid4, capsys):
+    out = grid4["out"]
+    study = load(out / S.JOURNAL)
+    assert len(study.trials) == 4
+    assert points(study) == [(1e-3, 5), (1e-3, 10), (3e-3, 5), (3e-3, 10)]
+    caches = []
+    for t in study.trials:
+        run = out / "trials" / f"trial-{t.number}"
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["train"]["lr"] == t.params["lr"]
+        assert cfg["distill"]["temperature"] == t.params["temperature"]
+        assert cfg["distill"]["alpha"] == 0.5 and cfg["distill"]["method"] == "kd"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert t.value == metrics["best"]["metrics"]["dev"]["accuracy"]
+        caches.append(
+            (t.number, metrics["teacher_cache"]["reused"], metrics["teacher_cache"]["path"])
+        )
+    # One teacher cache for all trials: the first trial builds it, no trial rebuilds it.
+    assert [reused for _, reused, _ in sorted(caches)] == [False, True, True, True]
+    assert len({path for _, _, path in caches}) == 1
+
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3]
+    assert {(float(r["lr"]), int(r["temperature"])) for r in rows} == set(points(study))
+    assert all(r["state"] == "complete" and r["epochs_run"] == "1" for r in rows)
+    assert all(r["dev_by_epoch"] and float(r["wall_seconds"]) > 0 for r in rows)
+    md = (out / "trials.md").read_text()
+    assert "## Best configuration" in md and md.count("| complete |") == 4
+    for png in ("importance.png", "history.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["counts"] == {"complete": 4}
+    assert summary["best"]["dev"] == max(t.value for t in study.trials)
+    assert (out / "best" / "model" / "model.safetensors").is_file()
+    assert summary["wall_seconds"]["cache_builds"] == 1
+
+
+def test_second_sweep_on_same_output_runs_nothing(grid4, capsys):
+    out = grid4["out"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")}
+    assert run_cli(grid4["args"]) == 0
+    assert len(load(out / S.JOURNAL).trials) == 4
+    assert json.loads((out / "summary.json").read_text())["trials_run_here"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")} == stamps
+
+
+def test_best_yaml_reruns_the_best_trial(grid4, capsys):
+    out = grid4["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert run_cli(["distill", "--config", out / "best.yaml"]) == 0
+    rerun = json.loads((out / "best-rerun" / "metrics.json").read_text())
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert rerun["best"]["metrics"] == best["best"]["metrics"]
+    assert rerun["best"]["metrics"]["dev"]["accuracy"] == summary["best"]["dev"]
+    assert rerun["teacher_cache"]["reused"] is True
+    a = load_file(out / "best" / "model" / "model.safetensors")
+    b = load_file(out / "best-rerun" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+KILLER = """
+import os, signal, sys
+import pkd.train as T
+original, calls = T._evaluate_and_keep_best, []
+def die_in_second_trial(*args, **kwargs):
+    original(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2:  # trial 1 evaluated its epoch, metrics.json not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+T._evaluate_and_keep_best = die_in_second_trial
+from pkd.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = [str(a) for a in sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
+                                       "--epochs", "1", "--quiet")]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", KILLER, *args], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    study = load(out / S.JOURNAL)
+    assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert not (out / "trials" / "trial-1" / "metrics.json").exists()
+
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    assert points(study) == [(1e-3, 5), (1e-3, 10), (3e-3, 5), (3e-3, 10)]  # each exactly once
+    assert study.trials[1].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get(S.RETRY_OF) == 1]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == study.trials[1].params
+    assert (
+        json.loads((out / "trials" / "trial-1" / "failed.json").read_text())["retry"]
+        == retries[0].number
+    )
+    assert not (out / "trials" / "trial-1" / "metrics.json").exists()
+    states = [r["state"] for r in csv.DictReader((out / "trials.csv").open())]
+    assert sorted(states) == ["complete"] * 4 + ["fail (retried)"]
+
+
+SLOW = """
+import sys, time
+import pkd.train as T
+original = T._evaluate_and_keep_best
+def slow(*args, **kwargs):
+    time.sleep(1.0)  # a trial long enough for the other worker to join meanwhile
+    return original(*args, **kwargs)
+T._evaluate_and_keep_best = slow
+from pkd.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path):
+    """A second process (this one) joins a study a first process (a subprocess) is running:
+    the 6-point grid is finished by both, every point once, on one shared journal file."""
+    space = write(tmp_path / "s.yaml", SPACE6)
+    storage = tmp_path / "shared.journal"
+
+    def args(worker):
+        return sweep_args(tiny_teacher, sst2_dir, tmp_path / worker, space, "--epochs", "1",
+                          "--storage", storage, "--quiet")  # fmt: skip
+
+    first = subprocess.Popen(
+        [sys.executable, "-c", SLOW, *map(str, args("worker-a"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:  # until it runs a trial
+        try:
+            if any(t.state == TrialState.RUNNING for t in load(storage).trials):
+                break
+        except Exception:  # the study does not exist yet
+            pass
+        time.sleep(0.2)
+    assert run_cli(args("worker-b")) == 0
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+
+    study = load(storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 6 and len(set(points(study))) == 6  # all six, none twice
+    assert len([t for t in study.trials if not t.user_attrs.get(S.SURPLUS)]) == 6
+    assert {t.user_attrs[S.PID] for t in done} == {first.pid, os.getpid()}  # both did some
+    dirs = sorted(p.name for w in "ab" for p in (tmp_path / f"worker-{w}" / "trials").iterdir())
+    assert dirs == sorted(f"trial-{t.number}" for t in done)
+
+
+def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2_dir, tmp_path):
+    # lr=1e-7 barely moves the student (dev 43.75% after epoch 1), lr=3e-3 reaches 56.25%;
+    # alpha=0 makes T irrelevant, so the two good trials tie and neither is pruned.
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
+                      "--epochs", "2", "--alpha", "0", "--pruner", "median",
+                      "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    good = [t for t in study.trials if t.params["lr"] == 3e-3]
+    bad = [t for t in study.trials if t.params["lr"] == 1e-7]
+    assert [t.state for t in good] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 2 for t in good)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t in bad for t in pruned)
+    for t in pruned:
+        assert list(t.intermediate_values) == [1]  # stopped after its first epoch
+        run = out / "trials" / f"trial-{t.number}"
+        assert (run / "pruned.json").is_file() and not (run / "metrics.json").exists()
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
+    assert {rows[t.number]["state"] for t in pruned} == {"pruned"}
+    assert (
+        json.loads((out / "summary.json").read_text())["wall_seconds"]["saved_by_pruning_estimate"]
+        > 0
+    )
+
+
+def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, tmp_path):
+    out = tmp_path / "sweep"
+    space = write(tmp_path / "s.yaml", "lr: {low: 1e-4, high: 5e-3, log: true}\nepochs: [1, 2]\n")
+    args = sweep_args(tiny_teacher, sst2_dir, out, space, "--trials", "3", "--pruner", "hyperband",
+                      "--quiet")  # fmt: skip
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    assert all(
+        1e-4 <= t.params["lr"] <= 5e-3 and t.params["epochs"] in (1, 2) for t in study.trials
+    )
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [int(r["epochs"]) for r in rows] == [t.params["epochs"] for t in study.trials]
+    assert (
+        run_cli([*args[:-5], "--trials", "4", "--pruner", "hyperband", "--quiet"]) == 0
+    )  # a larger budget: one more
+    assert len(load(out / S.JOURNAL).trials) == 4
+
+
+def test_holdout_selection_and_seeds_via_python_api(tiny_teacher, sst2_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    base = {
+        "data": {"task": "sst2", "data_dir": str(sst2_dir), "max_length": 16,
+                 "holdout_fraction": 0.25},
+        "train": {"epochs": 1, "batch_size": 8},
+        "distill": {"allow_weak_teacher": True},
+    }  # fmt: skip
+    result = S.sweep(str(tiny_teacher), str(out), base, method="kd", student_layers=2,
+                     space={"lr": [3e-3, 1e-3]}, selection_split="holdout", seeds=[1, 2],
+                     quiet=True)  # fmt: skip
+    held = json.loads((out / "holdout.json").read_text())
+    assert held["examples"] == 16 and held["train_examples"] == 48 and len(set(held["ids"])) == 16
+    for run in (out / "trials").glob("trial-*"):
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["data"]["train"]["examples"] == 48 and m["data"]["holdout"]["examples"] == 16
+        assert set(m["best"]["metrics"]) == {"holdout", "dev"}
+        selected = json.loads((run / "model" / "config.json").read_text())
+        assert any(v.get("split") == "holdout" for v in selected.values() if isinstance(v, dict))
+    best = result["best"]
+    assert best["holdout"] is not None and best["dev"] is not None
+    trial = json.loads((Path(best["run_dir"]) / "metrics.json").read_text())["best"]["metrics"]
+    assert (
+        best["holdout"] == trial["holdout"]["accuracy"] and best["dev"] == trial["dev"]["accuracy"]
+    )
+    seeds = result["seeds"]
+    assert [r["seed"] for r in seeds["runs"]] == [1, 2]
+    assert {"dev_mean", "dev_std", "holdout_mean", "holdout_std"} <= set(seeds)
+    assert "holdout (%)" in (out / "trials.md").read_text()
+
+
+BAD_SPACES = [
+    ("gamma: [1, 2]\n", "s.yaml:1: unknown parameter 'gamma'"),
+    ("lr: [1e-3]\nalpha: []\n", "s.yaml:2: alpha: empty list"),
+    ("beta: [10, -1]\n", "s.yaml:1: beta -1 must be >= 0"),
+    ("alpha: {low: 0.1, high: 1.5}\n", "s.yaml:1: alpha 1.5 must be in [0, 1]"),
+    ("layer_map: [[1], [4]]\n", "s.yaml:1: layer_map [4] is impossible for a 4-layer teacher"),
+    ("layer_map: [[1, 2]]\n", "layer_map [1,2] is impossible"),
+    ("strategy: {low: 1, high: 2}\n", "s.yaml:1: strategy takes a list of choices"),
+    ("lr: {low: 1e-5, high: 1e-3, log: true}\n", "--sampler grid: lr is a range"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPACES)
+def test_bad_search_space_is_rejected_before_any_trial(
+    text, message, tiny_teacher, sst2_dir, tmp_path, capsys
+):
+    out = tmp_path / "sweep"
+    extra = ["--method", "pkd", "--sampler", "grid"]
+    assert (
+        run_cli(sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", text), *extra))
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pkd: error: "), err
+    assert message in err
+    assert not out.exists()  # no study, no trial
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--grid", "paper"], "--grid/--space: give exactly one"),
+        (["--method", "kd"], "beta has no effect with --method kd"),
+        (["--lr", "1e-3"], "--lr: also varied by the search space"),
+        (["--strategy", "skip,diagonal"], "--strategy: 'diagonal' is not one of skip, last"),
+    ],
+)
+def test_conflicting_options_are_rejected(extra, message, tiny_teacher, sst2_dir, tmp_path, capsys):
+    space = write(tmp_path / "s.yaml", "lr: [1e-3, 2e-3]\nbeta: [10, 100]\n")
+    args = sweep_args(tiny_teacher, sst2_dir, tmp_path / "o", space, "--method", "pkd", *extra)
+    assert run_cli(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_paper_grid_is_exactly_the_authors(tiny_teacher, sst2_dir, tmp_path):
+    plan = S.plan_sweep(str(tiny_teacher), str(tmp_path / "o"), {"data": {"task": "sst2", "data_dir": str(sst2_dir)}},
+                        method="pkd", strategies=["skip", "last"], student_layers=2, grid="paper")  # fmt: skip
+    assert {n: p.choices for n, p in plan.space.items()} == {
+        "strategy": ["skip", "last"],
+        "temperature": [5, 10, 20],
+        "alpha": [0.2, 0.5, 0.7],
+        "beta": [10, 100, 500, 1000],
+        "lr": [1e-5, 2e-5, 5e-5],
+    }
+    assert len(plan.points) == 216 == len({tuple(sorted(p.items())) for p in plan.points})
+    kd = S.plan_sweep(str(tiny_teacher), str(tmp_path / "o"), {"data": {"task": "sst2", "data_dir": str(sst2_dir)}},
+                      method="kd", student_layers=2, grid="paper")  # fmt: skip
+    assert set(kd.space) == {"temperature", "alpha", "lr"} and len(kd.points) == 27
+
+
+def test_stale_trial_of_another_machine_is_retried_once(tmp_path):
+    """A RUNNING trial with an old heartbeat from another host: failed and re-queued once,
+    even when two workers (two storage handles) look at it."""
+    path = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=S.open_storage(path), direction="maximize")
+    dead, alive = study.ask(), study.ask()
+    for trial, beat in ((dead, time.time() - 3600), (alive, time.time())):
+        trial.suggest_float("lr", 1e-5, 1e-3)
+        trial.set_user_attr(S.HOST, "another-machine")
+        trial.set_user_attr(S.PID, 1)
+        trial.set_user_attr(S.BEAT, beat)
+    a = optuna.load_study(study_name="s", storage=S.open_storage(path))
+    b = optuna.load_study(study_name="s", storage=S.open_storage(path))
+    assert [f for f, _ in S.recover_stale(a, stale_after=600)] == [dead.number]
+    assert S.recover_stale(b, stale_after=600) == []
+    trials = load_any(path)
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[alive.number].state == TrialState.RUNNING
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs[S.RETRY_OF] == dead.number
+    assert waiting[0].system_attrs["fixed_params"] == {"lr": dead.params["lr"]}
+
+
+def load_any(path: str):
+    return optuna.load_study(study_name="s", storage=S.open_storage(path)).trials
+
+
+def test_missing_optuna_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(S.PkdError, match="pip install optuna"):
+        S._optuna()
+
+
+def test_sweep_help_lists_the_options(capsys):
+    assert run_cli(["sweep", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--grid", "--space", "--pruner", "--storage", "--selection-split", "--seeds",
+                   "--holdout-fraction", "--lr", "--temperature"):  # fmt: skip
+        assert option in text
