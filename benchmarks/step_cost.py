@@ -12,6 +12,7 @@ Writes benchmarks/results/step_cost.json and step_cost.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -76,13 +77,17 @@ def main() -> None:
     teacher = load_for_finetuning(base, spec.problem_type, spec.labels)
     data = encode(split, tokenizer, args.max_length, dict(teacher.config.label2id), False)
     collate = collator(tokenizer)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate)
-    batches = [b for _, b in zip(range(args.steps + 2), loader)]
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=args.batch_size, shuffle=True, collate_fn=collate
+    )
+    batches = list(itertools.islice(loader, args.steps + 2))
 
     # Cache build vs one teacher fine-tuning epoch on the same examples.
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cache = cache_mod.build_or_load(teacher, data, collate, "sst2", {"bench": 1}, Path(tmp), 128, "cpu", False)
+        cache = cache_mod.build_or_load(
+            teacher, data, collate, "sst2", {"bench": 1}, Path(tmp), 128, "cpu", False
+        )
         build_s = time.perf_counter() - t0
         teacher.train()
         t_opt = torch.optim.AdamW(teacher.parameters(), lr=1e-5)
@@ -100,8 +105,12 @@ def main() -> None:
         modes = {
             "ft": Objective(terms=("ce",)),
             "kd_cached": Objective(("ce", "kd"), 0.5, 0.0, 10.0, teacher=cached_teacher(cache)),
-            "pkd_cached": Objective(("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=cached_teacher(cache)),
-            "pkd_online": Objective(("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=online_teacher(teacher)),
+            "pkd_cached": Objective(
+                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=cached_teacher(cache)
+            ),
+            "pkd_online": Objective(
+                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=online_teacher(teacher)
+            ),
         }
         steps = {}
         for name, objective in modes.items():
@@ -120,8 +129,14 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
-        "setup": {"teacher": "MiniLM-L6 (6 layers, H=384)", "student_layers": 3, "examples": len(data),
-                  "batch_size": args.batch_size, "max_length": args.max_length, "timed_steps": len(batches) - 2},
+        "setup": {
+            "teacher": "MiniLM-L6 (6 layers, H=384)",
+            "student_layers": 3,
+            "examples": len(data),
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "timed_steps": len(batches) - 2,
+        },
         "step_seconds_median": med,
         "ratio_vs_ft": {k: v / med["ft"] for k, v in med.items()},
         "cache_build_seconds": build_s,

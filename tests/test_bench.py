@@ -16,15 +16,6 @@ from pkd.cli import main
 from pkd.errors import PkdError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one thread per process keeps tiny timings and training steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def two_layer(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")

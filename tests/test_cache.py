@@ -19,15 +19,6 @@ SPEC = get_task("sst2")
 LABEL2ID = {"0": 0, "1": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: extra torch threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_teacher):
     return load_tokenizer(str(tiny_teacher))

@@ -10,21 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import sentiment_rows, write_sst2
 
 from pkd.cli import main
 
 # Tiny models on a shared 2-core machine: several torch threads per process fight over the
 # cores and make each step ~40x slower than one thread.
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TRAIN_OPTS = ["--epochs", "1", "--batch-size", "8", "--max-length", "16", "--quiet"]

@@ -4,7 +4,6 @@ import csv
 import json
 
 import pytest
-import torch
 import yaml
 
 from pkd.cli import main
@@ -12,15 +11,6 @@ from pkd.compare import compare
 from pkd.errors import PkdError
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one thread per process keeps tiny runs and timings steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _base(sst2_dir, epochs=1):

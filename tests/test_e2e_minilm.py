@@ -5,6 +5,7 @@ method runs on it. Uses ../shared/data/glue/SST-2 (beside the repository, as in 
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def cli(*args: str) -> None:
     with pytest.raises(SystemExit) as e:
         main(list(args))
     assert e.value.code == 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _all_cores():
+    """Real MiniLM runs use every core (conftest pins tiny-model tests to one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(4, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,6 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return exit_info.value.code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: torch and onnxruntime spin-waiting on each other's threads is slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
     """A `pkd finetune` run on the toy SST-2: predictions that vary, so agreement means
@@ -366,7 +357,9 @@ def test_predict_accepts_an_onnx_export(exported, trained, sst2_dir, tmp_path):
     out, _ = exported
     onnx_file, torch_file = tmp_path / "onnx.tsv", tmp_path / "torch.tsv"
     common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--split", "test"]
-    code, _, err = run_cli(["predict", "--model", str(out), *common, "--output-file", str(onnx_file)])
+    code, _, err = run_cli(
+        ["predict", "--model", str(out), *common, "--output-file", str(onnx_file)]
+    )
     assert code == 0, err
     model = str(trained / "model")
     code, _, err = run_cli(["predict", "--model", model, *common, "--output-file", str(torch_file)])

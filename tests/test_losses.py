@@ -12,15 +12,6 @@ from pkd.losses import KD_FORMS, PT_FORMS, ce_loss, kd_loss, patient_loss, total
 LN2, LN3 = math.log(2), math.log(3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: extra torch threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def close(x: torch.Tensor, value: float, tol: float = 1e-6) -> bool:
     return x.dim() == 0 and abs(x.item() - value) < tol
 

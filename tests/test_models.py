@@ -14,15 +14,6 @@ SLC = "single_label_classification"
 VOCAB = 5 + len(WORDS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: extra torch threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def named_teacher(tmp_path_factory, tiny_bert):
     """A fine-tuned-looking 4-layer BERT classifier with named labels."""

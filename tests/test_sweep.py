@@ -112,6 +112,18 @@ def test_second_sweep_on_same_output_runs_nothing(grid4, capsys):
     assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")} == stamps
 
 
+def test_other_settings_on_the_same_study_are_refused(grid4, tmp_path, capsys):
+    args = [str(a) for a in grid4["args"]]
+    other = write(tmp_path / "other.yaml", "lr: [3e-3, 1e-3]\ntemperature: [5, 20]\n")
+    changed_space = [other if a == str(grid4["space"]) else a for a in args]
+    assert run_cli(changed_space) == 2
+    err = capsys.readouterr().err
+    assert "was made with other settings (space.temperature: [5, 10] -> [5, 20])" in err
+    assert run_cli([*args, "--seed", "7"]) == 2
+    assert "fixed.train.seed: 42 -> 7" in capsys.readouterr().err
+    assert len(load(grid4["out"] / S.JOURNAL).trials) == 4
+
+
 def test_best_yaml_reruns_the_best_trial(grid4, capsys):
     out = grid4["out"]
     summary = json.loads((out / "summary.json").read_text())
@@ -167,6 +179,31 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
     assert not (out / "trials" / "trial-1" / "metrics.json").exists()
     states = [r["state"] for r in csv.DictReader((out / "trials.csv").open())]
     assert sorted(states) == ["complete"] * 4 + ["fail (retried)"]
+
+
+def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, monkeypatch, capsys):
+    import pkd.train as T
+
+    original, calls = T._evaluate_and_keep_best, []
+
+    def interrupt_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
+                      "--epochs", "1", "--quiet")  # fmt: skip
+    monkeypatch.setattr(T, "_evaluate_and_keep_best", interrupt_second_trial)
+    assert run_cli(args) == 130  # Ctrl-C
+    monkeypatch.undo()
+    study = load(out / S.JOURNAL)
+    assert study.trials[1].state == TrialState.FAIL
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    assert points(study) == [(1e-3, 5), (1e-3, 10), (3e-3, 5), (3e-3, 10)]
+    assert [t.user_attrs.get(S.RETRY_OF) for t in study.trials].count(1) == 1
 
 
 SLOW = """

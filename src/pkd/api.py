@@ -111,16 +111,19 @@ HOLDOUT_SEED = 0  # fixed: the same training rows and fraction always hold out t
 
 
 def split_holdout(train, fraction: float):
-    """(train without the holdout rows, holdout): round(fraction * n) rows chosen by a fixed seed."""
+    """(train without the holdout rows, holdout): round(fraction * n) rows, fixed seed."""
     import random
 
     n = len(train)
     if n < 2:
         raise PkdError(f"--holdout-fraction: {n} training example(s) cannot be split")
-    held = set(random.Random(HOLDOUT_SEED).sample(range(n), min(n - 1, max(1, round(fraction * n)))))
+    k = min(n - 1, max(1, round(fraction * n)))
+    held = set(random.Random(HOLDOUT_SEED).sample(range(n), k))
 
     def rows(values, in_holdout: bool):
-        return None if values is None else [v for i, v in enumerate(values) if (i in held) == in_holdout]
+        if values is None:
+            return None
+        return [v for i, v in enumerate(values) if (i in held) == in_holdout]
 
     def part(name: str, in_holdout: bool):
         return dataclasses.replace(

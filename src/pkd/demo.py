@@ -23,7 +23,7 @@ from pkd.errors import PkdError
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {"train_samples": 2000, "eval_samples": 500, "epochs": 3.0, "max_length": 64}
+DEFAULTS = {"train_samples": 1500, "eval_samples": 400, "epochs": 3.0, "max_length": 64}
 
 
 def teacher_path() -> Path:
@@ -131,6 +131,7 @@ def demo(
         [42],
         bench_batch_size=32,
         bench_seq_length=DEFAULTS["max_length"],
+        bench_iterations=5,
     )
     total = time.perf_counter() - t0
     print(result["markdown"])

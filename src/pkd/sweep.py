@@ -361,12 +361,14 @@ class SweepPlan:
         return C.build(C.DistillRunConfig, values, "sweep")
 
     def identity(self) -> dict:
-        """What makes two invocations the same study (paths and cosmetic settings aside)."""
+        """What makes two invocations the same study: the resolved settings every trial shares
+        (paths, which differ between machines, and cosmetic settings aside) and the space."""
+        resolved = C.to_dict(self.config(_range_probes(self.space)[0], self.output / "trials"))
         fixed = {
             f"{section}.{k}": v
             for section in ("data", "train", "distill")
-            for k, v in sorted(self.base[section].items())
-            if k not in NO_EFFECT and k not in PATHS
+            for k, v in sorted(resolved[section].items())
+            if k not in NO_EFFECT and k not in PATHS and k not in _varied(self.space)
         }
         return json.loads(
             json.dumps(
@@ -379,6 +381,10 @@ class SweepPlan:
                 }
             )
         )
+
+
+def _varied(space: dict[str, Param]) -> set[str]:
+    return {PARAMS[n][1] for n in space} | ({"strategy"} if "layer_map" in space else set())
 
 
 def _clean_base(base: dict | None, space: dict[str, Param]) -> dict:
@@ -578,7 +584,7 @@ def open_storage(url: str):
             return optuna.storages.RDBStorage(url)
         except Exception as e:  # bad URL, missing driver, unreachable server
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PkdError(f"--storage: cannot open {url} ({first})") from None
+            raise PkdError(f"--storage: cannot open {redact(url)} ({first})") from None
     from optuna.storages.journal import JournalFileBackend
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -675,6 +681,8 @@ def _enqueue_points(study, points: list[dict], indices) -> None:
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
+        if key not in old and prefix == "fixed.":  # a setting newer than the study's pkd
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
@@ -1305,7 +1313,10 @@ def _write_best(plan: SweepPlan, best: dict) -> dict:
     """best.yaml (a full DistillRunConfig writing to OUTPUT/best-rerun) and best/ (a copy)."""
     out = plan.output
     cfg = plan.config(best["params"], out / "best-rerun")
-    cfg = dataclasses.replace(cfg, overwrite=False)
+    # A re-run of its own: it refuses to overwrite, and shows progress (trials run quietly).
+    cfg = dataclasses.replace(
+        cfg, overwrite=False, train=dataclasses.replace(cfg.train, quiet=False)
+    )
     C.save(cfg, out / "best.yaml", meta={"sweep_trial": best["trial"], "study": plan.study_name})
     info = {"config": str(out / "best.yaml"), "model": None}
     src = Path(best["run_dir"] or "")
