@@ -15,7 +15,7 @@ does: 32 = 8 x 4 (micro-batch 4) or 32 x 1. `--settings` lists role:micro:batch 
 the default is the reduced run whose figures are in docs/race.md (same micro-batches, fewer
 accumulated micro-batches than 32 questions need, which changes time, not memory).
 
-    python benchmarks/race_memory.py                      # reduced run (about 2 minutes)
+    python benchmarks/race_memory.py                      # reduced run (about 3 minutes)
     python benchmarks/race_memory.py --settings teacher:4:32,student:4:32   # 32 questions
 
 Writes benchmarks/results/race_memory.json.

@@ -138,7 +138,7 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
 
     # A finished run trained with other settings is not silently mixed in.
     with pytest.raises(
-        PkdError, match=r"L2-ft-seed1 was trained with other settings \(train.epochs: 1 -> 2"
+        PkdError, match=r"L2-ft-seed1 was trained with other settings \(train.epochs: 1(\.0)? -> 2"
     ):
         _compare(tiny_teacher, out, _base(sst2_dir, epochs=2))
 

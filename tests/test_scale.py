@@ -46,6 +46,8 @@ def weights(run: Path) -> dict:
 
 KILLER = """
 import os, signal, sys
+import torch
+torch.set_num_threads(1)  # as the in-process reference run (conftest): the same float sums
 import pkd.train as T
 original = T.save_checkpoint
 def save_then_die(accelerator, output, state, limit):

@@ -194,7 +194,9 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> Path:
     try:  # a real write: os.access says yes to root even on read-only file systems
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
     except OSError as e:
-        raise PkdError(f"--output: cannot create {output}: {parent} is not writable ({e.strerror})") from None
+        raise PkdError(
+            f"--output: cannot create {output}: {parent} is not writable ({e.strerror})"
+        ) from None
     return path
 
 

@@ -45,7 +45,9 @@ class DataConfig:
     task: str = field(
         default="custom", metadata={"help": "GLUE task, race|race-middle|race-high, or 'custom'"}
     )
-    data_dir: str | None = field(default=None, metadata={"help": "GLUE task dir (TSV files)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "GLUE task dir (TSV files), or the RACE release dir"}
+    )
     train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSONL training file"})
     validation_file: str | None = field(default=None, metadata={"help": "dev file"})
     test_file: str | None = field(default=None, metadata={"help": "unlabelled test file"})

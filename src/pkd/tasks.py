@@ -190,7 +190,6 @@ GLUE_TASKS: dict[str, TaskSpec] = {
 }
 
 
-
 def _race(name: str, levels: tuple[str, ...], hub_name: str) -> TaskSpec:
     """RACE (Lai et al. 2017): 4-way multiple choice over an article, read from the original
     release's `DIR/{train,dev,test}/{middle,high}/*.txt` (see `pkd.race`)."""
