@@ -149,3 +149,14 @@ def test_two_processes_match_one_process(tiny_bert, sst2_dir, tmp_path):
     assert abs(acc2 * 32 - round(acc2 * 32)) < 1e-9
     assert abs(acc2 - m1["final"]["metrics"]["dev"]["accuracy"]) <= 0.1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two"]
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_bert, sst2_dir, tmp_path):
+    out = tmp_path / "bf16"
+    args = finetune_args(tiny_bert, sst2_dir, out) + ["--epochs", "1", "--mixed-precision", "bf16"]
+    assert run_cli(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["best"]["metrics"]["dev"]["accuracy"] <= 1.0
+    assert "mixed_precision: bf16" in (out / "config.yaml").read_text()
+    # weights are saved in fp32 whatever the compute precision
+    assert all(t.dtype == torch.float32 for t in weights(out).values())
