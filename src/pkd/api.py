@@ -705,17 +705,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     else:
         teacher_signal = None
     t_cache = time.perf_counter() - t0
-    objective = Objective(
-        terms=d.terms,
-        alpha=d.alpha,
-        beta=d.beta,
-        temperature=d.temperature,
-        kd_form=d.kd_loss,
-        pt_form=d.pt_loss,
-        pt_normalize=d.pt_normalize,
-        pairs=plan.pairs,
-        teacher=teacher_signal,
-    )
+    objective = Objective.from_config(d, plan.pairs, teacher_signal)
     plan.student.config.update({TASK_KEY: spec.name})
     result = train(
         plan.student,

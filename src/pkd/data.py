@@ -197,21 +197,27 @@ def read_table_split(
     return Split(split, str(path), ids, text_a, text_b or None, labels if labelled else None)
 
 
-def load_hub_split(spec: TaskSpec, split: str) -> Split:
-    """The same split from `datasets.load_dataset` (needs the network)."""
+def hub_dataset(spec: TaskSpec, split: str, what: str):
+    """`datasets.load_dataset` for a task's split, or a PkdError saying to pass --data-dir."""
     import datasets
 
     hub_split = spec.hf_splits.get(split)
     if hub_split is None:
         raise PkdError(f"--split: task {spec.name} has no split {split!r}")
     try:
-        ds = datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
+        return datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
     except Exception as e:  # offline, or the Hub refused: say what to do instead
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PkdError(
             f"--data-dir not given and {spec.hf_path}/{spec.hf_name} could not be loaded from "
-            f"the Hub ({first}); pass --data-dir with the GLUE files"
+            f"the Hub ({first}); pass --data-dir with {what}"
         ) from None
+
+
+def load_hub_split(spec: TaskSpec, split: str) -> Split:
+    """The same split from `datasets.load_dataset` (needs the network)."""
+
+    ds = hub_dataset(spec, split, "the GLUE files")
     fields = spec.hf_text_fields
     names = getattr(ds.features.get("label"), "names", None)
     raw_labels = ds["label"]

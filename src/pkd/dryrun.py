@@ -329,16 +329,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
     }
     if timed:
         needs_teacher = len(d.terms) > 1
-        objective = Objective(
-            terms=d.terms,
-            alpha=d.alpha,
-            beta=d.beta,
-            temperature=d.temperature,
-            kd_form=d.kd_loss,
-            pt_form=d.pt_loss,
-            pt_normalize=d.pt_normalize,
-            pairs=plan.pairs,
-        )
+        objective = Objective.from_config(d, plan.pairs)
         timing = time_steps(
             plan.student,
             plan.encoded["train"],

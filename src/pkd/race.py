@@ -289,19 +289,10 @@ def _answer(value, n: int, where: str) -> str:
 
 def load_hub_race(spec: TaskSpec, split: str, labelled: bool) -> Split:
     """RACE from `datasets.load_dataset` (needs the network); ids as in the release layout."""
-    import datasets
 
-    hub_split = spec.hf_splits.get(split)
-    if hub_split is None:
-        raise PkdError(f"--split: task {spec.name} has no split {split!r}")
-    try:
-        ds = datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
-    except Exception as e:  # offline, or the Hub refused: say what to do instead
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PkdError(
-            f"--data-dir not given and {spec.hf_path}/{spec.hf_name} could not be loaded from "
-            f"the Hub ({first}); pass --data-dir with the RACE release (train/ dev/ test/)"
-        ) from None
+    from pkd.data import hub_dataset
+
+    ds = hub_dataset(spec, split, "the RACE release (train/ dev/ test/)")
     where = f"{spec.hf_path}/{spec.hf_name}[{split}]"
     seen: dict[str, int] = {}
     ids, levels, labels = [], [], []

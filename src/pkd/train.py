@@ -56,6 +56,21 @@ class Objective:
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
     teacher: Callable | None = None
 
+    @classmethod
+    def from_config(cls, d, pairs: list[tuple[int, int]], teacher: Callable | None = None):
+        """The objective a `DistillConfig` asks for (terms and weights from its method)."""
+        return cls(
+            terms=d.terms,
+            alpha=d.alpha,
+            beta=d.beta,
+            temperature=d.temperature,
+            kd_form=d.kd_loss,
+            pt_form=d.pt_loss,
+            pt_normalize=d.pt_normalize,
+            pairs=pairs,
+            teacher=teacher,
+        )
+
 
 def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in NON_INPUTS}
