@@ -160,3 +160,15 @@ def test_bf16_mixed_precision_runs_on_cpu(tiny_bert, sst2_dir, tmp_path):
     assert "mixed_precision: bf16" in (out / "config.yaml").read_text()
     # weights are saved in fp32 whatever the compute precision
     assert all(t.dtype == torch.float32 for t in weights(out).values())
+
+
+def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
+    """compare/sweep/API users run several trainings in one Python process."""
+    from pkd.config import TrainConfig
+    from pkd.train import make_accelerator
+
+    seen = []
+    for precision in ["no", "bf16", "no"]:
+        accelerator = make_accelerator(TrainConfig(mixed_precision=precision), tmp_path / precision)
+        seen.append(accelerator.mixed_precision)
+    assert seen == ["no", "bf16", "no"]

@@ -228,10 +228,15 @@ def save_checkpoint(accelerator, output: Path, state: dict, limit: int) -> Path 
 
 def make_accelerator(cfg: TrainConfig, output: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
+    # AcceleratorState is a process-wide singleton that refuses a second mixed-precision
+    # setting; each run in one Python process (compare, sweep, API calls) brings its own.
+    # The process group (PartialState) is kept, so this is safe under torchrun too.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         # Without a GPU, say so: accelerate only sets up multi-process CPU (gloo) training
         # under torchrun/accelerate launch when cpu=True.
