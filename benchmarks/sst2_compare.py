@@ -5,7 +5,8 @@
         --seeds 1 --allow-weak-teacher --output /tmp/sst2_smoke   # smoke run, ~1 minute
 
 1. Fine-tune the packaged pre-trained MiniLM-L6 (6 layers, hidden 384) on the first
-   `--train-samples` SST-2 training sentences -> OUTPUT/teacher (reused when finished).
+   `--teacher-train-samples` SST-2 training sentences (0: the whole 67k training set; default
+   the students' `--train-samples`) -> OUTPUT/teacher (reused when finished).
 2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers, trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
@@ -55,7 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--eval-samples", type=int, default=None, help="first N dev sentences (default: all 872)"
     )
+    p.add_argument(
+        "--teacher-train-samples",
+        type=int,
+        default=None,
+        help="first N training sentences for the teacher (default: --train-samples; 0: all)",
+    )
     p.add_argument("--epochs", type=float, default=3, help="epochs for teacher and students")
+    p.add_argument("--teacher-epochs", type=float, default=None, help="default: --epochs")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument(
         "--seeds",
@@ -109,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "quiet": args.quiet,
         }
+        teacher_samples = args.teacher_train_samples
+        if teacher_samples is None:
+            teacher_samples = args.train_samples
+        teacher_data = {**data, "max_train_samples": teacher_samples or None}
+        teacher_train = {**train, "epochs": args.teacher_epochs or args.epochs}
         t0 = time.perf_counter()
         teacher_run = out / "teacher"
         if not (teacher_run / "metrics.json").is_file():  # finished teachers are reused
@@ -118,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     "model": teacher_model,
                     "output": str(teacher_run),
                     "overwrite": True,
-                    "data": data,
-                    "train": train,
+                    "data": teacher_data,
+                    "train": teacher_train,
                 },
                 "sst2_compare",
             )
