@@ -10,7 +10,8 @@
 2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers, trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
-   Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md}.
+   Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},
+   and copies them (no weights) to `--results` (default benchmarks/results/sst2_compare).
 
 Hyper-parameters come from the paper's grid (Sun et al. 2019, Sec. 4.1: T in {5,10,20},
 alpha in {0.2,0.5,0.7}, beta in {10,100,500,1000}, lr in {1e-5,2e-5,5e-5}, batch 32):
@@ -29,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "sst2_compare"
+DEFAULT_OUTPUT = Path("runs") / "sst2_compare"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "sst2_compare"
+TABLES = ["results.md", "results.json", "results.csv", "pareto.png", "benchmark.md",
+          "benchmark.json", "run_info.json"]  # fmt: skip
 METHODS = ["ft", "kd", "pkd-skip", "pkd-last"]
 
 
@@ -48,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="GLUE SST-2 directory (TSVs)")
     p.add_argument(
         "--output", default=str(DEFAULT_OUTPUT), help="teacher run, student runs, tables"
+    )
+    p.add_argument(
+        "--results", default=str(DEFAULT_RESULTS), help="where the tables and plot are copied"
     )
     p.add_argument(
         "--teacher-model", default=None, help="pre-trained encoder (default: packaged MiniLM-L6)"
@@ -170,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:  # the small files, without the model weights
+        shutil.copy2(out / name, results / name)
     print(result["markdown"])
     print(
         f"\nteacher fine-tuning {t_teacher:.0f}s (0 if reused), compare "

@@ -17,7 +17,8 @@
 4. OUTPUT/benchmark.md and benchmark.json: the best config per method and its dev score over
    the seeds (mean ± std), the TPE-vs-grid figures, and the wall time saved by pruning
    (skipped epochs x mean epoch time) and by the shared teacher cache (one build per sweep
-   instead of one per trial).
+   instead of one per trial). The tables and plots (no weights) are copied to `--results`
+   (default benchmarks/results/sst2_sweep).
 
 Every sweep resumes: re-running the script continues unfinished studies and reuses
 finished trials and seed runs. `--selection-split holdout` selects on a held-out 10% of the
@@ -27,13 +28,17 @@ training slice instead of dev (the paper selects on dev and reports dev).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "sst2_sweep"
+DEFAULT_OUTPUT = Path("runs") / "sst2_sweep"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "sst2_sweep"
+SWEEP_FILES = ["trials.md", "trials.csv", "summary.json", "best.yaml", "importance.png",
+               "history.png"]  # fmt: skip
 METHODS = {"kd": ("kd", None), "pkd-skip": ("pkd", ["skip"]), "pkd-last": ("pkd", ["last"])}
 
 
@@ -45,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="GLUE SST-2 directory (TSVs)")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="teacher, sweeps, tables")
+    p.add_argument(
+        "--results", default=str(DEFAULT_RESULTS), help="where the tables and plots are copied"
+    )
     p.add_argument("--teacher-model", default=None, help="default: packaged MiniLM-L6")
     p.add_argument(
         "--teacher",
@@ -152,8 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     result = summarize(args, tpe, grid, out, t_teacher, time.perf_counter() - t0)
     R.write_json(out / "benchmark.json", {k: v for k, v in result.items() if k != "markdown"})
     R.write_text(out / "benchmark.md", result["markdown"])
+    copy_results(out, Path(args.results))
     print(result["markdown"])
     return 0
+
+
+def copy_results(out: Path, results: Path) -> None:
+    """The tables and plots (no weights) to `results`, one folder per sweep."""
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ["benchmark.md", "benchmark.json"]:
+        shutil.copy2(out / name, results / name)
+    for sweep_dir in sorted(d for d in out.iterdir() if (d / "trials.csv").is_file()):
+        (results / sweep_dir.name).mkdir(exist_ok=True)
+        for name in SWEEP_FILES:
+            if (sweep_dir / name).is_file():
+                shutil.copy2(sweep_dir / name, results / sweep_dir.name / name)
 
 
 def _rows(sweep_dir: Path) -> list[dict]:

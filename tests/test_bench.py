@@ -134,13 +134,20 @@ def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
             return np.zeros((len(feeds["input_ids"]), 2), dtype=np.float32)
 
     fake = types.ModuleType("pkd.export")
-    fake.load_onnx = lambda path, threads=None: Session()
+    calls = []
+
+    def load_onnx(path, int8=False, threads=None, spinning=True):
+        calls.append({"threads": threads, "spinning": spinning})
+        return Session()
+
+    fake.load_onnx = load_onnx
     monkeypatch.setitem(sys.modules, "pkd.export", fake)
     result = benchmark([str(export_dir)], [2], [8], 1, backend="onnx", warmup=1, iterations=3)
     assert result["models"][0]["parameters"] == {"total": 1234, "transformer_layers": None}
     assert result["models"][0]["size_bytes"] == 3000
     assert result["device"]["backend"] == "onnx" and "onnxruntime" in result["device"]
     assert len(seen) == 4 and set(seen[0]) == {"input_ids", "attention_mask"}
+    assert calls == [{"threads": 1, "spinning": False}]  # sessions share the cores
     assert seen[0]["input_ids"].shape == (2, 8) and seen[0]["input_ids"].max() < 50
     with pytest.raises(PkdError, match="--seq-lengths: 64 exceeds the 32 positions"):
         benchmark([str(export_dir)], [2], [64], 1, backend="onnx")

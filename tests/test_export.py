@@ -84,7 +84,11 @@ def test_cli_export_writes_parity_report_and_files(exported, trained, sst2_dir):
     assert report["fp32"]["max_abs_diff"] <= X.FP32_MAX_ABS_DIFF
     assert report["fp32"]["agreement"] == 1.0
     assert report["int8"]["agreement"] >= X.INT8_MIN_AGREEMENT
-    assert report["tolerance"] == {"fp32_max_abs_diff": 1e-3, "int8_min_agreement": 0.95}
+    assert report["tolerance"] == {
+        "fp32_max_abs_diff": 1e-3,
+        "int8_min_agreement": 0.95,
+        "int8_tie_margin": 0.25,
+    }
     assert not list(out.parent.glob(".onnx.*"))  # no temp dirs left beside it
 
 
@@ -367,3 +371,26 @@ def test_predict_accepts_an_onnx_export(exported, trained, sst2_dir, tmp_path):
     rows = onnx_file.read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 1 + 8
     assert rows == torch_file.read_text().splitlines()
+
+
+def test_int8_agreement_counts_near_ties_only_within_the_margin(tmp_path):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    ref = np.array([[1.0, 0.9], [2.0, 0.0], [0.0, 1.0], [0.5, 0.0]])
+    got = np.array([[0.8, 1.0], [0.0, 2.0], [0.0, 1.0], [0.4, 0.1]])
+    r = X._compare(ref, got, True, f)
+    # row 0 flips a 0.1-logit near-tie, row 1 flips a 2-logit decision
+    assert (r["agreement"], r["agreement_beyond_ties"], r["near_ties"]) == (0.5, 0.75, 1)
+    report = {"fp32": {"max_abs_diff": 0.0}, "int8": r, "samples": 4, "source": "s"}
+    with pytest.raises(X.PkdError, match=r"agree with PyTorch on 75.0% < 95%.*near-ties"):
+        X._check_parity(report)
+    r["agreement_beyond_ties"] = 0.96  # strict agreement alone does not decide
+    X._check_parity(report)
+
+
+def test_load_onnx_spinning_is_a_session_option(exported):
+    out, _ = exported
+    for spinning, expected in [(True, "1"), (False, "0")]:
+        options = X.load_onnx(out, threads=1, spinning=spinning).session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert options.intra_op_num_threads == 1

@@ -186,12 +186,9 @@ def _load_onnx(name: str, d: Path, threads: int) -> Loaded:
         from pkd.export import load_onnx
     except ImportError as e:
         raise PkdError(f"--backend onnx: pkd.export is not available ({e})") from None
-    kwargs = {}
-    params = inspect.signature(load_onnx).parameters
-    for key in ("threads", "num_threads"):
-        if key in params:
-            kwargs[key] = threads
-    session = load_onnx(str(d), **kwargs)
+    # Round-robin timing runs several sessions in one process: with spinning on, the idle
+    # worker threads of the session that just ran compete with the next one for the cores.
+    session = load_onnx(str(d), threads=threads, spinning=False)
     names = list(session.input_names)
     unknown = set(names) - {"input_ids", "attention_mask", "token_type_ids"}
     if unknown:
