@@ -39,7 +39,7 @@ otherwise `PARITY_SENTENCES`; the first `parity_samples` texts, batched by 32 wi
 padding, so several batch shapes are exercised. Tolerances (`PkdError` beyond them):
 
     fp32: max |logit_onnx - logit_torch| <= FP32_MAX_ABS_DIFF (1e-3) over all examples and
-          classes. Observed: < 1e-6 (float32 kernels differ in summation order only).
+          classes. Observed: < 3e-6 (float32 kernels differ in summation order only).
     int8: agreement of predicted labels with PyTorch >= INT8_MIN_AGREEMENT (0.95), where a
           near-tie counts as agreeing: int8 picked a label whose PyTorch logit is within
           INT8_TIE_MARGIN (0.25) of PyTorch's top one. int8 logits legitimately move (up to
