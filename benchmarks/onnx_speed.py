@@ -19,15 +19,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    """Options shared with onnx_variants.py: a teacher and a student run, SST-2, threads."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--teacher", required=True, help="teacher run dir (or its model/)")
     ap.add_argument("--student", required=True, help="student run dir (or its model/)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
 
     import torch
 

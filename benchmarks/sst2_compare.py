@@ -11,7 +11,8 @@
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
    Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},
-   and copies them (no weights) to `--results` (default benchmarks/results/sst2_compare).
+   and copies them with each run's config, metrics and log (no weights) to `--results`
+   (default benchmarks/results/sst2_compare).
 
 Hyper-parameters come from the paper's grid (Sun et al. 2019, Sec. 4.1: T in {5,10,20},
 alpha in {0.2,0.5,0.7}, beta in {10,100,500,1000}, lr in {1e-5,2e-5,5e-5}, batch 32):
@@ -41,6 +42,7 @@ DEFAULT_OUTPUT = Path("runs") / "sst2_compare"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "sst2_compare"
 TABLES = ["results.md", "results.json", "results.csv", "pareto.png", "benchmark.md",
           "benchmark.json", "run_info.json"]  # fmt: skip
+RUN_FILES = ["config.yaml", "metrics.json", "log.jsonl"]
 METHODS = ["ft", "kd", "pkd-skip", "pkd-last"]
 
 
@@ -178,16 +180,26 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    for name in TABLES:  # the small files, without the model weights
-        shutil.copy2(out / name, results / name)
+    copy_results(out, Path(args.results))
     print(result["markdown"])
     print(
         f"\nteacher fine-tuning {t_teacher:.0f}s (0 if reused), compare "
         f"{info['compare_seconds']:.0f}s, total {info['total_seconds']:.0f}s; results in {out}/"
     )
     return 0
+
+
+def copy_results(out: Path, results: Path) -> None:
+    """The tables, plot and every run's config/metrics/log to `results`, without weights."""
+    results.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        shutil.copy2(out / name, results / name)
+    for name in RUN_FILES:
+        shutil.copy2(out / "teacher" / name, results / f"teacher_{name}")
+    for run in sorted((out / "runs").iterdir()):
+        (results / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            shutil.copy2(run / name, results / "runs" / run.name / name)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,6 @@ def test_onnx_backend_needs_onnxruntime(tiny_teacher, monkeypatch):
 
 def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
     """The ONNX path through the `pkd.export.load_onnx` contract (stand-in loader)."""
-    pytest.importorskip("onnxruntime")
     export_dir = tmp_path / "onnx"
     export_dir.mkdir()
     (export_dir / "model.onnx").write_bytes(b"\0" * 3000)
@@ -154,7 +153,6 @@ def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
 
 
 def test_onnx_backend_on_a_real_export(tiny_teacher, tmp_path):
-    pytest.importorskip("onnxruntime")
     from pkd.export import export
 
     export(str(tiny_teacher), str(tmp_path / "onnx"))
