@@ -21,14 +21,15 @@ mask code) are traced on a padded example batch, so padded and unpadded inputs r
 masked graph; the parity check verifies this on inputs of other batch sizes and lengths.
 The graph is traced from transformers' eager attention (MatMul, Softmax, MatMul per layer)
 rather than its default SDPA path: the same logits, and once quantised to int8 it runs 1.4x
-faster on 2 CPU cores (batch 32 x 128 tokens, 3-layer MiniLM student: 111 ms against 158 ms;
-benchmarks/results/onnx_speed.md). Supported opsets: 14 to the tracer's maximum (20 in
+faster on 2 CPU cores (3-layer MiniLM student, batch 32 x 128: 108.7 ms against 156.9 ms;
+benchmarks/results/onnx_variants.md). Supported opsets: 14 to the tracer's maximum (20 in
 torch 2.13), the range the parity tests cover.
 
 Quantisation. onnxruntime's `quantize_dynamic` (QInt8 weights per output channel; MatMul
-and the embedding Gathers). Per channel rather than per tensor because it keeps the dev
-accuracy: SST-2, 3-layer MiniLM student, 80.73% fp32 -> 80.62% per channel, 79.59% per
-tensor, at the same speed. onnxruntime's quantiser rather than torch's because its result is itself an ONNX file that `load_onnx`, `pkd predict`
+and the embedding Gathers). Per channel rather than per tensor: the same speed, and on one
+SST-2 student it kept 80.62% of 80.73% fp32 where per tensor fell to 79.59%
+(benchmarks/results/onnx_variants_6k/onnx_variants.md). onnxruntime's quantiser rather than torch's
+because its result is itself an ONNX file that `load_onnx`, `pkd predict`
 and `pkd benchmark --backend onnx` run unchanged, and it is 4x smaller than fp32 (17.6 MB vs
 69.6 MB for the MiniLM student). torch's `torch.ao.quantization.quantize_dynamic` (Linear
 layers only) is about as fast on CPU but gives a torch module that cannot be exported to ONNX
@@ -44,10 +45,11 @@ padding, so several batch shapes are exercised. Tolerances (`PkdError` beyond th
           near-tie counts as agreeing: int8 picked a label whose PyTorch logit is within
           INT8_TIE_MARGIN (0.25) of PyTorch's top one. int8 logits legitimately move (up to
           ~0.3 on a MiniLM student), so only the decisions are checked, and a decision
-          PyTorch itself made by a hair may flip: on the 32 built-in sentences, 2 of a
-          SST-2 student's flipped, with PyTorch margins of 0.01 and 0.17. parity.json holds
-          the strict `agreement`, `agreement_beyond_ties` (gated) and `near_ties`. Regression models have no labels to agree on; their int8
-          max |Δ| is reported, not gated.
+          PyTorch itself made by a hair may flip: on the built-in sentences 16 of 256 of a
+          SST-2 student's did, all near-ties (benchmarks/results/onnx_variants.md).
+          parity.json holds the strict `agreement`, `agreement_beyond_ties` (gated) and
+          `near_ties`. Regression models have no labels to agree on; their int8 max |Δ| is
+          reported, not gated.
 """
 
 from __future__ import annotations
