@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=3, help="epochs for teacher and students")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="students batch sentences of similar length (less padding, ~2x faster here)",
+    )
     p.add_argument("--student-layers", type=int, default=3)
     p.add_argument("--budget", type=int, default=12, help="TPE trials per method")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -133,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         teacher, t_teacher = _teacher(args, data, out)
         base = {
             "data": data,
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "group_by_length": args.group_by_length,
+            },
             "distill": {"allow_weak_teacher": args.allow_weak_teacher},
         }
 
@@ -239,7 +249,8 @@ def summarize(args, tpe: dict, grid: dict, out: Path, t_teacher: float, total: f
             if args.teacher
             else f"MiniLM-L6 teacher fine-tuned on the first {args.train_samples} "
         )
-        + f"training sentences ({args.epochs} epochs, max length {args.max_length}); "
+        + f"training sentences ({args.epochs} epochs, batch {args.batch_size}, max length "
+        f"{args.max_length}, group by length {args.group_by_length}); "
         f"{args.student_layers}-layer students; selection on {args.selection_split}; TPE budget {args.budget} trials per "
         f"method with median pruning, over the paper's grid values.",
         "",

@@ -283,6 +283,35 @@ def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2
     )
 
 
+def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path):
+    # As above with one epoch: the lr=1e-7 trials are as bad, but already trained.
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
+                      "--epochs", "1", "--alpha", "0", "--pruner", "median",
+                      "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert min(t.value for t in study.trials) < study.best_value
+
+
+def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir, tmp_path):
+    out = tmp_path / "sweep"
+    one_point = write(tmp_path / "s.yaml", "lr: [3e-3]\ntemperature: [5]\n")
+    args = sweep_args(tiny_teacher, sst2_dir, out, one_point, "--sampler", "tpe", "--trials", "3",
+                      "--quiet")  # fmt: skip
+    assert run_cli(args) == 0
+    study = load(out / S.JOURNAL)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert len({t.value for t in study.trials}) == 1
+    assert [t.user_attrs.get(S.DUPLICATE_OF) for t in study.trials] == [None, 0, 0]
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-0"]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["duplicate_of"] for r in rows] == ["", "0", "0"]
+    assert [float(r["wall_seconds"]) for r in rows][1:] == [0.0, 0.0]
+    assert "complete (= trial 0)" in (out / "trials.md").read_text()
+
+
 def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, tmp_path):
     out = tmp_path / "sweep"
     space = write(tmp_path / "s.yaml", "lr: {low: 1e-4, high: 5e-3, log: true}\nepochs: [1, 2]\n")

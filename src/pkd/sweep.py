@@ -15,7 +15,10 @@ scripts. Here the grid (or a YAML search space) is an Optuna study:
 3. each trial is an ordinary `pkd.api.distill` run in OUTPUT/trials/trial-{number}; all
    share one teacher cache (same teacher, training rows and max length -> same
    fingerprint). After each epoch the selection metric is reported to the pruner, which
-   may stop the trial (its run dir gets pruned.json and no metrics.json);
+   may stop the trial (its run dir gets pruned.json and no metrics.json); a trial's last
+   epoch is never pruned (it is trained already). A TPE proposal that repeats the
+   parameters of a complete trial reuses that trial's result (0 s; it counts toward
+   `--trials`): TPE over the paper's discrete grid proposes repeats;
 4. a trial whose process died (SIGKILL, a lost machine) stays RUNNING in the study. On start
    a worker fails it (only one worker can: the RUNNING -> FAIL step is atomic) and that
    worker enqueues its parameters again, so the point is re-run exactly once;
@@ -105,6 +108,7 @@ POINT, RETRY_OF, SURPLUS = "pkd_point", "pkd_retry_of", "pkd_surplus"
 HOST, PID, BEAT = "pkd_host", "pkd_pid", "pkd_heartbeat"
 RUN_DIR, EPOCHS, ERROR = "pkd_run_dir", "pkd_epochs", "pkd_error"
 WALL, SCORES, CACHE = "pkd_wall_seconds", "pkd_scores", "pkd_teacher_cache"
+DUPLICATE_OF = "pkd_duplicate_of"
 # Study user attributes.
 IDENTITY, ENQUEUED = "pkd_sweep", "pkd_enqueued"
 
@@ -814,6 +818,24 @@ class _Heartbeat:
         self.thread.join()
 
 
+def _finished_twin(trials, params: dict):
+    """The first complete trial with exactly these parameters, if any."""
+    for t in trials:
+        if t.state.name == "COMPLETE" and t.params == params and SCORES in t.user_attrs:
+            return t
+    return None
+
+
+def _reuse(trial, twin) -> float:
+    """Record `twin`'s result as this trial's (a repeated proposal is not trained again)."""
+    trial.set_user_attr(DUPLICATE_OF, twin.number)
+    for key in (EPOCHS, SCORES, RUN_DIR):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    trial.set_user_attr(WALL, 0.0)
+    return twin.value
+
+
 def _objective(plan: SweepPlan, study):
     optuna = _optuna()
     from pkd import api
@@ -828,6 +850,9 @@ def _objective(plan: SweepPlan, study):
             trial.set_user_attr(SURPLUS, True)
             raise _Surplus(f"trial {trial.number}: nothing left to run")
         params = {name: p.suggest(trial) for name, p in plan.space.items()}
+        same = _finished_twin(before, params)
+        if same is not None:
+            return _reuse(trial, same)
         run_dir = plan.output / "trials" / f"trial-{trial.number}"
         for key, value in (
             (HOST, socket.gethostname()),
@@ -837,6 +862,7 @@ def _objective(plan: SweepPlan, study):
         ):
             trial.set_user_attr(key, value)
         cfg = plan.config(params, run_dir)
+        last_epoch = _planned_epochs(plan, params)
         epochs: list[dict] = []
 
         def on_evaluate(step: int, epoch: int, metrics: dict) -> None:
@@ -845,7 +871,7 @@ def _objective(plan: SweepPlan, study):
             epochs.append(row)
             trial.set_user_attr(EPOCHS, [dict(e) for e in epochs])
             trial.report(row[plan.select], len(epochs))
-            if trial.should_prune():
+            if len(epochs) < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"{plan.metric} on {plan.select} {row[plan.select]:.4f} after epoch {len(epochs)}"
                 )
@@ -1157,6 +1183,7 @@ def trial_rows(study, plan: SweepPlan) -> list[dict]:
             "teacher_cache": None if not cache else ("reused" if cache.get("reused") else "built"),
             "cache_build_seconds": cache.get("build_seconds"),
             "retry_of": t.user_attrs.get(RETRY_OF),
+            "duplicate_of": t.user_attrs.get(DUPLICATE_OF),
             "host": t.user_attrs.get(HOST),
             "run_dir": t.user_attrs.get(RUN_DIR),
             "error": t.user_attrs.get(ERROR),
@@ -1230,7 +1257,8 @@ def finish(study, plan: SweepPlan, checked: dict, quiet: bool = False) -> dict:
                 logger.warning("another process is writing best/ and the seed runs; skipped here")
     columns = ["trial", "state", *plan.space, "value", "dev", "holdout", "epochs_run",
                f"{plan.eval_split}_by_epoch", "holdout_by_epoch", "wall_seconds",
-               "teacher_cache", "retry_of", "host", "run_dir", "error"]  # fmt: skip
+               "teacher_cache", "retry_of", "duplicate_of", "host", "run_dir",
+               "error"]  # fmt: skip
     if plan.selection_split != "holdout":
         columns = [c for c in columns if not c.startswith("holdout")]
     R.write_csv(out / "trials.csv", rows, columns)
@@ -1252,7 +1280,14 @@ def finish(study, plan: SweepPlan, checked: dict, quiet: bool = False) -> dict:
 
 def _wall(rows: list[dict], plan: SweepPlan) -> dict:
     """Time spent, and saved by pruning (estimated from complete trials) and the shared cache."""
-    done = [r for r in rows if r["state"] == "complete" and r["wall_seconds"] and r["epochs_run"]]
+    done = [
+        r
+        for r in rows
+        if r["state"] == "complete"
+        and r["wall_seconds"]
+        and r["epochs_run"]
+        and r["duplicate_of"] is None
+    ]
     per_epoch = sum(r["wall_seconds"] / r["epochs_run"] for r in done) / len(done) if done else None
     planned = {r["trial"]: _planned_epochs(plan, r["params"]) for r in rows}
     pruned = [r for r in rows if r["state"] == "pruned"]
@@ -1455,7 +1490,9 @@ def to_markdown(summary: dict, rows: list[dict], plan: SweepPlan) -> str:
         sel = r["value"] if r["state"] == "complete" else r["last"]
         row = [
             r["trial"],
-            r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""),
+            r["state"]
+            + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else "")
+            + (f" (= trial {r['duplicate_of']})" if r["duplicate_of"] is not None else ""),
         ]
         row += [r["params"].get(n) for n in plan.space]
         row.append(R.pct(sel) if sel is not None else "-")
