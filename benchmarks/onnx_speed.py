@@ -11,10 +11,11 @@ benchmarks/results/onnx_speed.json and onnx_speed.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 from pathlib import Path
+
+from pkd import report as R
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def main() -> None:
     }  # fmt: skip
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "onnx_speed.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    R.write_json(dest / "onnx_speed.json", out)
     lines = [
         f"# Deployment speed ({out['machine']['cpu']}, {args.threads} threads, torch {torch.__version__})",
         "",
@@ -109,7 +110,7 @@ def main() -> None:
             for r in rows
         ],  # fmt: skip
     ]
-    (dest / "onnx_speed.md").write_text("\n".join(lines) + "\n")
+    R.write_text(dest / "onnx_speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

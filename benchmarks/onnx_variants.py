@@ -14,13 +14,14 @@ Writes benchmarks/results/onnx_variants.json and onnx_variants.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from onnx_speed import _cpu, _model, parse_args  # benchmarks/ is on sys.path when run as a script
+
+from pkd import report as R
 
 
 def main() -> None:
@@ -99,7 +100,7 @@ def main() -> None:
     }  # fmt: skip
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "onnx_variants.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    R.write_json(dest / "onnx_variants.json", out)
     p = parity["int8"]
     lines = [
         f"# ONNX export variants ({out['machine']['cpu']}, {args.threads} threads)",
@@ -121,7 +122,7 @@ def main() -> None:
         f"beyond near-ties {p['agreement_beyond_ties']:.4f}, near-ties {p['near_ties']} "
         f"of {parity['samples']}.",
     ]
-    (dest / "onnx_variants.md").write_text("\n".join(lines) + "\n")
+    R.write_text(dest / "onnx_variants.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

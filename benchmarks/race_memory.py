@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pkd import report as R
+
 ROOT = Path(__file__).resolve().parents[1]
 REDUCED = "teacher:4:4,teacher:1:4,teacher:1:1,student:4:4,student:1:4"
 WORDS = (
@@ -205,7 +207,7 @@ def main() -> None:
     }
     path = Path(args.output) / "race_memory.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    R.write_json(path, out)
     print(f"wrote {path}")
 
 

@@ -30,11 +30,12 @@ are reused. Reference points measured on this setup (SPEC.md): teacher ~88% dev 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from pkd import report as R
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare_seconds": result["wall_seconds"]["total"],
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    R.write_json(out / "run_info.json", info)
     copy_results(out, Path(args.results))
     print(result["markdown"])
     print(

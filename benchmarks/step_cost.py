@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pkd import cache as cache_mod
+from pkd import report as R
 from pkd.data import collator, encode, load_split
 from pkd.losses import total_loss
 from pkd.mapping import layer_map
@@ -145,7 +145,7 @@ def main() -> None:
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    R.write_json(out / "step_cost.json", result)
     lines = [
         f"# PKD step cost ({result['machine']['cpu']}, {args.threads} threads, torch {torch.__version__})",
         "",
@@ -159,7 +159,7 @@ def main() -> None:
         f"Teacher cache over {len(data)} examples: {build_s:.1f} s; one teacher fine-tuning epoch over the "
         f"same examples ≈ {teacher_epoch_s:.1f} s (ratio {result['cache_build_vs_teacher_epoch']:.2f}).",
     ]
-    (out / "step_cost.md").write_text("\n".join(lines) + "\n")
+    R.write_text(out / "step_cost.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

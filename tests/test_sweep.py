@@ -256,15 +256,20 @@ def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path):
     assert dirs == sorted(f"trial-{t.number}" for t in done)
 
 
+def median_pruned_sweep(teacher, data, tmp_path, epochs: int) -> tuple[Path, optuna.Study]:
+    """PRUNE_SPACE with the median pruner from the second trial on; alpha=0 (T irrelevant)."""
+    out = tmp_path / "sweep"
+    args = sweep_args(teacher, data, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
+                      "--epochs", epochs, "--alpha", "0", "--pruner", "median",
+                      "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
+    assert run_cli(args) == 0
+    return out, load(out / S.JOURNAL)
+
+
 def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2_dir, tmp_path):
     # lr=1e-7 barely moves the student (dev 43.75% after epoch 1), lr=3e-3 reaches 56.25%;
     # alpha=0 makes T irrelevant, so the two good trials tie and neither is pruned.
-    out = tmp_path / "sweep"
-    args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
-                      "--epochs", "2", "--alpha", "0", "--pruner", "median",
-                      "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
-    assert run_cli(args) == 0
-    study = load(out / S.JOURNAL)
+    out, study = median_pruned_sweep(tiny_teacher, sst2_dir, tmp_path, epochs=2)
     good = [t for t in study.trials if t.params["lr"] == 3e-3]
     bad = [t for t in study.trials if t.params["lr"] == 1e-7]
     assert [t.state for t in good] == [TrialState.COMPLETE] * 2
@@ -285,12 +290,7 @@ def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2
 
 def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path):
     # As above with one epoch: the lr=1e-7 trials are as bad, but already trained.
-    out = tmp_path / "sweep"
-    args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
-                      "--epochs", "1", "--alpha", "0", "--pruner", "median",
-                      "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
-    assert run_cli(args) == 0
-    study = load(out / S.JOURNAL)
+    _, study = median_pruned_sweep(tiny_teacher, sst2_dir, tmp_path, epochs=1)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert min(t.value for t in study.trials) < study.best_value
 

@@ -1280,14 +1280,8 @@ def finish(study, plan: SweepPlan, checked: dict, quiet: bool = False) -> dict:
 
 def _wall(rows: list[dict], plan: SweepPlan) -> dict:
     """Time spent, and saved by pruning (estimated from complete trials) and the shared cache."""
-    done = [
-        r
-        for r in rows
-        if r["state"] == "complete"
-        and r["wall_seconds"]
-        and r["epochs_run"]
-        and r["duplicate_of"] is None
-    ]
+    # repeated proposals (wall 0 s) are left out by the wall-time test
+    done = [r for r in rows if r["state"] == "complete" and r["wall_seconds"] and r["epochs_run"]]
     per_epoch = sum(r["wall_seconds"] / r["epochs_run"] for r in done) / len(done) if done else None
     planned = {r["trial"]: _planned_epochs(plan, r["params"]) for r in rows}
     pruned = [r for r in rows if r["state"] == "pruned"]
