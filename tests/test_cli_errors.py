@@ -93,10 +93,22 @@ def _not_utf8(d: Path) -> str:
     return f"{d / 'train.tsv'}:3: not valid utf-8"
 
 
+def _tab_inside_a_field(d: Path) -> str:
+    tsv(d / "train.tsv", ["sentence\tlabel", "good film\t1", "a tab\tinside\t0"])
+    return f"{d / 'train.tsv'}:3: 3 columns, the header has 2 (a tab inside a field?)"
+
+
+def _file_is_a_directory(d: Path) -> str:
+    (d / "dev.tsv").unlink()
+    (d / "dev.tsv").mkdir()
+    return f"{d / 'dev.tsv'}: is a directory, not a file"
+
+
 @pytest.mark.parametrize(
     "corrupt",
-    [_missing_dev, _too_few_columns, _label_out_of_range, _header_only, _wrong_header, _not_utf8],
-)
+    [_missing_dev, _too_few_columns, _label_out_of_range, _header_only, _wrong_header, _not_utf8,
+     _tab_inside_a_field, _file_is_a_directory],
+)  # fmt: skip
 def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, capsys):
     d = write_sst2(tmp_path / "SST-2", n_train=8, n_dev=4, n_test=2)
     expected = corrupt(d)
@@ -105,18 +117,68 @@ def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_non_numeric_stsb_score(tiny_bert, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("score", "problem"),
+    [("five", "is not a number"), ("5.5", "is outside stsb's range 0 to 5")],
+)
+def test_bad_stsb_score(score, problem, tiny_bert, tmp_path, capsys):
     d = tmp_path / "STS-B"
     d.mkdir()
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane."
-    tsv(d / "train.tsv", [head, row + "\t5.000", row + "\tfive"])
+    tsv(d / "train.tsv", [head, row + "\t5.000", row + f"\t{score}"])
     tsv(d / "dev.tsv", [head, row + "\t4.2"])
     argv = finetune_argv(tiny_bert, d, tmp_path / "run")
     argv[argv.index("sst2")] = "stsb"
     line = cli_error(argv, capsys)
-    assert f"{d / 'train.tsv'}:3: score 'five' is not a number" in line
+    assert line == f"pkd: error: {d / 'train.tsv'}:3: score '{score}' {problem}"
     assert not (tmp_path / "run").exists()
+
+
+def custom_argv(model, train, dev, output, *extra):
+    return ["finetune", "--model", model, "--train-file", train, "--validation-file", dev,
+            "--text-columns", "text", "--output", output, *TRAIN_OPTS, *extra]  # fmt: skip
+
+
+def test_bad_custom_files(tiny_bert, tmp_path, capsys):
+    train, dev, run = tmp_path / "train.csv", tmp_path / "dev.csv", tmp_path / "run"
+    dev.write_text("text,label\ngood,1\nbad,0\n")
+    train.write_text("text,label\ngood,1\nno label,\nbad,0\n")
+    line = cli_error(custom_argv(tiny_bert, train, dev, run), capsys)
+    assert line == f"pkd: error: {train}:3: empty label (column 'label')"
+    train.write_text('text,label\ngood,1\n"never closed,0\nbad,0\nfine,1\n')
+    line = cli_error(custom_argv(tiny_bert, train, dev, run), capsys)
+    assert line == f"pkd: error: {train}:3: a quoted field opens here and is never closed"
+    line = cli_error(custom_argv(tiny_bert, tmp_path, dev, run), capsys)
+    assert line == f"pkd: error: --train-file: {tmp_path} is a directory, not a file"
+    line = cli_error(custom_argv(tiny_bert, dev, dev, run, "--config", tmp_path), capsys)
+    assert line == f"pkd: error: --config: {tmp_path} is a directory, not a YAML file"
+    assert not run.exists()
+
+
+def test_positive_label_must_be_one_of_the_labels(tiny_bert, sst2_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    line = cli_error(finetune_argv(tiny_bert, sst2_dir, run, "--positive-label", "pos"), capsys)
+    assert (
+        line
+        == "pkd: error: --positive-label: 'pos' is not one of the labels ['0', '1'] of task sst2"
+    )
+    d = tmp_path / "custom.csv"
+    d.write_text("text,label\ngood,pos\nbad,neg\n")
+    line = cli_error(custom_argv(tiny_bert, d, d, run, "--positive-label", "1"), capsys)
+    assert line == (
+        "pkd: error: --positive-label: '1' is not one of the labels ['neg', 'pos'] of task custom"
+    )
+    d.write_text("text,label\ngood,4.5\nbad,0.5\n")
+    line = cli_error(
+        custom_argv(tiny_bert, d, d, run, "--positive-label", "1", "--problem-type", "regression"),
+        capsys,
+    )
+    assert line == (
+        "pkd: error: --positive-label: task custom is regression; only classification has a "
+        "positive class"
+    )
+    assert not run.exists()
 
 
 def test_unknown_task(tiny_bert, sst2_dir, tmp_path, capsys):

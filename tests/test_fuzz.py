@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from pkd import config as C
@@ -108,23 +108,73 @@ def test_arbitrary_bytes_in_a_glue_file(work, head, raw):
 
 
 CELL = TEXT | st.sampled_from(["0", "1", "-1", "²", "١", " 1 ", "-", ""])
-ROWS = st.lists(st.lists(CELL, min_size=0, max_size=4), min_size=0, max_size=8)
+
+
+def _expected_rows(header: list[str], rows: list[list[str]]):
+    """What `pkd finetune --task custom --text-columns text` must read from these cells, once
+    written with CSV quoting: (texts, labels, ids), or None where it must refuse the file."""
+    lines = [r for r in [header, *rows] if r]  # an empty row is a blank line: skipped
+    if len(lines) < 2:
+        return None  # no header, or no examples
+    head, body = [h.strip() for h in lines[0]], lines[1:]
+    if "text" not in head or "label" not in head:
+        return None
+    t, y = head.index("text"), head.index("label")
+    if any(len(r) > len(head) or len(r) <= max(t, y) for r in body):
+        return None  # more columns than the header, or too few for text and label
+    labels = [r[y].strip() for r in body]
+    if "" in labels:
+        return None  # an empty label is no class
+    return [r[t] for r in body], labels, [str(i) for i in range(len(body))]
+
+
+@st.composite
+def tables(draw) -> tuple[list[str], list[list[str]]]:
+    """A header (any cells, or text, label and another column in any order) and rows, as
+    wide as the header or (ragged) of any width."""
+    header = draw(
+        st.lists(st.sampled_from(["text", "label", " text "]) | TEXT, max_size=3)
+        | st.permutations(["text", " label", "other"])
+    )
+    n = len(header)
+    row = (
+        st.lists(CELL, max_size=4)
+        if draw(st.booleans())
+        else st.lists(CELL, min_size=n, max_size=n)
+    )
+    return header, draw(st.lists(row, max_size=8))
 
 
 @FUZZ
-@given(
-    header=st.lists(st.sampled_from(["text", "label", " text "]) | TEXT, max_size=3),
-    rows=ROWS,
-    sep=st.sampled_from(["\t", ","]),
-)
-def test_arbitrary_rows_and_columns(work, header, rows, sep):
+@given(table=tables(), sep=st.sampled_from(["\t", ","]))
+def test_arbitrary_rows_and_columns(work, table, sep):
+    header, rows = table
     path = work / ("rows.tsv" if sep == "\t" else "rows.csv")
+    # As a user might write it, without quoting: an answer or a one-line error.
     lines = [sep.join(header)] + [sep.join(r) for r in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
     try:
         _load_custom(path)
     except PkdError as e:
         _one_line_error(e)
+
+    # Quoted as CSV requires: every cell comes back exactly, or the file is refused.
+    buf = io.StringIO(newline="")
+    csv.writer(buf, delimiter=sep).writerows([header, *rows])
+    assume(not buf.getvalue().startswith("\ufeff"))  # a leading byte-order mark is dropped
+    path.write_text(buf.getvalue(), encoding="utf-8", newline="")
+    expected = _expected_rows(header, rows)
+    event("read" if expected else "refused")
+    try:
+        spec, splits = _load_custom(path)
+    except PkdError as e:
+        assert expected is None, (_one_line_error(e), expected)
+        assert str(path) in _one_line_error(e)
+        return
+    assert expected is not None
+    train = splits["train"]
+    assert (train.text_a, train.labels, train.ids) == expected
+    assert set(spec.labels) == set(expected[1])
 
 
 @FUZZ

@@ -19,12 +19,23 @@ def test_accuracy():
     assert compute_metrics(("accuracy",), PRED, GOLD) == {"accuracy": pytest.approx(4 / 6)}
 
 
-def test_f1_is_binary_f1_of_label_1():
-    # P = 3/(3+1) = 0.75, R = 3/(3+1) = 0.75 -> F1 = 2PR/(P+R) = 0.75
-    assert compute_metrics(("f1",), PRED, GOLD)["f1"] == pytest.approx(0.75)
-    # Swapping the roles of the classes changes it: class 0 has TP=1, FP=1, FN=1 -> F1 = 0.5.
-    flip = [1 - v for v in PRED], [1 - v for v in GOLD]
-    assert compute_metrics(("f1",), *flip)["f1"] == pytest.approx(0.5)
+def test_f1_is_f1_of_the_positive_class():
+    # positive = 1: P = 3/(3+1) = 0.75, R = 3/(3+1) = 0.75 -> F1 = 2PR/(P+R) = 0.75
+    assert compute_metrics(("f1",), PRED, GOLD, positive=1)["f1"] == pytest.approx(0.75)
+    # positive = 0: class 0 has TP=1 (i=1), FP=1 (i=4), FN=1 (i=2) -> F1 = 2/(2+1+1) = 0.5
+    assert compute_metrics(("f1",), PRED, GOLD, positive=0)["f1"] == pytest.approx(0.5)
+
+
+def test_f1_of_one_class_among_three():
+    # gold 0 0 1 1 2 2, pred 0 1 1 1 2 0; class 2 against the rest: TP=1 (i=4), FP=0, FN=1
+    # (i=5) -> F1 = 2/(2+0+1) = 2/3
+    m = compute_metrics(("f1",), [0, 1, 1, 1, 2, 0], [0, 0, 1, 1, 2, 2], positive=2)
+    assert m["f1"] == pytest.approx(2 / 3)
+
+
+def test_f1_without_a_positive_class_is_refused():
+    with pytest.raises(ValueError, match="positive class"):
+        compute_metrics(("accuracy", "f1"), PRED, GOLD)
 
 
 def test_macro_f1():
@@ -101,12 +112,114 @@ def test_majority_baseline():
     # most frequent label 0 (3 of 4) -> accuracy 0.75
     assert majority_baseline(("accuracy",), [0, 0, 1, 0]) == pytest.approx(0.75)
     # the first name is the main metric: F1 of class 1 when always predicting 0 -> 0.0
-    assert majority_baseline(("f1", "accuracy"), [0, 0, 1, 0]) == 0.0
+    assert majority_baseline(("f1", "accuracy"), [0, 0, 1, 0], positive=1) == 0.0
     # always 1 on (1,1,0): P = 2/3, R = 1 -> F1 = 2*(2/3)/(2/3+1) = 0.8
-    assert majority_baseline(("f1",), [1, 1, 0]) == pytest.approx(0.8)
+    assert majority_baseline(("f1",), [1, 1, 0], positive=1) == pytest.approx(0.8)
+    # the same labels with the positive class at id 0: always 1 never finds it -> 0.0
+    assert majority_baseline(("f1",), [1, 1, 0], positive=0) == 0.0
     # MCC of a constant prediction is 0
     assert majority_baseline(("matthews_correlation",), [1, 1, 0, 1]) == 0.0
     # three classes: 2 is the most frequent (3 of 6)
     assert majority_baseline(("accuracy",), [2, 0, 2, 1, 2, 0]) == pytest.approx(0.5)
     # regression: predicting the mean is constant -> correlation 0
     assert majority_baseline(("pearson", "spearman"), [0.0, 1.5, 4.0], regression=True) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# F1 scores the positive class by name, whatever the model's label order
+
+
+MRPC_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+
+
+def _write_mrpc(d, n: int = 24):
+    """An MRPC-layout directory; dev has 14 paraphrases ('1') and 10 non-paraphrases ('0')."""
+    from conftest import sentiment_rows
+
+    d.mkdir(parents=True, exist_ok=True)
+    rows = sentiment_rows(n, seed=3)
+    for name in ("train", "dev"):
+        lines = [MRPC_HEADER] + [
+            f"{'1' if i < 14 else '0'}\t{i}\t{i + 100}\t{text}\t{rows[-1 - i][0]}"
+            for i, (text, _) in enumerate(rows)
+        ]
+        (d / f"{name}.tsv").write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+def _predicted_names(model_dir, text_a, text_b=None) -> list[str]:
+    """A model's predictions by its own forward pass, as names through its id2label."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    net = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        ids = net(**tok(text_a, text_b, padding=True, return_tensors="pt")).logits.argmax(-1)
+    return [net.config.id2label[i] for i in ids.tolist()]
+
+
+def test_f1_of_a_model_with_reversed_labels_scores_class_1(tiny_bert, tmp_path):
+    from conftest import make_tiny_teacher
+    from sklearn.metrics import f1_score
+
+    from pkd import config as C
+    from pkd.api import evaluate, plan_distill
+
+    data = _write_mrpc(tmp_path / "MRPC")
+    teacher = make_tiny_teacher(tmp_path / "teacher", tiny_bert, labels=("1", "0"))
+    lines = (data / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    gold = [r[0] for r in rows]
+    pred = _predicted_names(teacher, [r[3] for r in rows], [r[4] for r in rows])
+    expected = f1_score(gold, pred, pos_label="1")
+    assert expected != pytest.approx(f1_score(gold, pred, pos_label="0"))  # the test can fail
+
+    result = evaluate(str(teacher), C.DataConfig(task="mrpc", data_dir=str(data)))
+    assert result["f1"] == pytest.approx(expected)
+    assert result["accuracy"] == pytest.approx(
+        sum(g == p for g, p in zip(gold, pred, strict=True)) / 24
+    )
+
+    cfg = C.DistillRunConfig(
+        teacher=str(teacher),
+        output=str(tmp_path / "run"),
+        data=C.DataConfig(task="mrpc", data_dir=str(data), max_length=32),
+        distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+    )
+    plan = plan_distill(cfg)
+    assert plan.spec.labels == ("1", "0")  # the teacher's order
+    assert plan.teacher_metrics["dev"]["f1"] == pytest.approx(expected)
+    # always '1' (14 of 24): P = 14/24, R = 1 -> F1 = 2 * 14/24 / (14/24 + 1) = 28/38
+    assert plan.baseline["dev"] == pytest.approx(28 / 38)
+
+
+def test_positive_label_for_custom_data(tiny_bert, tmp_path):
+    from conftest import make_tiny_teacher, sentiment_rows
+    from sklearn.metrics import f1_score
+
+    from pkd import config as C
+    from pkd.api import evaluate
+    from pkd.errors import PkdError
+
+    rows = [(t, "pos" if y == "1" else "neg") for t, y in sentiment_rows(20, seed=4)]
+    dev = tmp_path / "dev.csv"
+    dev.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    model = make_tiny_teacher(tmp_path / "model", tiny_bert, labels=("pos", "neg"))
+    data = {"validation_file": str(dev), "text_columns": ["text"]}
+
+    plain = evaluate(str(model), C.DataConfig(**data))
+    assert "f1" not in plain  # custom data: accuracy and macro F1 only
+
+    gold, pred = [y for _, y in rows], _predicted_names(model, [t for t, _ in rows])
+    for positive in ("pos", "neg"):
+        m = evaluate(str(model), C.DataConfig(**data, positive_label=positive))
+        assert m["f1"] == pytest.approx(f1_score(gold, pred, pos_label=positive))
+        assert (m["accuracy"], m["macro_f1"]) == (plain["accuracy"], plain["macro_f1"])
+
+    with pytest.raises(PkdError) as e:
+        evaluate(str(model), C.DataConfig(**data, positive_label="1"))
+    assert (
+        str(e.value)
+        == "--positive-label: '1' is not one of the labels ['pos', 'neg'] of task custom"
+    )

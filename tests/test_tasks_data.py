@@ -325,7 +325,9 @@ def test_glue_read_errors_name_file_and_line(tmp_path):
     d = tmp_path / "SST-2"
     spec = get_task("sst2")
     write_tsv(d / "train.tsv", [("ok", "1"), ("no label column",)], header="sentence\tlabel")
-    with pytest.raises(PkdError, match=r"train\.tsv:3: expected at least 2 columns, found 1"):
+    with pytest.raises(
+        PkdError, match=r"train\.tsv:3: expected at least 2 columns, found 1 \(the header has 2\)"
+    ):
         load_split(spec, "train", data_dir=str(d))
     write_tsv(d / "train.tsv", [("ok", "1"), ("fine", "2")], header="sentence\tlabel")
     with pytest.raises(PkdError, match=r"train\.tsv:3: label '2' is not one of \['0', '1'\]"):
@@ -352,6 +354,112 @@ def test_stsb_non_numeric_score(tmp_path):
         write_tsv(d / "train.tsv", [(*row, "4.0"), (*row, bad)], header=STSB_HEADER + "\tscore")
         with pytest.raises(PkdError, match=rf"train\.tsv:3: score '{bad}' is not a finite number"):
             load_split(get_task("stsb"), "train", data_dir=str(d))
+
+
+def test_stsb_score_outside_0_to_5(tmp_path):
+    d = tmp_path / "STS-B"
+    row = ("0", "g", "f", "2012", "0", "none", "none", "a", "b")
+    write_tsv(d / "train.tsv", [(*row, "0.000"), (*row, "5.000")], header=STSB_HEADER + "\tscore")
+    assert load_split(get_task("stsb"), "train", data_dir=str(d)).labels == [0.0, 5.0]  # ends
+    for bad in ("5.2", "-0.5", "50"):
+        write_tsv(d / "train.tsv", [(*row, "4.0"), (*row, bad)], header=STSB_HEADER + "\tscore")
+        with pytest.raises(PkdError) as e:
+            load_split(get_task("stsb"), "train", data_dir=str(d))
+        assert str(e.value) == f"{d / 'train.tsv'}:3: score '{bad}' is outside stsb's range 0 to 5"
+    # the user's own regression data has no range
+    path = tmp_path / "reg.csv"
+    path.write_text("s,y\na,-3\nb,50\n")
+    assert load_split(custom_task(("s",), "y", REGRESSION), "train", file=str(path)).labels == [
+        -3.0,
+        50.0,
+    ]
+
+
+def test_empty_label_in_a_custom_file(tmp_path):
+    spec = custom_task(("text",), "label")
+    for cell in ("", "  "):
+        path = tmp_path / "train.csv"
+        path.write_text(f"text,label\ngood,1\nno label,{cell}\nbad,0\n")
+        with pytest.raises(PkdError) as e:
+            load_split(spec, "train", file=str(path))
+        assert str(e.value) == f"{path}:3: empty label (column 'label')"
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "good", "label": "1"}\n{"text": "bad", "label": ""}\n')
+    with pytest.raises(PkdError, match=r"train\.jsonl:2: empty label \(column 'label'\)"):
+        load_split(spec, "train", file=str(path))
+
+
+def test_extra_tab_inside_a_field_names_the_column_count(tmp_path):
+    d = tmp_path / "SST-2"
+    write_tsv(d / "train.tsv", [("good film", "1"), ("a tab\there", "0")], header="sentence\tlabel")
+    with pytest.raises(PkdError) as e:
+        load_split(get_task("sst2"), "train", data_dir=str(d))
+    assert (
+        str(e.value) == f"{d / 'train.tsv'}:3: 3 columns, the header has 2 (a tab inside a field?)"
+    )
+    # MRPC: 5 columns; a tab in the second sentence makes 6
+    d = tmp_path / "MRPC"
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    write_tsv(d / "dev.tsv", [("1", "7", "8", "A b .", "C\td ."), ("0", "9", "10", "e", "f")],
+              header=header, bom=True)  # fmt: skip
+    with pytest.raises(PkdError, match=r"dev\.tsv:2: 6 columns, the header has 5 \(a tab"):
+        load_split(get_task("mrpc"), "dev", data_dir=str(d))
+    # the user's CSV: an unquoted comma
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,1\nfine, really,1\n")
+    with pytest.raises(PkdError) as e:
+        load_split(custom_task(("text",), "label"), "train", file=str(path))
+    assert str(e.value) == (
+        f"{path}:3: 3 columns, the header has 2 (a comma in an unquoted field?)"
+    )
+    # a multiple-choice CSV too
+    from pkd.race import choice_task
+
+    path.write_text('p,q,c,a\nctx,q,"[""x"", ""y""]",A\nctx,q,["x", "y"],B\n')
+    with pytest.raises(PkdError) as e:
+        load_split(choice_task("p", "q", "c", "a"), "train", file=str(path))
+    assert str(e.value) == (
+        f"{path}:3: 5 columns, the header has 4 (a comma in an unquoted field?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # the open quote on line 3 swallows lines 4-6 into one field
+        ('text,label\ngood,1\n"oops, 0\nfine,1\nbad,0\nnice,1\n', 3),
+        # label first: the swallowed rows were silently lost (2 examples instead of 5)
+        ('label,text\n1,good\n0,"oops\n1,fine\n0,bad\n1,nice\n', 3),
+        # a closed quoted field may span lines; CRLF and LF both end one
+        ('label,text\n1,"two\nlines"\n0,bad\n1,"three\r\nmore\nlines\n0,x\n', 5),
+    ],
+)
+def test_unterminated_quote_names_the_line_where_it_opens(tmp_path, text, line):
+    path = tmp_path / "train.csv"
+    path.write_text(text, newline="")
+    with pytest.raises(PkdError) as e:
+        load_split(custom_task(("text",), "label"), "train", file=str(path))
+    assert str(e.value) == f"{path}:{line}: a quoted field opens here and is never closed"
+
+
+def test_a_directory_is_not_a_file(tmp_path):
+    from pkd import config as C
+
+    spec = custom_task(("text",), "label")
+    for split, option in (("train", "--train-file"), ("dev", "--validation-file"),
+                          ("test", "--test-file")):  # fmt: skip
+        with pytest.raises(PkdError) as e:
+            load_split(spec, split, file=str(tmp_path))
+        assert str(e.value) == f"{option}: {tmp_path} is a directory, not a file"
+    (tmp_path / "SST-2" / "train.tsv").mkdir(parents=True)
+    with pytest.raises(PkdError) as e:
+        load_split(get_task("sst2"), "train", data_dir=str(tmp_path / "SST-2"))
+    assert str(e.value) == f"{tmp_path / 'SST-2' / 'train.tsv'}: is a directory, not a file"
+    with pytest.raises(PkdError) as e:
+        C.load_yaml(str(tmp_path))
+    assert str(e.value) == f"--config: {tmp_path} is a directory, not a YAML file"
+    with pytest.raises(PkdError, match="--validation-file: no file given for the dev split"):
+        load_split(spec, "dev")
 
 
 def test_short_row_in_a_test_file_with_the_id_column_last(tmp_path):

@@ -23,7 +23,15 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from pkd import config as C
-from pkd.data import EncodedSplit, collator, encode, infer_labels, load_split, truncated_fraction
+from pkd.data import (
+    EncodedSplit,
+    collator,
+    encode,
+    file_option,
+    infer_labels,
+    load_split,
+    truncated_fraction,
+)
 from pkd.errors import PkdError
 from pkd.mapping import layer_map
 from pkd.metrics import majority_baseline
@@ -48,6 +56,7 @@ from pkd.tasks import (
     TaskSpec,
     custom_task,
     get_task,
+    with_positive_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,12 +101,13 @@ def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] =
     for split in splits:
         file = _file_for(data, split)
         if spec.source == "custom" and file is None:
-            raise PkdError(f"--{'validation' if split.startswith('dev') else split}-file: required")
+            raise PkdError(f"--{file_option(split)}: required")
         raw = load_split(spec, split, data.data_dir, file, data.encoding)
         if split == "train" and spec.problem_type == CLASSIFICATION and not spec.labels:
             spec = dataclasses.replace(spec, labels=infer_labels(raw))  # custom: from train
         n = data.max_train_samples if split == "train" else data.max_eval_samples
         out[split] = raw.head(n)
+    spec = with_positive_label(spec, data.positive_label)  # the labels are known by now
     if data.holdout_fraction and "train" in out:
         # Right after train, so the training loop selects its best epoch on it (its first
         # eval set); dev is still scored every epoch but no longer chooses anything.
@@ -378,7 +388,9 @@ def _baselines(spec: TaskSpec, splits: dict) -> dict[str, float]:
         labels = splits[name].labels
         if spec.problem_type == CLASSIFICATION:
             labels = [spec.labels.index(v) for v in labels]
-        out[name] = majority_baseline(spec.metrics, labels, spec.problem_type == REGRESSION)
+        out[name] = majority_baseline(
+            spec.metrics, labels, spec.problem_type == REGRESSION, spec.positive_index()
+        )
     return out
 
 
@@ -831,17 +843,16 @@ def _loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str 
 def _inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
     """The task (labels: the model's, by name) and the raw split to run a model on."""
     spec = resolve_task(data, labels)
-    if spec.source == "custom" and spec.problem_type == CLASSIFICATION:
+    if spec.problem_type == CLASSIFICATION and labels:  # the model's order: ids mean its labels
         spec = dataclasses.replace(spec, labels=labels)
+    spec = with_positive_label(spec, data.positive_label)
     if split not in spec.splits and spec.source != "custom":
         raise PkdError(
             f"--split: task {spec.name} has no split {split!r}; it has {list(spec.splits)}"
         )
     file = _file_for(data, split)
     if spec.source == "custom" and file is None:
-        raise PkdError(
-            f"--{'validation' if split.startswith('dev') else 'test'}-file: required for split {split!r}"
-        )
+        raise PkdError(f"--{file_option(split)}: required for split {split!r}")
     try:
         raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled)
     except PkdError:

@@ -67,6 +67,13 @@ class DataConfig:
         default=None,
         metadata={"help": "multiple choice: column with a JSON list of choices (custom files)"},
     )
+    positive_label: str | None = field(
+        default=None,
+        metadata={
+            "help": "classification: the positive class, by name; metric 'f1' is its F1 "
+            "(added after accuracy and macro_f1 for custom data; MRPC/QQP: '1')"
+        },
+    )
     encoding: str = field(default="utf-8", metadata={"help": "text encoding of the data files"})
     max_length: int | None = field(
         default=None,
@@ -336,6 +343,8 @@ def build(cls, values: dict[str, Any], source: str = "config"):
 
 def load_yaml(path: str) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise PkdError(f"--config: {path} is a directory, not a YAML file")
     if not p.is_file():
         raise PkdError(f"--config: {path} not found")
     try:

@@ -69,6 +69,8 @@ class Split:
 
 def read_text(path: Path, encoding: str) -> str:
     """Read a whole file, naming the line of the first byte that does not decode."""
+    if path.is_dir():
+        raise PkdError(f"{path}: is a directory, not a file")
     if not path.is_file():
         raise PkdError(f"{path}: file not found")
     raw = path.read_bytes()
@@ -85,24 +87,60 @@ def read_text(path: Path, encoding: str) -> str:
     return text.removeprefix("\ufeff")  # MRPC's header starts with a byte-order mark
 
 
-def read_rows(path: Path, encoding: str, quoted: bool) -> list[tuple[int, list[str]]]:
-    """Rows of a CSV/TSV file as (line number, fields). JSONL rows come back as dicts.
+def read_rows(
+    path: Path, encoding: str, quoted: bool, header: bool = False
+) -> list[tuple[int, list[str]]]:
+    """Rows of a CSV/TSV file as (line number where the row starts, fields).
 
     GLUE TSV files are not quoted (a `"` is part of the text), so they are read with
-    QUOTE_NONE; the user's CSV/TSV files use standard CSV quoting.
+    QUOTE_NONE; the user's CSV/TSV files use standard CSV quoting, where a quoted field may
+    span lines. With header, a row with more fields than the header row is an error (a
+    delimiter inside a field would shift the columns after it).
     """
     text = read_text(path, encoding)
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows = []
+    rows, start = [], 1
     try:
         for row in reader:
             if row:  # blank lines (a trailing newline, CRLF leftovers) carry no example
-                rows.append((reader.line_num, row))
+                rows.append((start, row))
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise PkdError(f"{path}:{reader.line_num}: malformed row ({e})") from None
+        raise PkdError(f"{path}:{start}: malformed row ({e})") from None
+    if quoted and rows:
+        _check_last_quote(path, text, rows[-1], delimiter)
+    if header and rows:
+        width = len(rows[0][1])
+        for line, row in rows:
+            if len(row) > width:
+                inside = (
+                    "a tab inside a field" if delimiter == "\t" else "a comma in an unquoted field"
+                )
+                raise PkdError(
+                    f"{path}:{line}: {len(row)} columns, the header has {width} ({inside}?)"
+                )
     return rows
+
+
+def _check_last_quote(path: Path, text: str, last: tuple[int, list[str]], delimiter: str):
+    """A quote that is never closed makes the csv module read the rest of the file into one
+    field, without an error: name the line where that field opens."""
+
+    def lines(s: str) -> list[str]:  # as csv counts them: \n, \r\n or \r ends a line
+        return io.StringIO(s, newline="").readlines()
+
+    line, row = last
+    tail = "".join(lines(text)[line - 1 :])  # the last row, to the end of the file
+    try:
+        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        if "end of data" not in str(e):  # other strict-only complaints are read leniently
+            return
+        # The open field is the row's last one and runs to the end: count lines back from there.
+        opens = len(lines(text)) - max(1, len(lines(row[-1]))) + 1
+        raise PkdError(f"{path}:{opens}: a quoted field opens here and is never closed") from None
 
 
 def read_jsonl(path: Path, encoding: str) -> list[tuple[int, dict]]:
@@ -142,8 +180,15 @@ def _parse_label(spec: TaskSpec, value, where: str):
             raise PkdError(f"{where}: score {value!r} is not a number") from None
         if not math.isfinite(score):  # float() accepts 'nan' and 'inf'; MSE would turn NaN
             raise PkdError(f"{where}: score {value!r} is not a finite number")
+        if spec.score_range and not spec.score_range[0] <= score <= spec.score_range[1]:
+            low, high = spec.score_range
+            raise PkdError(
+                f"{where}: score {value!r} is outside {spec.name}'s range {low:g} to {high:g}"
+            )
         return score
     label = str(value).strip()
+    if not label:  # else an empty cell becomes a class of its own
+        raise PkdError(f"{where}: empty label (column {spec.label_column!r})")
     if spec.labels and label not in spec.labels:
         raise PkdError(f"{where}: label {label!r} is not one of {list(spec.labels)}")
     return label
@@ -156,6 +201,7 @@ def read_table_split(
     columns = spec.text_columns
     if not labelled and spec.test_text_columns:
         columns = spec.test_text_columns
+    width = ""  # header files: how many columns the header has, for short rows' errors
     if path.suffix.lower() in (".jsonl", ".json"):
         records = read_jsonl(path, encoding)
         rows = [
@@ -169,11 +215,12 @@ def read_table_split(
                 raise PkdError(f"{path}:{line}: missing key(s) {missing}")
         text_idx, label_idx, id_idx = list(range(len(columns))), len(columns), None
     else:
-        rows = read_rows(path, encoding, quoted=spec.source == "custom")
+        rows = read_rows(path, encoding, quoted=spec.source == "custom", header=header)
         if header:
             if not rows:
                 raise PkdError(f"{path}: empty file (no header row)")
             head = rows.pop(0)[1]
+            width = f" (the header has {len(head)})"
             text_idx = [_column_index(path, head, c) for c in columns]
             label_idx = _column_index(path, head, spec.label_column) if labelled else None
             id_idx = None
@@ -185,7 +232,9 @@ def read_table_split(
     ids, text_a, text_b, labels = [], [], [], []
     for n, (line, row) in enumerate(rows):
         if len(row) < needed:
-            raise PkdError(f"{path}:{line}: expected at least {needed} columns, found {len(row)}")
+            raise PkdError(
+                f"{path}:{line}: expected at least {needed} columns, found {len(row)}{width}"
+            )
         text_a.append(str(row[text_idx[0]]))
         if len(text_idx) > 1:
             text_b.append(str(row[text_idx[1]]))
@@ -240,6 +289,13 @@ def load_hub_split(spec: TaskSpec, split: str) -> Split:
     )
 
 
+def file_option(split: str) -> str:
+    """The option that names a split's file: train-file, validation-file or test-file."""
+    if split.startswith("dev"):
+        return "validation-file"
+    return "test-file" if split.startswith("test") else f"{split}-file"
+
+
 def load_split(
     spec: TaskSpec,
     split: str,
@@ -261,6 +317,8 @@ def load_split(
     """
     if labelled is None:
         labelled = spec.test_labelled or not split.startswith("test")
+    if file is not None and Path(file).is_dir():
+        raise PkdError(f"--{file_option(split)}: {file} is a directory, not a file")
     if spec.problem_type == MULTIPLE_CHOICE:  # RACE layout, the Hub, or the user's files
         from pkd.race import load_choice_split
 
@@ -278,7 +336,7 @@ def load_split(
     elif spec.source == "glue":
         return load_hub_split(spec, split)
     else:
-        raise PkdError(f"--{split.split('_')[0]}-file: no file given for the {split} split")
+        raise PkdError(f"--{file_option(split)}: no file given for the {split} split")
     header = spec.header or not labelled  # GLUE test files have a header, CoLA's too
     return read_table_split(spec, path, split, encoding, labelled, header)
 

@@ -209,7 +209,7 @@ def read_choice_file(
     if path.suffix.lower() in (".jsonl", ".json"):
         records = [(line, obj) for line, obj in read_jsonl(path, encoding)]
     else:
-        rows = read_rows(path, encoding, quoted=True)
+        rows = read_rows(path, encoding, quoted=True, header=True)
         if not rows:
             raise PkdError(f"{path}: empty file (no header row)")
         header = [h.strip() for h in rows.pop(0)[1]]

@@ -6,6 +6,7 @@ for files with a header row, or a 0-based position for CoLA, which has none.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from pkd.errors import PkdError
@@ -40,6 +41,9 @@ class TaskSpec:
         levels: RACE: the difficulty levels (sub-directories) the task reads.
         default_max_length: --max-length when the user gives none (512 for RACE).
         test_labelled: whether the test split has gold labels (RACE's does, GLUE's not).
+        positive_label: the class whose F1 is the `f1` metric, by name (MRPC/QQP: "1"), so
+            a model whose label order differs is still scored on the right class.
+        score_range: regression: the (low, high) range a gold score must lie in (STS-B 0-5).
     """
 
     name: str
@@ -65,6 +69,8 @@ class TaskSpec:
     levels: tuple[str, ...] = ()
     default_max_length: int = 128
     test_labelled: bool = False
+    positive_label: str | None = None
+    score_range: tuple[float, float] | None = None
 
     @property
     def main_metric(self) -> str:
@@ -79,6 +85,21 @@ class TaskSpec:
     def num_labels(self) -> int:
         """Outputs per example: 1 (regression), classes, or choices (multiple choice)."""
         return 1 if self.problem_type == REGRESSION else len(self.labels)
+
+    def positive_index(self) -> int | None:
+        """The label id of `positive_label` in `labels` (the model's order); None without one.
+
+        Raises:
+            PkdError: the positive class is not one of the labels.
+        """
+        if self.positive_label is None:
+            return None
+        if self.positive_label not in self.labels:
+            raise PkdError(
+                f"--positive-label: {self.positive_label!r} is not one of the labels "
+                f"{list(self.labels)} of task {self.name}"
+            )
+        return self.labels.index(self.positive_label)
 
 
 def _glue(name: str, hf_fields: tuple[str, ...], **kw) -> TaskSpec:
@@ -117,6 +138,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("#1 String", "#2 String"),
         label_column="Quality",
         metrics=("f1", "accuracy"),
+        positive_label="1",  # paraphrase
     ),
     "qqp": _glue(
         "qqp",
@@ -127,6 +149,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         label_column="is_duplicate",
         id_column="id",
         metrics=("f1", "accuracy"),
+        positive_label="1",  # duplicate
     ),
     "stsb": _glue(
         "stsb",
@@ -136,6 +159,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("sentence1", "sentence2"),
         label_column="score",
         metrics=("pearson", "spearman"),
+        score_range=(0.0, 5.0),
     ),
     "mnli": _glue(
         "mnli",
@@ -269,3 +293,24 @@ def custom_task(
         id_column=None,
         source="custom",
     )
+
+
+def with_positive_label(spec: TaskSpec, positive_label: str | None) -> TaskSpec:
+    """The task scored on `positive_label` (`--positive-label`): its F1 is the `f1` metric,
+    added after the task's own metrics when they have none (custom data). Call it once the
+    labels are known (for custom tasks: inferred from train, or the model's).
+
+    Raises:
+        PkdError: not a classification task, or not one of its labels.
+    """
+    if positive_label is None:
+        return spec
+    if spec.problem_type != CLASSIFICATION:
+        raise PkdError(
+            f"--positive-label: task {spec.name} is {spec.problem_type}; only classification "
+            "has a positive class"
+        )
+    metrics = spec.metrics if "f1" in spec.metrics else (*spec.metrics, "f1")
+    spec = dataclasses.replace(spec, positive_label=positive_label, metrics=metrics)
+    spec.positive_index()  # one of its labels, or a PkdError naming them
+    return spec

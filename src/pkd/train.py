@@ -146,11 +146,15 @@ def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
 
 
 def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
+    """The task's metrics of a model on a prepared, labelled loader.
+
+    spec.labels must be in the model's output order: F1 scores `spec.positive_label` by name.
+    """
     logits, labels = predict_logits(model, loader, accelerator)
     preds = predictions(logits, spec.problem_type)
     if spec.problem_type != REGRESSION:
         labels = labels.astype(np.int64)
-    metrics = compute_metrics(spec.metrics, preds, labels)
+    metrics = compute_metrics(spec.metrics, preds, labels, spec.positive_index())
     # RACE: accuracy per level (RACE-M, RACE-H) when the split holds both; eval loaders
     # keep the dataset's order, so predictions line up with its examples.
     metrics.update(level_metrics(getattr(loader.dataset, "split", None), preds, labels))
