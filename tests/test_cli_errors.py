@@ -237,6 +237,21 @@ def test_bad_option_value_names_the_option(tiny_bert, sst2_dir, tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seed", "-1"], "--seed: must be in 0..4294967295, got -1"),
+        (["--seed", str(2**32)], "--seed: must be in 0..4294967295, got 4294967296"),
+        (["--max-steps", "0"], "--max-steps: must be -1 (train --epochs) or > 0, got 0"),
+    ],
+)
+def test_bad_seed_or_max_steps_is_refused(extra, message, tiny_bert, sst2_dir, tmp_path, capsys):
+    """Once a traceback from set_seed (exit 1), or a run that trains 0 steps."""
+    line = cli_error(finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", *extra), capsys)
+    assert line == f"pkd: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # A finished run: the happy path, and what must not happen to it
 

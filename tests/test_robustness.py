@@ -220,6 +220,37 @@ def _layer_map_wrong_length(ctx):
     return ["--layer-map", "1,2"], "--layer-map: 2-layer student needs 1 teacher layers, got 2"
 
 
+def _beta_with_kd(ctx):
+    # the method has no patient loss: today's silent beta = 0 would train something else
+    return ["--method", "kd", "--beta", "500"], (
+        "--beta: 500.0 has no effect with --method kd (no patient loss); drop it, or use "
+        "--method pkd"
+    )
+
+
+def _alpha_with_ft(ctx):
+    return ["--method", "ft", "--alpha", "0.7"], (
+        "--alpha: 0.7 has no effect with --method ft (no teacher terms); drop it, or use "
+        "--method kd or pkd"
+    )
+
+
+def _layer_map_with_kd(ctx):
+    return ["--method", "kd", "--layer-map", "2"], "--layer-map: 2 has no effect with --method kd"
+
+
+def _negative_seed(ctx):
+    return ["--seed", "-1"], "--seed: must be in 0..4294967295, got -1"
+
+
+def _seed_too_large(ctx):
+    return ["--seed", str(2**32)], "--seed: must be in 0..4294967295, got 4294967296"
+
+
+def _zero_max_steps(ctx):
+    return ["--max-steps", "0"], "--max-steps: must be -1 (train --epochs) or > 0, got 0"
+
+
 def _student_too_deep(ctx):
     return ["--student-layers", "4"], (
         "--student-layers: 4 is impossible for a 4-layer teacher (need 1 <= M < 4)"
@@ -272,6 +303,12 @@ CHECKS = [
     _student_pickled_weights,
     _layer_map_out_of_range,
     _layer_map_wrong_length,
+    _beta_with_kd,
+    _alpha_with_ft,
+    _layer_map_with_kd,
+    _negative_seed,
+    _seed_too_large,
+    _zero_max_steps,
     _student_too_deep,
     _max_length_beyond_positions,
     _weak_teacher,

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from accelerate.utils import set_seed
 
 from pkd import config as C
@@ -112,12 +113,21 @@ def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] =
         # Right after train, so the training loop selects its best epoch on it (its first
         # eval set); dev is still scored every epoch but no longer chooses anything.
         train, held = split_holdout(out["train"], data.holdout_fraction)
+        if len(held) < MIN_HOLDOUT:
+            logger.warning(
+                "--holdout-fraction %g holds out %d training example(s): too few to select "
+                "epochs on; use a larger fraction or more data (at least %d examples)",
+                data.holdout_fraction,
+                len(held),
+                MIN_HOLDOUT,
+            )
         out = {"train": train, HOLDOUT: held, **{k: v for k, v in out.items() if k != "train"}}
     return spec, out
 
 
 HOLDOUT = "holdout"
 HOLDOUT_SEED = 0  # fixed: the same training rows and fraction always hold out the same rows
+MIN_HOLDOUT = 10  # fewer held-out examples than this: a warning
 
 
 def split_holdout(train, fraction: float):
@@ -231,6 +241,28 @@ def resume_point(cfg) -> Path | None:
     return found[-1]
 
 
+def check_resume_config(cfg) -> None:
+    """A resumed run must continue with the settings it started with (its config.yaml).
+
+    Only settings that cannot change the result (`config.NO_EFFECT`: --logging-steps,
+    --quiet, --save-steps, ...) may differ; anything else would train a mixture.
+    """
+    path = Path(cfg.output) / "config.yaml"
+    if not path.is_file():  # --resume-from into a new run directory
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise PkdError(f"{path}: cannot read the run's config ({e})") from None
+    diffs = C.config_drift(saved if isinstance(saved, dict) else {}, C.to_dict(cfg))
+    if diffs:
+        option = "--resume-from" if cfg.resume_from else "--resume"
+        raise PkdError(
+            f"{option}: {cfg.output} was started with other settings ({'; '.join(diffs)}); "
+            f"resume with its own (--config {path} {option}) or start a new --output"
+        )
+
+
 def start_run(path: Path, cfg, overwrite: bool, resuming: bool = False) -> None:
     """Create the run dir (replacing an old one with --overwrite) and write config.yaml."""
     if resuming and (path / "config.yaml").is_file():  # continuing in place: keep its config
@@ -328,6 +360,8 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
 
     output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
     ckpt = resume_point(cfg)
+    if ckpt is not None:
+        check_resume_config(cfg)
     spec = resolve_task(cfg.data)
     spec, splits = load_splits(cfg.data, ["train", *spec.eval_splits])
     check_label_sets(spec, splits)
@@ -682,6 +716,8 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     d = cfg.distill
     output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
     ckpt = resume_point(cfg)
+    if ckpt is not None:
+        check_resume_config(cfg)
     accelerator = make_accelerator(cfg.train, output) if not dry_run else None
     plan = plan_distill(cfg, accelerator)
     if dry_run:

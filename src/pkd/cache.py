@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pkd.config import default_mode
 from pkd.errors import PkdError
 from pkd.models import cls_states
 
@@ -208,6 +209,7 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
             f"{free / 1e6:.0f} MB free"
         )
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, default_mode(directory=True))  # not mkdtemp's 0700, once moved into place
     try:
         t0 = time.perf_counter()
         logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (n, *logit_shape))

@@ -38,10 +38,6 @@ METHODS = {
 }
 SET_BY_COMPARE = ("method", "strategy", "student_layers", "layer_map")  # from --methods etc.
 IGNORED_TOP_LEVEL = ("teacher", "output", "overwrite", "meta")  # e.g. a saved config.yaml
-# Settings that do not change what a run learns: a finished run may differ in these.
-NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
-NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
-NO_EFFECT += ("preset", "preset_source")  # the values a preset sets are compared themselves
 
 
 @dataclass
@@ -74,6 +70,8 @@ def _check_lists(student_layers, methods, seeds) -> None:
             raise PkdError(f"--{option}: give at least one value")
         if len(set(values)) != len(values):
             raise PkdError(f"--{option}: repeated values in {values}")
+    for seed in seeds:
+        C.check_seed("seeds", seed)
 
 
 def _clean_base(base: dict) -> dict:
@@ -118,6 +116,7 @@ def plan_runs(
     _check_lists(student_layers, methods, seeds)
     base = _clean_base(base)
     options = {k: v for k, v in (options or {}).items() if k in ("data", "train", "distill")}
+    options.setdefault("distill", {})
     warned: set = set()  # one preset message per method and depth, not per seed
     out = Path(output)
     if out.exists() and not out.is_dir():
@@ -138,8 +137,8 @@ def plan_runs(
                     "trust_remote_code": bool(base.get("trust_remote_code", False)),
                     "data": dict(base.get("data") or {}),
                     "train": {**(base.get("train") or {}), "seed": seed},
-                    "distill": {
-                        **base["distill"],
+                    "distill": {  # shared alpha/beta: only for the methods that have the terms
+                        **C.for_method(base["distill"], kind),
                         "method": kind,
                         "strategy": strategy,
                         "student_layers": layers,
@@ -147,17 +146,12 @@ def plan_runs(
                 }
                 own = {"method": kind, "strategy": strategy, "student_layers": layers}
                 forced = {"train": {"seed": seed}, "distill": own}
-                values = apply(values, C.merge(options, forced), warned)
+                given = {**options, "distill": C.for_method(options["distill"], kind)}
+                values = apply(values, C.merge(given, forced), warned)
                 cfg = C.build(C.DistillRunConfig, values, "compare")
                 status = "reuse" if finished else ("replace" if unfinished else "train")
                 runs.append(Run(name, layers, method, seed, path, cfg, status))
     return runs
-
-
-def _norm(value):
-    if isinstance(value, str) and value and Path(value).exists():
-        return str(Path(value).resolve())
-    return value
 
 
 def config_drift(run: Run) -> list[str]:
@@ -166,20 +160,7 @@ def config_drift(run: Run) -> list[str]:
     if not path.is_file():
         logger.warning("%s has no config.yaml; reusing it unchecked", run.path)
         return []
-    saved = yaml.safe_load(path.read_text()) or {}
-    new = C.to_dict(run.cfg)
-    diffs = []
-    if _norm(saved.get("teacher")) != _norm(new["teacher"]):
-        diffs.append(f"teacher: {saved.get('teacher')!r} -> {new['teacher']!r}")
-    for section in ("data", "train", "distill"):
-        old_section = saved.get(section) or {}
-        for key, value in new[section].items():
-            if key in NO_EFFECT:
-                continue
-            old = old_section.get(key)
-            if _norm(old) != _norm(value):
-                diffs.append(f"{section}.{key}: {old!r} -> {value!r}")
-    return diffs
+    return C.config_drift(yaml.safe_load(path.read_text()) or {}, C.to_dict(run.cfg))
 
 
 @dataclass

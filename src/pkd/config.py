@@ -26,11 +26,31 @@ METHODS = ("ft", "kd", "pkd")
 TEACHER_MODES = ("cached", "online")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PROBLEM_TYPES = ("classification", "regression", "multiple_choice")
+SEED_RANGE = 2**32  # seeds numpy, random and torch all accept: 0 <= seed < 2**32
+# What a method fixes (the paper's baselines: FT has no teacher terms, KD no patient loss):
+# giving one of these options another value is an error, never a silent drop.
+FIXED_BY_METHOD: dict[str, dict[str, Any]] = {
+    "ft": {"alpha": 0.0, "beta": 0.0, "layer_map": None},
+    "kd": {"beta": 0.0, "layer_map": None},
+    "pkd": {},
+}
+DEFAULT_WEIGHTS = {"alpha": 0.5, "beta": 100.0}  # where the method has the term
+# Settings that cannot change what a run learns: a resumed or reused run may differ in these.
+NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
+NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
+NO_EFFECT += ("preset", "preset_source")  # the values a preset sets are compared themselves
+NOT_SETTINGS = ("output", "overwrite", "resume", "resume_from", "trust_remote_code", "meta")
 
 
 def _choice(option: str, value, valid) -> None:
     if value not in valid:
         raise PkdError(f"--{option}: {value!r} is not one of {', '.join(map(str, valid))}")
+
+
+def check_seed(option: str, seed: int) -> None:
+    """A seed that `accelerate.utils.set_seed` takes (numpy's range), or a PkdError."""
+    if not 0 <= seed < SEED_RANGE:
+        raise PkdError(f"--{option}: must be in 0..{SEED_RANGE - 1}, got {seed}")
 
 
 def _positive(option: str, value, allow_zero: bool = False) -> None:
@@ -138,6 +158,9 @@ class TrainConfig:
         _positive("logging-steps", self.logging_steps)
         _positive("save-steps", self.save_steps, allow_zero=True)
         _positive("save-total-limit", self.save_total_limit)
+        check_seed("seed", self.seed)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise PkdError(f"--max-steps: must be -1 (train --epochs) or > 0, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise PkdError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.batch_size % self.gradient_accumulation_steps:
@@ -158,8 +181,12 @@ class DistillConfig:
         default=None,
         metadata={"help": "checkpoint for the first M layers (default: teacher's base)"},
     )
-    alpha: float = field(default=0.5, metadata={"help": "weight of KD vs CE (Eq. 5)"})
-    beta: float = field(default=100.0, metadata={"help": "weight of the patient loss"})
+    alpha: float | None = field(
+        default=None, metadata={"help": "weight of KD vs CE (Eq. 5); default 0.5 (kd, pkd)"}
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "weight of the patient loss; default 100 (pkd only)"}
+    )
     temperature: float = field(default=10.0, metadata={"help": "KD temperature T"})
     kd_loss: str = field(default="kl", metadata={"help": "kl (authors', T^2-scaled)|ce (Eq. 2)"})
     pt_loss: str = field(default="mean", metadata={"help": "mean (authors')|sum (Eq. 4)"})
@@ -187,19 +214,42 @@ class DistillConfig:
             _choice("preset", self.preset, PRESETS)
         _positive("student-layers", self.student_layers)
         _positive("temperature", self.temperature)
+        check_method_options(self.method, dataclasses.asdict(self))
+        # Resolved per method and recorded, so the saved config says what was trained.
+        fixed = FIXED_BY_METHOD[self.method]
+        if self.alpha is None:
+            self.alpha = fixed.get("alpha", DEFAULT_WEIGHTS["alpha"])
+        if self.beta is None:
+            self.beta = fixed.get("beta", DEFAULT_WEIGHTS["beta"])
         _positive("beta", self.beta, allow_zero=True)
         if not 0 <= self.alpha <= 1:
             raise PkdError(f"--alpha: must be in [0, 1], got {self.alpha}")
-        # The method decides which terms exist (the paper's baselines): FT has neither KD nor
-        # PT, KD has no PT. Recorded as 0 so the saved config says what was trained.
-        if self.method == "ft":
-            self.alpha, self.beta = 0.0, 0.0
-        elif self.method == "kd":
-            self.beta = 0.0
 
     @property
     def terms(self) -> tuple[str, ...]:
         return {"ft": ("ce",), "kd": ("ce", "kd"), "pkd": ("ce", "kd", "pt")}[self.method]
+
+
+def check_method_options(method: str, values: dict) -> None:
+    """Refuse an option that `method` ignores (`--method kd --beta 500`), naming it.
+
+    The value the method fixes is accepted (beta 0 for KD: what a saved config.yaml records).
+    """
+    why = {"ft": "no teacher terms", "kd": "no patient loss"}
+    for name, fixed in FIXED_BY_METHOD.get(method, {}).items():
+        value = values.get(name)
+        if value is None or value == fixed:
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        raise PkdError(
+            f"--{name.replace('_', '-')}: {shown} has no effect with --method {method} "
+            f"({why[method]}); drop it, or use --method {'kd or pkd' if name == 'alpha' else 'pkd'}"
+        )
+
+
+def for_method(distill: dict, method: str) -> dict:
+    """A distill section shared by several methods (`compare`), without what `method` fixes."""
+    return {k: v for k, v in distill.items() if k not in FIXED_BY_METHOD[method]}
 
 
 @dataclass
@@ -371,13 +421,80 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_drift(saved: dict, new: dict) -> list[str]:
+    """`section.option: old -> new` for each setting that differs between two run configs.
+
+    Both are nested dicts as `to_dict` makes them (`saved`: a run's config.yaml). Settings
+    that cannot change what a run learns (NO_EFFECT) and paths of the run itself
+    (NOT_SETTINGS) are left out; existing paths are compared resolved.
+    """
+
+    def norm(value):
+        if isinstance(value, str) and value and Path(value).exists():
+            return str(Path(value).resolve())
+        return value
+
+    diffs = []
+    for key, value in new.items():
+        if key in NOT_SETTINGS:
+            continue
+        if not isinstance(value, dict):
+            if norm(saved.get(key)) != norm(value):
+                diffs.append(f"{key}: {saved.get(key)!r} -> {value!r}")
+            continue
+        old_section = saved.get(key) or {}
+        for name, v in value.items():
+            old = old_section.get(name)
+            if name not in NO_EFFECT and norm(old) != norm(v):
+                diffs.append(f"{key}.{name}: {old!r} -> {v!r}")
+    return diffs
+
+
+def _umask() -> int:
+    try:  # Linux: read it without setting it (another thread may be creating files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a new file (or directory) gets under the umask: 0644 (0755) under 022."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def publish_modes(root: Path) -> None:
+    """Give `root` and everything in it the umask's modes.
+
+    For trees written through `mkstemp`-style writers (safetensors writes 0600 files), so a
+    model or cache moved into place is readable as any other file the user creates.
+    """
+    files, dirs = default_mode(), default_mode(directory=True)
+    os.chmod(root, dirs)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, dirs if p.is_dir() else files)
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+    """Write a file so that readers see the old or the new content, never half of it.
+
+    The file gets the mode the umask gives (0644 under umask 022), as with `open`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), default_mode())  # not mkstemp's 0600
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save(cfg, path: Path, meta: dict | None = None) -> None:

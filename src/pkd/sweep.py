@@ -99,8 +99,8 @@ JOURNAL = "study.journal"
 HEARTBEAT_SECONDS = 30.0
 # Settings that do not change what a trial learns: excluded from the study's identity, like
 # paths, which differ between machines sharing one --storage.
-NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
-NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher", "preset_source")
+# (`preset` stays in: a sweep has none, and existing studies' identities list it.)
+NO_EFFECT = tuple(k for k in C.NO_EFFECT if k != "preset")
 PATHS = ("data_dir", "train_file", "validation_file", "test_file", "student_init")
 
 # Trial user attributes (the study is the record; run dirs may be on other machines).
@@ -459,6 +459,8 @@ def plan_sweep(
     seeds = list(seeds or [])
     if len(set(seeds)) != len(seeds):
         raise PkdError(f"--seeds: repeated values in {seeds}")
+    for value in seeds:
+        C.check_seed("seeds", value)
 
     if grid == "paper":
         params = paper_grid(method)
@@ -491,6 +493,7 @@ def plan_sweep(
     check_space(params, method, n_teacher, student_layers)
 
     base = _clean_base(base, params)
+    C.check_method_options(method, base["distill"])  # before the points name it
     base["teacher"] = teacher
     base["distill"].update(method=method, student_layers=student_layers)
     if len(strategies) == 1:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pkd.config import TrainConfig
+from pkd.config import TrainConfig, publish_modes
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
@@ -188,6 +188,7 @@ def save_model(model, tokenizer, path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    publish_modes(tmp)  # safetensors writes 0600: a serving account could not read it
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
@@ -218,6 +219,7 @@ def save_checkpoint(accelerator, output: Path, state: dict, limit: int) -> Path 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        publish_modes(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(output)[:-limit]:

@@ -1,0 +1,252 @@
+"""Issue 15 (config): resume with other options, options a method ignores, seeds, file modes,
+a one-example holdout. Each check goes through the command and must exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from test_robustness import cli, cli_error, snapshot  # exit 2, one `pkd: error:` line
+
+from pkd import config as C
+from pkd.errors import PkdError
+
+TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--epochs", "1", "--quiet"]
+TINY += ["--max-train-samples", "16", "--max-eval-samples", "8"]
+
+
+def run_argv(command, tiny_bert, tiny_teacher, data, out, *extra) -> list:
+    if command == "finetune":
+        head = ["finetune", "--model", tiny_bert]
+    else:
+        head = ["distill", "--teacher", tiny_teacher, "--student-layers", "2"]
+        head += ["--allow-weak-teacher"]
+    return [*head, "--data-dir", data, "--output", out, *TINY, "--lr", "3e-3", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect 3: --resume keeps the run's config.yaml, so other options would train a mixture
+
+
+@pytest.fixture(params=["finetune", "distill"])
+def interrupted(request, tiny_bert, tiny_teacher, sst2_dir, tmp_path, capsys):
+    """A run with a complete checkpoint and no metrics.json (as if killed after saving)."""
+    command, out = request.param, tmp_path / "run"
+
+    def argv(*extra):
+        return run_argv(command, tiny_bert, tiny_teacher, sst2_dir, out, "--save-steps", "1",
+                        "--keep-checkpoints", *extra)  # fmt: skip
+
+    code, _, err = cli(argv(), capsys)
+    assert code == 0, err
+    (out / "metrics.json").unlink()
+    return command, out, argv
+
+
+def test_resume_with_other_options_is_refused(interrupted, capsys):
+    command, out, argv = interrupted
+    before = snapshot(out)
+    msg = cli_error(argv("--lr", "1e-3", "--warmup-ratio", "0", "--resume"), capsys)
+    assert msg == (
+        f"--resume: {out} was started with other settings (train.lr: 0.003 -> 0.001; "
+        f"train.warmup_ratio: 0.1 -> 0.0); resume with its own (--config {out}/config.yaml "
+        "--resume) or start a new --output"
+    )
+    assert snapshot(out) == before  # nothing trained, nothing rewritten
+    checkpoint = sorted((out / "checkpoints").iterdir())[-1]
+    msg = cli_error(argv("--seed", "7", "--resume-from", checkpoint), capsys)
+    assert msg.startswith(f"--resume-from: {out} was started with other settings (train.seed: 42")
+    assert snapshot(out) == before
+    if command == "distill":
+        msg = cli_error(argv("--beta", "10", "--resume"), capsys)
+        assert "(distill.beta: 100.0 -> 10.0)" in msg
+        assert snapshot(out) == before
+    # what the message proposes works
+    code, _, err = cli([command, "--config", out / "config.yaml", "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "metrics.json").is_file()
+
+
+def test_resume_with_options_that_change_nothing(interrupted, capsys):
+    _, out, argv = interrupted
+    extra = ["--logging-steps", "5", "--no-quiet", "--save-steps", "2", "--eval-batch-size", "4"]
+    code, _, err = cli(argv(*extra, "--resume"), capsys)
+    assert code == 0, err
+    assert (out / "metrics.json").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["logging_steps"] == 20  # the run's own config.yaml is kept
+
+
+def test_config_drift_names_each_setting():
+    old = C.to_dict(C.DistillRunConfig(teacher="t", output="a"))
+    new = C.DistillRunConfig(
+        teacher="t",
+        output="b",  # the run directory itself is not a setting
+        train=C.TrainConfig(lr=1e-4, quiet=True, logging_steps=3, save_total_limit=2),
+        distill=C.DistillConfig(beta=10.0, cache_dir="elsewhere"),
+    )
+    assert C.config_drift(old, C.to_dict(new)) == [
+        "train.lr: 5e-05 -> 0.0001",
+        "distill.beta: 100.0 -> 10.0",
+    ]
+    assert C.config_drift(old, {**old, "teacher": "u"}) == ["teacher: 't' -> 'u'"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect 7: an option the method ignores is refused, not dropped
+
+
+def test_method_resolves_weights_and_saved_configs_still_load():
+    assert (C.DistillConfig().alpha, C.DistillConfig().beta) == (0.5, 100.0)
+    kd = C.DistillConfig(method="kd", alpha=0.7)
+    assert (kd.alpha, kd.beta) == (0.7, 0.0)
+    ft = C.DistillConfig(method="ft")
+    assert (ft.alpha, ft.beta, ft.layer_map) == (0.0, 0.0, None)
+    # what a saved config.yaml of a kd / ft run holds (the resolved values) loads again
+    for method in ("kd", "ft"):
+        saved = C.to_dict(
+            C.DistillRunConfig(teacher="t", output="o", distill=C.DistillConfig(method=method))
+        )
+        again = C.build(C.DistillRunConfig, yaml.safe_load(yaml.safe_dump(saved)))
+        assert C.to_dict(again) == saved
+    with pytest.raises(PkdError, match=r"^--beta: 500.0 has no effect with --method kd"):
+        C.DistillConfig(method="kd", beta=500.0)
+    with pytest.raises(PkdError, match=r"^--layer-map: 2,4 has no effect with --method ft"):
+        C.DistillConfig(method="ft", student_layers=3, layer_map=[2, 4])
+
+
+def test_compare_shares_beta_only_with_pkd(tiny_teacher, sst2_dir, tmp_path):
+    """`compare --beta 500` (one distill section for every method) plans beta 0 for ft/kd."""
+    from pkd.compare import compare
+
+    distill = {"beta": 500.0, "alpha": 0.7}
+    data = {"task": "sst2", "data_dir": str(sst2_dir), "max_length": 16, "max_train_samples": 16}
+    base = {
+        "data": data,
+        "train": {"epochs": 1, "batch_size": 8, "quiet": True},
+        "distill": {**distill, "allow_weak_teacher": True},
+    }
+    out = tmp_path / "cmp"
+    result = compare(str(tiny_teacher), str(out), base, [2], ["ft", "kd", "pkd-skip"], [1],
+                     bench_seq_length=16, dry_run=True, options={"distill": distill})  # fmt: skip
+    weights = {
+        g["method"]: (g["loss"]["alpha"], g["loss"]["beta"]) for g in result["plans"]["groups"]
+    }
+    assert weights == {"ft": (0.0, 0.0), "kd": (0.7, 0.0), "pkd-skip": (0.7, 500.0)}
+    assert not out.exists()
+
+
+def test_sweep_refuses_an_option_its_method_ignores(tiny_teacher, sst2_dir, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [3e-3, 1e-3]\n")
+    argv = ["sweep", "--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output", tmp_path / "o",
+            "--space", space, "--method", "kd", "--student-layers", "2", *TINY, "--beta", "500",
+            "--allow-weak-teacher", "--dry-run"]  # fmt: skip
+    msg = cli_error(argv, capsys)
+    assert msg.startswith("--beta: 500.0 has no effect with --method kd (no patient loss)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds: checked up front in every command (numpy's range), not after the teacher is scored
+
+
+def test_compare_and_sweep_check_seeds_up_front(
+    tiny_teacher, sst2_dir, tmp_path, capsys, monkeypatch
+):
+    def never(*a, **k):
+        raise AssertionError("the teacher is scored before the seeds are checked")
+
+    monkeypatch.setattr("pkd.compare.evaluate_model", never)
+    common = ["--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output", tmp_path / "o",
+              "--student-layers", "2", *TINY, "--allow-weak-teacher", "--dry-run"]  # fmt: skip
+    argv = ["compare", *common, "--seeds", "1,-1", "--bench-seq-length", "16"]
+    msg = cli_error(argv, capsys)
+    assert msg == "--seeds: must be in 0..4294967295, got -1"
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [3e-3, 1e-3]\n")
+    argv = ["sweep", *common, "--space", space, "--method", "kd", "--seeds", str(2**32)]
+    msg = cli_error(argv, capsys)
+    assert msg == "--seeds: must be in 0..4294967295, got 4294967296"
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs 3: files pkd writes get the umask's modes, not mkstemp's 0600
+
+
+@pytest.fixture
+def umask():
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    old = os.umask(0o022)
+    yield set_mask
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_write_follows_the_umask(umask, tmp_path):
+    umask(0o027)
+    C.atomic_write(tmp_path / "a.json", "{}\n")
+    assert mode(tmp_path / "a.json") == 0o640
+    umask(0o022)
+    C.atomic_write(tmp_path / "a.json", "{}\n")  # replacing a file: the new one's mode
+    assert mode(tmp_path / "a.json") == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
+
+
+def test_run_outputs_are_readable_by_others(
+    umask, tiny_bert, tiny_teacher, sst2_dir, tmp_path, capsys
+):
+    files = ["model/model.safetensors", "model/config.json", "metrics.json", "config.yaml"]
+    for command in ("finetune", "distill"):
+        out = tmp_path / command
+        argv = run_argv(command, tiny_bert, tiny_teacher, sst2_dir, out, "--keep-checkpoints")
+        code, _, err = cli(argv, capsys)
+        assert code == 0, err
+        for name in files:
+            assert mode(out / name) == 0o644, (command, name, oct(mode(out / name)))
+        assert mode(out / "model") == 0o755
+        (ckpt,) = (out / "checkpoints").iterdir()
+        assert {mode(p) for p in ckpt.rglob("*") if p.is_file()} == {0o644}
+    (cache,) = [p for p in (tmp_path / "teacher-cache").rglob("manifest.json")]
+    assert mode(cache.parent) == 0o755 and mode(cache) == 0o644
+    result = tmp_path / "eval.json"
+    argv = ["evaluate", "--model", tmp_path / "distill" / "model", "--task", "sst2",
+            "--data-dir", sst2_dir, "--max-eval-samples", "8", "--output-file", result]  # fmt: skip
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    assert mode(result) == 0o644 and json.loads(result.read_text())["task"] == "sst2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs 5: epochs selected on a handful of held-out examples
+
+
+def test_tiny_holdout_warns(sst2_dir, caplog):
+    from pkd.api import load_splits
+
+    def held(fraction: float) -> int:
+        data = C.DataConfig(task="sst2", data_dir=str(sst2_dir), holdout_fraction=fraction)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pkd.api"):
+            _, splits = load_splits(
+                C.DataConfig(**{**vars(data), "max_train_samples": 20}), ["train"]
+            )
+        return len(splits["holdout"])
+
+    assert held(0.05) == 1
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "--holdout-fraction 0.05 holds out 1 training example(s): too few to select epochs on; "
+        "use a larger fraction or more data (at least 10 examples)"
+    )
+    assert held(0.5) == 10 and not caplog.records
