@@ -53,6 +53,7 @@ class Objective:
     kd_form: str = "kl"
     pt_form: str = "mean"
     pt_normalize: bool = True
+    pt_choices: str = "concat"
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
     teacher: Callable | None = None
 
@@ -67,6 +68,7 @@ class Objective:
             kd_form=d.kd_loss,
             pt_form=d.pt_loss,
             pt_normalize=d.pt_normalize,
+            pt_choices=d.pt_choices,
             pairs=pairs,
             teacher=teacher,
         )
@@ -96,7 +98,11 @@ def loss_terms(
             s_layers = [s for _, s in objective.pairs]
             s_cls = cls_states(out.hidden_states, out.logits)[..., s_layers, :]
             terms["pt"] = patient_loss(
-                s_cls, t_cls.to(s_cls.device), objective.pt_normalize, objective.pt_form
+                s_cls,
+                t_cls.to(s_cls.device),
+                objective.pt_normalize,
+                objective.pt_form,
+                objective.pt_choices,
             )
     return terms
 
