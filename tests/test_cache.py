@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -190,6 +191,70 @@ def test_changed_inputs_give_a_new_cache(teacher, tokenizer, sst2_dir, tiny_teac
     teacher.calls = 0
     assert build(teacher, encoded(sst2_dir, tokenizer), tokenizer, root).path == base.path
     assert teacher.calls == 0
+
+
+def copy_with_config(src, dst, **changes):
+    """A copy of a model dir whose config.json has `changes`; the same weight file."""
+    shutil.copytree(src, dst)
+    conf = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**conf, **changes}))
+    return dst
+
+
+def test_teacher_config_that_changes_the_forward_pass_gives_a_new_cache(
+    teacher, tokenizer, sst2_dir, tiny_teacher, tmp_path
+):
+    """Same weights, a changed layer_norm_eps: other outputs, so a new cache. Keys that do
+    not change the forward pass (pkd's records written after training, names, versions)
+    find the old one."""
+    root, data = tmp_path / "cache", encoded(sst2_dir, tokenizer)
+    base = build(teacher, data, tokenizer, root)
+
+    eps = Counted(
+        load_finetuned(str(copy_with_config(tiny_teacher, tmp_path / "eps", layer_norm_eps=1e-3)))
+    )
+    other = build(eps, data, tokenizer, root)
+    assert other.path != base.path and eps.calls > 0
+    assert not np.allclose(np.asarray(other.cls), np.asarray(base.cls))  # really other outputs
+
+    renamed = copy_with_config(
+        tiny_teacher, tmp_path / "renamed", transformers_version="5.0.0",
+        pkd_dev_metric={"split": "dev", "name": "accuracy", "value": 0.9}, pkd_task="sst2",
+    )  # fmt: skip
+    same = Counted(load_finetuned(str(renamed)))
+    again = build(same, data, tokenizer, root)
+    assert again.path == base.path and again.manifest["reused"] is True and same.calls == 0
+
+
+def test_fingerprint_covers_forward_settings_and_format_not_names(tiny_teacher, monkeypatch):
+    model = load_finetuned(str(tiny_teacher))
+    features, extra_ = {"input_ids": [[2, 7, 3]]}, {"max_length": 8}
+    base = cache_mod.fingerprint(model, features, extra_)
+
+    def changed(change) -> str:
+        m = load_finetuned(str(tiny_teacher))
+        change(m)
+        return cache_mod.fingerprint(m, features, extra_)
+
+    forward = {
+        "hidden_act": lambda m: setattr(m.config, "hidden_act", "relu"),
+        "layer_norm_eps": lambda m: setattr(m.config, "layer_norm_eps", 1e-5),
+        "position_embedding_type": lambda m: setattr(m.config, "position_embedding_type", "relative_key"),
+        "attention": lambda m: m.set_attn_implementation("eager"),
+        "dtype": lambda m: m.to(torch.bfloat16),
+    }  # fmt: skip
+    for name, change in forward.items():
+        assert changed(change) != base, name
+    names = {
+        "_name_or_path": lambda m: setattr(m.config, "_name_or_path", "elsewhere"),
+        "transformers_version": lambda m: setattr(m.config, "transformers_version", "4.0.0"),
+        "pkd_dev_metric": lambda m: m.config.update({"pkd_dev_metric": {"value": 1.0}}),
+        "output_hidden_states": lambda m: setattr(m.config, "output_hidden_states", True),
+    }
+    for name, change in names.items():
+        assert changed(change) == base, name
+    monkeypatch.setattr(cache_mod, "FORMAT_VERSION", cache_mod.FORMAT_VERSION + 1)
+    assert cache_mod.fingerprint(model, features, extra_) != base  # a new cache format
 
 
 def _truncate_cls(path):

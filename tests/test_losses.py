@@ -169,21 +169,72 @@ def test_patient_loss_sum_is_mean_times_layers_times_hidden(normalize):
     assert torch.allclose(total, mean * layers * h, rtol=1e-5)
 
 
-def test_patient_loss_multiple_choice_shape():
-    # (B, C, L, H) = (2, 4, 3, 8): each choice is its own sequence with its own [CLS]
+def test_patient_loss_multiple_choice_each():
+    # (B, C, L, H) = (2, 4, 3, 8), choices="each": each choice is its own sequence with its
+    # own [CLS], normalised on its own
     torch.manual_seed(4)
     b, c, layers, h = 2, 4, 3, 8
     s, t = torch.randn(b, c, layers, h), torch.randn(b, c, layers, h)
     sn, tn = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
     sq = (sn - tn).pow(2)
-    mean = patient_loss(s, t)
+    mean = patient_loss(s, t, choices="each")
     assert close(mean, sq.mean().item(), 1e-6)
     # same as treating the B*C sequences as a classification batch
     flat = patient_loss(s.view(b * c, layers, h), t.view(b * c, layers, h))
     assert torch.allclose(mean, flat)
-    total = patient_loss(s, t, form="sum")
+    total = patient_loss(s, t, form="sum", choices="each")
     assert close(total, sq.sum().item() / (b * c), 1e-5)
     assert torch.allclose(total, mean * layers * h, rtol=1e-5)
+
+
+def concat_by_hand(s: torch.Tensor, t: torch.Tensor, normalize: bool = True) -> tuple[float, float]:
+    """The authors' RACE patient loss with plain loops: per example and layer, the choices'
+    [CLS] states joined into one vector (their `view(bs, -1)`), divided by its L2 norm;
+    returns (mean over all entries, sum / examples)."""
+    b, c, layers, h = s.shape
+    total = 0.0
+    for i in range(b):
+        for j in range(layers):
+            u = [s[i, k, j, d].item() for k in range(c) for d in range(h)]
+            v = [t[i, k, j, d].item() for k in range(c) for d in range(h)]
+            if normalize:
+                nu, nv = math.sqrt(sum(x * x for x in u)), math.sqrt(sum(x * x for x in v))
+                u, v = [x / nu for x in u], [x / nv for x in v]
+            total += sum((x - y) ** 2 for x, y in zip(u, v, strict=True))
+    return total / (b * layers * c * h), total / b
+
+
+def test_patient_loss_multiple_choice_concat_is_the_authors_scale():
+    """Multiple choice defaults to the authors' RACE form: one C*H vector per example and
+    layer. Normalised per choice instead, the loss is about C = 4 times larger."""
+    torch.manual_seed(6)
+    b, c, layers, h = 3, 4, 2, 8
+    s, t = torch.randn(b, c, layers, h), torch.randn(b, c, layers, h)
+    mean, total = concat_by_hand(s, t)
+    assert close(patient_loss(s, t), mean, 1e-6)  # the default
+    assert close(patient_loss(s, t, choices="concat"), mean, 1e-6)
+    assert close(patient_loss(s, t, form="sum"), total, 1e-5)
+    raw_mean, raw_total = concat_by_hand(s, t, normalize=False)
+    assert close(patient_loss(s, t, normalize=False), raw_mean, 1e-5)
+    assert close(patient_loss(s, t, normalize=False, form="sum"), raw_total, 1e-4)
+
+    each = patient_loss(s, t, choices="each").item()
+    assert 3.0 < each / mean < 5.0  # about C: random states have unequal norms per choice
+    # choices' states with equal norms: each choice is 1/sqrt(C) of the joined unit vector,
+    # so the per-choice form is exactly C times the authors'
+    s1, t1 = F.normalize(s, dim=-1) * 3.0, F.normalize(t, dim=-1) * 0.5
+    ratio = patient_loss(s1, t1, choices="each") / patient_loss(s1, t1)
+    assert close(ratio, c, 1e-5)
+    # unnormalised, both read the same entries: the same mean
+    assert close(patient_loss(s, t, normalize=False, choices="each"), raw_mean, 1e-5)
+    # a classification batch (B, L, H) has no choices: both settings agree
+    x, y = s[:, 0], t[:, 0]
+    assert torch.equal(patient_loss(x, y, choices="each"), patient_loss(x, y))
+
+
+def test_patient_loss_unknown_choices_form():
+    with pytest.raises(ValueError, match="unknown patient-loss choices form 'avg'"):
+        patient_loss(S_CLS, T_CLS, choices="avg")
 
 
 def test_patient_loss_zero_layers_is_zero():

@@ -348,12 +348,21 @@ def test_multiple_choice_losses_hand_computed():
     assert kd_loss(s, t, 2.0, "kl").item() == pytest.approx(kl / 2 * 4, rel=1e-6)  # /(B*C) * T^2
     assert kd_loss(s, t, 2.0, "ce").item() == pytest.approx(math.log(2), rel=1e-6)
 
-    # (B=1, C=2, L=1, H=2): choice 0 differs after normalisation by (0.6, -0.2), choice 1 agrees.
+    # (B=1, C=2, L=1, H=2), choices="each": choice 0 differs after normalisation by
+    # (0.6, -0.2), choice 1 agrees.
     s_cls = torch.tensor([[[[3.0, 4.0]], [[1.0, 0.0]]]])
     t_cls = torch.tensor([[[[0.0, 5.0]], [[2.0, 0.0]]]])
-    assert patient_loss(s_cls, t_cls).item() == pytest.approx(0.4 / 4, rel=1e-6)
-    assert patient_loss(s_cls, t_cls, form="sum").item() == pytest.approx(0.4 / 2, rel=1e-6)
+    each = {"choices": "each"}
+    assert patient_loss(s_cls, t_cls, **each).item() == pytest.approx(0.4 / 4, rel=1e-6)
+    assert patient_loss(s_cls, t_cls, form="sum", **each).item() == pytest.approx(0.4 / 2, rel=1e-6)
     raw = ((3 - 0) ** 2 + (4 - 5) ** 2 + (1 - 2) ** 2) / 4
+    assert patient_loss(s_cls, t_cls, normalize=False, **each).item() == pytest.approx(raw)
+    # The default, the authors' "concat": one vector per example and layer, (3, 4, 1, 0) / sqrt(26)
+    # against (0, 5, 2, 0) / sqrt(29); mean over its 4 entries, sum over the 1 example.
+    u, v = [3 / 26**0.5, 4 / 26**0.5, 1 / 26**0.5, 0], [0, 5 / 29**0.5, 2 / 29**0.5, 0]
+    sq = sum((a - b) ** 2 for a, b in zip(u, v, strict=True))
+    assert patient_loss(s_cls, t_cls).item() == pytest.approx(sq / 4, rel=1e-6)
+    assert patient_loss(s_cls, t_cls, form="sum").item() == pytest.approx(sq, rel=1e-6)
     assert patient_loss(s_cls, t_cls, normalize=False).item() == pytest.approx(raw)
 
 
@@ -414,6 +423,42 @@ def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp
         teacher, train, collate, "race", {"max_length": 32}, tmp_path, 7, "cpu", False
     )
     assert again.path == cache.path and again.manifest["reused"] is True
+
+
+def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_dir):
+    """A distill config's patient loss on RACE: by default the authors' form (each question's
+    choices joined into one vector per layer), `pt_choices="each"` per choice; by hand."""
+    from pkd.models import build_student, load_finetuned, load_tokenizer
+    from pkd.train import Objective, loss_terms, online_teacher
+
+    teacher = load_finetuned(str(tiny_mc_teacher / "model")).eval()
+    student = build_student(str(tiny_bert), 2, teacher, MULTIPLE_CHOICE).eval()
+    tok = load_tokenizer(str(tiny_mc_teacher / "model"))
+    train = encode(load_split(get_task("race"), "train", str(race_dir)), tok, 32, None, False)
+    batch = collator(tok)([train[i] for i in (0, 5, 17)])
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_index")}
+    with torch.no_grad():
+        s = student(**inputs, output_hidden_states=True).hidden_states[1][:, 0]  # (B*C, H)
+        t = teacher(**inputs, output_hidden_states=True).hidden_states[2][:, 0]
+    b, c, h = 3, 4, s.shape[-1]
+    s, t = s.double().view(b, c, h), t.double().view(b, c, h)  # choices of a question in a row
+
+    def unit(x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+    concat = (unit(s.reshape(b, c * h)) - unit(t.reshape(b, c * h))).pow(2).sum() / (b * c * h)
+    each = (unit(s) - unit(t)).pow(2).sum() / (b * c * h)
+    assert 2.0 < each / concat < 8.0  # about C = 4
+
+    assert C.DistillConfig().pt_choices == "concat"
+    for distill, expected in ((C.DistillConfig(student_layers=2), concat),
+                              (C.DistillConfig(student_layers=2, pt_choices="each"), each)):  # fmt: skip
+        objective = Objective.from_config(distill, [(2, 1)], online_teacher(teacher))
+        with torch.no_grad():
+            pt = loss_terms(student, batch, objective, regression=False)["pt"]
+        assert pt.item() == pytest.approx(expected.item(), rel=1e-5), distill.pt_choices
+    with pytest.raises(PkdError, match="--pt-choices: 'avg' is not one of concat, each"):
+        C.DistillConfig(pt_choices="avg")
 
 
 def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tmp_path, capsys):

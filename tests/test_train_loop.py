@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from pkd import config as C
 from pkd.api import distill, finetune
 
@@ -53,3 +56,74 @@ def test_distill_methods_log_their_terms(tiny_bert, sst2_dir, tmp_path):
         logged = {k for r in rows for k in r if k in ("ce", "kd", "pt")}
         assert logged == terms, method
         assert m["layer_map"] == ([[2, 1]] if method == "pkd" else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# loss_terms by value: student layer j against teacher layer I(j)
+
+
+def hand_terms(student, teacher, batch, pairs, temperature):
+    """CE, KD (kl form, x T^2) and PT (normalised [CLS], mean form) computed from the two
+    models' own outputs, with the pairs read as (teacher layer, student layer)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_index")}
+    with torch.no_grad():
+        s = student(**inputs, output_hidden_states=True)
+        t = teacher(**inputs, output_hidden_states=True)
+    zs, zt = s.logits.double(), t.logits.double()
+    b, c = zs.shape
+    log_p = zs - zs.logsumexp(-1, keepdim=True)
+    ce = -log_p[torch.arange(b), batch["labels"]].mean()
+    log_q = zs / temperature - (zs / temperature).logsumexp(-1, keepdim=True)
+    log_pt = zt / temperature - (zt / temperature).logsumexp(-1, keepdim=True)
+    kd = (log_pt.exp() * (log_pt - log_q)).sum() / (b * c) * temperature**2
+    sq, n = 0.0, 0
+    for t_layer, s_layer in pairs:
+        u = s.hidden_states[s_layer][:, 0].double()  # (B, H): [CLS] after student layer j
+        v = t.hidden_states[t_layer][:, 0].double()  # and after teacher layer I(j)
+        u, v = u / u.norm(dim=-1, keepdim=True), v / v.norm(dim=-1, keepdim=True)
+        sq += (u - v).pow(2).sum().item()
+        n += u.numel()
+    return {"ce": ce.item(), "kd": kd.item(), "pt": sq / n}
+
+
+def test_loss_terms_pair_student_layer_j_with_teacher_layer_i_j(tiny_bert, tiny_teacher, sst2_dir):
+    """One batch: loss_terms (online and cached teacher) equals CE, KD and PT computed by hand,
+    for the map 1 -> 1, 4 -> 2 of a 4-layer teacher and a 3-layer student."""
+    from pkd.cache import build_or_load
+    from pkd.data import collator, encode, load_split
+    from pkd.models import build_student, load_finetuned, load_tokenizer
+    from pkd.tasks import get_task
+    from pkd.train import Objective, cached_teacher, loss_terms, online_teacher
+
+    teacher = load_finetuned(str(tiny_teacher)).eval()
+    student = build_student(str(tiny_bert), 3, teacher, "classification").eval()
+    # The student starts as the teacher's first 3 layers, neighbouring layers' [CLS] states are
+    # almost parallel, and the head is untrained: move layers 2.. of both models apart and
+    # sharpen the teacher's soft labels. Teacher layer 1 still equals student layer 1 (the pair
+    # 1 -> 1 adds 0), and layers 2 and up of the two models differ.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in [
+            *teacher.bert.encoder.layer[1:].parameters(),
+            *student.bert.encoder.layer[1:].parameters(),
+        ]:
+            p.add_(torch.randn_like(p))
+        teacher.classifier.weight.mul_(100.0)
+    tok = load_tokenizer(str(tiny_teacher))
+    data = encode(load_split(get_task("sst2"), "train", str(sst2_dir)), tok, 16, {"0": 0, "1": 1})
+    collate = collator(tok)
+    batch = collate([data[i] for i in (3, 0, 9, 14, 21, 40, 41, 63)])
+    pairs = [(1, 1), (4, 2)]
+    expected = hand_terms(student, teacher, batch, pairs, temperature=2.0)
+    cache = build_or_load(teacher, data, collate, "sst2", {}, show_progress=False)
+    for signals, tol in ((online_teacher(teacher), 1e-5), (cached_teacher(cache), 2e-3)):
+        objective = Objective(("ce", "kd", "pt"), 0.3, 7.0, 2.0, pairs=pairs, teacher=signals)
+        with torch.no_grad():
+            got = {k: v.item() for k, v in loss_terms(student, batch, objective, False).items()}
+        assert got == pytest.approx(expected, rel=tol), (got, expected)
+    # the map matters: 1 -> 1 alone adds nothing; the student's layers swapped, or either
+    # model's layers off by one, give other values
+    assert hand_terms(student, teacher, batch, [(1, 1)], 2.0)["pt"] < 1e-12
+    for other in ([(1, 2), (4, 1)], [(0, 1), (3, 2)], [(1, 2), (4, 3)]):
+        pt = hand_terms(student, teacher, batch, other, temperature=2.0)["pt"]
+        assert abs(pt - expected["pt"]) > 0.1 * expected["pt"], other

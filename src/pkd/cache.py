@@ -6,6 +6,10 @@ tokenised inputs, which already reflect tokenizer, data, max length and truncati
 the label order), carries a manifest with per-file checksums, and is rebuilt, never read,
 when any check fails.
 
+The teacher's config counts too: settings that change its forward pass without changing its
+weights (`hidden_act`, `layer_norm_eps`, `position_embedding_type`, the attention kernel, the
+parameters' dtype) change the fingerprint; names, versions and pkd's own records do not.
+
 Layout of `<root>/<task>-<fingerprint[:16]>/`:
     logits.npy  float32 (n, *logit_shape)       teacher logits per training example
     cls.npy     float16 (n, *prefix, N+1, H)    [CLS] state of every teacher layer (0 = embeddings)
@@ -36,7 +40,29 @@ from pkd.models import cls_states
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fingerprint covers the teacher's config and tensor dtypes
+
+# Teacher config keys that cannot change its outputs in eval mode: names and versions, what
+# pkd passes per call or records after training (keys starting with "pkd_"), dropout (off in
+# eval mode), initialisation, and the dtype the config records (the parameters' own count).
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "_commit_hash",
+        "transformers_version",
+        "architectures",
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+        "use_cache",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "classifier_dropout",
+        "initializer_range",
+        "dtype",
+        "torch_dtype",
+    }
+)
 
 
 def default_root() -> Path:
@@ -51,12 +77,25 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def forward_config(config) -> dict:
+    """The teacher config's settings that can change its outputs, with the attention kernel."""
+    out = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in IGNORED_CONFIG_KEYS and not k.startswith("pkd_")
+    }
+    out["attn_implementation"] = getattr(config, "_attn_implementation", None)
+    return out
+
+
 def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
-    """sha256 over the teacher's weights, the tokenised inputs and `extra` (labels, max length)."""
+    """sha256 over the teacher's weights (with their dtypes), the config settings that change
+    its forward pass, the tokenised inputs, `extra` (labels, max length) and the format."""
     h = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(forward_config(teacher.config), sort_keys=True, default=str).encode())
     for key in sorted(features):
         rows = features[key]
         h.update(key.encode())

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pkd.errors import PkdError
-from pkd.losses import KD_FORMS, PT_FORMS
+from pkd.losses import KD_FORMS, PT_CHOICES, PT_FORMS
 from pkd.mapping import STRATEGIES
 from pkd.presets import PRESETS
 from pkd.tasks import default_max_length
@@ -191,6 +191,13 @@ class DistillConfig:
     kd_loss: str = field(default="kl", metadata={"help": "kl (authors', T^2-scaled)|ce (Eq. 2)"})
     pt_loss: str = field(default="mean", metadata={"help": "mean (authors')|sum (Eq. 4)"})
     pt_normalize: bool = field(default=True, metadata={"help": "L2-normalise [CLS] states"})
+    pt_choices: str = field(
+        default="concat",
+        metadata={
+            "help": "multiple choice: concat (authors': all choices' [CLS] states of a layer "
+            "normalised as one vector)|each (each choice alone: about C times stronger)"
+        },
+    )
     teacher_mode: str = field(default="cached", metadata={"help": "cached|online"})
     cache_dir: str | None = field(default=None, metadata={"help": "teacher cache root"})
     allow_weak_teacher: bool = field(
@@ -209,6 +216,7 @@ class DistillConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("kd-loss", self.kd_loss, KD_FORMS)
         _choice("pt-loss", self.pt_loss, PT_FORMS)
+        _choice("pt-choices", self.pt_choices, PT_CHOICES)
         _choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)

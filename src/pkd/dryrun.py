@@ -320,6 +320,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             "kd_form": d.kd_loss,
             "pt_form": d.pt_loss,
             "pt_normalize": d.pt_normalize,
+            "pt_choices": d.pt_choices,
         },
         "data": _data(plan.splits, plan.encoded, cfg.data.max_length),
         "max_length": cfg.data.max_length,

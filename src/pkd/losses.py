@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 KD_FORMS = ("kl", "ce")  # default "kl": the authors' code (T^2-scaled); "ce": the paper's Eq. (2)
 PT_FORMS = ("mean", "sum")  # default "mean": the authors' F.mse_loss; "sum": the paper's Eq. (4)
+# Multiple choice: default "concat", the authors' RACE code (one vector of all choices per layer);
+# "each": every choice's [CLS] state on its own, about C times stronger when normalised.
+PT_CHOICES = ("concat", "each")
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
@@ -53,29 +56,44 @@ def kd_loss(
 
 
 def patient_loss(
-    student_cls: torch.Tensor, teacher_cls: torch.Tensor, normalize: bool = True, form: str = "mean"
+    student_cls: torch.Tensor,
+    teacher_cls: torch.Tensor,
+    normalize: bool = True,
+    form: str = "mean",
+    choices: str = "concat",
 ) -> torch.Tensor:
     """L_PT (Eq. 4): squared distance between [CLS] states of mapped layers.
 
     Args:
-        student_cls: (B, L, H) [CLS] states at student layers 1..M-1 (any leading shape,
-            e.g. (B, choices, L, H) for multiple choice).
+        student_cls: (B, L, H) [CLS] states at student layers 1..M-1, or (B, C, L, H) for
+            multiple choice (one [CLS] per choice).
         teacher_cls: same shape, at the mapped teacher layers I(j).
         normalize: divide each state by its L2 norm first (the paper's default).
-        form: "mean" (default, the authors' `F.mse_loss`: mean over all B*L*H entries, the
-            scale the paper's beta grid 10..1000 was tuned for) or "sum" (the paper's Eq. 4:
-            sum over layers and hidden units, mean over the sequences, i.e. over B, or over
-            B * choices for multiple choice; exactly L*H times the "mean" form).
+        form: "mean" (default, the authors' `F.mse_loss`: mean over all entries, the scale
+            the paper's beta grid 10..1000 was tuned for) or "sum" (the paper's Eq. 4: sum
+            over layers and hidden units, mean over the compared vectors per layer: B, or
+            B*C with `choices="each"`; exactly L*H times the "mean" form, L*C*H for "concat").
+        choices: multiple choice only. "concat" (default, the authors' RACE code: per example
+            and layer, the C choices' states joined into one C*H vector, normalised as a
+            whole) or "each" (each choice's state normalised on its own). Normalised, "each"
+            is exactly C times "concat" when all choices' states have equal norms, and about
+            C times in general (4x for RACE): with it the paper's beta acts about C times
+            stronger than it was tuned for. Without normalisation the "mean" forms are equal.
     """
+    if choices not in PT_CHOICES:
+        raise ValueError(f"unknown patient-loss choices form {choices!r}; valid: {PT_CHOICES}")
     if student_cls.numel() == 0:  # a 1-layer student has no intermediate layer to match
         return student_cls.new_zeros(())
     s, t = student_cls.float(), teacher_cls.float()
+    if s.dim() == 4 and choices == "concat":
+        # (B, C, L, H) -> (B, L, C*H): the authors' `view(bs, -1)` of each layer's states
+        s, t = s.transpose(1, 2).flatten(2), t.transpose(1, 2).flatten(2)
     if normalize:
         s, t = F.normalize(s, p=2, dim=-1), F.normalize(t, p=2, dim=-1)
     if form == "mean":
         return F.mse_loss(s, t)
     if form == "sum":
-        # one [CLS] per sequence: (B, [C,] L, H) has B (* C) sequences
+        # one vector per sequence and layer: (B, [C,] L, H) has B (* C) of them per layer
         return (s - t).pow(2).sum() / (s.numel() // (s.shape[-2] * s.shape[-1]))
     raise ValueError(f"unknown patient-loss form {form!r}; valid: {PT_FORMS}")
 

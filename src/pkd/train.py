@@ -53,6 +53,7 @@ class Objective:
     kd_form: str = "kl"
     pt_form: str = "mean"
     pt_normalize: bool = True
+    pt_choices: str = "concat"
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
     teacher: Callable | None = None
 
@@ -67,6 +68,7 @@ class Objective:
             kd_form=d.kd_loss,
             pt_form=d.pt_loss,
             pt_normalize=d.pt_normalize,
+            pt_choices=d.pt_choices,
             pairs=pairs,
             teacher=teacher,
         )
@@ -96,9 +98,44 @@ def loss_terms(
             s_layers = [s for _, s in objective.pairs]
             s_cls = cls_states(out.hidden_states, out.logits)[..., s_layers, :]
             terms["pt"] = patient_loss(
-                s_cls, t_cls.to(s_cls.device), objective.pt_normalize, objective.pt_form
+                s_cls,
+                t_cls.to(s_cls.device),
+                objective.pt_normalize,
+                objective.pt_form,
+                objective.pt_choices,
             )
     return terms
+
+
+def checked_terms(
+    accelerator, terms: dict[str, torch.Tensor], loss: torch.Tensor, step: int, output: Path
+) -> dict[str, float]:
+    """This process's loss terms and total as floats, after checking every process's.
+
+    One small all-gather per micro-batch lets every process see a non-finite loss on any of
+    them at the same step, so all stop with the same error; a process stopping alone would
+    leave the others waiting in the next collective (the gradient all-reduce) forever.
+
+    Raises:
+        PkdError: naming the step, the first failing process, its terms and the last checkpoint.
+    """
+    names = [*terms, "loss"]
+    local = torch.stack([v.detach().float() for v in (*terms.values(), loss)])
+    every = accelerator.gather(local).view(accelerator.num_processes, len(names)).cpu()
+    finite = torch.isfinite(every).all(dim=1)
+    if not finite.all():
+        rank = int((~finite).nonzero()[0])
+        row = dict(zip(names, every[rank].tolist(), strict=True))
+        if not all(math.isfinite(v) for v in list(row.values())[:-1]):
+            del row["loss"]  # a term says why; the total only when its weighting overflowed
+        values = ", ".join(f"{k}={v:.4g}" for k, v in row.items())
+        where = f" on process {rank} of {len(every)}" if len(every) > 1 else ""
+        last = checkpoints(output)
+        raise PkdError(
+            f"non-finite loss at step {step}{where} ({values}); "
+            f"last checkpoint: {last[-1] if last else 'none'}"
+        )
+    return dict(zip(names, every[accelerator.process_index].tolist(), strict=True))
 
 
 def cached_teacher(cache) -> Callable:
@@ -249,6 +286,9 @@ def make_accelerator(cfg: TrainConfig, output: Path):
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # The loop steps the scheduler once per optimizer step itself: accelerate's wrapper
+        # would step it once per process (N times per step under N processes).
+        step_scheduler_with_optimizer=False,
         log_with="tensorboard",
         project_dir=str(output),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -361,74 +401,69 @@ def train(
     sums, count, t_log = defaultdict(float), 0, time.perf_counter()
     t_start, examples_seen = time.perf_counter(), 0
     model.train()
-    while state["step"] < total_steps:
-        train_loader.set_epoch(state["epoch"])
-        loader = train_loader
-        if state["batches_in_epoch"]:
-            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-        for batch in loader:
-            with accelerator.accumulate(model):
-                terms = loss_terms(model, batch, objective, regression)
-                loss = total_loss(terms, objective.alpha, objective.beta)
-                if not torch.isfinite(loss):
-                    last = checkpoints(output)
-                    raise PkdError(
-                        # step numbering as in log.jsonl: the update this batch belongs to
-                        f"non-finite loss at step {state['step'] + 1} "
-                        f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
-                        f"last checkpoint: {last[-1] if last else 'none'}"
+    try:
+        while state["step"] < total_steps:
+            train_loader.set_epoch(state["epoch"])
+            loader = train_loader
+            if state["batches_in_epoch"]:
+                loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    terms = loss_terms(model, batch, objective, regression)
+                    loss = total_loss(terms, objective.alpha, objective.beta)
+                    # step numbering as in log.jsonl: the update this batch belongs to
+                    values = checked_terms(accelerator, terms, loss, state["step"] + 1, output)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    lr = scheduler.get_last_lr()[0]  # the lr this step uses, logged with it
+                    optimizer.step()
+                    # once per real update, the same on every process (not after an fp16 overflow)
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                state["batches_in_epoch"] += 1
+                examples_seen += len(batch["labels"]) * world
+                for k, v in values.items():
+                    sums[k] += v
+                count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                bar.update(1)
+                if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
+                    now = time.perf_counter()
+                    record = {k: v / count for k, v in sums.items()}
+                    record.update(
+                        step=state["step"],
+                        epoch=state["epoch"] + state["batches_in_epoch"] / len(train_loader),
+                        lr=lr,
+                        examples_per_s=examples_seen / max(now - t_log, 1e-9),
                     )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state["batches_in_epoch"] += 1
-            examples_seen += len(batch["labels"]) * world
-            for k, v in terms.items():
-                sums[k] += v.item()
-            sums["loss"] += loss.item()
-            count += 1
-            if not accelerator.sync_gradients:
-                continue
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
-                now = time.perf_counter()
-                record = {k: v / count for k, v in sums.items()}
-                record.update(
-                    step=state["step"],
-                    epoch=state["epoch"] + state["batches_in_epoch"] / len(train_loader),
-                    lr=scheduler.get_last_lr()[0],
-                    examples_per_s=examples_seen / max(now - t_log, 1e-9),
-                )
-                log.write(record, state["step"])
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
-                )
-                sums, count, t_log, examples_seen = defaultdict(float), 0, now, 0
-            if cfg.save_steps and state["step"] % cfg.save_steps == 0:
-                save_checkpoint(accelerator, output, state, cfg.save_total_limit)
-            if state["step"] >= total_steps:
-                break
-        epoch_done = state["step"] < total_steps or state["batches_in_epoch"] >= len(train_loader)
-        if epoch_done:
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
-        _evaluate_and_keep_best(
-            model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
-        )
-        if on_evaluate is not None:
-            try:
+                    log.write(record, state["step"])
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
+                    )
+                    sums, count, t_log, examples_seen = defaultdict(float), 0, now, 0
+                if cfg.save_steps and state["step"] % cfg.save_steps == 0:
+                    save_checkpoint(accelerator, output, state, cfg.save_total_limit)
+                if state["step"] >= total_steps:
+                    break
+            epoch_done = state["step"] < total_steps or state["batches_in_epoch"] >= len(
+                train_loader
+            )
+            if epoch_done:
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+            _evaluate_and_keep_best(
+                model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
+            )
+            if on_evaluate is not None:
                 on_evaluate(state["step"], state["epoch"], state["history"][-1]["metrics"])
-            except BaseException:
-                bar.close()
-                accelerator.end_training()  # close TensorBoard writers before stopping
-                raise
-        save_checkpoint(accelerator, output, state, cfg.save_total_limit)
-    bar.close()
-    accelerator.end_training()
+            save_checkpoint(accelerator, output, state, cfg.save_total_limit)
+    finally:  # also when a step or on_evaluate raises: close TensorBoard writers, the bar
+        bar.close()
+        accelerator.end_training()
     if not cfg.keep_checkpoints and accelerator.is_main_process:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the best model is in model/
     train_seconds = time.perf_counter() - t_start
