@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from pkd.errors import PkdError
+from pkd.progress import progress
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -347,9 +347,7 @@ def encode(
 
         return encode_choices(split, tokenizer, max_length, show_progress)
     features: dict[str, list] = {}
-    bar = tqdm(
-        total=len(split), desc=f"tokenise {split.name}", unit="ex", disable=not show_progress
-    )
+    bar = progress(len(split), f"tokenise {split.name}", "ex", quiet=not show_progress)
     for start in range(0, len(split), chunk):
         a = split.text_a[start : start + chunk]
         b = None if split.text_b is None else split.text_b[start : start + chunk]
