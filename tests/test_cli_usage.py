@@ -185,4 +185,28 @@ def test_a_directory_without_a_model_says_what_it_found(runs, capsys):
         f"directory (no model/config.json); it holds checkpoints/, notes.txt; pass {MODEL_SOURCES}\n"
     )
     assert "a Hub model name, a model directory" in MODEL_SOURCES
+    # a relative name that is no directory here may be a Hub name: both are said
+    argv[argv.index(odd)] = "no-such-dir/teacher"
+    code, out, err = cli(argv, capsys)
+    assert code == 2 and err.startswith(
+        "pkd: error: --teacher: no-such-dir/teacher is not a local directory and cannot be "
+        "loaded from the Hub ("
+    )
+    assert err.endswith(f"; pass {MODEL_SOURCES}\n") and err.count("\n") == 1
     assert not Path(runs / "out").exists()
+
+
+def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch, capsys):
+    import datasets
+    from datasets.utils import are_progress_bars_disabled
+
+    from pkd.data import hub_dataset
+    from pkd.tasks import get_task
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: "the split")
+    datasets.enable_progress_bars()
+    try:
+        assert hub_dataset(get_task("sst2"), "dev", "the GLUE files") == "the split"
+        assert are_progress_bars_disabled()  # stderr is captured here: not a terminal
+    finally:
+        datasets.enable_progress_bars()

@@ -116,7 +116,10 @@ def resolve_model_dir(path: str) -> Path:
         return Path(snapshot_download(name))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PkdError(f"--models: cannot fetch {name} from the Hub ({first})") from None
+        raise PkdError(
+            f"--models: {name} is not a local directory and cannot be fetched from the Hub "
+            f"({first})"
+        ) from None
 
 
 def display_names(dirs: list[Path]) -> list[str]:

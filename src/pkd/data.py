@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,8 @@ def hub_dataset(spec: TaskSpec, split: str, what: str):
     hub_split = spec.hf_splits.get(split)
     if hub_split is None:
         raise PkdError(f"--split: task {spec.name} has no split {split!r}")
+    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
+        datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
     except Exception as e:  # offline, or the Hub refused: say what to do instead

@@ -306,12 +306,15 @@ def export(
     """
     t0 = time.perf_counter()
     _check_options(quantize, opset, parity_samples)
-    from pkd.api import check_output
+    from pkd.api import check_output  # here: load_onnx users need no torch
     from pkd.models import resolve_model
 
     model_dir = Path(resolve_model(model, "model"))
-    inputs = [("--model", str(model_dir)), ("--data-dir", data_dir)]
-    inputs.append(("--validation-file", validation_file))
+    inputs = [
+        ("--model", str(model_dir)),
+        ("--data-dir", data_dir),
+        ("--validation-file", validation_file),
+    ]
     out = check_output(output, overwrite, inputs=inputs)
 
     import torch

@@ -87,6 +87,11 @@ def load_config(name_or_path: str, option: str, trust_remote_code: bool = False)
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not is_local(name_or_path):
+            raise PkdError(
+                f"--{option}: {name_or_path} is not a local directory and cannot be loaded from "
+                f"the Hub ({first}); pass {MODEL_SOURCES}"
+            ) from None
         raise PkdError(
             f"--{option}: cannot load a model config from {name_or_path} ({first})"
         ) from None

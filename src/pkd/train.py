@@ -345,8 +345,13 @@ def train(
         cfg.gradient_accumulation_steps,
         world,
     )
-    quiet = cfg.quiet or not accelerator.is_local_main_process
-    bar = progress(total_steps, "train", "step", quiet, initial=state["step"])
+    bar = progress(
+        total_steps,
+        "train",
+        "step",
+        quiet=cfg.quiet or not accelerator.is_local_main_process,
+        initial=state["step"],
+    )
     sums, count, t_log = defaultdict(float), 0, time.perf_counter()
     t_start, examples_seen = time.perf_counter(), 0
     model.train()
