@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from conftest import sentiment_rows, write_sst2
 
 from pkd.cli import main
+from pkd.models import MODEL_SOURCES
 
 # Tiny models on a shared 2-core machine: several torch threads per process fight over the
 # cores and make each step ~40x slower than one thread.
@@ -53,6 +55,13 @@ def cli_error(argv, capsys) -> str:
     assert lines[0].startswith("pkd: error: "), err
     assert out == ""
     return lines[0]
+
+
+def not_a_model(option: str, path: Path, found: str) -> str:
+    return (
+        f"{option}: {path} is neither a model directory (no config.json) nor a run directory "
+        f"(no model/config.json); {found}; pass {MODEL_SOURCES}"
+    )
 
 
 def tsv(path: Path, lines: list[str]) -> None:
@@ -193,7 +202,7 @@ def test_unknown_task(tiny_bert, sst2_dir, tmp_path, capsys):
 def test_model_directory_missing(sst2_dir, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     line = cli_error(finetune_argv(missing, sst2_dir, tmp_path / "run"), capsys)
-    assert line == f"pkd: error: --model: model directory {missing} does not exist"
+    assert line == f"pkd: error: --model: {missing} does not exist; pass {MODEL_SOURCES}"
     assert not (tmp_path / "run").exists()
 
 
@@ -202,7 +211,7 @@ def test_model_directory_that_is_not_a_model(sst2_dir, tmp_path, capsys):
     junk.mkdir()
     (junk / "notes.txt").write_text("not a model\n")
     line = cli_error(finetune_argv(junk, sst2_dir, tmp_path / "run"), capsys)
-    assert line == f"pkd: error: --model: {junk} is not a model directory (no config.json)"
+    assert line == f"pkd: error: {not_a_model('--model', junk, 'it holds notes.txt')}"
     assert not (tmp_path / "run").exists()
 
 
@@ -223,9 +232,7 @@ def test_not_a_model_as_a_user_sees_it(sst2_dir, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
-    assert lines == [f"pkd: error: --model: {junk} is not a model directory (no config.json)"], (
-        proc.stderr
-    )
+    assert lines == [f"pkd: error: {not_a_model('--model', junk, 'it is empty')}"], proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -333,3 +340,152 @@ def test_evaluate_bad_label_in_dev(finished_run, tmp_path, capsys):
     )  # fmt: skip
     assert f"{d / 'dev.tsv'}:3: label 'positive'" in line
     assert not (tmp_path / "eval.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs that would destroy an input; models without a tokenizer; bad paths and sizes
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_teacher, tiny_bert):
+    """A teacher run directory, a pre-trained init and SST-2 data, all in tmp_path."""
+    shutil.copytree(tiny_teacher, tmp_path / "teacher-run" / "model")
+    shutil.copytree(tiny_bert, tmp_path / "bert")
+    write_sst2(tmp_path / "data" / "SST-2", n_train=16, n_dev=8, n_test=4)
+    return tmp_path
+
+
+def _destroying(t: Path) -> dict[str, tuple[list, str]]:
+    """Commands whose output is or holds one of their inputs. The first is the issue's: it
+    trained, then replaced the teacher with the student. The others are dry runs, which must
+    refuse too (they check everything), so that the code before the fix exits 0."""
+    run, model, data = t / "teacher-run", t / "teacher-run" / "model", t / "data" / "SST-2"
+    sst2 = ["--task", "sst2", "--data-dir", data, "--max-length", "16"]
+    train = [*sst2, "--allow-weak-teacher", "--student-layers", "2"]
+    dry = [*train, "--dry-run"]
+    return {
+        "distill into its teacher's run": (
+            ["distill", "--teacher", model, "--output", run, "--overwrite", *train]
+            + ["--epochs", "1", "--quiet"],
+            f"--output: {run} holds the --teacher {model}",
+        ),
+        "distill into the teacher, named by its run": (
+            ["distill", "--teacher", run, "--output", run, "--overwrite", *dry],
+            f"--output: {run} holds the --teacher {model}",
+        ),
+        "distill over its student init": (
+            ["distill", "--teacher", model, "--student-init", t / "bert"]
+            + ["--output", t / "bert", "--overwrite", *dry],
+            f"--output: {t / 'bert'} is the --student-init {t / 'bert'}",
+        ),
+        "distill over the teacher's recorded base": (
+            ["distill", "--teacher", model, "--output", t / "bert-base", "--overwrite", *dry],
+            "holds the --student-init",
+        ),
+        "distill over its data": (
+            ["distill", "--teacher", model, "--output", t / "data", "--overwrite", *dry],
+            f"--output: {t / 'data'} holds the --data-dir {data}",
+        ),
+        "finetune over its model": (
+            ["finetune", "--model", model, "--output", run, "--overwrite", *sst2, "--dry-run"],
+            f"--output: {run} holds the --model {model}",
+        ),
+        "compare into the teacher's run": (
+            ["compare", "--teacher", model, "--output", run, *dry, "--bench-seq-length", "16"],
+            f"--output: {run} holds the --teacher {model}",
+        ),
+        "sweep into the teacher's run": (
+            ["sweep", "--teacher", model, "--output", run, "--grid", "paper", *dry],
+            f"--output: {run} holds the --teacher {model}",
+        ),
+        "evaluate over its data": (
+            ["evaluate", "--model", model, *sst2, "--output-file", data / "dev.tsv"],
+            f"--output-file: {data / 'dev.tsv'} is the data file {data / 'dev.tsv'}",
+        ),
+        "predict over its model": (
+            ["predict", "--model", model, *sst2, "--output-file", model / "config.json"],
+            f"--output-file: {model / 'config.json'} is the --model {model / 'config.json'}",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_destroying(Path("x"))))
+def test_output_that_holds_an_input_is_refused(case, inputs, capsys):
+    if case == "distill over the teacher's recorded base":  # the teacher records bert-base
+        base = inputs / "bert-base" / "pretrained"
+        shutil.copytree(inputs / "bert", base)
+        config = inputs / "teacher-run" / "model" / "config.json"
+        conf = json.loads(config.read_text())
+        config.write_text(json.dumps({**conf, "pkd_base_model": str(base)}))
+    argv, message = _destroying(inputs)[case]
+    before = _snapshot(inputs)
+    line = cli_error(argv, capsys)
+    assert message in line, line
+    assert "writing there would destroy it; choose another" in line
+    assert _snapshot(inputs) == before  # nothing replaced, nothing written
+
+
+def _without_tokenizer(src: Path, dst: Path, keep: tuple[str, ...] = ()) -> Path:
+    dst.mkdir()
+    for name in ("config.json", "model.safetensors", *keep):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_model_without_tokenizer_is_refused(inputs, tiny_teacher, capsys):
+    notok = _without_tokenizer(tiny_teacher, inputs / "notok")
+    cfgonly = _without_tokenizer(tiny_teacher, inputs / "cfgonly", ("tokenizer_config.json",))
+    sst2 = ["--task", "sst2", "--data-dir", inputs / "data" / "SST-2", "--max-length", "16"]
+    expected = "has no tokenizer for its 27-token vocabulary (tokenizer files: {}; it would read 5"
+
+    # transformers 5 would build a 5-token tokenizer: every word [UNK], metrics with exit 0
+    line = cli_error(["evaluate", "--model", notok, *sst2], capsys)
+    assert line.startswith(f"pkd: error: --model: {notok} {expected.format('none')}"), line
+    assert "tokenizer.save_pretrained" in line
+    line = cli_error(["evaluate", "--model", cfgonly, *sst2], capsys)
+    assert f"--model: {cfgonly} {expected.format('tokenizer_config.json')}" in line
+    distill = ["distill", "--teacher", notok, "--output", inputs / "out", *sst2, "--dry-run"]
+    line = cli_error([*distill, "--student-init", "teacher"], capsys)
+    assert line.startswith(f"pkd: error: --teacher: {notok} has no tokenizer"), line
+    # the default init (the teacher's base) has a tokenizer: the teacher is blamed, not it
+    line = cli_error(distill, capsys)
+    assert line.startswith(f"pkd: error: --teacher: {notok} has no tokenizer"), line
+    assert not (inputs / "out").exists()
+
+
+def test_cache_dir_that_is_a_file(inputs, capsys):
+    (inputs / "cache.txt").write_text("not a directory\n")
+    argv = ["distill", "--teacher", inputs / "teacher-run", "--output", inputs / "out",
+            "--task", "sst2", "--data-dir", inputs / "data" / "SST-2", "--max-length", "16",
+            "--epochs", "1", "--quiet"]  # fmt: skip
+    line = cli_error([*argv, "--cache-dir", inputs / "cache.txt"], capsys)
+    assert line == (
+        f"pkd: error: --cache-dir: {inputs / 'cache.txt'} is a file, not a directory; "
+        "pass a directory"
+    )
+    line = cli_error([*argv, "--cache-dir", inputs / "cache.txt" / "sub"], capsys)
+    assert line.startswith(
+        f"pkd: error: --cache-dir: {inputs / 'cache.txt' / 'sub'} cannot be created: "
+        f"{inputs / 'cache.txt'} is a file"
+    )
+    assert not (inputs / "out").exists()  # so a corrected re-run is not refused
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_batch_size_zero(command, inputs, capsys):
+    argv = [command, "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
+            inputs / "data" / "SST-2", "--batch-size", "0"]  # fmt: skip
+    before = _snapshot(inputs)
+    assert cli_error(argv, capsys) == "pkd: error: --batch-size: must be >= 1, got 0"
+    assert _snapshot(inputs) == before
+
+
+def test_predict_output_file_that_is_a_directory(inputs, capsys):
+    out = inputs / "preds"
+    out.mkdir()
+    argv = ["predict", "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
+            inputs / "data" / "SST-2", "--output-file", out]  # fmt: skip
+    line = cli_error(argv, capsys)
+    assert line == f"pkd: error: --output-file: {out} is a directory; pass a file name"
+    assert list(out.iterdir()) == []  # no hidden temp file
+    assert sorted(p.name for p in inputs.iterdir()) == ["bert", "data", "preds", "teacher-run"]

@@ -84,8 +84,17 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     assert [r["name"] for r in rows] == ["teacher", *NAMES]
     assert rows[0]["role"] == "teacher" and rows[0]["layers"] == 4
     assert rows[0]["fraction_of_teacher"] == 1.0 and rows[0]["speedup"] == 1.0
+    # Each score is the one its own run recorded, and a count of the 32 dev examples.
+    recorded = {n: json.loads((runs / n / "metrics.json").read_text()) for n in NAMES}
+    teacher_acc = recorded[NAMES[0]]["teacher_metrics"]["dev"]["accuracy"]  # distill scored it
+    assert rows[0]["metric"] == pytest.approx(teacher_acc)
+    for r in rows[1:]:
+        assert r["metric"] == pytest.approx(
+            recorded[r["name"]]["best"]["metrics"]["dev"]["accuracy"]
+        )
     for r in rows:
-        assert 0.0 <= r["metric"] <= 1.0
+        assert (32 * r["metric"]) == pytest.approx(round(32 * r["metric"]))
+        assert r["metric"] == pytest.approx(r["metrics"]["dev"]["accuracy"])
         assert r["metrics"]["dev"]["examples"] == 32
         assert r["throughput"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"] > 0
         assert r["params_total"] > 0
@@ -115,10 +124,14 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     lines = md.splitlines()
     assert sum(line.startswith("| teacher |") for line in lines) == 1
     assert all(sum(line.startswith(f"| {n} |") for line in lines) == 1 for n in NAMES)
+    for r in rows:  # the table shows the same numbers: name | layers | method | seed | metric
+        (line,) = [x for x in lines if x.startswith(f"| {r['name']} |")]
+        assert line.split(" | ")[4] == f"{100 * r['metric']:.2f}", line
     assert "± " in md and "% of teacher" in md and "**total**" in md
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == ["teacher", *NAMES]
+    assert [float(r["metric"]) for r in table] == pytest.approx([r["metric"] for r in rows])
     assert (out / "pareto.png").read_bytes()[:8] == PNG
     assert (out / "benchmark.json").is_file()
 

@@ -30,12 +30,18 @@ def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, capsys):
     assert acc > teacher["majority_baseline"]["dev"] + 0.02  # a real teacher, not chance
 
     results = json.loads((out / "compare" / "results.json").read_text())
+    (teacher_row,) = [r for r in results["rows"] if r["role"] == "teacher"]
+    assert teacher_row["metric"] == pytest.approx(acc)  # the saved (best) teacher, re-scored
+    assert f"| teacher | 6 | teacher | - | {100 * acc:.2f} |" in printed
     students = [r for r in results["rows"] if r["role"] == "student"]
     assert sorted(r["method"] for r in students) == ["ft", "kd", "pkd-last", "pkd-skip"]
     for row in students:
-        config = json.loads(
-            (out / "compare" / "runs" / row["name"] / "model" / "config.json").read_text()
-        )
-        assert config["num_hidden_layers"] == 3
-        assert 0.0 <= row["metric"] <= 1.0 and row["speedup"] > 0  # measured, not judged
+        run = out / "compare" / "runs" / row["name"]
+        assert json.loads((run / "model" / "config.json").read_text())["num_hidden_layers"] == 3
+        best = json.loads((run / "metrics.json").read_text())["best"]["metrics"]["dev"]
+        assert row["metric"] == pytest.approx(best["accuracy"])  # the table shows the run's
+        assert 100 * row["metric"] == pytest.approx(round(100 * row["metric"]))  # k of 100
+        assert f"| {row['name']} | 3 | {row['method']} | " in printed
+        # half the teacher's layers, timed in turns with it: faster whatever the load
+        assert row["speedup"] > 1.0
     assert (out / "compare" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -164,7 +164,9 @@ def test_overwrite_custom_validation_file_and_atomic_replace(tiny_teacher, tmp_p
     argv += ["--validation-file", str(data), "--text-columns", "text", "--parity-samples", "5"]
     code, _, err = run_cli(argv)
     assert code == 2
-    assert err == f"pkd: error: --output: {out} is not empty; pass --overwrite to replace it\n"
+    assert (
+        err == f"pkd: error: --output: {out} already holds files; pass --overwrite to replace it\n"
+    )
     code, stdout, err = run_cli(argv + ["--overwrite"])
     assert code == 0, err
     report = json.loads(stdout)
@@ -215,7 +217,7 @@ def _bad_cases(tmp: Path, tiny_teacher: Path, tiny_bert: Path):
         ),
         "missing model": (
             ["--model", str(tmp / "nope"), *out],
-            f"--model: {tmp / 'nope'} does not exist",
+            f"--model: {tmp / 'nope'} does not exist; pass a Hub model name",
         ),
         "bare encoder": (["--model", str(tiny_bert), *out], "has no fine-tuned task head"),
         "output under a file": (
@@ -234,7 +236,8 @@ def _bad_cases(tmp: Path, tiny_teacher: Path, tiny_bert: Path):
         ),
         "output is the model": (
             [*ok, "--output", str(tiny_teacher.parent), "--overwrite"],
-            "holds the model being exported",
+            f"--output: {tiny_teacher.parent} holds the --model {tiny_teacher}; writing there "
+            "would destroy it; choose another --output",
         ),
         "opset too old": (
             [*ok, *out, "--opset", "11"],

@@ -163,7 +163,7 @@ def test_architecture_without_num_hidden_layers(tmp_path, named_teacher):
 
 
 def test_student_init_missing_dir(tmp_path, named_teacher):
-    with pytest.raises(PkdError, match=r"^--student-init: model directory .* does not exist"):
+    with pytest.raises(PkdError, match=r"^--student-init: .*nope does not exist; pass a Hub"):
         build_student(str(tmp_path / "nope"), 2, named_teacher, SLC)
 
 
@@ -275,7 +275,7 @@ def test_load_finetuned_refuses_pickled_weights(tmp_path, tiny_teacher):
 
 def test_load_finetuned_not_a_model_dir(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PkdError, match=r"^--teacher: .*empty is not a model directory"):
+    with pytest.raises(PkdError, match=r"^--teacher: .*empty is neither a model directory"):
         load_finetuned(str(tmp_path / "empty"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from pkd.models import (
     model_labels,
     num_layers,
     quiet_transformers,
+    resolve_model,
 )
 from pkd.race import choice_letter, num_choices
 from pkd.tasks import (
@@ -197,20 +199,20 @@ def _warn_truncation(train: EncodedSplit, max_length: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # Run directories
 
+Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
 
-def check_output(output: str, overwrite: bool, resume: bool = False) -> Path:
-    """Refuse to reuse a run directory unless --overwrite (or --resume)."""
+
+def check_output(output: str, overwrite: bool, resume: bool = False, inputs: Inputs = ()) -> Path:
+    """Refuse to reuse a run directory unless --overwrite (or --resume), and one that is or
+    holds an input (`inputs`: (option, path) pairs; see `check_not_input`)."""
     path = Path(output)
     if path.exists() and not path.is_dir():
         raise PkdError(f"--output: {output} exists and is not a directory")
+    check_not_input(path, "--output", inputs)
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
         what = "a finished run" if (path / "metrics.json").exists() else "files"
         raise PkdError(f"--output: {output} already holds {what}; pass --overwrite to replace it")
-    parent = path.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise PkdError(f"--output: cannot create {output}: {parent} is a file, not a directory")
+    parent = existing_parent(path, "--output")
     try:  # a real write: os.access says yes to root even on read-only file systems
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
     except OSError as e:
@@ -218,6 +220,51 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> Path:
             f"--output: cannot create {output}: {parent} is not writable ({e.strerror})"
         ) from None
     return path
+
+
+def existing_parent(path: Path, option: str) -> Path:
+    """The nearest existing directory above `path`; refuses a path under a file."""
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PkdError(f"{option}: cannot create {path}: {parent} is a file, not a directory")
+    return parent
+
+
+def check_not_input(output: Path, option: str, inputs: Inputs) -> None:
+    """Refuse an output path that is one of the inputs, or a directory that holds one: an
+    --overwrite (or a write) there would destroy what the command reads.
+
+    inputs: (option, path) pairs; None, Hub names and missing paths are skipped.
+    """
+    out = output.resolve()
+    for name, value in inputs:
+        if not value or not Path(value).exists():
+            continue
+        src = Path(value).resolve()
+        if out == src or out in src.parents:
+            raise PkdError(
+                f"{option}: {output} {'is' if out == src else 'holds'} the {name} {value}; "
+                f"writing there would destroy it; choose another {option}"
+            )
+
+
+def data_inputs(data: C.DataConfig) -> Inputs:
+    """The data paths a command reads, with their options."""
+    return [
+        ("--data-dir", data.data_dir),
+        ("--train-file", data.train_file),
+        ("--validation-file", data.validation_file),
+        ("--test-file", data.test_file),
+    ]
+
+
+def run_inputs(cfg) -> Inputs:
+    """What a finetune/distill run reads: its --output must not be or hold any of it."""
+    if isinstance(cfg, C.FinetuneConfig):
+        return [("--model", cfg.model), *data_inputs(cfg.data)]
+    return [("--teacher", cfg.teacher), ("--student-init", _init_name(cfg)), *data_inputs(cfg.data)]
 
 
 def resume_point(cfg) -> Path | None:
@@ -358,7 +405,8 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     _setup_logging(cfg.train.quiet)
     from pkd.train import Objective, make_accelerator, train
 
-    output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
+    resume = bool(cfg.resume or cfg.resume_from)
+    output = check_output(cfg.output, cfg.overwrite, resume, run_inputs(cfg))
     ckpt = resume_point(cfg)
     if ckpt is not None:
         check_resume_config(cfg)
@@ -608,6 +656,9 @@ def check_cache_space(
     existing = root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
+        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
     free = shutil.disk_usage(existing).free
     logger.info(
         "teacher cache: about %s for %d examples under %s (%s free)",
@@ -644,19 +695,27 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _student_init(cfg: C.DistillRunConfig) -> str:
+def _init_name(cfg: C.DistillRunConfig) -> str | None:
+    """--student-init as given, else the base model the teacher records (None: it records none)."""
     from pkd.models import load_config
 
     init = cfg.distill.student_init
     if init in (None, ""):
         teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
-        init = getattr(teacher_config, BASE_MODEL_KEY, None)
-        if not init:
-            raise PkdError(
-                f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
-                "pass --student-init NAME_OR_DIR (or 'teacher')"
-            )
-    if init == "teacher" or (
+        return getattr(teacher_config, BASE_MODEL_KEY, None)
+    return cfg.teacher if init == "teacher" else init
+
+
+def _student_init(cfg: C.DistillRunConfig) -> str:
+    from pkd.models import load_config
+
+    init = _init_name(cfg)
+    if not init:
+        raise PkdError(
+            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
+            "pass --student-init NAME_OR_DIR (or 'teacher')"
+        )
+    if init == cfg.teacher or (
         Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
     ):
         teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
@@ -714,7 +773,8 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, train
 
     d = cfg.distill
-    output = check_output(cfg.output, cfg.overwrite, resume=bool(cfg.resume or cfg.resume_from))
+    resume = bool(cfg.resume or cfg.resume_from)
+    output = check_output(cfg.output, cfg.overwrite, resume, run_inputs(cfg))
     ckpt = resume_point(cfg)
     if ckpt is not None:
         check_resume_config(cfg)
@@ -905,13 +965,55 @@ def _inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], la
     return spec, raw
 
 
-def evaluate(model: str, data: C.DataConfig, split: str = "dev", batch_size: int = 128) -> dict:
-    """Task metrics of a fine-tuned model on a labelled split."""
+PKD_OUTPUTS = ("eval_*.json", "predictions_*.tsv")  # what evaluate/predict write by a model
+
+
+def _model_files(model: str) -> list[Path]:
+    """The files a model is loaded from (a model or export directory, or one .onnx file)."""
+    p = Path(model)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return []  # a Hub name
+    return [f for f in p.iterdir() if f.is_file() and not any(f.match(g) for g in PKD_OUTPUTS)]
+
+
+def check_output_file(path: Path, model: str, data: C.DataConfig, source: str) -> Path:
+    """Refuse an --output-file that is a directory, lies under a file, or would replace an
+    input: one of the model's files or the data read (`source`, the split's file)."""
+    if path.is_dir():
+        raise PkdError(f"--output-file: {path} is a directory; pass a file name")
+    existing_parent(path, "--output-file")
+    inputs = [("--model", str(f)) for f in _model_files(model)]
+    check_not_input(path, "--output-file", [*inputs, *data_inputs(data), ("data file", source)])
+    return path
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise PkdError(f"--batch-size: must be >= 1, got {batch_size}")
+
+
+def evaluate(
+    model: str,
+    data: C.DataConfig,
+    split: str = "dev",
+    batch_size: int = 128,
+    write: bool = False,
+    output_file: str | None = None,
+) -> dict:
+    """Task metrics of a fine-tuned model on a labelled split.
+
+    write: also write them as JSON to output_file (default: RUN/eval_TASK_SPLIT.json beside
+    the model directory), checked before the model runs.
+    """
     import torch
     from accelerate import Accelerator
 
     from pkd.train import score
 
+    check_batch_size(batch_size)
+    model = resolve_model(model, "model")
     spec = resolve_task(data) if data.task != "custom" else None
     if split.startswith("test") and not (spec is not None and spec.test_labelled):
         raise PkdError(
@@ -920,19 +1022,24 @@ def evaluate(model: str, data: C.DataConfig, split: str = "dev", batch_size: int
     if spec is not None and split == "dev" and "dev" not in spec.splits:
         split = spec.eval_splits[0]
     net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=True)
+    if write:
+        default = Path(model).resolve().parent / f"eval_{spec.name}_{split}.json"
+        out = check_output_file(Path(output_file or default), model, data, raw.source)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     net.to(acc.device)
     loader = acc.prepare(
         torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
     )
-    metrics = score(net, loader, spec, acc)
-    return {
+    metrics = {
         "task": spec.name,
         "split": split,
         "examples": len(raw),
         "source": raw.source,
-        **metrics,
+        **score(net, loader, spec, acc),
     }
+    if write:
+        write_json(out, metrics)
+    return metrics
 
 
 def predict(
@@ -942,21 +1049,35 @@ def predict(
     output: str | None = None,
     batch_size: int = 128,
 ) -> Path:
-    """Predictions in GLUE submission format: `index<TAB>prediction` (label names)."""
+    """Predictions in GLUE submission format: `index<TAB>prediction` (label names).
+
+    output: the TSV to write (default: predictions_TASK_SPLIT.tsv in the model directory).
+    """
     import torch
     from accelerate import Accelerator
 
     from pkd.train import predict_logits, predictions
 
-    if Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file():
+    check_batch_size(batch_size)
+    onnx = Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file()
+    model = model if onnx else resolve_model(model, "model")
+    model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
+
+    def checked_output(spec: TaskSpec, raw) -> Path:
+        default = model_dir / f"predictions_{spec.name}_{split}.tsv"
+        return check_output_file(Path(output or default), model, data, raw.source)
+
+    if onnx:
         # An `pkd export` directory: onnxruntime only, no PyTorch model code.
         from pkd.export import load_onnx
 
         onnx_model = load_onnx(model)
         spec, raw = _inference_split(data, split, onnx_model.labels, labelled=False)
+        out = checked_output(spec, raw)
         names = onnx_model.predict(raw.text_a, raw.text_b, batch_size)
     else:
         net, tokenizer, spec, raw, enc = _load_for_inference(model, data, split, labelled=False)
+        out = checked_output(spec, raw)
         acc = Accelerator(cpu=not torch.cuda.is_available())
         net.to(acc.device)
         loader = acc.prepare(
@@ -970,8 +1091,6 @@ def predict(
             names = [choice_letter(p) for p in preds]
         else:
             names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
-    model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
-    out = Path(output) if output else model_dir / f"predictions_{spec.name}_{split}.tsv"
     lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]
     C.atomic_write(out, "\n".join(lines) + "\n")
     return out

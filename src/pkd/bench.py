@@ -94,24 +94,32 @@ def describe_device(info: dict) -> str:
 
 
 def resolve_model_dir(path: str) -> Path:
-    """A run directory (its `model/`), a model directory, or (ONNX) an export dir or file.
+    """An ONNX export dir or file, else what `pkd.models.resolve_model` accepts: a run directory
+    (its `model/`), a model directory, or a Hub name (its local snapshot).
 
     Raises:
-        PkdError: the path holds neither.
+        PkdError: the path holds none of them, or the Hub model cannot be fetched.
     """
     p = Path(path)
     if p.is_file() and p.suffix == ".onnx":  # one file of an export dir (e.g. model.int8.onnx)
         return p
-    if (p / "model" / "config.json").is_file():
-        return p / "model"
-    if (p / "config.json").is_file() or any(p.glob("*.onnx")):
+    if p.is_dir() and any(p.glob("*.onnx")):
         return p
-    if not p.exists():
-        raise PkdError(f"--models: {path} does not exist")
-    raise PkdError(
-        f"--models: {path} is neither a model directory (no config.json) nor a run directory "
-        "(no model/config.json)"
-    )
+    from pkd.models import resolve_model
+
+    name = resolve_model(path, "models")
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PkdError(
+            f"--models: {name} is not a local directory and cannot be fetched from the Hub "
+            f"({first})"
+        ) from None
 
 
 def display_names(dirs: list[Path]) -> list[str]:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pkd.config import default_mode
 from pkd.errors import PkdError
 from pkd.models import cls_states
+from pkd.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _run_teacher(teacher, dataset, collate, batch_size: int, device, show_progre
     """Yield (example indices, logits, [CLS] states) over the dataset, longest first."""
     order = np.argsort([-n for n in dataset.lengths()], kind="stable")  # little padding
     teacher.eval().to(device)
-    bar = tqdm(total=len(order), desc="teacher cache", unit="ex", disable=not show_progress)
+    bar = progress(len(order), "teacher cache", "ex", quiet=not show_progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([dataset[int(i)] for i in idx])

@@ -11,9 +11,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from pkd import config as C
+from pkd.demo import DEFAULTS as DEMO
 from pkd.errors import PkdError
 
 SECTION_OPTIONS = {"finetune": ("data", "train"), "distill": ("data", "train", "distill")}
@@ -37,18 +37,61 @@ def _list_of(kind):
     return parse
 
 
-def _add_section(parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of a config section, defaulting to 'not given'."""
+MODEL_HELP = "a Hub name, a model directory, or a `pkd finetune`/`pkd distill` run directory"
+
+
+def _show(value) -> str:
+    """A default as the user would type it."""
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it says it already (or is required,
+    a flag, or a section option whose default `_add_section` wrote into the help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required:
+            return f"{text} (required)"
+        if "default" in text or action.nargs == 0 or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: {_show(action.default)})"
+
+
+def _section_defaults(config_cls, section: str):
+    """The section's defaults as a command sees them (distill's lr differs from finetune's)."""
+    if config_cls is None:
+        return C.SECTIONS[section]()
+    f = {f.name: f for f in dataclasses.fields(config_cls)}[section]
+    return f.default_factory()
+
+
+def _add_section(
+    parser: argparse.ArgumentParser,
+    section: str,
+    skip: tuple[str, ...] = (),
+    config_cls=C.DistillRunConfig,
+) -> None:
+    """One option per field of a config section, defaulting to 'not given' (so --config and
+    --preset can supply it); the help shows the field's default for this command."""
     group = parser.add_argument_group(section)
+    defaults = _section_defaults(config_cls, section)
     for f in dataclasses.fields(C.SECTIONS[section]):
         if f.name in skip or f.name in NOT_OPTIONS:
             continue
-        kw = {
-            "dest": f"{section}.{f.name}",
-            "default": argparse.SUPPRESS,
-            "help": f.metadata.get("help"),
-        }
+        text = f.metadata.get("help") or f.name.replace("_", " ")
+        if "default" not in text:
+            text += f" (default: {_show(getattr(defaults, f.name))})"
+        kw = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "help": text}
         t = str(f.type)
+        if t != "bool":
+            kw["metavar"] = f.name.upper()
         if t == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif t.startswith("list[int]"):
@@ -62,15 +105,21 @@ def _add_section(parser: argparse.ArgumentParser, section: str, skip: tuple[str,
         group.add_argument(_flag(f.name), **kw)
 
 
-def _add_run_options(p: argparse.ArgumentParser, model_flag: str) -> None:
-    p.add_argument("--config", help="YAML config file; command-line options override it")
+def _add_run_options(p: argparse.ArgumentParser, model_flag: str, what: str) -> None:
+    p.add_argument(
+        "--config", help="YAML config file; command-line options override it (default: none)"
+    )
     p.add_argument(
         model_flag,
         dest=model_flag.strip("-"),
         default=argparse.SUPPRESS,
-        help="checkpoint name or directory",
+        help=f"{what}: {MODEL_HELP} (required, here or in --config)",
     )
-    p.add_argument("--output", default=argparse.SUPPRESS, help="run directory to create")
+    p.add_argument(
+        "--output",
+        default=argparse.SUPPRESS,
+        help="run directory to create (required, here or in --config)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -87,7 +136,7 @@ def _add_run_options(p: argparse.ArgumentParser, model_flag: str) -> None:
         "--resume-from",
         dest="resume_from",
         default=argparse.SUPPRESS,
-        help="continue from this checkpoint directory",
+        help="continue from this checkpoint directory (default: none)",
     )
     p.add_argument(
         "--trust-remote-code",
@@ -103,9 +152,9 @@ def _add_run_options(p: argparse.ArgumentParser, model_flag: str) -> None:
 
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     """Options to pick a task and data for evaluate/predict (no training options)."""
-    _add_section(p, "data", skip=("max_train_samples",))
-    p.add_argument("--model", required=True, help="fine-tuned model directory (run/model)")
-    p.add_argument("--batch-size", type=int, default=128)
+    _add_section(p, "data", skip=("max_train_samples",), config_cls=None)
+    p.add_argument("--model", required=True, help=f"the fine-tuned model: {MODEL_HELP}")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -118,106 +167,215 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("finetune", help="fine-tune a teacher (or any encoder) on a task")
-    _add_run_options(p, "--model")
-    for s in SECTION_OPTIONS["finetune"]:
-        _add_section(p, s)
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
-    p = sub.add_parser("distill", help="distill a fine-tuned teacher into an M-layer student")
-    _add_run_options(p, "--teacher")
+    p = command("finetune", "fine-tune a teacher (or any encoder) on a task")
+    _add_run_options(p, "--model", "the pre-trained encoder to fine-tune")
+    for s in SECTION_OPTIONS["finetune"]:
+        _add_section(p, s, config_cls=C.FinetuneConfig)
+
+    p = command("distill", "distill a fine-tuned teacher into an M-layer student")
+    _add_run_options(p, "--teacher", "the fine-tuned teacher")
     for s in SECTION_OPTIONS["distill"]:
         _add_section(p, s)
 
-    p = sub.add_parser("evaluate", help="task metrics of a fine-tuned model (JSON)")
+    p = command("evaluate", "task metrics of a fine-tuned model (JSON)")
     _add_data_source(p)
     p.add_argument(
-        "--split", default="dev", help="dev (default), dev_matched, dev_mismatched, train"
+        "--split", default="dev", help="split to score: dev, dev_matched, dev_mismatched, train"
     )
-    p.add_argument("--output-file", help="where to write the metrics JSON")
-
-    p = sub.add_parser("predict", help="predictions file in GLUE submission format")
-    _add_data_source(p)
-    p.add_argument("--split", default="test", help="test (default), test_matched, dev, ...")
-    p.add_argument("--output-file", help="predictions TSV (default: next to the model)")
-
-    p = sub.add_parser("benchmark", help="size, latency and throughput of several models")
     p.add_argument(
-        "--models", nargs="+", required=True, help="model dirs; the first is the reference"
+        "--output-file",
+        help="where to write the metrics JSON (default: eval_TASK_SPLIT.json beside the model "
+        "directory, i.e. in its run directory)",
     )
-    p.add_argument("--batch-sizes", type=_list_of(int), default=[1, 32], metavar="N,N")
-    p.add_argument("--seq-lengths", type=_list_of(int), default=[32, 128], metavar="N,N")
+
+    p = command("predict", "predictions file in GLUE submission format")
+    _add_data_source(p)
+    p.add_argument("--split", default="test", help="split to predict: test, test_matched, dev, ...")
+    p.add_argument(
+        "--output-file",
+        help="predictions TSV (default: predictions_TASK_SPLIT.tsv in the model directory)",
+    )
+
+    p = command("benchmark", "size, latency and throughput of several models")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        help=f"models to time, the first is the reference: each {MODEL_HELP} (or an ONNX export)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=_list_of(int), default=[1, 32], metavar="N,N", help="batch sizes"
+    )
+    p.add_argument(
+        "--seq-lengths",
+        type=_list_of(int),
+        default=[32, 128],
+        metavar="N,N",
+        help="sequence lengths (tokens)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--backend", default="torch", help="torch|onnx (ONNX dirs from `pkd export`)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per setting")
     p.add_argument("--iterations", type=int, default=10, help="timed runs per setting")
-    p.add_argument("--output", default=None, help="directory for benchmark.json and benchmark.md")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="directory for benchmark.json and benchmark.md (default: none, print only)",
+    )
 
-    p = sub.add_parser("compare", help="teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds")
-    p.add_argument("--config", help="YAML config file for the shared data/train/distill options")
-    p.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    p = command("compare", "teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds")
+    p.add_argument(
+        "--config",
+        help="YAML config file for the shared data/train/distill options (default: none)",
+    )
+    p.add_argument("--teacher", required=True, help=f"the fine-tuned teacher: {MODEL_HELP}")
     p.add_argument("--output", required=True, help="directory for the runs and the tables")
-    p.add_argument("--student-layers", type=_list_of(int), default=[3], metavar="N,N")
-    p.add_argument("--methods", type=_list_of(str), default=["ft", "kd", "pkd-skip", "pkd-last"])
-    p.add_argument("--seeds", type=_list_of(int), default=[1, 2, 3], metavar="N,N")
-    p.add_argument("--bench-batch-size", type=int, default=32)
-    p.add_argument("--bench-seq-length", type=int, default=128)
-    p.add_argument("--bench-threads", type=int, default=None, help="CPU threads when timing")
-    p.add_argument("--bench-warmup", type=int, default=3)
-    p.add_argument("--bench-iterations", type=int, default=10)
+    p.add_argument(
+        "--student-layers",
+        type=_list_of(int),
+        default=[3],
+        metavar="N,N",
+        help="student depths M to train",
+    )
+    p.add_argument(
+        "--methods",
+        type=_list_of(str),
+        default=["ft", "kd", "pkd-skip", "pkd-last"],
+        metavar="A,B",
+        help="methods to train: ft, kd, pkd-skip, pkd-last",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_list_of(int),
+        default=[1, 2, 3],
+        metavar="N,N",
+        help="training seeds, one run per seed, method and depth",
+    )
+    p.add_argument("--bench-batch-size", type=int, default=32, help="batch size when timing")
+    p.add_argument("--bench-seq-length", type=int, default=128, help="sequence length when timing")
+    p.add_argument(
+        "--bench-threads", type=int, default=None, help="CPU threads when timing (default: all)"
+    )
+    p.add_argument("--bench-warmup", type=int, default=3, help="untimed runs per model")
+    p.add_argument("--bench-iterations", type=int, default=10, help="timed runs per model")
     p.add_argument("--dry-run", action="store_true", help="print the runs it would do")
     for s in ("data", "train"):
         _add_section(p, s)
     _add_section(p, "distill", skip=("method", "strategy", "student_layers"))
 
-    p = sub.add_parser("sweep", help="the paper's grid or a search space on Optuna (resumable)")
-    p.add_argument("--config", help="YAML config file for the shared data/train/distill options")
-    p.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    p = command("sweep", "the paper's grid or a search space on Optuna (resumable)")
+    p.add_argument(
+        "--config",
+        help="YAML config file for the shared data/train/distill options (default: none)",
+    )
+    p.add_argument("--teacher", required=True, help=f"the fine-tuned teacher: {MODEL_HELP}")
     p.add_argument("--output", required=True, help="directory for trials, study and reports")
     p.add_argument("--method", default="pkd", help="ft|kd|pkd")
-    p.add_argument("--strategy", type=_list_of(str), default=None, metavar="skip,last")
-    p.add_argument("--student-layers", type=int, default=3)
-    p.add_argument("--grid", default=None, help="'paper': T, alpha, beta, lr as the authors")
-    p.add_argument("--space", default=None, help="YAML search space (lists or {low, high, log})")
+    p.add_argument(
+        "--strategy",
+        type=_list_of(str),
+        default=None,
+        metavar="skip,last",
+        help="PKD layer map(s); two are searched (default: skip)",
+    )
+    p.add_argument("--student-layers", type=int, default=3, help="student depth M")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="'paper': T, alpha, beta, lr as the authors (default: none; give --grid or --space)",
+    )
+    p.add_argument(
+        "--space",
+        default=None,
+        help="YAML search space, lists or {low, high, log} (default: none; --grid or --space)",
+    )
     p.add_argument("--trials", type=int, default=None, help="budget (default: grid size; TPE 20)")
     p.add_argument("--sampler", default=None, help="grid|tpe (default: grid for lists)")
     p.add_argument("--pruner", default="none", help="none|median|hyperband (per-epoch metric)")
-    p.add_argument("--pruner-startup-trials", type=int, default=3, metavar="N")
-    p.add_argument("--seeds", type=_list_of(int), default=[], metavar="N,N")
-    p.add_argument("--storage", default=None, help="RDB URL or journal file (shared study)")
-    p.add_argument("--study-name", default="pkd-sweep")
-    p.add_argument("--selection-split", default=None, help="dev (paper)|holdout (from train)")
-    p.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument(
+        "--pruner-startup-trials",
+        type=int,
+        default=3,
+        metavar="N",
+        help="finished trials before the median pruner prunes",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_list_of(int),
+        default=[],
+        metavar="N,N",
+        help="re-run the best config with these seeds (mean ± std)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="RDB URL or journal file, for a shared study (default: OUTPUT/study.journal)",
+    )
+    p.add_argument("--study-name", default="pkd-sweep", help="the study's name in --storage")
+    p.add_argument(
+        "--selection-split",
+        default=None,
+        help="dev (paper)|holdout (from train) (default: holdout with --holdout-fraction, else dev)",
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="silence after which another machine's running trial counts as dead",
+    )
     p.add_argument("--dry-run", action="store_true", help="check and describe; train nothing")
     for s in ("data", "train"):
         _add_section(p, s)
     _add_section(p, "distill", skip=("method", "strategy", "student_layers", "layer_map", "preset"))
 
-    sub.add_parser("presets", help="the authors' best settings per task, method and depth")
+    command("presets", "the authors' best settings per task, method and depth")
 
-    p = sub.add_parser("export", help="ONNX export (+ int8) with a parity check")
-    p.add_argument("--model", required=True, help="fine-tuned model directory")
-    p.add_argument("--output", required=True, help="export directory")
-    p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (default)")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="add a dynamic int8 model")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--task", default=None, help="task whose dev split feeds the parity check")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--validation-file", default=None)
-    p.add_argument("--text-columns", type=_list_of(str), default=None)
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--parity-samples", type=int, default=256)
-    p.add_argument("--overwrite", action="store_true")
-
-    p = sub.add_parser(
-        "demo", help="offline quickstart: fine-tune MiniLM, distill FT/KD/PKD students"
-    )
-    p.add_argument("--output", default="demo_runs", help="directory for the demo's runs")
+    p = command("export", "ONNX export (+ int8) with a parity check")
+    p.add_argument("--model", required=True, help=f"the fine-tuned model: {MODEL_HELP}")
+    p.add_argument("--output", required=True, help="export directory to create")
     p.add_argument(
-        "--train-samples", type=int, default=None, help="training tweets (default: demo's)"
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8: add a dynamically quantised model (default: none, fp32 only)",
     )
-    p.add_argument("--eval-samples", type=int, default=None, help="dev tweets")
-    p.add_argument("--epochs", type=float, default=None, help="epochs for teacher and students")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="task whose dev split feeds the parity check (default: none, built-in sentences)",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="GLUE task directory for --task (default: the Hub's)"
+    )
+    p.add_argument(
+        "--validation-file",
+        default=None,
+        help="CSV/TSV/JSONL whose texts feed the parity check (default: none)",
+    )
+    p.add_argument(
+        "--text-columns",
+        type=_list_of(str),
+        default=None,
+        metavar="A,B",
+        help="text column(s) of --validation-file (default: none)",
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the data file")
+    p.add_argument("--parity-samples", type=int, default=256, help="texts the parity check runs")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+    p = command("demo", "offline quickstart: fine-tune MiniLM, distill FT/KD/PKD students")
+    p.add_argument("--output", default="demo_runs", help="directory for the demo's runs")
+    p.add_argument("--train-samples", type=int, default=DEMO["train_samples"], help="train tweets")
+    p.add_argument("--eval-samples", type=int, default=DEMO["eval_samples"], help="dev tweets")
+    p.add_argument(
+        "--epochs", type=float, default=DEMO["epochs"], help="epochs for teacher and students"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
@@ -292,15 +450,10 @@ def run(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
     elif args.command == "evaluate":
-        from pkd.api import evaluate, write_json
+        from pkd.api import evaluate
 
-        metrics = evaluate(args.model, _data_config(args), args.split, args.batch_size)
-        out = (
-            Path(args.output_file)
-            if args.output_file
-            else Path(args.model).resolve().parent / f"eval_{metrics['task']}_{args.split}.json"
-        )
-        write_json(out, metrics)
+        data = _data_config(args)
+        metrics = evaluate(args.model, data, args.split, args.batch_size, True, args.output_file)
         print(json.dumps(metrics, indent=2))
     elif args.command == "predict":
         from pkd.api import predict

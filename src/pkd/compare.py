@@ -254,8 +254,8 @@ def compare(
     """Train (or reuse) every student, evaluate and benchmark all models, write the tables.
 
     Args:
-        teacher: fine-tuned teacher directory.
-        output: directory for runs/ and the results files.
+        teacher: fine-tuned teacher: a model or run directory, or a Hub name.
+        output: directory for runs/ and the results files (must not hold an input).
         base: nested dict with optional "data", "train", "distill" sections shared by all runs.
         student_layers, methods, seeds: the grid; methods from ft, kd, pkd-skip, pkd-last.
         bench_batch_size, bench_seq_length, bench_warmup, bench_iterations, bench_threads:
@@ -271,13 +271,15 @@ def compare(
         PkdError: unknown methods, impossible depths, a teacher or data that does not load,
             a finished run trained with other settings.
     """
-    from pkd.api import distill
+    from pkd.api import check_not_input, distill, run_inputs
     from pkd.bench import benchmark, check_bench_options
-    from pkd.models import quiet_transformers
+    from pkd.models import quiet_transformers, resolve_model
 
     t0 = time.perf_counter()
     quiet_transformers()
+    teacher = resolve_model(teacher, "teacher")
     runs = plan_runs(teacher, output, base, student_layers, methods, seeds, options)
+    check_not_input(Path(output), "--output", run_inputs(runs[0].cfg))
     for option, value in (
         ("bench-batch-size", bench_batch_size),
         ("bench-seq-length", bench_seq_length),

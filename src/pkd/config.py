@@ -199,7 +199,10 @@ class DistillConfig:
         },
     )
     teacher_mode: str = field(default="cached", metadata={"help": "cached|online"})
-    cache_dir: str | None = field(default=None, metadata={"help": "teacher cache root"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "teacher cache root (default: $PKD_CACHE_DIR or ~/.cache/pkd/teacher)"},
+    )
     allow_weak_teacher: bool = field(
         default=False, metadata={"help": "distill a near-chance teacher"}
     )
@@ -278,6 +281,7 @@ class FinetuneConfig:
             raise PkdError("--model: required (a checkpoint name or directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
+        self.model = _model(self.model, "model")
 
 
 @dataclass
@@ -299,6 +303,16 @@ class DistillRunConfig:
             raise PkdError("--teacher: required (a fine-tuned model directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
+        self.teacher = _model(self.teacher, "teacher")
+        if self.distill.student_init not in (None, "", "teacher"):
+            self.distill.student_init = _model(self.distill.student_init, "student-init")
+
+
+def _model(name_or_path: str, option: str) -> str:
+    """A run directory names its model/ (recorded as such in config.yaml)."""
+    from pkd.models import resolve_model
+
+    return resolve_model(name_or_path, option)
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}

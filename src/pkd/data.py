@@ -13,13 +13,14 @@ import io
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from pkd.errors import PkdError
+from pkd.progress import progress
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,8 @@ def hub_dataset(spec: TaskSpec, split: str, what: str):
     hub_split = spec.hf_splits.get(split)
     if hub_split is None:
         raise PkdError(f"--split: task {spec.name} has no split {split!r}")
+    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
+        datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
     except Exception as e:  # offline, or the Hub refused: say what to do instead
@@ -405,9 +408,7 @@ def encode(
 
         return encode_choices(split, tokenizer, max_length, show_progress)
     features: dict[str, list] = {}
-    bar = tqdm(
-        total=len(split), desc=f"tokenise {split.name}", unit="ex", disable=not show_progress
-    )
+    bar = progress(len(split), f"tokenise {split.name}", "ex", quiet=not show_progress)
     for start in range(0, len(split), chunk):
         a = split.text_a[start : start + chunk]
         b = None if split.text_b is None else split.text_b[start : start + chunk]

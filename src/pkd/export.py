@@ -306,8 +306,16 @@ def export(
     """
     t0 = time.perf_counter()
     _check_options(quantize, opset, parity_samples)
-    model_dir = _model_dir(model)
-    out = _check_output(output, overwrite, model_dir)
+    from pkd.api import check_output  # here: load_onnx users need no torch
+    from pkd.models import resolve_model
+
+    model_dir = Path(resolve_model(model, "model"))
+    inputs = [
+        ("--model", str(model_dir)),
+        ("--data-dir", data_dir),
+        ("--validation-file", validation_file),
+    ]
+    out = check_output(output, overwrite, inputs=inputs)
 
     import torch
 
@@ -395,47 +403,6 @@ def supported_opsets() -> tuple[int, int]:
     except (ImportError, AttributeError):  # private module: fall back to torch 2.13's value
         high = 20
     return MIN_OPSET, high
-
-
-def _model_dir(model: str) -> Path:
-    """A run dir's model/ (when the run dir itself holds no model), else the path itself."""
-    p = Path(model)
-    if not p.exists():
-        raise PkdError(f"--model: {model} does not exist")
-    if not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
-        return p / "model"
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise PkdError(
-            f"--model: {model} is neither a model directory (no config.json) nor a run "
-            "directory (no model/config.json)"
-        )
-    return p
-
-
-def _check_output(output: str, overwrite: bool, model_dir: Path) -> Path:
-    """Refuse a non-empty output without --overwrite, a path under a file, a read-only place."""
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise PkdError(f"--output: {output} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PkdError(f"--output: {output} is not empty; pass --overwrite to replace it")
-    resolved, model_resolved = out.resolve(), model_dir.resolve()
-    if resolved == model_resolved or resolved in model_resolved.parents:
-        raise PkdError(
-            f"--output: {output} holds the model being exported; choose another directory"
-        )
-    parent = resolved.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise PkdError(f"--output: cannot create {output}: {parent} is a file, not a directory")
-    try:  # os.access says yes to root even on read-only mounts: try it for real
-        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
-    except OSError as e:
-        raise PkdError(
-            f"--output: cannot create {output}: {parent} is not writable ({e.strerror})"
-        ) from None
-    return out
 
 
 def _logits_module(net, names: list[str]):

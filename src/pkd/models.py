@@ -37,13 +37,38 @@ def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).exists()
 
 
-def _check_exists(name_or_path: str, option: str) -> None:
-    p = Path(name_or_path)
+MODEL_SOURCES = "a Hub model name, a model directory (config.json) or a pkd run directory (model/)"
+
+
+def resolve_model(name_or_path: str, option: str) -> str:
+    """The model an option names: a Hub name as given, a model directory, or a run dir's model/.
+
+    `pkd finetune --output RUN` saves its model in RUN/model, so RUN names that model anywhere a
+    model is expected. Idempotent: a resolved name resolves to itself.
+
+    Raises:
+        PkdError: a local path that does not exist, is a file, or holds no model; the message
+            says what was found and what to pass.
+    """
+    p = Path(name_or_path).expanduser()
     looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
-    if looks_local and not p.is_dir():
-        raise PkdError(f"--{option}: model directory {name_or_path} does not exist")
-    if p.is_dir() and not (p / "config.json").is_file():
-        raise PkdError(f"--{option}: {name_or_path} is not a model directory (no config.json)")
+    if not looks_local:
+        return name_or_path  # a Hub name; transformers reports an unknown one
+    if (p / "config.json").is_file():
+        return str(p)
+    if (p / "model" / "config.json").is_file():
+        return str(p / "model")
+    if not p.exists():
+        raise PkdError(f"--{option}: {name_or_path} does not exist; pass {MODEL_SOURCES}")
+    if not p.is_dir():
+        raise PkdError(f"--{option}: {name_or_path} is a file, not a model; pass {MODEL_SOURCES}")
+    entries = sorted(e.name + ("/" if e.is_dir() else "") for e in p.iterdir())
+    found = f"it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+    raise PkdError(
+        f"--{option}: {name_or_path} is neither a model directory (no config.json) nor a run "
+        f"directory (no model/config.json); {found if entries else 'it is empty'}; "
+        f"pass {MODEL_SOURCES}"
+    )
 
 
 def auto_class(problem_type: str):
@@ -57,20 +82,31 @@ def auto_class(problem_type: str):
 def load_config(name_or_path: str, option: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    _check_exists(name_or_path, option)
+    name_or_path = resolve_model(name_or_path, option)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not is_local(name_or_path):
+            raise PkdError(
+                f"--{option}: {name_or_path} is not a local directory and cannot be loaded from "
+                f"the Hub ({first}); pass {MODEL_SOURCES}"
+            ) from None
         raise PkdError(
             f"--{option}: cannot load a model config from {name_or_path} ({first})"
         ) from None
 
 
 def load_tokenizer(name_or_path: str, option: str = "model", trust_remote_code: bool = False):
+    """The model's tokenizer.
+
+    Raises:
+        PkdError: none loads, or a model directory lacks its tokenizer files (transformers 5
+            then builds a tokenizer of the special tokens only, and every word becomes [UNK]).
+    """
     from transformers import AutoTokenizer
 
-    _check_exists(name_or_path, option)
+    name_or_path = resolve_model(name_or_path, option)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
@@ -78,9 +114,27 @@ def load_tokenizer(name_or_path: str, option: str = "model", trust_remote_code: 
         raise PkdError(
             f"--{option}: cannot load a tokenizer from {name_or_path} ({first})"
         ) from None
+    if is_local(name_or_path):
+        _check_tokenizer_size(tok, name_or_path, option, trust_remote_code)
     if not tok.is_fast:
         logger.warning("%s has no fast tokenizer; tokenising will be slow", name_or_path)
     return tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model", "tokenizer_config.json")
+
+
+def _check_tokenizer_size(tok, model_dir: str, option: str, trust_remote_code: bool) -> None:
+    """A tokenizer with less than half the model's vocabulary was not saved with the model."""
+    vocab_size = getattr(load_config(model_dir, option, trust_remote_code), "vocab_size", None)
+    if not vocab_size or len(tok) * 2 >= vocab_size:
+        return
+    found = sorted({f.name for pattern in TOKENIZER_FILES for f in Path(model_dir).glob(pattern)})
+    raise PkdError(
+        f"--{option}: {model_dir} has no tokenizer for its {vocab_size}-token vocabulary "
+        f"(tokenizer files: {', '.join(found) or 'none'}; it would read {len(tok)} tokens); "
+        "save the tokenizer with the model: tokenizer.save_pretrained(DIR)"
+    )
 
 
 def load_for_finetuning(
@@ -91,6 +145,7 @@ def load_for_finetuning(
     option: str = "model",
 ):
     """A pre-trained encoder with a new task head; label names stored in its config."""
+    name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
     kwargs = _head_kwargs(problem_type, labels)
     try:
@@ -142,6 +197,7 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
     Raises:
         PkdError: not a model dir, or a bare encoder without a fine-tuned task head.
     """
+    name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
     archs = getattr(config, "architectures", None) or []
     head = [a for a in archs if a.endswith(("ForSequenceClassification", "ForMultipleChoice"))]
@@ -213,6 +269,7 @@ def build_student(
         PkdError: init and teacher cannot match (architecture, hidden size, vocabulary), or
             init has fewer than M layers.
     """
+    init = resolve_model(init, "student-init")
     config = load_config(init, "student-init", trust_remote_code)
     t = teacher.config
     init_layers = num_layers(config)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pkd.data import EncodedSplit, Split, read_jsonl, read_rows, read_text
 from pkd.errors import PkdError
+from pkd.progress import progress
 from pkd.tasks import MULTIPLE_CHOICE, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -347,9 +347,7 @@ def encode_choices(
     keep = [k for k in ("input_ids", "token_type_ids", "attention_mask")]
     features: dict[str, list] = {k: [] for k in keep}
     over = cut_options = 0
-    bar = tqdm(
-        total=len(split), desc=f"tokenise {split.name}", unit="ex", disable=not show_progress
-    )
+    bar = progress(len(split), f"tokenise {split.name}", "ex", quiet=not show_progress)
     for start in range(0, len(split), chunk):
         stop = min(start + chunk, len(split))
         firsts, seconds, options = [], [], []

@@ -437,8 +437,8 @@ def plan_sweep(
     stale_after: float = 600.0,
 ) -> SweepPlan:
     """Resolve and check every option and the search space; loads no model weights."""
-    from pkd.api import resolve_task
-    from pkd.models import load_config, num_layers
+    from pkd.api import check_not_input, resolve_task, run_inputs
+    from pkd.models import load_config, num_layers, resolve_model
 
     if method not in METHOD_PARAMS:
         raise PkdError(f"--method: {method!r} is not one of {', '.join(METHOD_PARAMS)}")
@@ -486,6 +486,7 @@ def plan_sweep(
             raise PkdError("--strategy: the search space already varies strategy/layer_map")
         params = {"strategy": Param("strategy", strategies, where="--strategy"), **params}
 
+    teacher = resolve_model(teacher, "teacher")
     n_teacher = num_layers(
         load_config(teacher, "teacher", bool((base or {}).get("trust_remote_code")))
     )
@@ -559,6 +560,7 @@ def plan_sweep(
         except PkdError as e:
             where = "; ".join(f"{k}={v}" for k, v in point.items())
             raise PkdError(f"{where}: {e}") from None
+    check_not_input(out, "--output", run_inputs(cfgs[0]))
     spec = resolve_task(cfgs[0].data)
     plan.eval_split, plan.metric, plan.task = spec.eval_splits[0], spec.main_metric, spec.name
     plan.max_epochs = max(math.ceil(c.train.epochs) for c in cfgs)
@@ -952,8 +954,9 @@ def sweep(
     """Run (or continue, or join) a hyper-parameter sweep of `pkd distill` on Optuna.
 
     Args:
-        teacher: fine-tuned teacher directory.
-        output: sweep directory: trials/, the study journal (default storage), reports.
+        teacher: fine-tuned teacher: a model or run directory, or a Hub name.
+        output: sweep directory: trials/, the study journal (default storage), reports
+            (must not hold an input).
         base: nested dict with "data", "train", "distill" sections shared by every trial.
         method: ft | kd | pkd. strategies: PKD layer maps to search (one: fixed).
         student_layers: student depth M.
@@ -1063,13 +1066,12 @@ def _work(study, plan: SweepPlan, quiet: bool) -> int:
     """Run trials until the budget is used (or the grid is done); returns how many ran here."""
     optuna = _optuna()
     from optuna.trial import TrialState
-    from tqdm.auto import tqdm
+
+    from pkd.progress import progress
 
     objective = _objective(plan, study)
     catch = (Exception,)  # a failed trial is recorded (state FAIL, pkd_error) and the sweep goes on
-    bar = tqdm(
-        total=plan.trials, desc="sweep", unit="trial", disable=quiet or None, file=sys.stderr
-    )
+    bar = progress(plan.trials, "sweep", "trial", quiet)
     ran = errors = 0
     while True:
         recover_stale(study, plan.stale_after, plan.points)

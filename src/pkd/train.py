@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pkd.config import TrainConfig, publish_modes
 from pkd.data import LengthGroupedSampler
@@ -30,6 +29,7 @@ from pkd.errors import PkdError
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, cls_states
+from pkd.progress import progress
 from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
 
@@ -391,12 +391,12 @@ def train(
         cfg.gradient_accumulation_steps,
         world,
     )
-    bar = tqdm(
-        total=total_steps,
+    bar = progress(
+        total_steps,
+        "train",
+        "step",
+        quiet=cfg.quiet or not accelerator.is_local_main_process,
         initial=state["step"],
-        desc="train",
-        unit="step",
-        disable=True if (cfg.quiet or not accelerator.is_local_main_process) else None,
     )
     sums, count, t_log = defaultdict(float), 0, time.perf_counter()
     t_start, examples_seen = time.perf_counter(), 0
