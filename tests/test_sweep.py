@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from pkd import sweep as S
 from pkd.cli import main
+from pkd.errors import PkdError
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--allow-weak-teacher",
         "--method", "kd", "--student-layers", "2"]  # fmt: skip
@@ -407,8 +408,9 @@ def test_conflicting_options_are_rejected(extra, message, tiny_teacher, sst2_dir
 
 
 def test_paper_grid_is_exactly_the_authors(tiny_teacher, sst2_dir, tmp_path):
-    plan = S.plan_sweep(str(tiny_teacher), str(tmp_path / "o"), {"data": {"task": "sst2", "data_dir": str(sst2_dir)}},
-                        method="pkd", strategies=["skip", "last"], student_layers=2, grid="paper")  # fmt: skip
+    base = {"data": {"task": "sst2", "data_dir": str(sst2_dir)}}
+    plan = S.plan_sweep(S.SweepOptions(str(tiny_teacher), str(tmp_path / "o"), base, method="pkd",
+                                       strategies=["skip", "last"], student_layers=2, grid="paper"))  # fmt: skip
     assert {n: p.choices for n, p in plan.space.items()} == {
         "strategy": ["skip", "last"],
         "temperature": [5, 10, 20],
@@ -417,9 +419,59 @@ def test_paper_grid_is_exactly_the_authors(tiny_teacher, sst2_dir, tmp_path):
         "lr": [1e-5, 2e-5, 5e-5],
     }
     assert len(plan.points) == 216 == len({tuple(sorted(p.items())) for p in plan.points})
-    kd = S.plan_sweep(str(tiny_teacher), str(tmp_path / "o"), {"data": {"task": "sst2", "data_dir": str(sst2_dir)}},
-                      method="kd", student_layers=2, grid="paper")  # fmt: skip
+    assert (plan.task, plan.metric, plan.eval_split, plan.select) == (
+        "sst2",
+        "accuracy",
+        "dev",
+        "dev",
+    )
+    assert plan.trials == 216 and plan.max_epochs == 4 and plan.storage.endswith("study.journal")
+    kd = S.plan_sweep(S.SweepOptions(str(tiny_teacher), str(tmp_path / "o"), base, method="kd",
+                                     student_layers=2, grid="paper"))  # fmt: skip
     assert set(kd.space) == {"temperature", "alpha", "lr"} and len(kd.points) == 27
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"grid": "paper", "pruner": "x"}, "--pruner: 'x' is not one of none, median, hyperband"),
+        ({"grid": "paper", "sampler": "x"}, "--sampler: 'x' is not one of grid, tpe"),
+        ({"grid": "paper", "trials": 0}, "--trials: must be >= 1, got 0"),
+        ({"grid": "paper", "pruner_startup_trials": -1}, "--pruner-startup-trials: must be >= 0"),
+        ({"grid": "paper", "stale_after": 0}, "--stale-after: must be > 0 seconds, got 0"),
+        ({"grid": "paper", "seeds": [1, 1]}, "--seeds: repeated values in [1, 1]"),
+        ({"grid": "paper", "seeds": [-1]}, "--seeds: must be in 0..4294967295, got -1"),
+        (
+            {"grid": "paper", "method": "kd", "strategies": ["skip"]},
+            "--strategy: only --method pkd",
+        ),
+        ({"grid": "paper", "strategies": ["skip", "skip"]}, "--strategy: repeated values"),
+        ({"grid": "paper", "selection_split": "test"}, "--selection-split: 'test' is not one of"),
+        ({"grid": "paper", "space": "s.yaml"}, "--grid/--space: give exactly one"),
+        ({}, "--grid/--space: give exactly one"),
+        ({"grid": "mine"}, "--grid: 'mine' is not a known grid; valid: paper"),
+    ],
+)
+def test_sweep_options_are_checked_when_built(options, message, tmp_path):
+    """SweepOptions checks what needs no file before any teacher, space or output is read."""
+    with pytest.raises(PkdError) as e:
+        S.SweepOptions("no-such-teacher", str(tmp_path / "o"), **options)
+    assert str(e.value).startswith(message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_only_study_and_worker_import_optuna():
+    import ast
+
+    importers = set()
+    for path in Path(S.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(n == "optuna" or n.startswith("optuna.") for n in names):
+                importers.add(path.name)
+    assert importers == {"study.py"}  # worker gets it from study.require_optuna
 
 
 def test_stale_trial_of_another_machine_is_retried_once(tmp_path):
@@ -449,10 +501,13 @@ def load_any(path: str):
     return optuna.load_study(study_name="s", storage=S.open_storage(path)).trials
 
 
-def test_missing_optuna_is_a_clear_error(monkeypatch):
+def test_missing_optuna_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(S.PkdError, match="pip install optuna"):
-        S._optuna()
+    assert run_cli(["sweep", "--teacher", "t", "--output", tmp_path / "o", "--grid", "paper"]) == 2
+    assert "pip install optuna (or pip install 'pkd[sweep]')" in capsys.readouterr().err
+    with pytest.raises(PkdError, match="pip install optuna"):
+        S.open_storage(str(tmp_path / "study.journal"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_sweep_help_lists_the_options(capsys):

@@ -495,12 +495,12 @@ def run(argv: list[str] | None = None) -> int:
         )
         print(result["markdown"])
     elif args.command == "sweep":
-        from pkd.sweep import sweep
+        from pkd.sweep import SweepOptions, run_sweep
 
-        result = sweep(
-            args.teacher,
-            args.output,
-            resolve_sections(args),
+        options = SweepOptions(
+            teacher=args.teacher,
+            output=args.output,
+            base=resolve_sections(args),
             method=args.method,
             strategies=args.strategy,
             student_layers=args.student_layers,
@@ -515,9 +515,9 @@ def run(argv: list[str] | None = None) -> int:
             study_name=args.study_name,
             selection_split=args.selection_split,
             stale_after=args.stale_after,
-            dry_run=args.dry_run,
-            quiet=getattr(args, "train.quiet", False),
         )
+        quiet = getattr(args, "train.quiet", False)
+        result = run_sweep(options, dry_run=args.dry_run, quiet=quiet)
         print(result["markdown"])
     elif args.command == "presets":
         from pkd.presets import format_table
