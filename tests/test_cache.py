@@ -91,7 +91,7 @@ def test_build_then_reuse_without_teacher(teacher, tokenizer, sst2_dir, tmp_path
     assert again.path == first.path
     assert any("reusing" in r.getMessage() for r in caplog.records)
     assert np.array_equal(np.asarray(again.logits), np.asarray(first.logits))
-    assert np.array_equal(np.asarray(again.cls), np.asarray(first.cls))
+    assert np.array_equal(np.asarray(again.states), np.asarray(first.states))
 
 
 def test_default_root_is_env_var(teacher, tokenizer, sst2_dir, tmp_path):
@@ -111,16 +111,16 @@ def test_manifest_records_shapes_and_checksums(teacher, tokenizer, sst2_dir, tmp
     assert manifest["teacher_layers"] == 4
     assert manifest["hidden_size"] == 32
     assert manifest["files"]["logits"]["shape"] == [64, 2]
-    assert manifest["files"]["cls"]["shape"] == [64, 5, 32]  # (n, N+1, H), 0 = embeddings
-    for name in ("logits", "cls"):
+    assert manifest["files"]["states"]["shape"] == [64, 5, 32]  # (n, N+1, H), 0 = embeddings
+    for name in ("logits", "states"):
         f = cache.path / f"{name}.npy"
         assert manifest["files"][name]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
         assert manifest["files"][name]["bytes"] == f.stat().st_size
     assert len(manifest["fingerprint"]) == 64
     assert cache.path.name == f"sst2-{manifest['fingerprint'][:16]}"
     assert manifest["max_length"] == 32 and manifest["labels"] == ["0", "1"]
-    assert cache.logits.dtype == np.float32 and cache.cls.dtype == np.float16
-    assert isinstance(cache.cls, np.memmap)
+    assert cache.logits.dtype == np.float32 and cache.states.dtype == np.float16
+    assert isinstance(cache.states, np.memmap)
 
 
 def test_cached_targets_equal_online_targets(teacher, tokenizer, sst2_dir, tmp_path):
@@ -215,7 +215,9 @@ def test_teacher_config_that_changes_the_forward_pass_gives_a_new_cache(
     )
     other = build(eps, data, tokenizer, root)
     assert other.path != base.path and eps.calls > 0
-    assert not np.allclose(np.asarray(other.cls), np.asarray(base.cls))  # really other outputs
+    assert not np.allclose(
+        np.asarray(other.states), np.asarray(base.states)
+    )  # really other outputs
 
     renamed = copy_with_config(
         tiny_teacher, tmp_path / "renamed", transformers_version="5.0.0",
@@ -258,7 +260,7 @@ def test_fingerprint_covers_forward_settings_and_format_not_names(tiny_teacher, 
 
 
 def _truncate_cls(path):
-    f = path / "cls.npy"
+    f = path / "states.npy"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
@@ -287,7 +289,7 @@ def _manifest_not_an_object(path):
 def _manifest_files_not_a_dict(path):
     f = path / "manifest.json"
     manifest = json.loads(f.read_text())
-    manifest["files"] = ["logits", "cls"]
+    manifest["files"] = ["logits", "states"]
     f.write_text(json.dumps(manifest))
 
 
@@ -298,7 +300,7 @@ def _no_manifest(path):
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_truncate_cls, "cls.npy is missing or truncated"),
+        (_truncate_cls, "states.npy is missing or truncated"),
         (_flip_logits_byte, "logits.npy checksum differs"),
         (_wrong_fingerprint, "fingerprint differs"),
         (_broken_manifest, "is invalid"),
@@ -311,7 +313,7 @@ def test_damaged_cache_is_rebuilt(teacher, tokenizer, sst2_dir, tmp_path, caplog
     root = tmp_path / "cache"
     data = encoded(sst2_dir, tokenizer)
     good = build(teacher, data, tokenizer, root)
-    logits, cls = np.array(good.logits), np.array(good.cls)
+    logits, cls = np.array(good.logits), np.array(good.states)
     del good
     damage(next(root.iterdir()))
 
@@ -326,7 +328,7 @@ def test_damaged_cache_is_rebuilt(teacher, tokenizer, sst2_dir, tmp_path, caplog
     assert teacher.calls == 5  # the teacher ran again
     assert rebuilt.manifest["reused"] is False
     assert np.array_equal(np.asarray(rebuilt.logits), logits)
-    assert np.array_equal(np.asarray(rebuilt.cls), cls)
+    assert np.array_equal(np.asarray(rebuilt.states), cls)
     assert cache_dirs(root) == [rebuilt.path.name]
 
     # and the rebuilt cache is good: reused silently

@@ -7,7 +7,7 @@ import torch
 from conftest import WORDS, make_tiny_bert, make_tiny_teacher
 
 from pkd.errors import PkdError
-from pkd.models import BASE_MODEL_KEY, build_student, cls_states, load_finetuned, num_layers
+from pkd.models import BASE_MODEL_KEY, build_student, layer_states, load_finetuned, num_layers
 from pkd.tasks import MULTIPLE_CHOICE
 
 SLC = "single_label_classification"
@@ -231,7 +231,8 @@ def test_truncation_other_encoders(tmp_path, make, cls_name):
     ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]])
     out = student(input_ids=ids, output_hidden_states=True)
     assert out.logits.shape == (2, 3)
-    assert cls_states(out.hidden_states, out.logits).shape == (2, 3, 32)
+    mask = torch.ones_like(ids)
+    assert layer_states(out.hidden_states, mask, out.logits).shape == (2, 3, 32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_cls_states_classification(named_teacher):
     ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0], [2, 10, 3, 0, 0]])
     mask = (ids != 0).long()
     out = named_teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    cls = cls_states(out.hidden_states, out.logits)
+    cls = layer_states(out.hidden_states, mask, out.logits)
     assert cls.shape == (3, 5, 32)  # (B, L+1, H): embeddings + 4 layers
     for layer in range(5):
         assert torch.equal(cls[:, layer], out.hidden_states[layer][:, 0])
@@ -324,7 +325,7 @@ def test_cls_states_multiple_choice(tiny_bert):
     out = model(input_ids=ids, output_hidden_states=True)
     assert out.logits.shape == (b, c)
     assert out.hidden_states[0].shape == (b * c, t, 32)  # the encoder sees B*C sequences
-    cls = cls_states(out.hidden_states, out.logits)
+    cls = layer_states(out.hidden_states, torch.ones_like(ids), out.logits)
     assert cls.shape == (b, c, 5, 32)  # (B, C, L+1, H)
     for i in range(b):
         for j in range(c):

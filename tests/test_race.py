@@ -409,8 +409,8 @@ def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp
         )
     assert f"teacher cache: {len(train)} examples" in caplog.text  # size printed before building
     n, h = len(train), teacher.config.hidden_size
-    assert cache.logits.shape == (n, 4) and cache.cls.shape == (n, 4, 5, h)
-    assert cache.manifest["files"]["cls"]["shape"] == [n, 4, 5, h]
+    assert cache.logits.shape == (n, 4) and cache.states.shape == (n, 4, 5, h)
+    assert cache.manifest["files"]["states"]["shape"] == [n, 4, 5, h]
     batch = collate([train[i] for i in (5, 0, 17, 30)])
     layers = [2, 4]
     c_logits, c_cls = cache.targets(batch["example_index"], layers)
@@ -718,7 +718,7 @@ def test_minilm_cli_end_to_end(minilm, tmp_path, capsys):
     assert m["layer_map"] == [[2, 1], [4, 2]] and m["method"] == "pkd"
     manifest = json.loads((Path(m["teacher_cache"]["path"]) / "manifest.json").read_text())
     assert manifest["files"]["logits"]["shape"] == [24, 4]
-    assert manifest["files"]["cls"]["shape"] == [24, 4, 7, 384]
+    assert manifest["files"]["states"]["shape"] == [24, 4, 7, 384]
     assert "max_length: 128" in (student / "config.yaml").read_text()
 
     capsys.readouterr()

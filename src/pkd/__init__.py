@@ -2,11 +2,15 @@
 
 __version__ = "0.1.0"
 
+# Registers pkd's mean-pooling heads (model_type `pkd_pooled`) with transformers' Auto classes,
+# so `AutoModelForSequenceClassification.from_pretrained(run/model)` and `pipeline(...)` load
+# a mean-pooled student after `import pkd` (imports torch and transformers).
+from pkd import pooling  # noqa: E402, F401
 from pkd.errors import PkdError  # noqa: E402
 
 
 def __getattr__(name: str):
-    # Lazy so that `import pkd` (and `pkd --help`) does not import torch.
+    # The API modules load lazily (data, training, Accelerate).
     if name in ("finetune", "distill", "evaluate", "predict"):
         from pkd import api
 

@@ -43,13 +43,16 @@ from pkd.models import (
     build_student,
     count_parameters,
     is_multiple_choice,
+    load_config,
     load_finetuned,
     load_for_finetuning,
     load_tokenizer,
     model_labels,
+    model_pooling,
     num_layers,
     quiet_transformers,
     resolve_model,
+    resolve_pooling,
 )
 from pkd.race import choice_letter, num_choices
 from pkd.tasks import (
@@ -310,14 +313,23 @@ def check_resume_config(cfg) -> None:
         )
 
 
-def start_run(path: Path, cfg, overwrite: bool, resuming: bool = False) -> None:
-    """Create the run dir (replacing an old one with --overwrite) and write config.yaml."""
+def start_run(
+    path: Path, cfg, overwrite: bool, resuming: bool = False, resolved: dict | None = None
+) -> None:
+    """Create the run dir (replacing an old one with --overwrite) and write config.yaml.
+
+    resolved: what options such as `--pooling auto` resolved to, recorded under
+    `meta.resolved` (the options keep what was asked, so a re-run resolves them again).
+    """
     if resuming and (path / "config.yaml").is_file():  # continuing in place: keep its config
         return
     if overwrite and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    C.save(cfg, path / "config.yaml", meta=provenance())
+    meta = provenance()
+    if resolved:
+        meta["resolved"] = resolved
+    C.save(cfg, path / "config.yaml", meta=meta)
 
 
 def provenance() -> dict:
@@ -415,7 +427,11 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     check_label_sets(spec, splits)
     set_seed(cfg.train.seed)  # before the new head is initialised
     tokenizer = load_tokenizer(cfg.model, "model", cfg.trust_remote_code)
-    model = load_for_finetuning(cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code)
+    config = load_config(cfg.model, "model", cfg.trust_remote_code)
+    pooling = resolve_pooling(cfg.pooling, cfg.model, config)
+    model = load_for_finetuning(
+        cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code, pooling=pooling
+    )
     check_max_length(cfg.data.max_length, cfg.model, "model", model.config, tokenizer)
     label2id = model.config.label2id if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
@@ -426,7 +442,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
 
         return describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, ckpt)
     model.config.update({TASK_KEY: spec.name})
-    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None)
+    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None, resolved={"pooling": pooling})
     accelerator = make_accelerator(cfg.train, output)
     t0 = time.perf_counter()
     result = train(
@@ -445,6 +461,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     metrics = {
         "task": spec.name,
         "model": cfg.model,
+        "pooling": pooling,
         "labels": list(spec.labels),
         "best": result["best"],
         "final": result["final"],
@@ -505,6 +522,7 @@ class DistillPlan:
     teacher_metrics: dict
     baseline: dict
     truncated: float
+    pooling: str  # the student's (and the teacher's, for PKD): cls or mean
 
 
 def plan_distill(
@@ -560,9 +578,10 @@ def plan_distill(
     check_max_length(cfg.data.max_length, cfg.teacher, "teacher", teacher.config, tokenizer)
     if init != cfg.teacher:
         check_same_tokenizer(init, tokenizer, cfg.trust_remote_code)
+    pooling = student_pooling(d.pooling, teacher, cfg.teacher, d.method)
     set_seed(cfg.train.seed)  # before the student's new head is initialised
     student = build_student(
-        init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code
+        init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code, pooling
     )
     check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
     label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
@@ -584,7 +603,27 @@ def plan_distill(
         teacher_metrics,
         baseline,
         trunc,
+        pooling,
     )
+
+
+def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
+    """The student's pooling: `--pooling`, or the teacher's for auto.
+
+    PKD matches each model's pooled layer states, so a student that pools otherwise than its
+    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
+    """
+    theirs = model_pooling(teacher.config)
+    pooling = theirs if requested == "auto" else requested
+    if pooling != theirs:
+        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
+        if method == "pkd":
+            raise PkdError(
+                f"{msg}; the patient loss compares the states each model reads, so both must "
+                "pool alike (drop --pooling, or use --method kd)"
+            )
+        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
+    return pooling
 
 
 def max_length_limit(config, tokenizer) -> int | None:
@@ -697,8 +736,6 @@ def _human(n: float) -> str:
 
 def _init_name(cfg: C.DistillRunConfig) -> str | None:
     """--student-init as given, else the base model the teacher records (None: it records none)."""
-    from pkd.models import load_config
-
     init = cfg.distill.student_init
     if init in (None, ""):
         teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
@@ -707,8 +744,6 @@ def _init_name(cfg: C.DistillRunConfig) -> str | None:
 
 
 def _student_init(cfg: C.DistillRunConfig) -> str:
-    from pkd.models import load_config
-
     init = _init_name(cfg)
     if not init:
         raise PkdError(
@@ -782,7 +817,9 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     plan = plan_distill(cfg, accelerator)
     if dry_run:
         return describe_plan(cfg, plan)
-    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None)
+    start_run(
+        output, cfg, cfg.overwrite, resuming=ckpt is not None, resolved={"pooling": plan.pooling}
+    )
     t0 = time.perf_counter()
     spec = plan.spec
     cache_info = None
@@ -813,7 +850,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     else:
         teacher_signal = None
     t_cache = time.perf_counter() - t0
-    objective = Objective.from_config(d, plan.pairs, teacher_signal)
+    objective = Objective.from_config(d, plan.pairs, teacher_signal, plan.pooling)
     plan.student.config.update({TASK_KEY: spec.name})
     result = train(
         plan.student,
@@ -838,6 +875,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         "student_init": plan.student_init,
         "method": d.method,
         "student_layers": d.student_layers,
+        "pooling": plan.pooling,
         "layer_map": [list(p) for p in plan.pairs] if "pt" in d.terms else [],
         "labels": list(spec.labels),
         "best": result["best"],

@@ -12,7 +12,9 @@ parameters' dtype) change the fingerprint; names, versions and pkd's own records
 
 Layout of `<root>/<task>-<fingerprint[:16]>/`:
     logits.npy  float32 (n, *logit_shape)       teacher logits per training example
-    cls.npy     float16 (n, *prefix, N+1, H)    [CLS] state of every teacher layer (0 = embeddings)
+    states.npy  float16 (n, *prefix, N+1, H)    pooled state of every teacher layer (0 = embeddings):
+                                                [CLS], or the masked token mean for a mean-pooled
+                                                teacher (`pkd.models.layer_states`)
     manifest.json
 Rows are indexed by `example_index`, so shuffled batches read the right targets and any
 layer map reuses the same cache.
@@ -35,12 +37,13 @@ import torch
 
 from pkd.config import default_mode
 from pkd.errors import PkdError
-from pkd.models import cls_states
+from pkd.models import layer_states, model_pooling
 from pkd.progress import progress
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the fingerprint covers the teacher's config and tensor dtypes
+FORMAT_VERSION = 3  # 2: the fingerprint covers the teacher's config and tensor dtypes;
+# 3: states.npy holds the teacher's pooled states ([CLS] or token mean)
 
 # Teacher config keys that cannot change its outputs in eval mode: names and versions, what
 # pkd passes per call or records after training (keys starting with "pkd_"), dropout (off in
@@ -88,6 +91,12 @@ def forward_config(config) -> dict:
     return out
 
 
+def attention_kernel(teacher) -> str | None:
+    """The attention implementation the teacher's encoder runs (of a `pkd.pooling` model,
+    its encoder's, which has its own config)."""
+    return getattr(teacher.base_model.config, "_attn_implementation", None)
+
+
 def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
     """sha256 over the teacher's weights (with their dtypes), the config settings that change
     its forward pass, the tokenised inputs, `extra` (labels, max length) and the format."""
@@ -95,7 +104,8 @@ def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(json.dumps(forward_config(teacher.config), sort_keys=True, default=str).encode())
+    settings = {**forward_config(teacher.config), "encoder_attention": attention_kernel(teacher)}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for key in sorted(features):
         rows = features[key]
         h.update(key.encode())
@@ -122,23 +132,23 @@ class TeacherCache:
 
     path: Path
     logits: np.ndarray
-    cls: np.ndarray
+    states: np.ndarray
     manifest: dict
 
     def targets(self, example_index: torch.Tensor, layers: list[int]):
         """Teacher logits and [CLS] states at `layers` for a batch, as float32 tensors.
 
         Returns:
-            logits (B, *logit_shape) and cls (B, *prefix, len(layers), H).
+            logits (B, *logit_shape) and pooled states (B, *prefix, len(layers), H).
         """
         idx = example_index.cpu().numpy()
         logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
-        cls = torch.from_numpy(np.asarray(self.cls[idx][..., layers, :], dtype=np.float32))
-        return logits, cls
+        states = torch.from_numpy(np.asarray(self.states[idx][..., layers, :], dtype=np.float32))
+        return logits, states
 
 
-def estimate_bytes(n: int, logit_shape: tuple, cls_shape: tuple) -> int:
-    return n * (int(np.prod(logit_shape)) * 4 + int(np.prod(cls_shape)) * 2)
+def estimate_bytes(n: int, logit_shape: tuple, states_shape: tuple) -> int:
+    return n * (int(np.prod(logit_shape)) * 4 + int(np.prod(states_shape)) * 2)
 
 
 def teacher_shapes(config, choices: int = 0) -> tuple[tuple, tuple]:
@@ -161,7 +171,7 @@ def _load(path: Path, fp: str) -> TeacherCache:
     if manifest.get("fingerprint") != fp:
         raise ValueError("fingerprint differs from the manifest's")
     arrays = {}
-    for name, dtype in (("logits", "float32"), ("cls", "float16")):
+    for name, dtype in (("logits", "float32"), ("states", "float16")):
         f = path / f"{name}.npy"
         meta = manifest["files"][name]
         if not f.is_file() or f.stat().st_size != meta["bytes"]:
@@ -174,13 +184,14 @@ def _load(path: Path, fp: str) -> TeacherCache:
                 f"{f.name} has shape {arr.shape} {arr.dtype}, expected {meta['shape']}"
             )
         arrays[name] = arr
-    return TeacherCache(path, arrays["logits"], arrays["cls"], manifest)
+    return TeacherCache(path, arrays["logits"], arrays["states"], manifest)
 
 
 @torch.no_grad()
 def _run_teacher(teacher, dataset, collate, batch_size: int, device, show_progress: bool):
-    """Yield (example indices, logits, [CLS] states) over the dataset, longest first."""
+    """Yield (example indices, logits, pooled layer states) over the dataset, longest first."""
     order = np.argsort([-n for n in dataset.lengths()], kind="stable")  # little padding
+    pooling = model_pooling(teacher.config)
     teacher.eval().to(device)
     bar = progress(len(order), "teacher cache", "ex", quiet=not show_progress)
     for start in range(0, len(order), batch_size):
@@ -188,8 +199,9 @@ def _run_teacher(teacher, dataset, collate, batch_size: int, device, show_progre
         batch = collate([dataset[int(i)] for i in idx])
         inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "example_index")}
         out = teacher(**inputs, output_hidden_states=True)
-        cls = cls_states(out.hidden_states, out.logits)  # (B, [choices,] N+1, H)
-        yield idx, out.logits.float().cpu().numpy(), cls.cpu().numpy()
+        # (B, [choices,] N+1, H), pooled as the teacher pools
+        states = layer_states(out.hidden_states, inputs["attention_mask"], out.logits, pooling)
+        yield idx, out.logits.float().cpu().numpy(), states.cpu().numpy()
         bar.update(len(idx))
     bar.close()
 
@@ -237,8 +249,8 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
     n = len(dataset)
     # One forward on a single example tells the shapes of logits and [CLS] states.
     first = next(_run_teacher(teacher, _Subset(dataset, [0]), collate, 1, device, False))
-    logit_shape, cls_shape = first[1].shape[1:], first[2].shape[1:]
-    size = estimate_bytes(n, logit_shape, cls_shape)
+    logit_shape, states_shape = first[1].shape[1:], first[2].shape[1:]
+    size = estimate_bytes(n, logit_shape, states_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path.parent).free
     logger.info("teacher cache: %d examples, %.1f MB at %s", n, size / 1e6, path)
@@ -252,18 +264,18 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
     try:
         t0 = time.perf_counter()
         logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (n, *logit_shape))
-        cls = np.lib.format.open_memmap(tmp / "cls.npy", "w+", np.float16, (n, *cls_shape))
+        states = np.lib.format.open_memmap(tmp / "states.npy", "w+", np.float16, (n, *states_shape))
         for idx, lg, cs in _run_teacher(
             teacher, dataset, collate, batch_size, device, show_progress
         ):
             logits[idx] = lg
-            cls[idx] = cs
+            states[idx] = cs
         logits.flush()
-        cls.flush()
-        del logits, cls
+        states.flush()
+        del logits, states
         seconds = time.perf_counter() - t0
         files = {}
-        for name in ("logits", "cls"):
+        for name in ("logits", "states"):
             f = tmp / f"{name}.npy"
             arr = np.load(f, mmap_mode="r")
             files[name] = {
@@ -275,8 +287,9 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
             "format": FORMAT_VERSION,
             "fingerprint": fp,
             "examples": n,
-            "teacher_layers": int(cls_shape[-2]) - 1,
-            "hidden_size": int(cls_shape[-1]),
+            "teacher_layers": int(states_shape[-2]) - 1,
+            "hidden_size": int(states_shape[-1]),
+            "pooling": model_pooling(teacher.config),
             "build_seconds": round(seconds, 3),
             "files": files,
             **extra,

@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("finetune", "fine-tune a teacher (or any encoder) on a task")
     _add_run_options(p, "--model", "the pre-trained encoder to fine-tune")
+    p.add_argument(
+        "--pooling",
+        choices=C.POOLINGS,
+        default=argparse.SUPPRESS,
+        help="how the head reads the tokens: auto (mean for a sentence-transformers checkpoint "
+        "trained with mean pooling, else cls)|cls ([CLS] through the pooler)|mean (masked "
+        "token mean) (default: auto)",
+    )
     for s in SECTION_OPTIONS["finetune"]:
         _add_section(p, s, config_cls=C.FinetuneConfig)
 

@@ -25,6 +25,8 @@ from pkd.tasks import default_max_length
 METHODS = ("ft", "kd", "pkd")
 TEACHER_MODES = ("cached", "online")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# auto: the checkpoint's own (its sentence-transformers pooling config; a pkd model's config)
+POOLINGS = ("auto", "cls", "mean")
 PROBLEM_TYPES = ("classification", "regression", "multiple_choice")
 SEED_RANGE = 2**32  # seeds numpy, random and torch all accept: 0 <= seed < 2**32
 # What a method fixes (the paper's baselines: FT has no teacher terms, KD no patient loss):
@@ -198,6 +200,13 @@ class DistillConfig:
             "normalised as one vector)|each (each choice alone: about C times stronger)"
         },
     )
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "how the student pools tokens for its head and the patient loss: auto (the "
+            "teacher's)|cls ([CLS] through the pooler, the paper's)|mean (masked token mean)"
+        },
+    )
     teacher_mode: str = field(default="cached", metadata={"help": "cached|online"})
     cache_dir: str | None = field(
         default=None,
@@ -221,6 +230,7 @@ class DistillConfig:
         _choice("pt-loss", self.pt_loss, PT_FORMS)
         _choice("pt-choices", self.pt_choices, PT_CHOICES)
         _choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        _choice("pooling", self.pooling, POOLINGS)
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
         _positive("student-layers", self.student_layers)
@@ -273,10 +283,13 @@ class FinetuneConfig:
     resume: bool = False
     resume_from: str | None = None
     trust_remote_code: bool = False
+    # auto: mean for a sentence-transformers checkpoint trained with mean pooling, else cls
+    pooling: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        _choice("pooling", self.pooling, POOLINGS)
         if not self.model:
             raise PkdError("--model: required (a checkpoint name or directory)")
         if not self.output:

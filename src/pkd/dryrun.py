@@ -58,7 +58,7 @@ def time_steps(
     from dataclasses import replace
 
     from pkd.losses import total_loss
-    from pkd.models import cls_states
+    from pkd.models import layer_states, model_pooling
     from pkd.train import loss_terms, model_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,7 +76,13 @@ def time_steps(
                 _sync(device)
                 t0 = time.perf_counter()
                 out = teacher(**model_inputs(batch), output_hidden_states=True)
-                teacher_out.append((out.logits.float(), cls_states(out.hidden_states, out.logits)))
+                states = layer_states(
+                    out.hidden_states,
+                    batch["attention_mask"],
+                    out.logits,
+                    model_pooling(teacher.config),
+                )
+                teacher_out.append((out.logits.float(), states))
                 _sync(device)
                 if i:
                     teacher_s += time.perf_counter() - t0
@@ -195,7 +201,7 @@ def _eval_examples(encoded: dict) -> int:
 def describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, resume_from) -> dict:
     """The plan of `pkd finetune` (what --dry-run prints)."""
     from pkd.data import collator
-    from pkd.models import count_parameters, num_layers
+    from pkd.models import count_parameters, encoder_type, model_pooling, num_layers
     from pkd.train import Objective
 
     c = model.config
@@ -208,10 +214,11 @@ def describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, re
         "resume_from": str(resume_from) if resume_from else None,
         "model": {
             "path": cfg.model,
-            "type": c.model_type,
+            "type": encoder_type(c),
             "layers": num_layers(c),
             "hidden_size": c.hidden_size,
             "parameters": count_parameters(model)["total"],
+            "pooling": model_pooling(c),
         },
         "task": spec.name,
         "problem_type": spec.problem_type,
@@ -283,7 +290,7 @@ def teacher_cache(cfg, plan) -> dict:
 def describe_distill(cfg, plan, timed: bool = True) -> dict:
     """The plan of `pkd distill` (what --dry-run prints)."""
     from pkd.data import collator
-    from pkd.models import DEV_METRIC_KEY, count_parameters, num_layers
+    from pkd.models import DEV_METRIC_KEY, count_parameters, model_pooling, num_layers
     from pkd.train import Objective
 
     d = cfg.distill
@@ -299,6 +306,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             "layers": num_layers(t),
             "hidden_size": t.hidden_size,
             "parameters": count_parameters(plan.teacher)["total"],
+            "pooling": model_pooling(t),
             "labels": list(plan.spec.labels),
             "recorded_dev": getattr(t, DEV_METRIC_KEY, None),
             "dev": plan.teacher_metrics,
@@ -308,6 +316,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             "layers": d.student_layers,
             "init": str(plan.student_init),
             "parameters": count_parameters(plan.student)["total"],
+            "pooling": plan.pooling,
         },
         "method": d.method + (f"-{d.strategy}" if pt and not d.layer_map else ""),
         "layer_map": [[a, b] for a, b in plan.pairs] if pt else [],
@@ -330,7 +339,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
     }
     if timed:
         needs_teacher = len(d.terms) > 1
-        objective = Objective.from_config(d, plan.pairs)
+        objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling)
         timing = time_steps(
             plan.student,
             plan.encoded["train"],
@@ -536,6 +545,9 @@ def _data_lines(plan: dict) -> list[str]:
     return lines
 
 
+POOLING_TEXT = {"cls": "cls ([CLS] state through the pooler)", "mean": "mean (masked token mean)"}
+
+
 def format_plan(plan: dict) -> str:
     """A dry-run plan (from describe_finetune/describe_distill) as readable text."""
     lines = [f"pkd {plan['command']} (dry run): nothing trained, nothing written", ""]
@@ -545,6 +557,7 @@ def format_plan(plan: dict) -> str:
             f"model:      {m['path']} ({m['type']}, {m['layers']} layers, hidden {m['hidden_size']}, "
             f"{m['parameters'] / 1e6:.2f}M parameters)"
         )
+        lines.append(f"pooling:    {POOLING_TEXT[m['pooling']]}")
         labels = ", ".join(plan["labels"]) or "(regression)"
         lines.append(f"task:       {plan['task']}, labels {labels}; selects on {plan['metric']}")
         lines.append(
@@ -557,7 +570,7 @@ def format_plan(plan: dict) -> str:
             lines.append(f"preset:     {plan['preset']['name']} ({plan['preset']['source']})")
         lines.append(
             f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
-            f"{t['parameters'] / 1e6:.2f}M parameters)"
+            f"{t['parameters'] / 1e6:.2f}M parameters, {t['pooling']} pooling)"
         )
         lines.append(f"            labels {', '.join(t['labels']) or '(regression)'}")
         lines.append(f"            scores {_scores(t['dev'])}")
@@ -574,6 +587,7 @@ def format_plan(plan: dict) -> str:
         lines.append(
             f"student:    {s['layers']} layers from {s['init']} ({s['parameters'] / 1e6:.2f}M parameters)"
         )
+        lines.append(f"pooling:    {POOLING_TEXT[s['pooling']]}, head and patient loss")
         lines.append(f"method:     {plan['method']}")
         if plan["layer_map"]:
             pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"])

@@ -4,6 +4,13 @@ The student (Sun et al. 2019, Sec. 4.1) has the teacher's architecture with M < 
 is initialised from the *pre-trained* model the teacher was fine-tuned from, embeddings and
 layers 1..M, with a new classification head. `transformers` does the truncation: loading a
 checkpoint with `num_hidden_layers=M` keeps `encoder.layer.0..M-1` and drops the rest.
+
+Pooling (`--pooling auto|cls|mean`): how a model turns its token states into one vector, for
+the task head and for the patient loss. `cls` is the paper's setting and BERT's own classes
+(the [CLS] state through the pre-trained pooler); `mean` is the masked mean of the token
+states, for sentence-transformers checkpoints trained to be read that way, through the heads
+of `pkd.pooling`. `auto` reads a checkpoint's sentence-transformers pooling config
+(`modules.json` -> `1_Pooling/config.json`) and keeps `cls` without one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pkd import pooling as P
 from pkd.errors import PkdError
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION
 
@@ -143,26 +151,151 @@ def load_for_finetuning(
     labels: tuple[str, ...],
     trust_remote_code: bool = False,
     option: str = "model",
+    pooling: str = "cls",
 ):
-    """A pre-trained encoder with a new task head; label names stored in its config."""
+    """A pre-trained encoder with a new task head; label names stored in its config.
+
+    pooling: `cls` (the checkpoint's own head class, reading [CLS] through its pooler) or
+    `mean` (a `pkd.pooling` head on the masked mean of the token states).
+    """
     name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
     kwargs = _head_kwargs(problem_type, labels)
-    try:
-        model = auto_class(problem_type).from_pretrained(
-            name_or_path,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=_use_safetensors(name_or_path),
-            **kwargs,
+    if pooling == "mean":
+        model = mean_pooled(
+            load_encoder(name_or_path, option, trust_remote_code), problem_type, kwargs
         )
-    except (ValueError, OSError) as e:
-        raise PkdError(
-            f"--{option}: cannot load {name_or_path} ({str(e).splitlines()[0]})"
-        ) from None
+    else:
+        _check_cls_init(config, name_or_path, option)
+        try:
+            model = auto_class(problem_type).from_pretrained(
+                name_or_path,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=_use_safetensors(name_or_path),
+                **kwargs,
+            )
+        except (ValueError, OSError) as e:
+            raise PkdError(
+                f"--{option}: cannot load {name_or_path} ({str(e).splitlines()[0]})"
+            ) from None
     base = str(Path(name_or_path).resolve()) if is_local(name_or_path) else name_or_path
     # Remember where it came from: the student's default init (`--student-init`).
     model.config.update({BASE_MODEL_KEY: getattr(config, BASE_MODEL_KEY, None) or base})
     return model
+
+
+def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False, **overrides):
+    """The bare encoder of a checkpoint (`AutoModel`), without its pooler; of a `pkd.pooling`
+    model, its `encoder`. overrides: config values, e.g. num_hidden_layers=M to keep M layers."""
+    from transformers import AutoModel
+
+    config = load_config(name_or_path, option, trust_remote_code)
+    cls = AutoModel
+    if config.model_type == P.MODEL_TYPE:
+        cls = auto_class(MULTIPLE_CHOICE if is_multiple_choice(config) else "")
+    with _load_errors(option, name_or_path):
+        model = cls.from_pretrained(
+            name_or_path,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_use_safetensors(name_or_path),
+            **overrides,
+        )
+    encoder = model.encoder if config.model_type == P.MODEL_TYPE else model
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # a mean-pooled head never reads it
+    return encoder
+
+
+def mean_pooled(encoder, problem_type: str, head: dict):
+    """A `pkd.pooling` model around a loaded encoder, with a new (seeded) head."""
+    config = P.PkdPooledConfig.from_encoder(encoder.config, "mean", **head)
+    cls = P.PkdPooledForMultipleChoice if problem_type == MULTIPLE_CHOICE else None
+    model = (cls or P.PkdPooledForSequenceClassification)(config)
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model
+
+
+def _check_cls_init(config, name_or_path: str, option: str) -> None:
+    if config.model_type == P.MODEL_TYPE:
+        raise PkdError(
+            f"--{option}: {name_or_path} is a mean-pooled model; a [CLS]-pooled model cannot "
+            "start from it (pass --pooling mean, or a plain encoder checkpoint)"
+        )
+
+
+def model_pooling(config) -> str:
+    """How a loaded model reads its tokens: `mean` for `pkd.pooling` heads, else `cls`."""
+    return config.pooling if config.model_type == P.MODEL_TYPE else "cls"
+
+
+def encoder_type(config) -> str:
+    """The encoder architecture (`bert`, ...), also of a `pkd.pooling` model."""
+    return config.encoder_type if config.model_type == P.MODEL_TYPE else config.model_type
+
+
+def checkpoint_pooling(name_or_path: str) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with, or None.
+
+    Reads `modules.json` and the config of its Pooling module (`1_Pooling/config.json`):
+    `mean` for `pooling_mode_mean_tokens`, `cls` for `pooling_mode_cls_token`, else the mode's
+    name (max, weightedmean, lasttoken, ...). Hub names are looked up when the Hub is reachable.
+    """
+    import json
+
+    def read(filename: str) -> dict | list | None:
+        path = Path(name_or_path) / filename
+        if not is_local(name_or_path):
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(name_or_path, filename))
+            except Exception:  # offline, no such file, no such repo
+                return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    modules = read("modules.json")
+    if not isinstance(modules, list):
+        return None
+    pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    conf = read(f"{pool.get('path', '')}/config.json") if pool else None
+    if not isinstance(conf, dict):
+        return None
+    modes = [
+        k.removeprefix("pooling_mode_")
+        for k, v in conf.items()
+        if k.startswith("pooling_mode_") and v
+    ]
+    if "mean_tokens" in modes:
+        return "mean"
+    if "cls_token" in modes:
+        return "cls"
+    return modes[0] if modes else None
+
+
+def resolve_pooling(requested: str, name_or_path: str, config) -> str:
+    """`cls` or `mean` for `--pooling` (auto: the model's own, else its sentence-transformers
+    config's, else `cls`)."""
+    if requested != "auto":
+        return requested
+    if config.model_type == P.MODEL_TYPE:
+        return config.pooling
+    found = checkpoint_pooling(name_or_path)
+    if found in (None, "cls"):
+        return "cls"
+    if found != "mean":
+        logger.warning(
+            "%s was trained with %s pooling, which pkd does not have; using mean pooling "
+            "(pass --pooling cls for the [CLS] state)",
+            name_or_path,
+            found,
+        )
+    logger.info(
+        "--pooling auto: %s is read through mean pooling (its 1_Pooling config)", name_or_path
+    )
+    return "mean"
 
 
 def _head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
@@ -262,8 +395,10 @@ def build_student(
     teacher,
     problem_type: str,
     trust_remote_code: bool = False,
+    pooling: str = "cls",
 ):
-    """An M-layer student initialised from the first M layers (and embeddings) of `init`.
+    """An M-layer student initialised from the first M layers (and embeddings) of `init`,
+    with a new head that pools as `pooling` says (`cls` or `mean`).
 
     Raises:
         PkdError: init and teacher cannot match (architecture, hidden size, vocabulary), or
@@ -273,11 +408,14 @@ def build_student(
     config = load_config(init, "student-init", trust_remote_code)
     t = teacher.config
     init_layers = num_layers(config)
-    for attr in ("model_type", "hidden_size", "vocab_size"):
-        a, b = getattr(config, attr, None), getattr(t, attr, None)
+    for what, a, b in (
+        ("model_type", encoder_type(config), encoder_type(t)),
+        ("hidden_size", getattr(config, "hidden_size", None), getattr(t, "hidden_size", None)),
+        ("vocab_size", getattr(config, "vocab_size", None), getattr(t, "vocab_size", None)),
+    ):
         if a != b:
             raise PkdError(
-                f"--student-init: {init} has {attr}={a} but the teacher has {attr}={b}; "
+                f"--student-init: {init} has {what}={a} but the teacher has {what}={b}; "
                 "student and teacher must share architecture, hidden size and vocabulary"
             )
     if not 1 <= student_layers <= init_layers:
@@ -286,29 +424,45 @@ def build_student(
             f"{init} (need 1 <= M <= {init_layers})"
         )
     kwargs = _head_kwargs(problem_type, model_labels(teacher))
-    use_safetensors = _use_safetensors(init)
-    with _load_errors("student-init", init):
-        model = auto_class(problem_type).from_pretrained(
-            init,
-            num_hidden_layers=student_layers,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=use_safetensors,
-            **kwargs,
+    if pooling == "mean":
+        encoder = load_encoder(
+            init, "student-init", trust_remote_code, num_hidden_layers=student_layers
         )
+        model = mean_pooled(encoder, problem_type, kwargs)
+    else:
+        _check_cls_init(config, init, "student-init")
+        with _load_errors("student-init", init):
+            model = auto_class(problem_type).from_pretrained(
+                init,
+                num_hidden_layers=student_layers,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=_use_safetensors(init),
+                **kwargs,
+            )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
     return model
 
 
-def cls_states(hidden_states: tuple[torch.Tensor, ...], logits: torch.Tensor) -> torch.Tensor:
-    """[CLS] state of every layer, index 0 = embeddings.
+def layer_states(
+    hidden_states: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor,
+    logits: torch.Tensor,
+    pooling: str = "cls",
+) -> torch.Tensor:
+    """The pooled state of every layer, index 0 = embeddings: what the patient loss matches.
 
-    Classification: L+1 tensors (B, T, H) -> (B, L+1, H). Multiple choice: the encoder sees
-    B * C sequences, so (B * C, T, H) -> (B, C, L+1, H), matching logits (B, C).
+    `cls`: the [CLS] token's state; `mean`: the masked mean of the token states (padding never
+    counts). Classification: L+1 tensors (B, T, H) -> (B, L+1, H). Multiple choice: the
+    encoder sees B * C sequences, so (B * C, T, H) -> (B, C, L+1, H), matching logits (B, C).
     """
-    cls = torch.stack([h[:, 0] for h in hidden_states], dim=1)
-    if cls.shape[0] != logits.shape[0]:
-        cls = cls.view(*logits.shape, *cls.shape[1:])
-    return cls
+    if pooling == "mean":
+        mask = attention_mask.reshape(-1, attention_mask.shape[-1])
+        states = torch.stack([P.mean_pool(h, mask) for h in hidden_states], dim=1)
+    else:
+        states = torch.stack([h[:, 0] for h in hidden_states], dim=1)
+    if states.shape[0] != logits.shape[0]:
+        states = states.view(*logits.shape, *states.shape[1:])
+    return states
 
 
 def count_parameters(model) -> dict[str, int]:

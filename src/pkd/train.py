@@ -28,7 +28,7 @@ from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
 from pkd.metrics import compute_metrics
-from pkd.models import DEV_METRIC_KEY, cls_states
+from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
 from pkd.progress import progress
 from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
@@ -42,8 +42,10 @@ NON_INPUTS = ("labels", "example_index")
 class Objective:
     """What the student learns from: loss terms, their weights, and the teacher's signals.
 
-    `teacher(batch, layers)` returns teacher logits and [CLS] states at the given teacher
-    layers, from the cache or from a live teacher.
+    `teacher(batch, layers)` returns teacher logits and pooled states ([CLS], or the token
+    mean for a mean-pooled teacher) at the given teacher layers, from the cache or from a live
+    teacher. `pooling` is how the student's states are pooled for the patient loss: the same
+    as the teacher's (distill refuses a mismatch).
     """
 
     terms: tuple[str, ...] = ("ce",)
@@ -54,12 +56,20 @@ class Objective:
     pt_form: str = "mean"
     pt_normalize: bool = True
     pt_choices: str = "concat"
+    pooling: str = "cls"
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
     teacher: Callable | None = None
 
     @classmethod
-    def from_config(cls, d, pairs: list[tuple[int, int]], teacher: Callable | None = None):
-        """The objective a `DistillConfig` asks for (terms and weights from its method)."""
+    def from_config(
+        cls,
+        d,
+        pairs: list[tuple[int, int]],
+        teacher: Callable | None = None,
+        pooling: str = "cls",
+    ):
+        """The objective a `DistillConfig` asks for (terms and weights from its method);
+        pooling: the student's, resolved (`pkd.models.resolve_pooling`)."""
         return cls(
             terms=d.terms,
             alpha=d.alpha,
@@ -69,6 +79,7 @@ class Objective:
             pt_form=d.pt_loss,
             pt_normalize=d.pt_normalize,
             pt_choices=d.pt_choices,
+            pooling=pooling,
             pairs=pairs,
             teacher=teacher,
         )
@@ -86,7 +97,7 @@ def loss_terms(
     terms = {"ce": ce_loss(out.logits, batch["labels"], regression)}
     if "kd" in objective.terms:
         t_layers = [t for t, _ in objective.pairs] if "pt" in objective.terms else []
-        t_logits, t_cls = objective.teacher(batch, t_layers)
+        t_logits, t_states = objective.teacher(batch, t_layers)
         terms["kd"] = kd_loss(
             out.logits,
             t_logits.to(out.logits.device),
@@ -96,10 +107,12 @@ def loss_terms(
         )
         if "pt" in objective.terms:
             s_layers = [s for _, s in objective.pairs]
-            s_cls = cls_states(out.hidden_states, out.logits)[..., s_layers, :]
+            s_states = layer_states(
+                out.hidden_states, batch["attention_mask"], out.logits, objective.pooling
+            )[..., s_layers, :]
             terms["pt"] = patient_loss(
-                s_cls,
-                t_cls.to(s_cls.device),
+                s_states,
+                t_states.to(s_states.device),
                 objective.pt_normalize,
                 objective.pt_form,
                 objective.pt_choices,
@@ -147,11 +160,13 @@ def online_teacher(teacher) -> Callable:
     """Teacher signals from a forward pass of the (frozen) teacher on each batch."""
     teacher.eval()
     teacher.requires_grad_(False)
+    pooling = model_pooling(teacher.config)
 
     @torch.no_grad()
     def signals(batch, layers):
         out = teacher(**model_inputs(batch), output_hidden_states=True)
-        return out.logits.float(), cls_states(out.hidden_states, out.logits)[..., layers, :].float()
+        states = layer_states(out.hidden_states, batch["attention_mask"], out.logits, pooling)
+        return out.logits.float(), states[..., layers, :].float()
 
     return signals
 
