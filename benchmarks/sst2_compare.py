@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=float, default=None, help="default: --epochs")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument(
+        "--pooling",
+        default="auto",
+        choices=["auto", "cls", "mean"],
+        help="teacher pooling (students inherit it); auto: mean for the packaged MiniLM-L6, "
+        "whose sentence-transformers config says mean; the first committed table is cls",
+    )
+    p.add_argument(
         "--seeds",
         type=_ints,
         default=[1, 2, 3],
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model": teacher_model,
                     "output": str(teacher_run),
                     "overwrite": True,
+                    "pooling": args.pooling,
                     "data": teacher_data,
                     "train": teacher_train,
                 },

@@ -390,13 +390,15 @@ def _destroying(t: Path) -> dict[str, tuple[list, str]]:
             ["finetune", "--model", model, "--output", run, "--overwrite", *sst2, "--dry-run"],
             f"--output: {run} holds the --model {model}",
         ),
-        "compare into the teacher's run": (
-            ["compare", "--teacher", model, "--output", run, *dry, "--bench-seq-length", "16"],
-            f"--output: {run} holds the --teacher {model}",
+        "compare over a teacher among its runs": (
+            ["compare", "--teacher", t / "cmp" / "runs" / "L2-kd-seed1", "--output", t / "cmp"]
+            + [*dry, "--bench-seq-length", "16"],
+            f"--output: {t / 'cmp' / 'runs'} holds the --teacher {t / 'cmp' / 'runs' / 'L2-kd-seed1' / 'model'}",
         ),
-        "sweep into the teacher's run": (
-            ["sweep", "--teacher", model, "--output", run, "--grid", "paper", *dry],
-            f"--output: {run} holds the --teacher {model}",
+        "sweep over a teacher among its trials": (
+            ["sweep", "--teacher", t / "swp" / "trials" / "trial-0", "--output", t / "swp"]
+            + ["--grid", "paper", *dry],
+            f"--output: {t / 'swp' / 'trials'} holds the --teacher {t / 'swp' / 'trials' / 'trial-0' / 'model'}",
         ),
         "evaluate over its data": (
             ["evaluate", "--model", model, *sst2, "--output-file", data / "dev.tsv"],
@@ -417,6 +419,10 @@ def test_output_that_holds_an_input_is_refused(case, inputs, capsys):
         config = inputs / "teacher-run" / "model" / "config.json"
         conf = json.loads(config.read_text())
         config.write_text(json.dumps({**conf, "pkd_base_model": str(base)}))
+    if case == "compare over a teacher among its runs":  # an unfinished run compare replaces
+        shutil.copytree(inputs / "teacher-run", inputs / "cmp" / "runs" / "L2-kd-seed1")
+    if case == "sweep over a teacher among its trials":
+        shutil.copytree(inputs / "teacher-run", inputs / "swp" / "trials" / "trial-0")
     argv, message = _destroying(inputs)[case]
     before = _snapshot(inputs)
     line = cli_error(argv, capsys)

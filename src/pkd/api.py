@@ -253,6 +253,14 @@ def check_not_input(output: Path, option: str, inputs: Inputs) -> None:
             )
 
 
+def check_not_replaced(output: Path, replaced: tuple[str, ...], inputs: Inputs) -> None:
+    """`compare` and `sweep` write inside --output but replace only these sub-directories
+    (unfinished runs, trials): an input may live in --output (a teacher trained beside its
+    students), never in one of them."""
+    for sub in replaced:
+        check_not_input(output / sub, "--output", inputs)
+
+
 def data_inputs(data: C.DataConfig) -> Inputs:
     """The data paths a command reads, with their options."""
     return [

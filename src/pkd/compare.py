@@ -271,7 +271,7 @@ def compare(
         PkdError: unknown methods, impossible depths, a teacher or data that does not load,
             a finished run trained with other settings.
     """
-    from pkd.api import check_not_input, distill, run_inputs
+    from pkd.api import check_not_replaced, distill, run_inputs
     from pkd.bench import benchmark, check_bench_options
     from pkd.models import quiet_transformers, resolve_model
 
@@ -279,7 +279,7 @@ def compare(
     quiet_transformers()
     teacher = resolve_model(teacher, "teacher")
     runs = plan_runs(teacher, output, base, student_layers, methods, seeds, options)
-    check_not_input(Path(output), "--output", run_inputs(runs[0].cfg))
+    check_not_replaced(Path(output), ("runs",), run_inputs(runs[0].cfg))
     for option, value in (
         ("bench-batch-size", bench_batch_size),
         ("bench-seq-length", bench_seq_length),

@@ -232,7 +232,7 @@ def plan_sweep(options: SweepOptions) -> SweepPlan:
     points = grid_points(space, seed) if sampler == "grid" else None
     budget = _budget(o.trials, points)
     cfgs = _check_configs(base, points if points is not None else range_probes(space), out)
-    api.check_not_input(out, "--output", api.run_inputs(cfgs[0]))
+    api.check_not_replaced(out, ("trials", "best", "seeds"), api.run_inputs(cfgs[0]))
     spec = api.resolve_task(cfgs[0].data)
     return SweepPlan(
         teacher=teacher,
