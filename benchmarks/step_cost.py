@@ -1,8 +1,9 @@
 """What a PKD step costs: cached teacher vs FT vs online teacher, and the cache's build cost.
 
 MiniLM-L6 teacher (packaged, with a task head) -> 3-layer student, real SST-2 sentences,
-identical batches for every mode. Modes are interleaved round by round so that load on the
-machine affects them alike; the ratios come from one run.
+identical batches for every mode, each step the training loop's own
+(`pkd.train.training_step`: with its check, clipping and schedule). Modes are interleaved
+round by round so that load on the machine affects them alike; the ratios come from one run.
 
     python benchmarks/step_cost.py [--data-dir ../shared/data/glue/SST-2] [--examples 1024]
 
@@ -23,12 +24,19 @@ import torch
 
 from pkd import cache as cache_mod
 from pkd import report as R
+from pkd.config import TrainConfig
 from pkd.data import collator, encode, load_split
-from pkd.losses import total_loss
 from pkd.mapping import layer_map
 from pkd.models import build_student, load_for_finetuning, load_tokenizer, quiet_transformers
 from pkd.tasks import get_task
-from pkd.train import Objective, cached_teacher, loss_terms, online_teacher
+from pkd.train import (
+    Objective,
+    cached_teacher,
+    make_accelerator,
+    online_teacher,
+    prepare,
+    training_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +51,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def step_fn(model, optimizer, objective):
+def step_fn(accelerator, model, data, collate, cfg: TrainConfig, objective: Objective):
+    """One optimizer step of the training loop (`pkd.train.training_step`) on a batch."""
+    p = prepare(accelerator, model, data, {}, cfg, collate)
+    p.model.train()
+
     def step(batch):
-        terms = loss_terms(model, batch, objective, regression=False)
-        loss = total_loss(terms, objective.alpha, objective.beta)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        training_step(p, batch, objective, regression=False, step=1)
 
     return step
 
@@ -89,9 +97,10 @@ def main() -> None:
             teacher, data, collate, "sst2", {"bench": 1}, Path(tmp), 128, "cpu", False
         )
         build_s = time.perf_counter() - t0
-        teacher.train()
-        t_opt = torch.optim.AdamW(teacher.parameters(), lr=1e-5)
-        t_step = step_fn(teacher, t_opt, Objective())
+        # the loop's step (clipping, weight decay, schedule) under plain fp32 accelerate
+        accelerator = make_accelerator(TrainConfig())
+        t_cfg = TrainConfig(lr=1e-5, batch_size=args.batch_size)
+        t_step = step_fn(accelerator, teacher, data, collate, t_cfg, Objective())
         t_step(batches[0])  # warm-up
         times = []
         for b in batches[1:5]:
@@ -113,11 +122,10 @@ def main() -> None:
             ),
         }
         steps = {}
+        s_cfg = TrainConfig(lr=5e-5, batch_size=args.batch_size)
         for name, objective in modes.items():
             student = build_student(base, 3, teacher, spec.problem_type)
-            student.train()
-            opt = torch.optim.AdamW(student.parameters(), lr=5e-5)
-            steps[name] = step_fn(student, opt, objective)
+            steps[name] = step_fn(accelerator, student, data, collate, s_cfg, objective)
             steps[name](batches[0])  # warm-up
         times = {name: [] for name in modes}
         for b in batches[2:]:  # round robin: each round times every mode on the same batch

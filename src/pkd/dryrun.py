@@ -49,25 +49,25 @@ def time_steps(
 ) -> dict:
     """Seconds per optimizer step, per evaluated example and per teacher example.
 
-    Runs `steps` + 1 real training steps (forward, loss terms, backward, clipping, AdamW) of
-    `model` on batches of the training set; the first is a warm-up and is not counted. For
+    Runs `steps` + 1 micro-batches of the training loop's own step (`pkd.train.training_step`:
+    loss terms, check, backward, clipping, AdamW and schedule, under the run's accelerate
+    settings) on batches of the training set; the first is a warm-up and is not counted. For
     KD/PKD the teacher's outputs for those batches are computed first (and timed: the cost of
     building the cache, or of an online teacher per step). The model's weights change; a
     dry run discards it.
     """
     from dataclasses import replace
 
-    from pkd.losses import total_loss
     from pkd.models import layer_states, model_pooling
-    from pkd.train import loss_terms, model_inputs
+    from pkd.train import make_accelerator, model_inputs, prepare, training_step
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    micro = max(1, train_cfg.batch_size // train_cfg.gradient_accumulation_steps)
+    p = prepare(make_accelerator(train_cfg), model, train_set, {}, train_cfg, collate)
+    device = p.accelerator.device
     batches = [
         {k: v.to(device) for k, v in b.items()}
-        for b in _batches(train_set, collate, micro, steps + 1, train_cfg.seed)
+        for b in _batches(train_set, collate, p.micro_batch, steps + 1, train_cfg.seed)
     ]
-    counted = micro * steps
+    counted = p.micro_batch * steps
     teacher_out, teacher_s = [], 0.0
     if teacher is not None:
         teacher.eval().to(device)
@@ -86,8 +86,7 @@ def time_steps(
                 _sync(device)
                 if i:
                     teacher_s += time.perf_counter() - t0
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr)
+    p.model.train()
     regression = problem_type == REGRESSION
     step_s = 0.0
     for i, batch in enumerate(batches):
@@ -99,29 +98,25 @@ def time_steps(
             )
         _sync(device)
         t0 = time.perf_counter()
-        terms = loss_terms(model, batch, obj, regression)
-        total_loss(terms, obj.alpha, obj.beta).backward()
-        if train_cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
+        training_step(p, batch, obj, regression, step=i + 1)
         _sync(device)
         if i:
             step_s += time.perf_counter() - t0
-    model.eval()
+    p.model.eval()
     forward_s = 0.0
     with torch.no_grad():
         for i, batch in enumerate(batches):
             _sync(device)
             t0 = time.perf_counter()
-            model(**model_inputs(batch))
+            p.model(**model_inputs(batch))
             _sync(device)
             if i:
                 forward_s += time.perf_counter() - t0
     return {
-        "device": device,
+        "device": device.type,
         "timed_steps": steps,
-        "micro_batch": micro,
+        "micro_batch": p.micro_batch,
+        # micro-batches of an accumulated step: the optimizer runs on one of them
         "step_seconds": step_s / steps * train_cfg.gradient_accumulation_steps,
         "eval_seconds_per_example": forward_s / counted,
         "teacher_seconds_per_example": teacher_s / counted if teacher is not None else 0.0,

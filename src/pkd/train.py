@@ -1,9 +1,12 @@
 """The one training loop: fine-tuning and every distillation mode (FT, KD, PKD).
 
-Fine-tuning is distillation with only the CE term. The loop reads top-down like nanoGPT's:
-prepare (accelerate) -> resume -> for each step: loss terms -> backward -> clip -> step ->
-log -> checkpoint; each epoch: evaluate -> keep the best model. Devices, DDP and mixed
-precision are accelerate's; the loop never touches them directly.
+Fine-tuning is distillation with only the CE term. `train` reads top-down like nanoGPT's
+train.py: `prepare` (loaders, optimizer, schedule, accelerate) -> resume the `LoopState` ->
+for each micro-batch `training_step` (loss terms -> check -> backward -> clip -> step), a
+`Meter` for the log records, a checkpoint every --save-steps -> each epoch `end_of_epoch`
+(evaluate, keep the best model, hooks, checkpoint). Devices, DDP and mixed precision are
+accelerate's; the loop never touches them directly. `LoopHooks` let a caller watch or stop
+a run (tests inject faults through them).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import pickle
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +125,11 @@ def loss_terms(
 
 
 def checked_terms(
-    accelerator, terms: dict[str, torch.Tensor], loss: torch.Tensor, step: int, output: Path
+    accelerator,
+    terms: dict[str, torch.Tensor],
+    loss: torch.Tensor,
+    step: int,
+    output: Path | None = None,
 ) -> dict[str, float]:
     """This process's loss terms and total as floats, after checking every process's.
 
@@ -143,7 +151,7 @@ def checked_terms(
             del row["loss"]  # a term says why; the total only when its weighting overflowed
         values = ", ".join(f"{k}={v:.4g}" for k, v in row.items())
         where = f" on process {rank} of {len(every)}" if len(every) > 1 else ""
-        last = checkpoints(output)
+        last = checkpoints(output) if output is not None else []
         raise PkdError(
             f"non-finite loss at step {step}{where} ({values}); "
             f"last checkpoint: {last[-1] if last else 'none'}"
@@ -214,7 +222,7 @@ def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directory helpers
+# Run directory: log, best model, checkpoints
 
 
 class RunLog:
@@ -233,6 +241,32 @@ class RunLog:
         self.accelerator.log(scalars, step=step)
 
 
+class Meter:
+    """Running means of the loss terms since the last log record, and examples/s over them."""
+
+    def __init__(self) -> None:
+        self.restart(time.perf_counter())
+
+    def restart(self, now: float) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.batches, self.examples, self.since = 0, 0, now
+
+    def add(self, values: dict[str, float], examples: int) -> None:
+        """One micro-batch's loss terms and total, and the examples it held (all processes)."""
+        for k, v in values.items():
+            self.sums[k] += v
+        self.batches += 1
+        self.examples += examples
+
+    def record(self, **extra) -> dict:
+        """The means so far, then `extra`, then examples_per_s; starts a new span."""
+        now = time.perf_counter()
+        record = {k: v / self.batches for k, v in self.sums.items()}
+        record.update(extra, examples_per_s=self.examples / max(now - self.since, 1e-9))
+        self.restart(now)
+        return record
+
+
 def save_model(model, tokenizer, path: Path) -> None:
     """save_pretrained into a temporary dir, then swap it in (readers never see half a model)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -247,22 +281,53 @@ def save_model(model, tokenizer, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+STATE_FILE = "trainer_state.json"  # the loop's part of a checkpoint
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: saved in each checkpoint (trainer_state.json), restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # whole passes over the training set done
+    batches_in_epoch: int = 0  # micro-batches of the current pass done (skipped on resume)
+    best: dict | None = None  # the history record with the best main metric
+    history: list[dict] = field(default_factory=list)  # {step, epoch, metrics} per evaluation
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> LoopState:
+        """Read a checkpoint's trainer_state.json.
+
+        Raises:
+            ValueError: it is not JSON or lacks a field.
+        """
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        missing = [
+            f.name for f in fields(cls) if not isinstance(saved, dict) or f.name not in saved
+        ]
+        if missing:
+            raise ValueError(f"{STATE_FILE} lacks {', '.join(missing)}")
+        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+
+    def save(self, checkpoint: Path) -> None:
+        (checkpoint / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
 def checkpoints(output: Path) -> list[Path]:
     """Complete checkpoints, oldest first. Half-written ones are hidden `.tmp` dirs."""
     root = output / "checkpoints"
-    done = (
-        [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
-        if root.is_dir()
-        else []
-    )
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, output: Path, state: dict, limit: int) -> Path | None:
-    """accelerate's save_state (weights, optimizer, scheduler, RNG) + our loop state, atomically."""
+def save_checkpoint(
+    accelerator, output: Path, state: LoopState, limit: int, hooks: Sequence[LoopHooks] = ()
+) -> Path:
+    """accelerate's save_state (weights, optimizer, scheduler, RNG) + the loop state, atomically;
+    keeps the newest `limit` checkpoints, then runs the hooks' `on_checkpoint`."""
     root = output / "checkpoints"
-    final = root / f"step-{state['step']}"
-    tmp = root / f".step-{state['step']}.tmp"
+    final = root / f"step-{state.step}"
+    tmp = root / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -270,21 +335,78 @@ def save_checkpoint(accelerator, output: Path, state: dict, limit: int) -> Path 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        state.save(tmp)
         publish_modes(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(output)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    for h in hooks:
+        h.on_checkpoint(state, final)
     return final
+
+
+def resume(accelerator, checkpoint: Path) -> LoopState:
+    """Restore weights, optimizer, schedule and RNG (accelerate), and the loop state.
+
+    Raises:
+        PkdError: the checkpoint cannot be read; optimizer/RNG pickles go through
+            torch.load(weights_only=True), so no code in them runs.
+    """
+    try:
+        accelerator.load_state(str(checkpoint))
+        state = LoopState.load(checkpoint)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PkdError(f"{checkpoint}: cannot load the checkpoint ({first})") from None
+    logger.info("resumed from %s at step %d", checkpoint, state.step)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks
+
+
+class LoopHooks:
+    """Places where a caller can watch or stop a run; each does nothing here.
+
+    Subclass and override what you need, then install instances with `use_hooks`: they reach
+    every run inside the block, also those of a command (`pkd.cli.main`, a sweep's trials).
+    Hooks run on every process; an exception from one stops the run like one from the loop.
+    """
+
+    def on_loss(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        """Each micro-batch's unweighted loss terms for optimizer step `step` (1-based, as in
+        log.jsonl), before they are checked; may replace them (a test's NaN)."""
+
+    def on_evaluate(self, state: LoopState, metrics: dict[str, dict[str, float]]) -> None:
+        """After each epoch's evaluation and keeping the best model, before its checkpoint."""
+
+    def on_checkpoint(self, state: LoopState, path: Path) -> None:
+        """After the checkpoint of `state` is complete at `path`."""
+
+
+_INSTALLED: list[LoopHooks] = []
+
+
+@contextmanager
+def use_hooks(*hooks: LoopHooks) -> Iterator[None]:
+    """Every `train()` in this process also runs `hooks` inside this block."""
+    _INSTALLED.extend(hooks)
+    try:
+        yield
+    finally:
+        for h in hooks:
+            _INSTALLED.remove(h)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 
 
-def make_accelerator(cfg: TrainConfig, output: Path):
+def make_accelerator(cfg: TrainConfig, output: Path | None = None):
+    """The run's Accelerator; with `output`, logging TensorBoard scalars under it."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
@@ -304,37 +426,53 @@ def make_accelerator(cfg: TrainConfig, output: Path):
         # The loop steps the scheduler once per optimizer step itself: accelerate's wrapper
         # would step it once per process (N times per step under N processes).
         step_scheduler_with_optimizer=False,
-        log_with="tensorboard",
-        project_dir=str(output),
+        log_with="tensorboard" if output is not None else None,
+        project_dir=str(output) if output is not None else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 
 
-def train(
-    model,
-    tokenizer,
-    train_set,
-    eval_sets: dict,
-    spec: TaskSpec,
-    cfg: TrainConfig,
-    objective: Objective,
-    output: Path,
-    accelerator,
-    collate,
-    resume_from: Path | None = None,
-    on_evaluate: Callable[[int, int, dict], None] | None = None,
-) -> dict:
-    """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
+@dataclass
+class Prepared:
+    """A run's accelerator, what it prepared, and the settings the step reads (`prepare`)."""
 
-    Writes into `output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
-    checkpoints/step-N/. Returns the best and final metrics, history and timings.
-    `on_evaluate(step, epoch, metrics)`, if given, runs after each evaluation on every
-    process; an exception from it (e.g. a sweep's `optuna.TrialPruned`) stops the run.
-    """
-    from accelerate.utils import set_seed
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: torch.utils.data.DataLoader
+    eval_loaders: dict[str, torch.utils.data.DataLoader]
+    micro_batch: int  # examples per process per micro-batch
+    total_steps: int  # optimizer steps of the whole run
+    cfg: TrainConfig
+
+
+def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int):
+    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay."""
     from transformers import get_linear_schedule_with_warmup
 
-    set_seed(cfg.seed)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def prepare(accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate) -> Prepared:
+    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`.
+
+    Raises:
+        PkdError: --batch-size does not split into micro-batches over accumulation x processes.
+    """
     world = accelerator.num_processes
     micro = cfg.batch_size // (cfg.gradient_accumulation_steps * world)
     if micro < 1 or micro * cfg.gradient_accumulation_steps * world != cfg.batch_size:
@@ -360,155 +498,191 @@ def train(
         name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
         for name, ds in eval_sets.items()
     }
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": cfg.weight_decay,
-        },
-        {
-            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
-    )
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    return Prepared(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_loaders,
+        micro,
+        total_steps,
+        cfg,
+    )
+
+
+def epoch_batches(p: Prepared, state: LoopState):
+    """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume."""
+    p.train_loader.set_epoch(state.epoch)
+    if state.batches_in_epoch:
+        return p.accelerator.skip_first_batches(p.train_loader, state.batches_in_epoch)
+    return p.train_loader
+
+
+def training_step(
+    p: Prepared,
+    batch: dict,
+    objective: Objective,
+    regression: bool,
+    step: int,
+    output: Path | None = None,
+    hooks: Sequence[LoopHooks] = (),
+) -> tuple[dict[str, float], float]:
+    """One micro-batch: loss terms -> check -> backward -> clip -> optimizer and schedule step.
+
+    The optimizer and the schedule advance only on the micro-batch that completes a step of
+    gradient accumulation. `step` is the optimizer step the batch belongs to, as numbered in
+    log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names.
+
+    Returns:
+        This process's loss terms and total as floats, and the learning rate the step used.
+    """
+    accelerator, model, optimizer = p.accelerator, p.model, p.optimizer
+    with accelerator.accumulate(model):
+        terms = loss_terms(model, batch, objective, regression)
+        for h in hooks:
+            h.on_loss(step, terms)
+        loss = total_loss(terms, objective.alpha, objective.beta)
+        values = checked_terms(accelerator, terms, loss, step, output)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and p.cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), p.cfg.max_grad_norm)
+        lr = p.scheduler.get_last_lr()[0]  # the lr this step uses, logged with it
+        optimizer.step()
+        # once per real update, the same on every process (not after an fp16 overflow)
+        if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+            p.scheduler.step()
+        optimizer.zero_grad()
+    return values, lr
+
+
+def train(
+    model,
+    tokenizer,
+    train_set,
+    eval_sets: dict,
+    spec: TaskSpec,
+    cfg: TrainConfig,
+    objective: Objective,
+    output: Path,
+    accelerator,
+    collate,
+    resume_from: Path | None = None,
+    on_evaluate: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
+
+    Writes into `output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
+    checkpoints/step-N/. Returns the best and final metrics, history and timings.
+    `on_evaluate(step, epoch, metrics)`, if given, runs after each evaluation on every
+    process, after that of the hooks installed by `use_hooks`; an exception from it (e.g. a
+    sweep's `optuna.TrialPruned`) stops the run.
+    """
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    p = prepare(accelerator, model, train_set, eval_sets, cfg, collate)
     if accelerator.is_main_process:
         accelerator.init_trackers("tensorboard")
-    log = RunLog(output, accelerator)
+    state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
+    hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
+    log, meter = RunLog(output, accelerator), Meter()
     regression = spec.problem_type == REGRESSION
-    select_split = next(iter(eval_sets))
-
-    # Loop state; restored from a checkpoint on resume.
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "history": []}
-    if resume_from is not None:
-        try:  # optimizer/RNG pickles go through torch.load(weights_only=True): no code runs
-            accelerator.load_state(str(resume_from))
-            state = json.loads((resume_from / "trainer_state.json").read_text())
-        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PkdError(f"{resume_from}: cannot load the checkpoint ({first})") from None
-        logger.info("resumed from %s at step %d", resume_from, state["step"])
     logger.info(
         "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
         len(train_set),
-        total_steps,
+        p.total_steps,
         cfg.batch_size,
-        micro,
+        p.micro_batch,
         cfg.gradient_accumulation_steps,
-        world,
+        accelerator.num_processes,
     )
-    bar = progress(
-        total_steps,
-        "train",
-        "step",
-        quiet=cfg.quiet or not accelerator.is_local_main_process,
-        initial=state["step"],
-    )
-    sums, count, t_log = defaultdict(float), 0, time.perf_counter()
-    t_start, examples_seen = time.perf_counter(), 0
-    model.train()
+    quiet = cfg.quiet or not accelerator.is_local_main_process
+    bar = progress(p.total_steps, "train", "step", quiet=quiet, initial=state.step)
+    t_start = time.perf_counter()
+    p.model.train()
     try:
-        while state["step"] < total_steps:
-            train_loader.set_epoch(state["epoch"])
-            loader = train_loader
-            if state["batches_in_epoch"]:
-                loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    terms = loss_terms(model, batch, objective, regression)
-                    loss = total_loss(terms, objective.alpha, objective.beta)
-                    # step numbering as in log.jsonl: the update this batch belongs to
-                    values = checked_terms(accelerator, terms, loss, state["step"] + 1, output)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    lr = scheduler.get_last_lr()[0]  # the lr this step uses, logged with it
-                    optimizer.step()
-                    # once per real update, the same on every process (not after an fp16 overflow)
-                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad()
-                state["batches_in_epoch"] += 1
-                examples_seen += len(batch["labels"]) * world
-                for k, v in values.items():
-                    sums[k] += v
-                count += 1
+        while state.step < p.total_steps:
+            for batch in epoch_batches(p, state):
+                values, lr = training_step(
+                    p, batch, objective, regression, state.step + 1, output, hooks
+                )
+                state.batches_in_epoch += 1
+                meter.add(values, len(batch["labels"]) * accelerator.num_processes)
                 if not accelerator.sync_gradients:
-                    continue
-                state["step"] += 1
+                    continue  # more micro-batches to accumulate before this step's update
+                state.step += 1
                 bar.update(1)
-                if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
-                    now = time.perf_counter()
-                    record = {k: v / count for k, v in sums.items()}
-                    record.update(
-                        step=state["step"],
-                        epoch=state["epoch"] + state["batches_in_epoch"] / len(train_loader),
-                        lr=lr,
-                        examples_per_s=examples_seen / max(now - t_log, 1e-9),
-                    )
-                    log.write(record, state["step"])
+                if state.step % cfg.logging_steps == 0 or state.step == p.total_steps:
+                    epoch = state.epoch + state.batches_in_epoch / len(p.train_loader)
+                    record = meter.record(step=state.step, epoch=epoch, lr=lr)
+                    log.write(record, state.step)
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
                     )
-                    sums, count, t_log, examples_seen = defaultdict(float), 0, now, 0
-                if cfg.save_steps and state["step"] % cfg.save_steps == 0:
-                    save_checkpoint(accelerator, output, state, cfg.save_total_limit)
-                if state["step"] >= total_steps:
+                if cfg.save_steps and state.step % cfg.save_steps == 0:
+                    save_checkpoint(accelerator, output, state, cfg.save_total_limit, hooks)
+                if state.step >= p.total_steps:
                     break
-            epoch_done = state["step"] < total_steps or state["batches_in_epoch"] >= len(
-                train_loader
-            )
-            if epoch_done:
-                state["epoch"] += 1
-                state["batches_in_epoch"] = 0
-            _evaluate_and_keep_best(
-                model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
-            )
-            if on_evaluate is not None:
-                on_evaluate(state["step"], state["epoch"], state["history"][-1]["metrics"])
-            save_checkpoint(accelerator, output, state, cfg.save_total_limit)
-    finally:  # also when a step or on_evaluate raises: close TensorBoard writers, the bar
+            # a whole pass is an epoch; --max-steps may stop mid-pass
+            if state.step < p.total_steps or state.batches_in_epoch >= len(p.train_loader):
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            end_of_epoch(p, state, spec, tokenizer, output, log, on_evaluate, hooks)
+    finally:  # also when a step, a hook or on_evaluate raises: close TensorBoard, the bar
         bar.close()
         accelerator.end_training()
     if not cfg.keep_checkpoints and accelerator.is_main_process:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the best model is in model/
-    train_seconds = time.perf_counter() - t_start
     return {
-        "best": state["best"],
-        "final": state["history"][-1] if state["history"] else None,
-        "history": state["history"],
-        "steps": state["step"],
-        "train_seconds": round(train_seconds, 2),
+        "best": state.best,
+        "final": state.history[-1] if state.history else None,
+        "history": state.history,
+        "steps": state.step,
+        "train_seconds": round(time.perf_counter() - t_start, 2),
     }
 
 
-def _evaluate_and_keep_best(
-    model, tokenizer, eval_loaders, spec, accelerator, output, state, select_split, log
-):
+def end_of_epoch(
+    p: Prepared,
+    state: LoopState,
+    spec: TaskSpec,
+    tokenizer,
+    output: Path,
+    log: RunLog,
+    on_evaluate: Callable[[int, int, dict], None] | None,
+    hooks: Sequence[LoopHooks],
+) -> None:
+    """Evaluate on every eval split, keep the best model (by the first split's main metric)
+    in output/model, run the hooks and `on_evaluate`, and checkpoint."""
+    accelerator = p.accelerator
     metrics = {
-        name: score(model, loader, spec, accelerator) for name, loader in eval_loaders.items()
+        name: score(p.model, loader, spec, accelerator) for name, loader in p.eval_loaders.items()
     }
-    main = metrics[select_split][spec.main_metric]
-    record = {"step": state["step"], "epoch": state["epoch"], "metrics": metrics}
-    state["history"].append(record)
+    select = next(iter(metrics))
+    main = metrics[select][spec.main_metric]
+    record = {"step": state.step, "epoch": state.epoch, "metrics": metrics}
+    state.history.append(record)
     flat = {f"{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
-    log.write({"step": state["step"], "epoch": state["epoch"], **flat}, state["step"])
-    logger.info("step %d: %s", state["step"], json.dumps(metrics))
-    if state["best"] is None or main > state["best"]["metrics"][select_split][spec.main_metric]:
-        state["best"] = record
+    log.write({"step": state.step, "epoch": state.epoch, **flat}, state.step)
+    logger.info("step %d: %s", state.step, json.dumps(metrics))
+    if state.best is None or main > state.best["metrics"][select][spec.main_metric]:
+        state.best = record
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
+            unwrapped = accelerator.unwrap_model(p.model)
             unwrapped.config.update(
-                {DEV_METRIC_KEY: {"split": select_split, "name": spec.main_metric, "value": main}}
+                {DEV_METRIC_KEY: {"split": select, "name": spec.main_metric, "value": main}}
             )
             save_model(unwrapped, tokenizer, output / "model")
     accelerator.wait_for_everyone()
+    for h in hooks:
+        h.on_evaluate(state, metrics)
+    if on_evaluate is not None:
+        on_evaluate(state.step, state.epoch, metrics)
+    save_checkpoint(accelerator, output, state, p.cfg.save_total_limit, hooks)
