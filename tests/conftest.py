@@ -4,6 +4,8 @@ GLUE-layout data written by the test, and the packaged MiniLM-L6 for end-to-end 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,28 @@ def write_sst2(path: Path, n_train: int = 64, n_dev: int = 32, n_test: int = 8) 
     test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(n_test, 2))]
     (path / "test.tsv").write_text("\n".join(test) + "\n")
     return path
+
+
+_KILLED_AFTER_CHECKPOINT = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)  # as the in-process runs (_one_thread): the same float sums
+import pkd.train as T
+class DieAfterCheckpoint(T.LoopHooks):
+    def on_checkpoint(self, state, path):
+        if state.step == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+from pkd.cli import main
+with T.use_hooks(DieAfterCheckpoint()):
+    main(sys.argv[2:])
+"""
+
+
+def run_killed_after_checkpoint(step: int, argv: list) -> subprocess.CompletedProcess:
+    """`pkd argv` in a subprocess that SIGKILLs itself once the checkpoint of `step` is
+    complete (as a power cut would); its exit code is then -9."""
+    cmd = [sys.executable, "-c", _KILLED_AFTER_CHECKPOINT, str(step), *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 @pytest.fixture(autouse=True)

@@ -177,6 +177,11 @@ def test_sweep_dry_run_prints_map_cache_and_estimate(world, tmp_path, capsys):
         (["--alpha", "2"], "pkd: error: --alpha: must be in [0, 1], got 2.0"),
         (["--student-layers", "9"], "pkd: error: --student-layers: "),
         (["--preset", "book"], "pkd: error: --preset: 'book' is not one of paper"),
+        pytest.param(  # timed with the run's own accelerator: before, a plan was printed
+            ["--mixed-precision", "fp16"],
+            "pkd: error: --mixed-precision: fp16 needs a GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a GPU"),
+        ),
     ],
 )
 def test_dry_run_with_a_bad_option_exits_2_before_any_plan(world, tmp_path, capsys, extra, message):

@@ -5,14 +5,12 @@ import json
 import logging
 import math
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer
+from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer, run_killed_after_checkpoint
 from safetensors.torch import load_file
 
 from pkd import config as C
@@ -514,23 +512,6 @@ def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tm
     assert (tmp_path / "cmp" / "pareto.png").is_file()
 
 
-KILLER = """
-import os, signal, sys
-import torch
-torch.set_num_threads(1)  # as the in-process runs (conftest): the same float sums
-import pkd.train as T
-original = T.save_checkpoint
-def save_then_die(accelerator, output, state, limit):
-    path = original(accelerator, output, state, limit)
-    if state["step"] == 6:  # mid-epoch 2 (5 steps per epoch)
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-T.save_checkpoint = save_then_die
-from pkd.cli import main
-main(sys.argv[1:])
-"""
-
-
 def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, tmp_path):
     """Killed mid-epoch 2 and resumed: the same batches, so the same final weights."""
 
@@ -544,9 +525,7 @@ def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, t
     ref = tmp_path / "ref"
     assert cli_code(*args(ref)) == 0
     run = tmp_path / "killed"
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, *args(run)], capture_output=True, text=True
-    )
+    proc = run_killed_after_checkpoint(6, args(run))  # mid-epoch 2 (5 steps per epoch)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run / "metrics.json").exists()
     assert cli_code(*args(run), "--resume") == 0

@@ -387,20 +387,17 @@ def test_config_yaml_numbers_written_as_text(tmp_path):
 # Numerical guards
 
 
-def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys, monkeypatch):
-    import pkd.train
+def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys):
+    import pkd.train as T
 
-    calls = []
-    real = pkd.train.patient_loss
+    class NanAtStep3(T.LoopHooks):
+        def on_loss(self, step, terms):
+            if step == 3:
+                terms["pt"] = terms["pt"] * float("nan")
 
-    def nan_at_step_3(*args, **kwargs):
-        calls.append(1)
-        value = real(*args, **kwargs)
-        return value * float("nan") if len(calls) == 3 else value
-
-    monkeypatch.setattr(pkd.train, "patient_loss", nan_at_step_3)
     run = tmp_path / "run"
-    msg = cli_error(distill_argv(teacher, data, run, "--save-steps", "1"), capsys)
+    with T.use_hooks(NanAtStep3()):
+        msg = cli_error(distill_argv(teacher, data, run, "--save-steps", "1"), capsys)
     assert msg.startswith("non-finite loss at step 3 (ce=")
     for term in ("ce=", "kd=", "pt=nan"):
         assert term in msg
@@ -409,11 +406,17 @@ def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys, monkeypa
     assert not (run / "metrics.json").exists()  # not a finished run
 
 
-def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("pkd.train.ce_loss", lambda *a, **k: torch.tensor(float("inf")))
+def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, capsys):
+    import pkd.train as T
+
+    class InfCe(T.LoopHooks):
+        def on_loss(self, step, terms):
+            terms["ce"] = torch.tensor(float("inf"))
+
     run = tmp_path / "run"
-    msg = cli_error(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", data,
-                     "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
+    with T.use_hooks(InfCe()):
+        msg = cli_error(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", data,
+                         "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
     assert msg == "non-finite loss at step 1 (ce=inf); last checkpoint: none"
 
 
@@ -578,6 +581,28 @@ def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, capsys):
     pickle.loads((evil / "optimizer.bin").read_bytes())  # the payload is live: plain pickle runs it
     assert marker.read_text() == "pwned"
     assert msg.startswith(f"{evil}: cannot load the checkpoint (Weights only load failed.")
+
+
+@pytest.mark.parametrize(
+    "state, why",
+    [
+        ('{"step": 64, "epoch": 8}', "trainer_state.json lacks batches_in_epoch, best, history"),
+        ("[]", "trainer_state.json lacks step, epoch, batches_in_epoch, best, history"),
+    ],
+)
+def test_checkpoint_with_a_broken_loop_state_is_refused(
+    teacher, data, tmp_path, capsys, state, why
+):
+    """Before: a missing field was a KeyError traceback after the weights were loaded."""
+    ckpt = next((teacher.parent / "checkpoints").glob("step-*"))
+    broken = tmp_path / "step-64"
+    shutil.copytree(ckpt, broken)
+    (broken / "trainer_state.json").write_text(state)
+    run = tmp_path / "run"
+    msg = cli_error(["finetune", "--model", teacher,
+                     "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
+                     "--resume-from", broken, *TRAIN], capsys)  # fmt: skip
+    assert msg == f"{broken}: cannot load the checkpoint ({why})"
 
 
 # ---------------------------------------------------------------------------------------------

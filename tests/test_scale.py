@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_killed_after_checkpoint
 from safetensors.torch import load_file
 
 from pkd.cli import main
@@ -47,30 +48,13 @@ def weights(run: Path) -> dict:
     return load_file(run / "model" / "model.safetensors")
 
 
-KILLER = """
-import os, signal, sys
-import torch
-torch.set_num_threads(1)  # as the in-process reference run (conftest): the same float sums
-import pkd.train as T
-original = T.save_checkpoint
-def save_then_die(accelerator, output, state, limit):
-    path = original(accelerator, output, state, limit)
-    if state["step"] == 6:  # mid-epoch 1 (8 steps per epoch)
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-T.save_checkpoint = save_then_die
-from pkd.cli import main
-main(sys.argv[1:])
-"""
-
-
 def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path):
     ref = tmp_path / "ref"
     assert run_cli(finetune_args(tiny_bert, sst2_dir, ref)) == 0
 
     run = tmp_path / "killed"
     args = finetune_args(tiny_bert, sst2_dir, run) + ["--save-steps", "3"]
-    proc = subprocess.run([sys.executable, "-c", KILLER, *args], capture_output=True, text=True)
+    proc = run_killed_after_checkpoint(6, args)  # mid-epoch 1 (8 steps per epoch)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (run / "checkpoints" / "step-6" / "trainer_state.json").is_file()
     assert not (run / "metrics.json").exists()  # an interrupted run is not a result
@@ -197,16 +181,13 @@ NAN_ON_RANK_1 = """
 import os, sys
 import torch
 import pkd.train as T
-loss_terms, calls = T.loss_terms, []
-def nan_on_rank_1_at_step_3(*args, **kwargs):
-    terms = loss_terms(*args, **kwargs)
-    calls.append(1)
-    if os.environ["RANK"] == "1" and len(calls) == 3:  # batch size 8 = 4 per process: step 3
-        terms["ce"] = terms["ce"] * float("nan")
-    return terms
-T.loss_terms = nan_on_rank_1_at_step_3
+class NanOnRank1AtStep3(T.LoopHooks):
+    def on_loss(self, step, terms):
+        if os.environ["RANK"] == "1" and step == 3:
+            terms["ce"] = terms["ce"] * float("nan")
 from pkd.cli import main
-main(sys.argv[1:])
+with T.use_hooks(NanOnRank1AtStep3()):
+    main(sys.argv[1:])
 """
 
 

@@ -144,15 +144,15 @@ def test_best_yaml_reruns_the_best_trial(grid4, capsys):
 KILLER = """
 import os, signal, sys
 import pkd.train as T
-original, calls = T._evaluate_and_keep_best, []
-def die_in_second_trial(*args, **kwargs):
-    original(*args, **kwargs)
-    calls.append(1)
-    if len(calls) == 2:  # trial 1 evaluated its epoch, metrics.json not yet written
-        os.kill(os.getpid(), signal.SIGKILL)
-T._evaluate_and_keep_best = die_in_second_trial
+class DieInSecondTrial(T.LoopHooks):
+    calls = 0
+    def on_evaluate(self, state, metrics):
+        self.calls += 1
+        if self.calls == 2:  # trial 1 evaluated its epoch, metrics.json not yet written
+            os.kill(os.getpid(), signal.SIGKILL)
 from pkd.cli import main
-main(sys.argv[1:])
+with T.use_hooks(DieInSecondTrial()):
+    main(sys.argv[1:])
 """
 
 
@@ -182,23 +182,22 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
     assert sorted(states) == ["complete"] * 4 + ["fail (retried)"]
 
 
-def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, monkeypatch, capsys):
+def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, capsys):
     import pkd.train as T
 
-    original, calls = T._evaluate_and_keep_best, []
+    class InterruptSecondTrial(T.LoopHooks):
+        calls = 0
 
-    def interrupt_second_trial(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        def on_evaluate(self, state, metrics):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
 
     out = tmp_path / "sweep"
     args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
                       "--epochs", "1", "--quiet")  # fmt: skip
-    monkeypatch.setattr(T, "_evaluate_and_keep_best", interrupt_second_trial)
-    assert run_cli(args) == 130  # Ctrl-C
-    monkeypatch.undo()
+    with T.use_hooks(InterruptSecondTrial()):
+        assert run_cli(args) == 130  # Ctrl-C
     study = load(out / S.JOURNAL)
     assert study.trials[1].state == TrialState.FAIL
     assert run_cli(args) == 0
@@ -210,13 +209,12 @@ def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, mon
 SLOW = """
 import sys, time
 import pkd.train as T
-original = T._evaluate_and_keep_best
-def slow(*args, **kwargs):
-    time.sleep(1.0)  # a trial long enough for the other worker to join meanwhile
-    return original(*args, **kwargs)
-T._evaluate_and_keep_best = slow
+class Slow(T.LoopHooks):
+    def on_evaluate(self, state, metrics):
+        time.sleep(1.0)  # a trial long enough for the other worker to join meanwhile
 from pkd.cli import main
-main(sys.argv[1:])
+with T.use_hooks(Slow()):
+    main(sys.argv[1:])
 """
 
 

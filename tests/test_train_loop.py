@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import pkd.train as T
 from pkd import config as C
 from pkd.api import distill, finetune
 
@@ -127,3 +128,45 @@ def test_loss_terms_pair_student_layer_j_with_teacher_layer_i_j(tiny_bert, tiny_
     for other in ([(1, 2), (4, 1)], [(0, 1), (3, 2)], [(1, 2), (4, 3)]):
         pt = hand_terms(student, teacher, batch, other, temperature=2.0)["pt"]
         assert abs(pt - expected["pt"]) > 0.1 * expected["pt"], other
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks: how a caller (a test's fault injection) reaches the loop
+
+
+class Recorder(T.LoopHooks):
+    """Every hook call, in order, with what the loop passed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_loss(self, step, terms):
+        self.calls.append(("loss", step, sorted(terms)))
+
+    def on_evaluate(self, state, metrics):
+        self.calls.append(("evaluate", state.step, state.epoch, metrics))
+
+    def on_checkpoint(self, state, path):
+        # the checkpoint is complete and holds this state
+        self.calls.append(("checkpoint", state.step, path.name, T.LoopState.load(path) == state))
+
+
+def test_hooks_see_each_micro_batch_evaluation_and_checkpoint(tiny_bert, sst2_dir, tmp_path):
+    """64 examples, batch 8 in 2 micro-batches of 4, 2 epochs: 16 steps of 2 micro-batches; a
+    checkpoint every 5 steps and after each epoch's evaluation. After the block, no calls."""
+    rec = Recorder()
+    with T.use_hooks(rec):
+        m = _finetune(tiny_bert, sst2_dir, tmp_path / "run", epochs=2,
+                      gradient_accumulation_steps=2, save_steps=5)  # fmt: skip
+    evaluated = iter(h["metrics"] for h in m["history"])
+    expected = []
+    for step in range(1, 17):
+        expected += [("loss", step, ["ce"])] * 2
+        if step % 5 == 0:
+            expected.append(("checkpoint", step, f"step-{step}", True))
+        if step % 8 == 0:
+            expected.append(("evaluate", step, step // 8, next(evaluated)))
+            expected.append(("checkpoint", step, f"step-{step}", True))
+    assert rec.calls == expected
+    _finetune(tiny_bert, sst2_dir, tmp_path / "after", epochs=1)
+    assert len(rec.calls) == len(expected)
