@@ -15,7 +15,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from pkd import report as R
+from pkd.fsio import atomic_write, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,14 @@ def main() -> None:
 
     from pkd.api import evaluate
     from pkd.bench import benchmark
+    from pkd.cli import configure_logging
     from pkd.config import DataConfig
     from pkd.data import load_split
     from pkd.export import export, load_onnx
     from pkd.metrics import compute_metrics
     from pkd.tasks import get_task
 
+    configure_logging(quiet=True)  # warnings only, as `pkd evaluate`
     torch.set_num_threads(args.threads)
     data = DataConfig(task="sst2", data_dir=args.data_dir, max_length=128)
     dev = load_split(get_task("sst2"), "dev", data_dir=args.data_dir)
@@ -96,7 +98,7 @@ def main() -> None:
     }  # fmt: skip
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    R.write_json(dest / "onnx_speed.json", out)
+    write_json(dest / "onnx_speed.json", out)
     lines = [
         f"# Deployment speed ({out['machine']['cpu']}, {args.threads} threads, torch {torch.__version__})",
         "",
@@ -110,7 +112,7 @@ def main() -> None:
             for r in rows
         ],  # fmt: skip
     ]
-    R.write_text(dest / "onnx_speed.md", "\n".join(lines) + "\n")
+    atomic_write(dest / "onnx_speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from onnx_speed import _cpu, _model, parse_args  # benchmarks/ is on sys.path when run as a script
 
-from pkd import report as R
+from pkd.fsio import atomic_write, write_json
 
 
 def main() -> None:
@@ -31,12 +31,14 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from pkd.bench import benchmark, time_forwards
+    from pkd.cli import configure_logging
     from pkd.data import load_split
     from pkd.export import _export_graph, export, load_onnx
     from pkd.metrics import compute_metrics
     from pkd.models import load_finetuned, load_tokenizer
     from pkd.tasks import get_task
 
+    configure_logging(quiet=True)  # warnings only, as `pkd export`
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's pre-processing hint
     dev = load_split(get_task("sst2"), "dev", data_dir=args.data_dir)
@@ -100,7 +102,7 @@ def main() -> None:
     }  # fmt: skip
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    R.write_json(dest / "onnx_variants.json", out)
+    write_json(dest / "onnx_variants.json", out)
     p = parity["int8"]
     lines = [
         f"# ONNX export variants ({out['machine']['cpu']}, {args.threads} threads)",
@@ -122,7 +124,7 @@ def main() -> None:
         f"beyond near-ties {p['agreement_beyond_ties']:.4f}, near-ties {p['near_ties']} "
         f"of {parity['samples']}.",
     ]
-    R.write_text(dest / "onnx_variants.md", "\n".join(lines) + "\n")
+    atomic_write(dest / "onnx_variants.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

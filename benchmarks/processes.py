@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pkd import report as R
+from pkd.fsio import atomic_write, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def main() -> None:
               "rows": rows, "ratio_2_vs_1": rows[1]["examples_per_s"] / rows[0]["examples_per_s"]}  # fmt: skip
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)
-    R.write_json(dest / "processes.json", result)
+    write_json(dest / "processes.json", result)
     lines = [
         f"# pkd distill throughput, 1 vs 2 CPU processes ({os.cpu_count()} cores)",
         "",
@@ -78,7 +78,7 @@ def main() -> None:
         "",
         f"2 processes / 1 process: {result['ratio_2_vs_1']:.2f}x",
     ]
-    R.write_text(dest / "processes.md", "\n".join(lines) + "\n")
+    atomic_write(dest / "processes.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pkd import report as R
+from pkd.fsio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REDUCED = "teacher:4:4,teacher:1:4,teacher:1:1,student:4:4,student:1:4"
@@ -74,7 +74,9 @@ def child(spec: dict) -> dict:
 
     from pkd import config as C
     from pkd.api import distill, finetune
+    from pkd.cli import configure_logging
 
+    configure_logging(quiet=True)  # warnings only: stdout carries the RESULT line
     torch.set_num_threads(spec["threads"])
     micro, batch = spec["micro"], spec["batch"]
     data = C.DataConfig(task="race", data_dir=spec["data"], max_length=512)
@@ -207,7 +209,7 @@ def main() -> None:
     }
     path = Path(args.output) / "race_memory.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    R.write_json(path, out)
+    write_json(path, out)
     print(f"wrote {path}")
 
 

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from pkd import report as R
+from pkd.fsio import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
@@ -109,10 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from pkd import config as C
     from pkd.api import finetune
+    from pkd.cli import configure_logging
     from pkd.compare import compare
     from pkd.errors import PkdError
 
     args = parse_args(argv)
+    configure_logging(args.quiet)  # as `pkd compare` would show it
     try:
         if not (Path(args.data_dir) / "train.tsv").is_file():
             raise PkdError(f"--data-dir: no train.tsv in {args.data_dir} (GLUE SST-2 directory)")
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare_seconds": result["wall_seconds"]["total"],
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
-    R.write_json(out / "run_info.json", info)
+    write_json(out / "run_info.json", info)
     copy_results(out, Path(args.results))
     print(result["markdown"])
     print(

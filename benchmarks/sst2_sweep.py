@@ -121,11 +121,13 @@ def reach(rows: list[dict], target: float) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pkd import report as R
+    from pkd.cli import configure_logging
     from pkd.errors import PkdError
+    from pkd.fsio import atomic_write, write_json
     from pkd.sweep import sweep
 
     args = parse_args(argv)
+    configure_logging(args.quiet)  # as `pkd sweep` would show it
     out = Path(args.output)
     t0 = time.perf_counter()
     try:
@@ -169,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     result = summarize(args, tpe, grid, out, t_teacher, time.perf_counter() - t0)
-    R.write_json(out / "benchmark.json", {k: v for k, v in result.items() if k != "markdown"})
-    R.write_text(out / "benchmark.md", result["markdown"])
+    write_json(out / "benchmark.json", {k: v for k, v in result.items() if k != "markdown"})
+    atomic_write(out / "benchmark.md", result["markdown"])
     copy_results(out, Path(args.results))
     print(result["markdown"])
     return 0

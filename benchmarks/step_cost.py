@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pkd import cache as cache_mod
-from pkd import report as R
 from pkd.config import TrainConfig
 from pkd.data import collator, encode, load_split
+from pkd.fsio import atomic_write, write_json
 from pkd.mapping import layer_map
 from pkd.models import build_student, load_for_finetuning, load_tokenizer, quiet_transformers
 from pkd.tasks import get_task
@@ -153,7 +153,7 @@ def main() -> None:
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    R.write_json(out / "step_cost.json", result)
+    write_json(out / "step_cost.json", result)
     lines = [
         f"# PKD step cost ({result['machine']['cpu']}, {args.threads} threads, torch {torch.__version__})",
         "",
@@ -167,7 +167,7 @@ def main() -> None:
         f"Teacher cache over {len(data)} examples: {build_s:.1f} s; one teacher fine-tuning epoch over the "
         f"same examples ≈ {teacher_epoch_s:.1f} s (ratio {result['cache_build_vs_teacher_epoch']:.2f}).",
     ]
-    R.write_text(out / "step_cost.md", "\n".join(lines) + "\n")
+    atomic_write(out / "step_cost.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

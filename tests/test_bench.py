@@ -4,7 +4,6 @@ import json
 import shutil
 import statistics
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -114,7 +113,7 @@ def test_onnx_backend_needs_onnxruntime(tiny_teacher, monkeypatch):
 
 
 def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
-    """The ONNX path through the `pkd.export.load_onnx` contract (stand-in loader)."""
+    """The ONNX path through the `pkd.onnx_model.load_onnx` contract (stand-in loader)."""
     export_dir = tmp_path / "onnx"
     export_dir.mkdir()
     (export_dir / "model.onnx").write_bytes(b"\0" * 3000)
@@ -132,15 +131,13 @@ def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
             seen.append({k: v.copy() for k, v in feeds.items()})
             return np.zeros((len(feeds["input_ids"]), 2), dtype=np.float32)
 
-    fake = types.ModuleType("pkd.export")
     calls = []
 
     def load_onnx(path, int8=False, threads=None, spinning=True):
         calls.append({"threads": threads, "spinning": spinning})
         return Session()
 
-    fake.load_onnx = load_onnx
-    monkeypatch.setitem(sys.modules, "pkd.export", fake)
+    monkeypatch.setattr("pkd.bench.load_onnx", load_onnx)
     result = benchmark([str(export_dir)], [2], [8], 1, backend="onnx", warmup=1, iterations=3)
     assert result["models"][0]["parameters"] == {"total": 1234, "transformer_layers": None}
     assert result["models"][0]["size_bytes"] == 3000

@@ -31,7 +31,7 @@ def encoded(data_dir, tokenizer, max_length=32):
 
 
 def extra(max_length=32):
-    # what pkd.api.distill puts in the fingerprint besides weights and token ids
+    # what pkd.distillation.distill puts in the fingerprint besides weights and token ids
     return {"task": "sst2", "labels": ["0", "1"], "max_length": max_length, "truncation": True}
 
 

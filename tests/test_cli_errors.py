@@ -14,7 +14,7 @@ import pytest
 from conftest import sentiment_rows, write_sst2
 
 from pkd.cli import main
-from pkd.models import MODEL_SOURCES
+from pkd.config import MODEL_SOURCES
 
 # Tiny models on a shared 2-core machine: several torch threads per process fight over the
 # cores and make each step ~40x slower than one thread.

@@ -14,6 +14,7 @@ import yaml
 from test_robustness import cli, cli_error, snapshot  # exit 2, one `pkd: error:` line
 
 from pkd import config as C
+from pkd import fsio
 from pkd.errors import PkdError
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--epochs", "1", "--quiet"]
@@ -195,10 +196,10 @@ def mode(path: Path) -> int:
 
 def test_atomic_write_follows_the_umask(umask, tmp_path):
     umask(0o027)
-    C.atomic_write(tmp_path / "a.json", "{}\n")
+    fsio.atomic_write(tmp_path / "a.json", "{}\n")
     assert mode(tmp_path / "a.json") == 0o640
     umask(0o022)
-    C.atomic_write(tmp_path / "a.json", "{}\n")  # replacing a file: the new one's mode
+    fsio.atomic_write(tmp_path / "a.json", "{}\n")  # replacing a file: the new one's mode
     assert mode(tmp_path / "a.json") == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
 
@@ -232,12 +233,12 @@ def test_run_outputs_are_readable_by_others(
 
 
 def test_tiny_holdout_warns(sst2_dir, caplog):
-    from pkd.api import load_splits
+    from pkd.data import load_splits
 
     def held(fraction: float) -> int:
         data = C.DataConfig(task="sst2", data_dir=str(sst2_dir), holdout_fraction=fraction)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="pkd.api"):
+        with caplog.at_level(logging.WARNING, logger="pkd.data"):
             _, splits = load_splits(
                 C.DataConfig(**{**vars(data), "max_train_samples": 20}), ["train"]
             )

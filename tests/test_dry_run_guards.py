@@ -14,11 +14,13 @@ import pytest
 import torch
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
-from pkd import api
+from pkd import api, distillation
 from pkd import config as C
+from pkd import data as D
 from pkd.cli import main
-from pkd.data import Split, encode
+from pkd.data import encode
 from pkd.errors import PkdError
+from pkd.splits import Split
 from pkd.tasks import CLASSIFICATION, TaskSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, capsys, 
         "pkd: error: --teacher: it scores accuracy=0.5625 on dev, not 2 points above the majority "
         "baseline 0.5625; fine-tune it better or pass --allow-weak-teacher"
     )
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
         code, stdout, err = cli([*argv, "--allow-weak-teacher"], capsys)
     assert code == 0, err
     assert "layer map:" in stdout
@@ -286,8 +288,8 @@ def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, 
         train=C.TrainConfig(batch_size=8, quiet=True),
         distill=C.DistillConfig(student_init=str(world["bert"])),
     )
-    with caplog.at_level(logging.INFO, logger="pkd.api"):
-        plan = api.plan_distill(cfg)
+    with caplog.at_level(logging.INFO, logger="pkd.distillation"):
+        plan = distillation.plan_distill(cfg)
     assert plan.spec.labels == ("1", "0")
     assert plan.teacher_metrics["dev"]["accuracy"] == scores[0]
     assert plan.encoded["dev"].labels[:4] == [1 - int(v) for v in plan.splits["dev"].labels[:4]]
@@ -309,7 +311,7 @@ def test_teacher_with_other_label_names_is_refused(world, tmp_path, capsys):
 
 def test_student_from_the_teacher_warns_naming_both(world, tmp_path, capsys, caplog):
     argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
         code, stdout, err = cli([*argv, "--student-init", "teacher"], capsys)
     assert code == 0, err
     assert (
@@ -318,7 +320,7 @@ def test_student_from_the_teacher_warns_naming_both(world, tmp_path, capsys, cap
     ) in caplog.text
     assert f"student:    3 layers from {world['teacher']}" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
         code, _, _ = cli(argv, capsys)  # default: the teacher's pre-trained base
     assert code == 0
     assert "initialised from the fine-tuned teacher" not in caplog.text
@@ -352,8 +354,8 @@ def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns
     ] * long_rows
     split = Split("train", "mem", [str(i) for i in range(100)], texts, None, ["1"] * 100)
     enc = encode(split, tok, 8, {"0": 0, "1": 1}, show_progress=False)
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
-        frac = api._warn_truncation(enc, 8)
+    with caplog.at_level(logging.WARNING, logger="pkd.data"):
+        frac = D.warn_truncation(enc, 8)
     assert frac == pytest.approx(long_rows / 100)
     expected = f"{long_rows}.0% of training examples reach --max-length 8 and are truncated"
     assert (expected in caplog.text) is warns
@@ -362,13 +364,13 @@ def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns
 def test_truncation_warning_through_the_cli(world, tmp_path, capsys, caplog):
     argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
     argv += ["--output", tmp_path / "ft", "--dry-run", "--quiet"]
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data"):
         code, stdout, _ = cli([*argv, "--max-length", "6"], capsys)
     assert code == 0
     assert "100.0% of training examples reach --max-length 6" in caplog.text
     assert "train: 64 examples, 100.0% truncated" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data"):
         code, _, _ = cli([*argv, "--max-length", "16"], capsys)  # sentences are 7 tokens
     assert code == 0
     assert "truncated" not in caplog.text
@@ -397,8 +399,8 @@ def test_collapse_warning(method, first, warns, caplog):
 
     beta = {"beta": 500.0} if method == "pkd" else {}  # the others have no patient loss
     d = C.DistillConfig(method=method, pt_loss="sum", **beta)
-    with caplog.at_level(logging.WARNING, logger="pkd.api"):
-        api._warn_collapse(_history(first), get_task("sst2"), {"dev": 0.5625}, d)
+    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
+        distillation.warn_collapse(_history(first), get_task("sst2"), {"dev": 0.5625}, d)
     text = caplog.text
     assert ("majority baseline (0.5625) after the first epoch" in text) is warns
     if warns and method == "pkd":

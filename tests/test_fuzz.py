@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from pkd import config as C
-from pkd.api import load_splits
-from pkd.data import encode, load_split
+from pkd.data import encode, load_split, load_splits
 from pkd.errors import PkdError
 from pkd.mapping import layer_map, parse_layer_map
 from pkd.tasks import get_task

@@ -164,7 +164,8 @@ def test_f1_of_a_model_with_reversed_labels_scores_class_1(tiny_bert, tmp_path):
     from sklearn.metrics import f1_score
 
     from pkd import config as C
-    from pkd.api import evaluate, plan_distill
+    from pkd.api import evaluate
+    from pkd.distillation import plan_distill
 
     data = _write_mrpc(tmp_path / "MRPC")
     teacher = make_tiny_teacher(tmp_path / "teacher", tiny_bert, labels=("1", "0"))

@@ -244,9 +244,8 @@ def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, 
 
 
 def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_dir, tmp_path):
-    from pkd.api import cache_extra, encode_all, load_splits
-    from pkd.cache import build_or_load
-    from pkd.data import collator
+    from pkd.cache import build_or_load, cache_extra
+    from pkd.data import collator, encode_all, load_splits
     from pkd.models import load_tokenizer
     from pkd.train import online_teacher
 

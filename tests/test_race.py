@@ -197,7 +197,7 @@ def choice_data(**kw) -> C.DataConfig:
 
 
 def test_custom_jsonl_with_3_and_5_choices(tmp_path, tiny_tokenizer):
-    from pkd.api import resolve_task
+    from pkd.data import resolve_task
 
     three = write_jsonl(
         tmp_path / "three.jsonl",
@@ -254,7 +254,7 @@ def segments(tokenizer, ids, types):
 
 
 def test_encoding_segments_truncate_the_article_never_the_option(tiny_tokenizer, caplog):
-    from pkd.data import Split
+    from pkd.splits import Split
 
     article = " ".join(["the", "movie", "was", "very"] * 10)  # 40 tokens
     split = Split(
@@ -618,7 +618,7 @@ def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, capsys):
 
 
 def test_holdout_keeps_choices_aligned(race_dir):
-    from pkd.api import load_splits
+    from pkd.data import load_splits
 
     data = C.DataConfig(task="race", data_dir=str(race_dir), holdout_fraction=0.25)
     _, splits = load_splits(data, ["train", "dev"])

@@ -326,7 +326,7 @@ def test_bad_input_is_refused_before_training(
            "teacher": teacher, "mp": monkeypatch}  # fmt: skip
     extra, expected = check(ctx)
     trained = []
-    monkeypatch.setattr("pkd.train.train", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("pkd.distillation.train", lambda *a, **k: trained.append(1))
 
     # a new run directory: never created
     fresh = tmp_path / "run"
@@ -352,7 +352,7 @@ def test_finished_run_is_refused_without_overwrite(finished, teacher, data, caps
 
 
 def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="pkd.api")
+    caplog.set_level(logging.INFO, logger="pkd.distillation")
     code, _, err = cli(distill_argv(teacher, data, tmp_path / "run", "--dry-run"), capsys)
     assert code == 0, err
     logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]

@@ -24,8 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoConfig, AutoModel
 
+from pkd.config import resolve_model
 from pkd.errors import PkdError
+from pkd.fsio import atomic_write, write_json
+from pkd.models import count_parameters, load_finetuned
+from pkd.onnx_model import load_onnx
+from pkd.report import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +71,6 @@ def cpu_name() -> str:
 
 
 def device_info(backend: str, threads: int) -> dict:
-    import torch
-
     info = {
         "device": "cpu",
         "cpu": cpu_name(),
@@ -75,7 +81,7 @@ def device_info(backend: str, threads: int) -> dict:
         "backend": backend,
     }
     if backend == "onnx":
-        import onnxruntime
+        import onnxruntime  # optional (pkd[onnx]); _load_onnx has checked it is installed
 
         info["onnxruntime"] = onnxruntime.__version__
     return info
@@ -94,7 +100,7 @@ def describe_device(info: dict) -> str:
 
 
 def resolve_model_dir(path: str) -> Path:
-    """An ONNX export dir or file, else what `pkd.models.resolve_model` accepts: a run directory
+    """An ONNX export dir or file, else what `pkd.config.resolve_model` accepts: a run directory
     (its `model/`), a model directory, or a Hub name (its local snapshot).
 
     Raises:
@@ -105,13 +111,9 @@ def resolve_model_dir(path: str) -> Path:
         return p
     if p.is_dir() and any(p.glob("*.onnx")):
         return p
-    from pkd.models import resolve_model
-
     name = resolve_model(path, "models")
     if Path(name).is_dir():
         return Path(name)
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(name))
     except Exception as e:
@@ -143,12 +145,6 @@ def _weights_bytes(d: Path) -> int:
 
 
 def _load_torch(name: str, d: Path) -> Loaded:
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    from pkd.models import count_parameters, load_finetuned, quiet_transformers
-
-    quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(d)
     except Exception as e:
@@ -185,15 +181,11 @@ def _load_torch(name: str, d: Path) -> Loaded:
 
 def _load_onnx(name: str, d: Path, threads: int) -> Loaded:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional: pkd[onnx])
     except ImportError:
         raise PkdError(
             "--backend onnx: onnxruntime is not installed; pip install 'pkd[onnx]'"
         ) from None
-    try:
-        from pkd.export import load_onnx
-    except ImportError as e:
-        raise PkdError(f"--backend onnx: pkd.export is not available ({e})") from None
     # Round-robin timing runs several sessions in one process: with spinning on, the idle
     # worker threads of the session that just ran compete with the next one for the cores.
     session = load_onnx(str(d), threads=threads, spinning=False)
@@ -310,8 +302,6 @@ def benchmark(
         PkdError: a path that is not a model, an unknown backend, bad options, a sequence
             longer than a model's position embeddings, or onnxruntime missing.
     """
-    import torch
-
     check_bench_options(batch_sizes, seq_lengths, threads, backend, warmup, iterations)
     if not models:
         raise PkdError("--models: give at least one model directory")
@@ -379,12 +369,10 @@ def benchmark(
     }
     result["markdown"] = to_markdown(result)
     if output:
-        from pkd.config import atomic_write
-
         out = Path(output)
         if out.exists() and not out.is_dir():
             raise PkdError(f"--output: {output} exists and is not a directory")
-        atomic_write(out / "benchmark.json", json.dumps(result, indent=2) + "\n")
+        write_json(out / "benchmark.json", result)
         atomic_write(out / "benchmark.md", result["markdown"])
     return result
 
@@ -412,8 +400,6 @@ def _millions(n) -> str:
 
 
 def to_markdown(result: dict) -> str:
-    from pkd.report import markdown_table
-
     by_name = {m["model"]: m for m in result["models"]}
     rows = []
     for r in result["results"]:

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkd.config import default_mode
+from pkd.config import DistillRunConfig
 from pkd.errors import PkdError
+from pkd.fsio import temp_dir
 from pkd.models import layer_states, model_pooling
 from pkd.progress import progress
+from pkd.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,16 @@ def attention_kernel(teacher) -> str | None:
     """The attention implementation the teacher's encoder runs (of a `pkd.pooling` model,
     its encoder's, which has its own config)."""
     return getattr(teacher.base_model.config, "_attn_implementation", None)
+
+
+def cache_extra(spec: TaskSpec, cfg: DistillRunConfig) -> dict:
+    """What besides teacher weights and token ids decides the teacher cache's content."""
+    return {
+        "task": spec.name,
+        "labels": list(spec.labels),
+        "max_length": cfg.data.max_length,
+        "truncation": True,
+    }
 
 
 def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
@@ -221,7 +232,7 @@ def build_or_load(
 
     Args:
         teacher: the fine-tuned teacher.
-        dataset: the tokenised training split (`pkd.data.EncodedSplit`).
+        dataset: the tokenised training split (`pkd.splits.EncodedSplit`).
         collate: batch collator (dynamic padding).
         task: task name, for the directory name.
         extra: other inputs to the fingerprint (label order, max length, truncation).
@@ -259,8 +270,7 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
             f"--cache-dir: the teacher cache needs {size / 1e6:.0f} MB but {path.parent} has "
             f"{free / 1e6:.0f} MB free"
         )
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    os.chmod(tmp, default_mode(directory=True))  # not mkdtemp's 0700, once moved into place
+    tmp = temp_dir(path)
     try:
         t0 = time.perf_counter()
         logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (n, *logit_shape))
@@ -296,7 +306,9 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         try:
-            os.replace(tmp, path)  # atomic: a half-built cache is never at `path`
+            # atomic: a half-built cache is never at `path`; not fsio.replace_dir, which
+            # would replace a cache another process has just finished
+            os.replace(tmp, path)
         except OSError:  # another process finished the same cache first
             shutil.rmtree(tmp, ignore_errors=True)
             return _load(path, fp)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 
 from pkd import config as C
 from pkd.demo import DEFAULTS as DEMO
 from pkd.errors import PkdError
+from pkd.models import quiet_transformers
+from pkd.presets import apply, format_table
 
 SECTION_OPTIONS = {"finetune": ("data", "train"), "distill": ("data", "train", "distill")}
 NOT_OPTIONS = ("preset_source",)  # recorded in config.yaml by --preset, not set by the user
@@ -401,8 +404,6 @@ def resolve(args: argparse.Namespace, cls):
         else:
             given[key] = value
     if cls is C.DistillRunConfig:  # defaults < YAML < --preset < options
-        from pkd.presets import apply
-
         return C.build(cls, apply(values, given), source)
     return C.build(cls, C.merge(values, given), source)
 
@@ -433,125 +434,175 @@ def _data_config(args) -> C.DataConfig:
     return C.DataConfig(**values)
 
 
+def configure_logging(quiet: bool) -> None:
+    """How `pkd` shows its progress: pkd's log lines as plain messages (INFO, or WARNING with
+    --quiet), transformers' load reports and download bars off, accelerate's per-file lines
+    off. Only the CLI (or a script, as the host) calls this: the library leaves the host's
+    logging alone."""
+    quiet_transformers()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+QUIET_COMMANDS = ("evaluate", "predict", "benchmark", "export", "presets")  # warnings only
+
+
+# One function per command. Each imports its module when it runs: `pkd --help`, `pkd presets`
+# and argument errors then load neither Accelerate nor the run API (about 2 s on 2 CPU cores).
+
+
+def _finetune(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.api import finetune
+    from pkd.dryrun import format_plan
+
+    cfg = resolve(args, C.FinetuneConfig)
+    if args.dry_run:
+        print(format_plan(finetune(cfg, dry_run=True)))
+        return
+    metrics = finetune(cfg)
+    print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
+
+
+def _distill(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.api import distill
+    from pkd.dryrun import format_plan
+
+    cfg = resolve(args, C.DistillRunConfig)
+    result = distill(cfg, dry_run=args.dry_run)
+    if args.dry_run:
+        print(format_plan(result))
+    else:
+        print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
+
+
+def _evaluate(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.api import evaluate
+
+    data = _data_config(args)
+    metrics = evaluate(args.model, data, args.split, args.batch_size, True, args.output_file)
+    print(json.dumps(metrics, indent=2))
+
+
+def _predict(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.api import predict
+
+    print(predict(args.model, _data_config(args), args.split, args.output_file, args.batch_size))
+
+
+def _benchmark(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.bench import benchmark
+
+    result = benchmark(
+        args.models,
+        args.batch_sizes,
+        args.seq_lengths,
+        args.threads,
+        args.backend,
+        args.output,
+        args.warmup,
+        args.iterations,
+    )
+    print(result["markdown"])
+
+
+def _compare(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.compare import compare
+
+    result = compare(
+        args.teacher,
+        args.output,
+        resolve_sections(args),
+        args.student_layers,
+        args.methods,
+        args.seeds,
+        options=_given_sections(args),
+        bench_batch_size=args.bench_batch_size,
+        bench_seq_length=args.bench_seq_length,
+        bench_threads=args.bench_threads,
+        bench_warmup=args.bench_warmup,
+        bench_iterations=args.bench_iterations,
+        dry_run=args.dry_run,
+    )
+    print(result["markdown"])
+
+
+def _sweep(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.sweep import SweepOptions, run_sweep
+
+    options = SweepOptions(
+        teacher=args.teacher,
+        output=args.output,
+        base=resolve_sections(args),
+        method=args.method,
+        strategies=args.strategy,
+        student_layers=args.student_layers,
+        grid=args.grid,
+        space=args.space,
+        trials=args.trials,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        pruner_startup_trials=args.pruner_startup_trials,
+        seeds=args.seeds,
+        storage=args.storage,
+        study_name=args.study_name,
+        selection_split=args.selection_split,
+        stale_after=args.stale_after,
+    )
+    print(run_sweep(options, dry_run=args.dry_run, quiet=quiet)["markdown"])
+
+
+def _presets(args: argparse.Namespace, quiet: bool) -> None:
+    print(format_table())
+
+
+def _export(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.export import export
+
+    parity = export(
+        args.model,
+        args.output,
+        quantize=args.quantize,
+        opset=args.opset,
+        task=args.task,
+        data_dir=args.data_dir,
+        validation_file=args.validation_file,
+        text_columns=args.text_columns,
+        encoding=args.encoding,
+        parity_samples=args.parity_samples,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(parity, indent=2))
+
+
+def _demo(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.demo import demo
+
+    demo(args.output, args.train_samples, args.eval_samples, args.epochs, quiet=args.quiet)
+
+
+COMMANDS = {
+    "finetune": _finetune,
+    "distill": _distill,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "benchmark": _benchmark,
+    "compare": _compare,
+    "sweep": _sweep,
+    "presets": _presets,
+    "export": _export,
+    "demo": _demo,
+}
+
+
 def run(argv: list[str] | None = None) -> int:
+    """Parse `argv`, configure logging, run the command; 0 on success (errors raise)."""
     args = build_parser().parse_args(argv)
-    if args.command == "finetune":
-        from pkd.api import finetune
-
-        cfg = resolve(args, C.FinetuneConfig)
-        if args.dry_run:
-            from pkd.dryrun import format_plan
-
-            print(format_plan(finetune(cfg, dry_run=True)))
-            return 0
-        metrics = finetune(cfg)
-        print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
-    elif args.command == "distill":
-        from pkd.api import distill
-
-        cfg = resolve(args, C.DistillRunConfig)
-        result = distill(cfg, dry_run=args.dry_run)
-        if args.dry_run:
-            from pkd.dryrun import format_plan
-
-            print(format_plan(result))
-        else:
-            print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
-    elif args.command == "evaluate":
-        from pkd.api import evaluate
-
-        data = _data_config(args)
-        metrics = evaluate(args.model, data, args.split, args.batch_size, True, args.output_file)
-        print(json.dumps(metrics, indent=2))
-    elif args.command == "predict":
-        from pkd.api import predict
-
-        out = predict(args.model, _data_config(args), args.split, args.output_file, args.batch_size)
-        print(out)
-    elif args.command == "benchmark":
-        from pkd.bench import benchmark
-
-        result = benchmark(
-            args.models,
-            args.batch_sizes,
-            args.seq_lengths,
-            args.threads,
-            args.backend,
-            args.output,
-            args.warmup,
-            args.iterations,
-        )
-        print(result["markdown"])
-    elif args.command == "compare":
-        from pkd.compare import compare
-
-        base = resolve_sections(args)
-        result = compare(
-            args.teacher,
-            args.output,
-            base,
-            args.student_layers,
-            args.methods,
-            args.seeds,
-            options=_given_sections(args),
-            bench_batch_size=args.bench_batch_size,
-            bench_seq_length=args.bench_seq_length,
-            bench_threads=args.bench_threads,
-            bench_warmup=args.bench_warmup,
-            bench_iterations=args.bench_iterations,
-            dry_run=args.dry_run,
-        )
-        print(result["markdown"])
-    elif args.command == "sweep":
-        from pkd.sweep import SweepOptions, run_sweep
-
-        options = SweepOptions(
-            teacher=args.teacher,
-            output=args.output,
-            base=resolve_sections(args),
-            method=args.method,
-            strategies=args.strategy,
-            student_layers=args.student_layers,
-            grid=args.grid,
-            space=args.space,
-            trials=args.trials,
-            sampler=args.sampler,
-            pruner=args.pruner,
-            pruner_startup_trials=args.pruner_startup_trials,
-            seeds=args.seeds,
-            storage=args.storage,
-            study_name=args.study_name,
-            selection_split=args.selection_split,
-            stale_after=args.stale_after,
-        )
-        quiet = getattr(args, "train.quiet", False)
-        result = run_sweep(options, dry_run=args.dry_run, quiet=quiet)
-        print(result["markdown"])
-    elif args.command == "presets":
-        from pkd.presets import format_table
-
-        print(format_table())
-    elif args.command == "export":
-        from pkd.export import export
-
-        parity = export(
-            args.model,
-            args.output,
-            quantize=args.quantize,
-            opset=args.opset,
-            task=args.task,
-            data_dir=args.data_dir,
-            validation_file=args.validation_file,
-            text_columns=args.text_columns,
-            encoding=args.encoding,
-            parity_samples=args.parity_samples,
-            overwrite=args.overwrite,
-        )
-        print(json.dumps(parity, indent=2))
-    elif args.command == "demo":
-        from pkd.demo import demo
-
-        demo(args.output, args.train_samples, args.eval_samples, args.epochs, quiet=args.quiet)
+    quiet = args.command in QUIET_COMMANDS or bool(
+        getattr(args, "quiet", False) or getattr(args, "train.quiet", False)
+    )
+    configure_logging(quiet)
+    COMMANDS[args.command](args, quiet)
     return 0
 
 

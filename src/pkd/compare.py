@@ -4,7 +4,7 @@ Teacher vs FT / KD / PKD-Skip / PKD-Last students at one or more depths and seed
 
 1. check everything up front (methods, depths against the teacher, the student init, the
    data, finished runs' settings) and score the teacher on the dev split(s);
-2. run each student with `pkd.api.distill` into `OUTPUT/runs/L{layers}-{method}-seed{seed}`;
+2. run each student with `pkd.distillation.distill` into `OUTPUT/runs/L{layers}-{method}-seed{seed}`;
    all runs share one teacher cache (same teacher, data and max length -> same fingerprint),
    built by the first run that needs it. A run dir with metrics.json is finished and reused;
    an unfinished one is replaced;
@@ -25,7 +25,19 @@ import yaml
 
 from pkd import config as C
 from pkd import report as R
+from pkd.bench import benchmark, check_bench_options, describe_device
+from pkd.config import resolve_model
+from pkd.data import check_label_sets, load_splits, majority_baselines, resolve_task
+from pkd.distillation import check_teacher_strength, distill, plan_distill, student_init
+from pkd.dryrun import describe_distill, human_bytes, human_seconds
 from pkd.errors import PkdError
+from pkd.fsio import atomic_write, write_json
+from pkd.inference import evaluate
+from pkd.mapping import layer_map
+from pkd.models import load_config, load_finetuned, model_labels, num_layers
+from pkd.presets import apply
+from pkd.rundir import check_not_replaced, run_inputs
+from pkd.tasks import CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +123,6 @@ def plan_runs(
     With `distill.preset`, each run gets the authors' values for its task, method and depth:
     base < preset < options (the command-line options, which override the preset).
     """
-    from pkd.presets import apply
-
     _check_lists(student_layers, methods, seeds)
     base = _clean_base(base)
     options = {k: v for k, v in (options or {}).items() if k in ("data", "train", "distill")}
@@ -172,11 +182,6 @@ class Checked:
 
 def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None) -> Checked:
     """Everything that can fail before the first run: teacher, depths, init, data, old runs."""
-    from pkd import api
-    from pkd.mapping import layer_map
-    from pkd.models import load_config, load_finetuned, model_labels, num_layers
-    from pkd.tasks import CLASSIFICATION
-
     cfg = runs[0].cfg
     trust = cfg.trust_remote_code
     model = load_finetuned(teacher, "teacher", trust)
@@ -188,17 +193,17 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
         )
     for run in runs:
         layer_map(run.cfg.distill.strategy, n, run.layers)  # 1 <= M < N for every method
-    init = api._student_init(cfg)
+    init = student_init(cfg)
     init_layers = num_layers(load_config(init, "student-init", trust))
     deepest = max(r.layers for r in runs)
     if deepest > init_layers:
         raise PkdError(f"--student-layers: {deepest} > the {init_layers} layers of {init}")
     labels = model_labels(model)
-    spec = api.resolve_task(cfg.data)
-    spec, splits = api.load_splits(
+    spec = resolve_task(cfg.data)
+    spec, splits = load_splits(
         cfg.data, ["train", *spec.eval_splits], labels if spec.source == "custom" else ()
     )
-    api.check_label_sets(spec, splits)
+    check_label_sets(spec, splits)
     if spec.problem_type == CLASSIFICATION:
         if set(spec.labels) != set(labels):
             raise PkdError(
@@ -216,15 +221,13 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
     del model
     teacher_eval = evaluate_model(teacher, cfg, spec)
     main = {s: {spec.main_metric: m[spec.main_metric]} for s, m in teacher_eval.items()}
-    api._check_teacher_strength(
-        spec, main, api._baselines(spec, splits), cfg.distill.allow_weak_teacher
+    check_teacher_strength(
+        spec, main, majority_baselines(spec, splits), cfg.distill.allow_weak_teacher
     )
     return Checked(spec, n, teacher_eval)
 
 
 def evaluate_model(model_dir: str | Path, cfg: C.DistillRunConfig, spec) -> dict:
-    from pkd.api import evaluate
-
     out = {}
     for split in spec.eval_splits:
         m = evaluate(str(model_dir), cfg.data, split, cfg.train.eval_batch_size)
@@ -271,12 +274,7 @@ def compare(
         PkdError: unknown methods, impossible depths, a teacher or data that does not load,
             a finished run trained with other settings.
     """
-    from pkd.api import check_not_replaced, distill, run_inputs
-    from pkd.bench import benchmark, check_bench_options
-    from pkd.models import quiet_transformers, resolve_model
-
     t0 = time.perf_counter()
-    quiet_transformers()
     teacher = resolve_model(teacher, "teacher")
     runs = plan_runs(teacher, output, base, student_layers, methods, seeds, options)
     check_not_replaced(Path(output), ("runs",), run_inputs(runs[0].cfg))
@@ -341,9 +339,9 @@ def compare(
     result["wall_seconds"] = wall
     result["markdown"] = to_markdown(result)
     out = Path(output)
-    R.write_json(out / "results.json", {k: v for k, v in result.items() if k != "markdown"})
-    R.write_text(out / "results.md", result["markdown"])
-    R.write_csv(out / "results.csv", result["rows"], CSV_COLUMNS)
+    write_json(out / "results.json", {k: v for k, v in result.items() if k != "markdown"})
+    atomic_write(out / "results.md", result["markdown"])
+    atomic_write(out / "results.csv", R.to_csv(result["rows"], CSV_COLUMNS))
     split = spec.eval_splits[0]
     R.pareto_plot(
         [
@@ -452,8 +450,6 @@ def to_markdown(result: dict) -> str:
     metric, split = result["metric"], result["split"]
     teacher = result["rows"][0]
     s = result["benchmark"]["settings"]
-    from pkd.bench import describe_device
-
     lines = [
         f"# pkd compare: {result['task']} ({metric} on {split}, %)",
         "",
@@ -547,8 +543,6 @@ def to_markdown(result: dict) -> str:
 
 
 def _describe(runs: list[Run], teacher: str, checked: Checked, timed: bool = True) -> dict:
-    from pkd.dryrun import describe_compare
-
     spec = checked.spec
     split = spec.eval_splits[0]
     t_value = checked.teacher_eval[split][spec.main_metric]
@@ -587,4 +581,90 @@ def _describe(runs: list[Run], teacher: str, checked: Checked, timed: bool = Tru
             for r in runs
         ],
         "markdown": markdown,
+    }
+
+
+def _preset_label(preset: dict | None) -> str:
+    if not preset:
+        return "-"
+    source = preset["source"] or ""
+    return "none (defaults)" if source.startswith("none") else source.rsplit("/", 1)[-1]
+
+
+def describe_compare(runs, checked) -> dict:
+    """Per depth x method of a `compare` grid: layer map, loss, cache and a timed estimate.
+
+    One plan (teacher, data, student) per student depth, reusing the teacher scores that
+    `compare.validate` measured; each method's steps are timed on it.
+    """
+    plans, groups = {}, {}
+    for run in runs:
+        key = (run.layers, run.method)
+        if key in groups:
+            continue
+        if run.layers not in plans:
+            plans[run.layers] = plan_distill(run.cfg, teacher_metrics=checked.teacher_eval)
+        d = run.cfg.distill
+        pairs = layer_map(d.strategy, checked.teacher_layers, d.student_layers, d.layer_map)
+        plan = dataclasses.replace(plans[run.layers], pairs=pairs)
+        groups[key] = describe_distill(run.cfg, plan)
+    cache = next((g["teacher_cache"] for g in groups.values() if g["teacher_cache"]["bytes"]), None)
+    todo = [r for r in runs if r.status != "reuse"]
+    students = sum(
+        groups[(r.layers, r.method)]["estimate"]["seconds"]["train"]
+        + groups[(r.layers, r.method)]["estimate"]["seconds"]["evaluation"]
+        for r in todo
+    )
+    builds = (
+        cache is not None
+        and not cache["exists"]
+        and any(groups[(r.layers, r.method)]["estimate"]["seconds"]["teacher_cache"] for r in todo)
+    )
+    cache_s = (
+        max(g["estimate"]["seconds"]["teacher_cache"] for g in groups.values()) if builds else 0.0
+    )
+    rows = []
+    for (layers, method), g in groups.items():
+        e = g["estimate"]
+        rows.append(
+            [
+                layers,
+                method,
+                " ".join(f"{a}->{b}" for a, b in g["layer_map"]) or "-",
+                g["loss"]["formula"],
+                _preset_label(g["preset"]),
+                human_seconds(e["seconds"]["train"] + e["seconds"]["evaluation"]),
+            ]
+        )
+    lines = [
+        "## Plan per depth and method",
+        "",
+        R.markdown_table(
+            ["layers", "method", "teacher->student map", "loss", "preset", "time per run"], rows
+        ),
+    ]
+    if cache:
+        state = "exists, reused" if cache["exists"] else "to build"
+        lines.append(
+            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
+        )
+    else:
+        lines.append("Teacher cache: not needed.")
+    first = next(iter(groups.values()))["estimate"]
+    lines.append(
+        f"Estimate: about {human_seconds(students + cache_s)} for {len(todo)} runs "
+        f"(teacher cache {human_seconds(cache_s)}; benchmark not included), from {first['from']}."
+    )
+    return {
+        "groups": [
+            {
+                "layers": k[0],
+                "method": k[1],
+                **{x: g[x] for x in ("layer_map", "loss", "estimate", "preset")},
+            }
+            for k, g in groups.items()
+        ],
+        "teacher_cache": cache,
+        "estimate_seconds": round(students + cache_s, 1),
+        "markdown": "\n".join(lines),
     }

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +15,13 @@ from typing import Any
 import yaml
 
 from pkd.errors import PkdError
+from pkd.fsio import atomic_write
 from pkd.losses import KD_FORMS, PT_CHOICES, PT_FORMS
 from pkd.mapping import STRATEGIES
-from pkd.presets import PRESETS
 from pkd.tasks import default_max_length
 
 METHODS = ("ft", "kd", "pkd")
+PRESETS = ("paper",)  # --preset names; their values: pkd.presets
 TEACHER_MODES = ("cached", "online")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # auto: the checkpoint's own (its sentence-transformers pooling config; a pkd model's config)
@@ -294,7 +293,7 @@ class FinetuneConfig:
             raise PkdError("--model: required (a checkpoint name or directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
-        self.model = _model(self.model, "model")
+        self.model = resolve_model(self.model, "model")
 
 
 @dataclass
@@ -316,16 +315,43 @@ class DistillRunConfig:
             raise PkdError("--teacher: required (a fine-tuned model directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
-        self.teacher = _model(self.teacher, "teacher")
+        self.teacher = resolve_model(self.teacher, "teacher")
         if self.distill.student_init not in (None, "", "teacher"):
-            self.distill.student_init = _model(self.distill.student_init, "student-init")
+            self.distill.student_init = resolve_model(self.distill.student_init, "student-init")
 
 
-def _model(name_or_path: str, option: str) -> str:
-    """A run directory names its model/ (recorded as such in config.yaml)."""
-    from pkd.models import resolve_model
+MODEL_SOURCES = "a Hub model name, a model directory (config.json) or a pkd run directory (model/)"
 
-    return resolve_model(name_or_path, option)
+
+def resolve_model(name_or_path: str, option: str) -> str:
+    """The model an option names: a Hub name as given, a model directory, or a run dir's model/.
+
+    `pkd finetune --output RUN` saves its model in RUN/model, so RUN names that model anywhere a
+    model is expected. Idempotent: a resolved name resolves to itself.
+
+    Raises:
+        PkdError: a local path that does not exist, is a file, or holds no model; the message
+            says what was found and what to pass.
+    """
+    p = Path(name_or_path).expanduser()
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
+    if not looks_local:
+        return name_or_path  # a Hub name; transformers reports an unknown one
+    if (p / "config.json").is_file():
+        return str(p)
+    if (p / "model" / "config.json").is_file():
+        return str(p / "model")
+    if not p.exists():
+        raise PkdError(f"--{option}: {name_or_path} does not exist; pass {MODEL_SOURCES}")
+    if not p.is_dir():
+        raise PkdError(f"--{option}: {name_or_path} is a file, not a model; pass {MODEL_SOURCES}")
+    entries = sorted(e.name + ("/" if e.is_dir() else "") for e in p.iterdir())
+    found = f"it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+    raise PkdError(
+        f"--{option}: {name_or_path} is neither a model directory (no config.json) nor a run "
+        f"directory (no model/config.json); {found if entries else 'it is empty'}; "
+        f"pass {MODEL_SOURCES}"
+    )
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
@@ -483,53 +509,6 @@ def config_drift(saved: dict, new: dict) -> list[str]:
             if name not in NO_EFFECT and norm(old) != norm(v):
                 diffs.append(f"{key}.{name}: {old!r} -> {v!r}")
     return diffs
-
-
-def _umask() -> int:
-    try:  # Linux: read it without setting it (another thread may be creating files)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def default_mode(directory: bool = False) -> int:
-    """The mode a new file (or directory) gets under the umask: 0644 (0755) under 022."""
-    return (0o777 if directory else 0o666) & ~_umask()
-
-
-def publish_modes(root: Path) -> None:
-    """Give `root` and everything in it the umask's modes.
-
-    For trees written through `mkstemp`-style writers (safetensors writes 0600 files), so a
-    model or cache moved into place is readable as any other file the user creates.
-    """
-    files, dirs = default_mode(), default_mode(directory=True)
-    os.chmod(root, dirs)
-    for p in root.rglob("*"):
-        if not p.is_symlink():
-            os.chmod(p, dirs if p.is_dir() else files)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it.
-
-    The file gets the mode the umask gives (0644 under umask 022), as with `open`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), default_mode())  # not mkstemp's 0600
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(cfg, path: Path, meta: dict | None = None) -> None:

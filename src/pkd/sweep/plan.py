@@ -11,11 +11,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pkd import api
 from pkd import config as C
+from pkd.config import resolve_model
+from pkd.data import HOLDOUT, resolve_task
 from pkd.errors import PkdError
 from pkd.mapping import STRATEGIES, layer_map
-from pkd.models import load_config, num_layers, resolve_model
+from pkd.models import load_config, num_layers
+from pkd.rundir import check_not_replaced, run_inputs
 from pkd.sweep.space import (
     METHOD_PARAMS,
     PARAMS,
@@ -156,7 +158,7 @@ class SweepPlan:
     @property
     def select(self) -> str:
         """The split that picks epochs and the best config."""
-        return api.HOLDOUT if self.selection_split == "holdout" else self.eval_split
+        return HOLDOUT if self.selection_split == "holdout" else self.eval_split
 
     def config(self, params: dict, output: Path, seed: int | None = None) -> C.DistillRunConfig:
         """One trial's complete config: the shared values with these parameters."""
@@ -232,8 +234,8 @@ def plan_sweep(options: SweepOptions) -> SweepPlan:
     points = grid_points(space, seed) if sampler == "grid" else None
     budget = _budget(o.trials, points)
     cfgs = _check_configs(base, points if points is not None else range_probes(space), out)
-    api.check_not_replaced(out, ("trials", "best", "seeds"), api.run_inputs(cfgs[0]))
-    spec = api.resolve_task(cfgs[0].data)
+    check_not_replaced(out, ("trials", "best", "seeds"), run_inputs(cfgs[0]))
+    spec = resolve_task(cfgs[0].data)
     return SweepPlan(
         teacher=teacher,
         output=out,

@@ -4,15 +4,15 @@ never pyplot, so nothing depends on a display or global state)."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
+from pkd.fsio import atomic_file
 from pkd.sweep.plan import SweepPlan
 from pkd.sweep.space import CATEGORICAL_ONLY, Param
 
 
 def _figure(n_panels: int, width: float = 4.0, height: float = 3.2):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # ~0.5 s: only when plotting
     from matplotlib.figure import Figure
 
     cols = min(3, max(1, n_panels))
@@ -25,9 +25,8 @@ def _figure(n_panels: int, width: float = 4.0, height: float = 3.2):
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def importance_plot(rows: list[dict], plan: SweepPlan, importance: dict, path: Path) -> None:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pkd import api
 from pkd import config as C
 from pkd import report as R
+from pkd.data import HOLDOUT, HOLDOUT_SEED, load_splits
 from pkd.dryrun import sweep_lines
+from pkd.fsio import atomic_write, staged_dir, write_json
 from pkd.sweep import plots
 from pkd.sweep.plan import SweepPlan
 from pkd.sweep.study import (
@@ -150,9 +150,9 @@ def write_reports(plan: SweepPlan, summary: dict, rows: list[dict], importance: 
                "error"]  # fmt: skip
     if plan.selection_split != "holdout":
         columns = [c for c in columns if not c.startswith("holdout")]
-    R.write_csv(out / "trials.csv", rows, columns)
+    atomic_write(out / "trials.csv", R.to_csv(rows, columns))
     summary["markdown"] = to_markdown(summary, rows, plan)
-    R.write_text(out / "trials.md", summary["markdown"])
+    atomic_write(out / "trials.md", summary["markdown"])
     summary["importance"] = importance
     if rows:
         plots.importance_plot(rows, plan, importance, out / "importance.png")
@@ -201,15 +201,11 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
     src = Path(best["run_dir"] or "")
     if (src / "metrics.json").is_file():
         dst = out / "best"
-        tmp = out / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        shutil.copytree(src / "model", tmp / "model")
-        for name in ("config.yaml", "metrics.json"):
-            shutil.copy2(src / name, tmp / name)
-        R.write_json(tmp / "sweep_trial.json", {"trial": best["trial"], "params": best["params"]})
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
+        with staged_dir(dst) as tmp:
+            shutil.copytree(src / "model", tmp / "model")
+            for name in ("config.yaml", "metrics.json"):
+                shutil.copy2(src / name, tmp / name)
+            write_json(tmp / "sweep_trial.json", {"trial": best["trial"], "params": best["params"]})
         info["model"] = str(dst / "model")
     else:
         logger.warning(
@@ -222,13 +218,13 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
 
 def write_holdout(plan: SweepPlan, cfg: C.DistillRunConfig) -> None:
     """holdout.json: the held-out fraction, its seed and the ids of the held-out rows."""
-    _, splits = api.load_splits(cfg.data, ["train"])
-    held = splits[api.HOLDOUT]
-    R.write_json(
+    _, splits = load_splits(cfg.data, ["train"])
+    held = splits[HOLDOUT]
+    write_json(
         plan.output / "holdout.json",
         {
             "fraction": cfg.data.holdout_fraction,
-            "seed": api.HOLDOUT_SEED,
+            "seed": HOLDOUT_SEED,
             "examples": len(held),
             "train_examples": len(splits["train"]),
             "ids": held.ids,

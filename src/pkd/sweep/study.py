@@ -12,11 +12,12 @@ import re
 import shutil
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkd import report as R
 from pkd.errors import PkdError
+from pkd.fsio import write_json
 from pkd.sweep.plan import SweepPlan
 from pkd.sweep.space import Param
 
@@ -241,7 +242,7 @@ def recover_stale(
 
 def mark(run_dir: Path, name: str, data: dict) -> None:
     """pruned.json / failed.json: the run dir says how it ended (metrics.json: finished)."""
-    R.write_json(run_dir / name, data)
+    write_json(run_dir / name, data)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
@@ -310,8 +311,6 @@ def progress(study) -> Progress:
 def importances(study, space: dict[str, Param]) -> dict[str, float]:
     """Optuna's importance of each varied parameter (its default evaluator; empty with fewer
     than 3 complete trials)."""
-    import warnings
-
     optuna = require_optuna()
     varied = [n for n, p in space.items() if p.is_range or len(p.choices) > 1]
     try:

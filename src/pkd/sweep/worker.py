@@ -1,10 +1,11 @@
-"""One worker: runs trials (each an ordinary `pkd.api.distill` run) until the budget is used
-or the grid is done, then finishes: the reports and, when the study is complete, best/ and the
-seed re-runs. Several workers (processes, machines) may share one study."""
+"""One worker: runs trials (each an ordinary `pkd.distillation.distill` run) until the budget
+is used or the grid is done, then finishes: the reports and, when the study is complete, best/
+and the seed re-runs. Several workers (processes, machines) may share one study."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -13,8 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from pkd import api
+import torch
+
 from pkd import report as R
+from pkd.distillation import distill
 from pkd.errors import PkdError
 from pkd.progress import progress as progress_bar
 from pkd.sweep import report
@@ -82,9 +85,10 @@ def quiet_logs():
     optuna = require_optuna()
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # pkd.api's warnings (a weak teacher, a collapsed student) were shown by the up-front
-    # check, or show in the trial's line (its per-epoch metric): not repeated per trial.
-    loud = {"pkd.train": logging.WARNING, "pkd.cache": logging.WARNING, "pkd.api": logging.ERROR}
+    # The run API's warnings (a weak teacher, a collapsed student, truncation) were shown by
+    # the up-front check, or show in the trial's line (its per-epoch metric): not repeated.
+    loud = {"pkd.train": logging.WARNING, "pkd.cache": logging.WARNING}
+    loud |= {name: logging.ERROR for name in ("pkd.data", "pkd.distillation")}
     levels = {name: logging.getLogger(name).level for name in loud}
     for name, level in loud.items():
         logging.getLogger(name).setLevel(level)
@@ -174,7 +178,7 @@ def _train(trial, study, plan: SweepPlan, params: dict) -> float:
     t0 = time.perf_counter()
     try:
         with _Heartbeat(trial):
-            metrics = api.distill(cfg, on_evaluate=_pruning_hook(trial, plan, params, epochs))
+            metrics = distill(cfg, on_evaluate=_pruning_hook(trial, plan, params, epochs))
     except optuna.TrialPruned:
         trial.set_user_attr(WALL, round(time.perf_counter() - t0, 2))
         mark(run_dir, "pruned.json", {"trial": trial.number, "params": params, "epochs": epochs})
@@ -270,11 +274,7 @@ def work(study, plan: SweepPlan, quiet: bool) -> int:
 def _free_memory() -> None:
     """Give the last trial's GPU memory back (on the CPU, Python's own gc is enough: a full
     collection costs ~0.4 s with torch and transformers loaded)."""
-    import torch
-
     if torch.cuda.is_available():
-        import gc
-
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -318,7 +318,7 @@ def run_seeds(plan: SweepPlan, best: dict, quiet: bool) -> dict:
         if not R.is_finished(path):
             if not quiet:
                 print(f"seed {seed}: re-running trial {best['trial']}'s config", file=sys.stderr)
-            api.distill(plan.config(best["params"], path, seed=seed))
+            distill(plan.config(best["params"], path, seed=seed))
         m = R.read_metrics(path)["best"]["metrics"]
         runs.append(
             {

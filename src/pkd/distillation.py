@@ -1,0 +1,450 @@
+"""`pkd distill`: distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
+
+`plan_distill` runs every up-front check and loads teacher, student and data into a
+`DistillPlan` (what `--dry-run` describes, and what `compare` reuses per student depth);
+`distill` then writes the run directory, builds or reuses the teacher cache, trains, and
+writes metrics.json last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from pkd import cache as cache_mod
+from pkd import config as C
+from pkd.data import (
+    check_label_sets,
+    collator,
+    encode_all,
+    load_splits,
+    majority_baselines,
+    resolve_task,
+    warn_truncation,
+)
+from pkd.dryrun import describe_distill, human_bytes
+from pkd.errors import PkdError
+from pkd.mapping import layer_map
+from pkd.models import (
+    BASE_MODEL_KEY,
+    TASK_KEY,
+    build_student,
+    check_max_length,
+    count_parameters,
+    is_multiple_choice,
+    load_config,
+    load_finetuned,
+    load_tokenizer,
+    model_labels,
+    model_pooling,
+    num_layers,
+    student_init_name,
+)
+from pkd.race import num_choices
+from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec
+from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, score, train
+
+logger = logging.getLogger(__name__)
+
+WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
+TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: every check, and the loaded teacher, student and data
+
+
+@dataclass
+class DistillPlan:
+    """Everything `distill` resolved before training: shown by --dry-run, used by the run."""
+
+    spec: TaskSpec
+    teacher: object
+    tokenizer: object
+    student: object
+    student_init: str
+    pairs: list[tuple[int, int]]
+    splits: dict
+    encoded: dict
+    teacher_metrics: dict
+    baseline: dict
+    truncated: float
+    pooling: str  # the student's (and the teacher's, for PKD): cls or mean
+
+
+def plan_distill(
+    cfg: C.DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
+) -> DistillPlan:
+    """Every up-front check of `pkd distill`, and the loaded teacher, student and data.
+
+    teacher_metrics: the teacher's dev scores when already measured (`compare`), else scored.
+    """
+    d = cfg.distill
+    spec = resolve_task(cfg.data)
+    teacher = load_finetuned(cfg.teacher, "teacher", cfg.trust_remote_code)
+    teacher_labels = model_labels(teacher)
+    n = num_layers(teacher.config)
+    pairs = layer_map(d.strategy, n, d.student_layers, d.layer_map)
+    spec, splits = load_splits(
+        cfg.data, ["train", *spec.eval_splits], teacher_labels if spec.source == "custom" else ()
+    )
+    check_label_sets(spec, splits)
+    spec = teacher_task(spec, teacher, cfg.teacher)
+    if len(d.terms) > 1 and d.teacher_mode == "cached":
+        check_cache_space(
+            d.cache_dir,
+            spec.name,
+            teacher.config,
+            len(splits["train"]),
+            cfg.data.max_length,
+            num_choices(splits["train"]),
+        )
+    init = student_init(cfg)
+    tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
+    check_max_length(cfg.data.max_length, cfg.teacher, "teacher", teacher.config, tokenizer)
+    if init != cfg.teacher:
+        check_same_tokenizer(init, tokenizer, cfg.trust_remote_code)
+    pooling = student_pooling(d.pooling, teacher, cfg.teacher, d.method)
+    set_seed(cfg.train.seed)  # before the student's new head is initialised
+    student = build_student(
+        init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code, pooling
+    )
+    check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
+    label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
+    encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
+    trunc = warn_truncation(encoded["train"], cfg.data.max_length)
+    baseline = majority_baselines(spec, splits)
+    if teacher_metrics is None:
+        teacher_metrics = teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
+    check_teacher_strength(spec, teacher_metrics, baseline, d.allow_weak_teacher)
+    return DistillPlan(
+        spec,
+        teacher,
+        tokenizer,
+        student,
+        init,
+        pairs,
+        splits,
+        encoded,
+        teacher_metrics,
+        baseline,
+        trunc,
+        pooling,
+    )
+
+
+def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
+    """The task with the teacher's label order, after checking that the teacher fits it: the
+    same kind of head, and the data's label names (matched by name, never by position)."""
+    teacher_labels = model_labels(teacher)
+    if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
+        kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
+        raise PkdError(
+            f"--teacher: {teacher_name} is a {kind} classifier but task {spec.name} is "
+            f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
+        )
+    if spec.problem_type == CLASSIFICATION:
+        if set(spec.labels) != set(teacher_labels):
+            raise PkdError(
+                f"--teacher: its labels {list(teacher_labels)} differ from the data's {list(spec.labels)}"
+            )
+        if tuple(spec.labels) != teacher_labels:
+            logger.info(
+                "label order differs between teacher %s and task %s; mapping by name",
+                teacher_labels,
+                spec.labels,
+            )
+        return dataclasses.replace(spec, labels=teacher_labels)  # in the teacher's order
+    if teacher_labels:
+        raise PkdError(
+            f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
+        )
+    return spec
+
+
+def student_init(cfg: C.DistillRunConfig) -> str:
+    """The checkpoint the student starts from (see `models.student_init_name`); a warning
+    when it is the fine-tuned teacher, an error when the teacher records no base model."""
+    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
+    if not init:
+        raise PkdError(
+            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
+            "pass --student-init NAME_OR_DIR (or 'teacher')"
+        )
+    if init == cfg.teacher or (
+        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
+    ):
+        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
+        base = getattr(teacher_config, BASE_MODEL_KEY, None)
+        logger.warning(
+            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
+            "the pre-trained %s; the paper initialises from the pre-trained model",
+            cfg.teacher,
+            base or "checkpoint it was fine-tuned from",
+        )
+        init = cfg.teacher
+    return init
+
+
+def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
+    """The student's pooling: `--pooling`, or the teacher's for auto.
+
+    PKD matches each model's pooled layer states, so a student that pools otherwise than its
+    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
+    """
+    theirs = model_pooling(teacher.config)
+    pooling = theirs if requested == "auto" else requested
+    if pooling != theirs:
+        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
+        if method == "pkd":
+            raise PkdError(
+                f"{msg}; the patient loss compares the states each model reads, so both must "
+                "pool alike (drop --pooling, or use --method kd)"
+            )
+        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
+    return pooling
+
+
+def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
+    """The student reads the teacher's token ids, so its init must tokenise identically."""
+    try:
+        theirs = load_tokenizer(init, "student-init", trust_remote_code)
+    except PkdError:
+        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
+        return
+    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
+    if ours != other:
+        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
+            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
+            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
+        )
+    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
+    if a != b:
+        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
+            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
+            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
+            "student and teacher must share one tokenizer"
+        )
+
+
+def check_cache_space(
+    cache_dir: str | None,
+    task: str,
+    teacher_config,
+    examples: int,
+    max_length: int,
+    choices: int = 0,
+) -> int:
+    """Estimate the teacher cache, log it, and refuse to start when the disk cannot hold it.
+
+    Returns the estimate in bytes. A cache that may already exist for these inputs (same task,
+    examples, max length and teacher shape) skips the space check: it would be reused.
+    choices: multiple choice: choices per example (logits (n, C), states (n, C, N+1, H)).
+    """
+    t = teacher_config
+    size = cache_mod.estimate_bytes(examples, *cache_mod.teacher_shapes(t, choices))
+    root = Path(cache_dir) if cache_dir else cache_mod.default_root()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
+        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
+    free = shutil.disk_usage(existing).free
+    logger.info(
+        "teacher cache: about %s for %d examples under %s (%s free)",
+        human_bytes(size),
+        examples,
+        root,
+        human_bytes(free),
+    )
+    if free >= size * 1.1:
+        return size
+    for manifest in root.glob(f"{task}-*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+            if (m["examples"], m["max_length"], m["teacher_layers"], m["hidden_size"]) == (
+                examples,
+                max_length,
+                t.num_hidden_layers,
+                t.hidden_size,
+            ):
+                return size  # probably reusable; the build re-checks space if it is not
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise PkdError(
+        f"--cache-dir: the teacher cache needs about {human_bytes(size)} but {existing} has "
+        f"{human_bytes(free)} free; free some space or pass --cache-dir on a larger disk"
+    )
+
+
+def teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator=None) -> dict:
+    """The teacher's metrics on each eval split (on the CPU when no accelerator is given)."""
+    acc = accelerator or Accelerator(cpu=True)
+    teacher.to(acc.device)
+    out = {}
+    for name in spec.eval_splits:
+        loader = torch.utils.data.DataLoader(
+            encoded[name], batch_size=cfg.train.eval_batch_size, collate_fn=collator(tokenizer)
+        )
+        out[name] = score(teacher, acc.prepare(loader), spec, acc)
+    return out
+
+
+def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None:
+    """A teacher must beat the majority baseline by WEAK_TEACHER_MARGIN on the first eval
+    split; else a PkdError, or a warning with --allow-weak-teacher."""
+    split = spec.eval_splits[0]
+    value, base = teacher_metrics[split][spec.main_metric], baseline[split]
+    if value < base + WEAK_TEACHER_MARGIN:
+        msg = (
+            f"--teacher: it scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
+            f"majority baseline {base:.4f}; fine-tune it better or pass --allow-weak-teacher"
+        )
+        if not allow:
+            raise PkdError(msg)
+        logger.warning(
+            msg.replace("; fine-tune it better or pass --allow-weak-teacher", " (allowed)")
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
+    """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
+
+    `on_evaluate(step, epoch, metrics)` is called after each epoch's evaluation (see
+    `pkd.train.train`); if it raises, the run stops and metrics.json is not written.
+    Returns the contents of metrics.json (or the plan, with dry_run).
+    """
+    d = cfg.distill
+    output, ckpt = open_run(cfg)
+    accelerator = make_accelerator(cfg.train, output) if not dry_run else None
+    plan = plan_distill(cfg, accelerator)
+    if dry_run:
+        return describe_distill(cfg, plan)
+    start_run(
+        output, cfg, cfg.overwrite, resuming=ckpt is not None, resolved={"pooling": plan.pooling}
+    )
+    t0 = time.perf_counter()
+    spec = plan.spec
+    signal, cache_info = teacher_signal(cfg, plan, accelerator)
+    t_cache = time.perf_counter() - t0
+    objective = Objective.from_config(d, plan.pairs, signal, plan.pooling)
+    plan.student.config.update({TASK_KEY: spec.name})
+    result = train(
+        plan.student,
+        plan.tokenizer,
+        plan.encoded["train"],
+        {k: v for k, v in plan.encoded.items() if k != "train"},
+        spec,
+        cfg.train,
+        objective,
+        output,
+        accelerator,
+        collator(plan.tokenizer),
+        resume_from=ckpt,
+        on_evaluate=on_evaluate,
+    )
+    split = spec.eval_splits[0]
+    best = result["best"]["metrics"][split][spec.main_metric]
+    teacher_main = plan.teacher_metrics[split][spec.main_metric]
+    metrics = {
+        "task": spec.name,
+        "teacher": cfg.teacher,
+        "student_init": plan.student_init,
+        "method": d.method,
+        "student_layers": d.student_layers,
+        "pooling": plan.pooling,
+        "layer_map": [list(p) for p in plan.pairs] if "pt" in d.terms else [],
+        "labels": list(spec.labels),
+        "best": result["best"],
+        "final": result["final"],
+        "history": result["history"],
+        "teacher_metrics": plan.teacher_metrics,
+        "fraction_of_teacher": best / teacher_main if teacher_main else None,
+        "majority_baseline": plan.baseline,
+        "parameters": {
+            "student": count_parameters(plan.student),
+            "teacher": count_parameters(plan.teacher),
+        },
+        "data": data_summary(plan.splits, plan.encoded, cfg.data.max_length),
+        "teacher_cache": cache_info,
+        "wall_seconds": {
+            "teacher_cache": round(t_cache, 2),
+            "train": result["train_seconds"],
+            "total": round(time.perf_counter() - t0, 2),
+        },
+    }
+    warn_collapse(result, spec, plan.baseline, d)
+    finish_run(output, metrics, plan.baseline[split], accelerator)
+    return metrics
+
+
+def teacher_signal(
+    cfg: C.DistillRunConfig, plan: DistillPlan, accelerator
+) -> tuple[Callable | None, dict | None]:
+    """What the student learns from besides labels: the teacher cache (built once, by the
+    main process, or reused) or the teacher run online; None for FT. Also the cache's record
+    for metrics.json (path, reused, build seconds), None without a cache."""
+    d = cfg.distill
+    if len(d.terms) == 1:  # FT: labels only
+        return None, None
+    if d.teacher_mode == "online":
+        plan.teacher.to(accelerator.device)
+        return online_teacher(plan.teacher), None
+    with accelerator.main_process_first():
+        cache = cache_mod.build_or_load(
+            plan.teacher,
+            plan.encoded["train"],
+            collator(plan.tokenizer),
+            plan.spec.name,
+            cache_mod.cache_extra(plan.spec, cfg),
+            d.cache_dir,
+            cfg.train.eval_batch_size,
+            accelerator.device,
+            not cfg.train.quiet,
+        )
+    info = {
+        "path": str(cache.path),
+        "reused": cache.manifest.get("reused"),
+        "build_seconds": cache.manifest.get("build_seconds"),
+    }
+    return cached_teacher(cache), info
+
+
+def warn_collapse(result, spec, baseline, d) -> None:
+    """A student stuck at the majority baseline after epoch 1 (e.g. too strong a patient loss)."""
+    if not result["history"] or d.method == "ft" or spec.problem_type != CLASSIFICATION:
+        return
+    split = spec.eval_splits[0]
+    first = result["history"][0]["metrics"][split][spec.main_metric]
+    if abs(first - baseline[split]) < 1e-9:
+        cause = (
+            f"beta={d.beta} with the {d.pt_loss!r} patient-loss form may be too strong"
+            if d.method == "pkd"
+            else f"alpha={d.alpha} at T={d.temperature} with the {d.kd_loss!r} KD form may not suit it"
+        )
+        logger.warning(
+            "the student scores the majority baseline (%.4f) after the first epoch: it may have "
+            "collapsed; %s",
+            first,
+            cause,
+        )

@@ -1,0 +1,211 @@
+"""`pkd evaluate` and `pkd predict`: run a fine-tuned model (or an ONNX export) on a split.
+
+The split is read with the model's label names and order (ids mean its labels); `evaluate`
+scores a labelled split, `predict` writes GLUE submission files. Outputs are checked before
+the model runs: they may not replace one of the model's files or the data read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from pkd import config as C
+from pkd.config import resolve_model
+from pkd.data import (
+    check_label_sets,
+    collator,
+    encode,
+    file_for,
+    file_option,
+    load_split,
+    resolve_task,
+)
+from pkd.errors import PkdError
+from pkd.fsio import atomic_write, write_json
+from pkd.models import load_finetuned, load_tokenizer, max_length_limit, model_labels
+from pkd.onnx_model import load_onnx
+from pkd.race import choice_letter
+from pkd.rundir import check_not_input, data_inputs, existing_parent
+from pkd.splits import read_jsonl, read_rows
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec, with_positive_label
+from pkd.train import predict_logits, predictions, score
+
+PKD_OUTPUTS = ("eval_*.json", "predictions_*.tsv")  # what evaluate/predict write by a model
+
+
+def load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bool):
+    """The model, its tokenizer, the task, and the raw and encoded split to run it on."""
+    net = load_finetuned(model, "model")
+    tokenizer = load_tokenizer(model, "model")
+    # the default --max-length may exceed a small model's positions: cut there, do not crash
+    max_length = min(data.max_length, max_length_limit(net.config, tokenizer) or data.max_length)
+    spec, raw = inference_split(data, split, model_labels(net), labelled)
+    label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
+    enc = encode(raw, tokenizer, max_length, label2id if labelled else None, show_progress=False)
+    return net, tokenizer, spec, raw, enc
+
+
+def loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str | None) -> bool:
+    """Whether a split that failed to load with labels is unlabelled (test) data: it has no
+    label column (key) at all, and reads fine without one."""
+    if not isinstance(spec.label_column, str):
+        return False  # header-less GLUE files: columns by position
+    try:
+        raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=False)
+        path = Path(raw.source)
+        if path.suffix.lower() in (".jsonl", ".json"):
+            return not any(spec.label_column in obj for _, obj in read_jsonl(path, data.encoding))
+        header = read_rows(path, data.encoding, quoted=spec.source == "custom")[0][1]
+    except (PkdError, IndexError):
+        return False
+    return spec.label_column not in [h.strip() for h in header]
+
+
+def inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
+    """The task (labels: the model's, by name) and the raw split to run a model on."""
+    spec = resolve_task(data, labels)
+    if spec.problem_type == CLASSIFICATION and labels:  # the model's order: ids mean its labels
+        spec = dataclasses.replace(spec, labels=labels)
+    spec = with_positive_label(spec, data.positive_label)
+    if split not in spec.splits and spec.source != "custom":
+        raise PkdError(
+            f"--split: task {spec.name} has no split {split!r}; it has {list(spec.splits)}"
+        )
+    file = file_for(data, split)
+    if spec.source == "custom" and file is None:
+        raise PkdError(f"--{file_option(split)}: required for split {split!r}")
+    try:
+        raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled)
+    except PkdError:
+        if labelled and loads_unlabelled(spec, split, data, file):
+            where = file or str(Path(data.data_dir or ".") / spec.splits.get(split, split))
+            raise PkdError(
+                f"{where}: has no {spec.label_column!r} labels to evaluate against; "
+                "use `pkd predict` for unlabelled data"
+            ) from None
+        raise
+    raw = raw.head(data.max_eval_samples)
+    if spec.problem_type == CLASSIFICATION and labelled:
+        check_label_sets(dataclasses.replace(spec, labels=labels), {split: raw})
+    return spec, raw
+
+
+def model_files(model: str) -> list[Path]:
+    """The files a model is loaded from (a model or export directory, or one .onnx file)."""
+    p = Path(model)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return []  # a Hub name
+    return [f for f in p.iterdir() if f.is_file() and not any(f.match(g) for g in PKD_OUTPUTS)]
+
+
+def check_output_file(path: Path, model: str, data: C.DataConfig, source: str) -> Path:
+    """Refuse an --output-file that is a directory, lies under a file, or would replace an
+    input: one of the model's files or the data read (`source`, the split's file)."""
+    if path.is_dir():
+        raise PkdError(f"--output-file: {path} is a directory; pass a file name")
+    existing_parent(path, "--output-file")
+    inputs = [("--model", str(f)) for f in model_files(model)]
+    check_not_input(path, "--output-file", [*inputs, *data_inputs(data), ("data file", source)])
+    return path
+
+
+def check_batch_size(batch_size: int) -> None:
+    """--batch-size of evaluate/predict."""
+    if batch_size < 1:
+        raise PkdError(f"--batch-size: must be >= 1, got {batch_size}")
+
+
+def evaluate(
+    model: str,
+    data: C.DataConfig,
+    split: str = "dev",
+    batch_size: int = 128,
+    write: bool = False,
+    output_file: str | None = None,
+) -> dict:
+    """Task metrics of a fine-tuned model on a labelled split.
+
+    write: also write them as JSON to output_file (default: RUN/eval_TASK_SPLIT.json beside
+    the model directory), checked before the model runs.
+    """
+    check_batch_size(batch_size)
+    model = resolve_model(model, "model")
+    spec = resolve_task(data) if data.task != "custom" else None
+    if split.startswith("test") and not (spec is not None and spec.test_labelled):
+        raise PkdError(
+            f"--split: {split} has no labels in GLUE; use `pkd predict` for test predictions"
+        )
+    if spec is not None and split == "dev" and "dev" not in spec.splits:
+        split = spec.eval_splits[0]
+    net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=True)
+    if write:
+        default = Path(model).resolve().parent / f"eval_{spec.name}_{split}.json"
+        out = check_output_file(Path(output_file or default), model, data, raw.source)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    net.to(acc.device)
+    loader = acc.prepare(
+        torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
+    )
+    metrics = {
+        "task": spec.name,
+        "split": split,
+        "examples": len(raw),
+        "source": raw.source,
+        **score(net, loader, spec, acc),
+    }
+    if write:
+        write_json(out, metrics)
+    return metrics
+
+
+def predict(
+    model: str,
+    data: C.DataConfig,
+    split: str = "test",
+    output: str | None = None,
+    batch_size: int = 128,
+) -> Path:
+    """Predictions in GLUE submission format: `index<TAB>prediction` (label names).
+
+    output: the TSV to write (default: predictions_TASK_SPLIT.tsv in the model directory).
+    """
+    check_batch_size(batch_size)
+    onnx = Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file()
+    model = model if onnx else resolve_model(model, "model")
+    model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
+
+    def checked_output(spec: TaskSpec, raw) -> Path:
+        default = model_dir / f"predictions_{spec.name}_{split}.tsv"
+        return check_output_file(Path(output or default), model, data, raw.source)
+
+    if onnx:
+        # An `pkd export` directory: onnxruntime only, no PyTorch model code.
+        onnx_model = load_onnx(model)
+        spec, raw = inference_split(data, split, onnx_model.labels, labelled=False)
+        out = checked_output(spec, raw)
+        names = onnx_model.predict(raw.text_a, raw.text_b, batch_size)
+    else:
+        net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=False)
+        out = checked_output(spec, raw)
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        net.to(acc.device)
+        loader = acc.prepare(
+            torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
+        )
+        logits, _ = predict_logits(net, loader, acc)
+        preds = predictions(logits, spec.problem_type)
+        labels = model_labels(net)
+        regression = spec.problem_type == REGRESSION
+        if spec.problem_type == MULTIPLE_CHOICE:  # the chosen option as a letter
+            names = [choice_letter(p) for p in preds]
+        else:
+            names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
+    lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]
+    atomic_write(out, "\n".join(lines) + "\n")
+    return out

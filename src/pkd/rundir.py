@@ -1,0 +1,266 @@
+"""A run directory's lifecycle: check, start, resume, finish.
+
+`pkd finetune` and `pkd distill` write one directory per run (README "Commands"). Before
+anything is loaded, `open_run` refuses an --output that holds another run (unless
+--overwrite or --resume), is or holds an input, or cannot be written, and finds the
+checkpoint to resume from; `start_run` creates it with config.yaml (resolved options and
+`provenance`); `finish_run` writes metrics.json last, the mark of a finished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import accelerate
+import torch
+import transformers
+import yaml
+
+from pkd import __version__
+from pkd import config as C
+from pkd.data import truncated_fraction
+from pkd.errors import PkdError
+from pkd.fsio import atomic_write, write_json
+from pkd.models import DEV_METRIC_KEY, student_init_name
+from pkd.train import checkpoints
+
+Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_output(output: str, overwrite: bool, resume: bool = False, inputs: Inputs = ()) -> Path:
+    """Refuse to reuse a run directory unless --overwrite (or --resume), and one that is or
+    holds an input (`inputs`: (option, path) pairs; see `check_not_input`)."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise PkdError(f"--output: {output} exists and is not a directory")
+    check_not_input(path, "--output", inputs)
+    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+        what = "a finished run" if (path / "metrics.json").exists() else "files"
+        raise PkdError(f"--output: {output} already holds {what}; pass --overwrite to replace it")
+    parent = existing_parent(path, "--output")
+    try:  # a real write: os.access says yes to root even on read-only file systems
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
+    except OSError as e:
+        raise PkdError(
+            f"--output: cannot create {output}: {parent} is not writable ({e.strerror})"
+        ) from None
+    return path
+
+
+def existing_parent(path: Path, option: str) -> Path:
+    """The nearest existing directory above `path`; refuses a path under a file."""
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PkdError(f"{option}: cannot create {path}: {parent} is a file, not a directory")
+    return parent
+
+
+def check_not_input(output: Path, option: str, inputs: Inputs) -> None:
+    """Refuse an output path that is one of the inputs, or a directory that holds one: an
+    --overwrite (or a write) there would destroy what the command reads.
+
+    inputs: (option, path) pairs; None, Hub names and missing paths are skipped.
+    """
+    out = output.resolve()
+    for name, value in inputs:
+        if not value or not Path(value).exists():
+            continue
+        src = Path(value).resolve()
+        if out == src or out in src.parents:
+            raise PkdError(
+                f"{option}: {output} {'is' if out == src else 'holds'} the {name} {value}; "
+                f"writing there would destroy it; choose another {option}"
+            )
+
+
+def check_not_replaced(output: Path, replaced: tuple[str, ...], inputs: Inputs) -> None:
+    """`compare` and `sweep` write inside --output but replace only these sub-directories
+    (unfinished runs, trials): an input may live in --output (a teacher trained beside its
+    students), never in one of them."""
+    for sub in replaced:
+        check_not_input(output / sub, "--output", inputs)
+
+
+def data_inputs(data: C.DataConfig) -> Inputs:
+    """The data paths a command reads, with their options."""
+    return [
+        ("--data-dir", data.data_dir),
+        ("--train-file", data.train_file),
+        ("--validation-file", data.validation_file),
+        ("--test-file", data.test_file),
+    ]
+
+
+def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Inputs:
+    """What a finetune/distill run reads: its --output must not be or hold any of it."""
+    if isinstance(cfg, C.FinetuneConfig):
+        return [("--model", cfg.model), *data_inputs(cfg.data)]
+    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
+    return [("--teacher", cfg.teacher), ("--student-init", init), *data_inputs(cfg.data)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming
+
+
+def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Path | None:
+    """The checkpoint to continue from (--resume: latest in the run dir; --resume-from: given)."""
+    if cfg.resume_from:
+        ckpt = Path(cfg.resume_from)
+        if not (ckpt / "trainer_state.json").is_file():
+            raise PkdError(
+                f"--resume-from: {ckpt} is not a complete checkpoint (no trainer_state.json)"
+            )
+        return ckpt
+    if not cfg.resume:
+        return None
+    if (Path(cfg.output) / "metrics.json").is_file():
+        raise PkdError(f"--resume: {cfg.output} holds a finished run; nothing to resume")
+    found = checkpoints(Path(cfg.output))
+    if not found:
+        raise PkdError(f"--resume: no complete checkpoint in {cfg.output}/checkpoints")
+    return found[-1]
+
+
+def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig) -> None:
+    """A resumed run must continue with the settings it started with (its config.yaml).
+
+    Only settings that cannot change the result (`config.NO_EFFECT`: --logging-steps,
+    --quiet, --save-steps, ...) may differ; anything else would train a mixture.
+    """
+    path = Path(cfg.output) / "config.yaml"
+    if not path.is_file():  # --resume-from into a new run directory
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise PkdError(f"{path}: cannot read the run's config ({e})") from None
+    diffs = C.config_drift(saved if isinstance(saved, dict) else {}, C.to_dict(cfg))
+    if diffs:
+        option = "--resume-from" if cfg.resume_from else "--resume"
+        raise PkdError(
+            f"{option}: {cfg.output} was started with other settings ({'; '.join(diffs)}); "
+            f"resume with its own (--config {path} {option}) or start a new --output"
+        )
+
+
+def open_run(cfg: C.FinetuneConfig | C.DistillRunConfig) -> tuple[Path, Path | None]:
+    """Every check of a run's --output and resume options: (run dir, checkpoint or None).
+
+    Nothing is written; `start_run` creates the directory once all other checks passed.
+    """
+    resume = bool(cfg.resume or cfg.resume_from)
+    output = check_output(cfg.output, cfg.overwrite, resume, run_inputs(cfg))
+    ckpt = resume_point(cfg)
+    if ckpt is not None:
+        check_resume_config(cfg)
+    return output, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def start_run(
+    path: Path, cfg, overwrite: bool, resuming: bool = False, resolved: dict | None = None
+) -> None:
+    """Create the run dir (replacing an old one with --overwrite) and write config.yaml.
+
+    resolved: what options such as `--pooling auto` resolved to, recorded under
+    `meta.resolved` (the options keep what was asked, so a re-run resolves them again).
+    """
+    if resuming and (path / "config.yaml").is_file():  # continuing in place: keep its config
+        return
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = provenance()
+    if resolved:
+        meta["resolved"] = resolved
+    C.save(cfg, path / "config.yaml", meta=meta)
+
+
+def provenance() -> dict:
+    """Versions, git SHA and time, recorded in config.yaml under `meta`."""
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {
+        "pkd": __version__,
+        "git_sha": sha,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def data_summary(splits: dict, encoded: dict, max_length: int) -> dict:
+    """Per split: where it came from, its sha256, size and truncated share (metrics.json)."""
+    return {
+        name: {
+            "source": s.source,
+            "sha256": data_fingerprint(s),
+            "examples": len(s),
+            "truncated": round(truncated_fraction(encoded[name], max_length), 4),
+        }
+        for name, s in splits.items()
+    }
+
+
+def data_fingerprint(split) -> str:
+    """sha256 of the data file a split was read from (of its examples, for a Hub split)."""
+    h = hashlib.sha256()
+    path = Path(split.source)
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    else:
+        rows = [split.ids, split.text_a, split.text_b, split.labels]
+        if split.choices is not None:  # a RACE directory or the Hub
+            rows += [split.choices, split.levels]
+        h.update(json.dumps(rows, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def record_in_model(model_dir: Path, extra: dict) -> None:
+    """Add `extra` (the majority baseline) next to the dev metric in the model's config.json."""
+    path = model_dir / "config.json"
+    conf = json.loads(path.read_text())
+    conf[DEV_METRIC_KEY] = {**conf.get(DEV_METRIC_KEY, {}), **extra}
+    atomic_write(path, json.dumps(conf, indent=2, sort_keys=True) + "\n")
+
+
+def finish_run(output: Path, metrics: dict, baseline: float, accelerator) -> None:
+    """The end of a run, on the main process: the baseline into model/config.json, then
+    metrics.json, written last (the mark of a finished run)."""
+    if accelerator.is_main_process:
+        record_in_model(output / "model", {"baseline": baseline})
+        write_json(output / "metrics.json", metrics)
