@@ -341,7 +341,12 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     if dry_run:
         return describe_distill(cfg, plan)
     start_run(
-        output, cfg, cfg.overwrite, resuming=ckpt is not None, resolved={"pooling": plan.pooling}
+        output,
+        cfg,
+        accelerator,
+        cfg.overwrite,
+        resuming=ckpt is not None,
+        resolved={"pooling": plan.pooling},
     )
     t0 = time.perf_counter()
     spec = plan.spec

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pkd import cache as cache_mod
 from pkd.data import collator, truncated_fraction
-from pkd.models import DEV_METRIC_KEY, count_parameters, encoder_type, model_pooling, num_layers
+from pkd.models import (
+    DEV_METRIC_KEY,
+    count_parameters,
+    encoder_type,
+    layer_states,
+    model_pooling,
+    num_layers,
+)
 from pkd.race import num_choices
 from pkd.tasks import CLASSIFICATION, REGRESSION
-from pkd.train import Objective
+from pkd.train import Objective, make_accelerator, model_inputs, prepare, training_step
 
 TIMED_STEPS = 3  # optimizer steps timed after one untimed warm-up step
 
@@ -61,10 +69,6 @@ def time_steps(
     building the cache, or of an online teacher per step). The model's weights change; a
     dry run discards it.
     """
-    from dataclasses import replace
-
-    from pkd.models import layer_states, model_pooling
-    from pkd.train import make_accelerator, model_inputs, prepare, training_step
 
     p = prepare(make_accelerator(train_cfg), model, train_set, {}, train_cfg, collate)
     device = p.accelerator.device

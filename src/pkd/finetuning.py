@@ -61,8 +61,15 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     if dry_run:
         return describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, ckpt)
     model.config.update({TASK_KEY: spec.name})
-    start_run(output, cfg, cfg.overwrite, resuming=ckpt is not None, resolved={"pooling": pooling})
     accelerator = make_accelerator(cfg.train, output)
+    start_run(
+        output,
+        cfg,
+        accelerator,
+        cfg.overwrite,
+        resuming=ckpt is not None,
+        resolved={"pooling": pooling},
+    )
     t0 = time.perf_counter()
     result = train(
         model,

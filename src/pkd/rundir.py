@@ -177,22 +177,31 @@ def open_run(cfg: C.FinetuneConfig | C.DistillRunConfig) -> tuple[Path, Path | N
 
 
 def start_run(
-    path: Path, cfg, overwrite: bool, resuming: bool = False, resolved: dict | None = None
+    path: Path,
+    cfg,
+    accelerator,
+    overwrite: bool,
+    resuming: bool = False,
+    resolved: dict | None = None,
 ) -> None:
-    """Create the run dir (replacing an old one with --overwrite) and write config.yaml.
+    """Create the run dir (replacing an old one with --overwrite) and write config.yaml, on the
+    main process, once every process has checked --output (`open_run`): under torchrun a
+    process that checks after the main one created the directory would refuse it.
 
     resolved: what options such as `--pooling auto` resolved to, recorded under
     `meta.resolved` (the options keep what was asked, so a re-run resolves them again).
     """
-    if resuming and (path / "config.yaml").is_file():  # continuing in place: keep its config
-        return
-    if overwrite and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    meta = provenance()
-    if resolved:
-        meta["resolved"] = resolved
-    C.save(cfg, path / "config.yaml", meta=meta)
+    accelerator.wait_for_everyone()
+    keep = resuming and (path / "config.yaml").is_file()  # continuing in place: keep its config
+    if accelerator.is_main_process and not keep:
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = provenance()
+        if resolved:
+            meta["resolved"] = resolved
+        C.save(cfg, path / "config.yaml", meta=meta)
+    accelerator.wait_for_everyone()
 
 
 def provenance() -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import shutil
 import time
@@ -26,11 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import get_linear_schedule_with_warmup
 
 from pkd.config import TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
-from pkd.fsio import publish_modes
+from pkd.fsio import replace_dir, staged_dir
 from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
@@ -269,17 +272,11 @@ class Meter:
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    """save_pretrained into a temporary dir, then swap it in (readers never see half a model)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    publish_modes(tmp)  # safetensors writes 0600: a serving account could not read it
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    """save_pretrained into a temporary dir, then swap it in (readers never see half a model;
+    safetensors' 0600 files get the umask's modes on the way, see `pkd.fsio`)."""
+    with staged_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 STATE_FILE = "trainer_state.json"  # the loop's part of a checkpoint
@@ -328,7 +325,7 @@ def save_checkpoint(
     keeps the newest `limit` checkpoints, then runs the hooks' `on_checkpoint`."""
     root = output / "checkpoints"
     final = root / f"step-{state.step}"
-    tmp = root / f".step-{state.step}.tmp"
+    tmp = root / f".step-{state.step}.tmp"  # one name every process writes its part into
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -337,9 +334,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.save(tmp)
-        publish_modes(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in checkpoints(output)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -408,9 +403,6 @@ def use_hooks(*hooks: LoopHooks) -> Iterator[None]:
 
 def make_accelerator(cfg: TrainConfig, output: Path | None = None):
     """The run's Accelerator; with `output`, logging TensorBoard scalars under it."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
@@ -450,7 +442,6 @@ class Prepared:
 
 def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int):
     """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay."""
-    from transformers import get_linear_schedule_with_warmup
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
@@ -586,7 +577,6 @@ def train(
     process, after that of the hooks installed by `use_hooks`; an exception from it (e.g. a
     sweep's `optuna.TrialPruned`) stops the run.
     """
-    from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     p = prepare(accelerator, model, train_set, eval_sets, cfg, collate)
