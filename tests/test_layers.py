@@ -35,6 +35,7 @@ LAYERS = {
     "pkd.splits": 2,
     "pkd.race": 2,
     "pkd.data": 2,
+    "pkd.transfer": 2,
     "pkd.pooling": 2,
     "pkd.models": 2,
     "pkd.onnx_model": 2,

@@ -101,6 +101,16 @@ class DataConfig:
         metadata={"help": "tokens per example (truncation); default 128, 512 for RACE"},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "first N train rows"})
+    transfer_file: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "distill only: unlabelled texts in the task's text columns (CSV/TSV/JSONL; a "
+            "GLUE test file works as it is; several: A,B); the teacher labels them for KD/PKD"
+        },
+    )
+    max_transfer_samples: int | None = field(
+        default=None, metadata={"help": "first N rows of the transfer file(s)"}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "first N eval rows"})
     holdout_fraction: float | None = field(
         default=None,
@@ -121,6 +131,9 @@ class DataConfig:
         _positive("max-eval-samples", self.max_eval_samples)
         if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:
             raise PkdError(f"--holdout-fraction: must be in (0, 1), got {self.holdout_fraction}")
+        _positive("max-transfer-samples", self.max_transfer_samples)
+        if self.transfer_file is not None and not self.transfer_file:
+            self.transfer_file = None  # an empty list from a config file: no transfer set
 
 
 @dataclass
@@ -206,6 +219,13 @@ class DistillConfig:
             "teacher's)|cls ([CLS] through the pooler, the paper's)|mean (masked token mean)"
         },
     )
+    transfer_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "with --transfer-file: unlabelled examples drawn per labelled example into "
+            "each batch (they carry KD and PT only; CE stays on the labelled ones)"
+        },
+    )
     teacher_mode: str = field(default="cached", metadata={"help": "cached|online"})
     cache_dir: str | None = field(
         default=None,
@@ -234,6 +254,7 @@ class DistillConfig:
             _choice("preset", self.preset, PRESETS)
         _positive("student-layers", self.student_layers)
         _positive("temperature", self.temperature)
+        _positive("transfer-ratio", self.transfer_ratio)
         check_method_options(self.method, dataclasses.asdict(self))
         # Resolved per method and recorded, so the saved config says what was trained.
         fixed = FIXED_BY_METHOD[self.method]
@@ -293,6 +314,11 @@ class FinetuneConfig:
             raise PkdError("--model: required (a checkpoint name or directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
+        if self.data.transfer_file:
+            raise PkdError(
+                "--transfer-file: finetune learns from labels only; pass unlabelled text to "
+                "`pkd distill`, whose teacher labels it"
+            )
         self.model = resolve_model(self.model, "model")
 
 
@@ -315,6 +341,11 @@ class DistillRunConfig:
             raise PkdError("--teacher: required (a fine-tuned model directory)")
         if not self.output:
             raise PkdError("--output: required (the run directory)")
+        if self.data.transfer_file and self.distill.method == "ft":
+            raise PkdError(
+                "--transfer-file: has no effect with --method ft (no teacher terms: unlabelled "
+                "text only teaches through KD/PT); drop it, or use --method kd or pkd"
+            )
         self.teacher = resolve_model(self.teacher, "teacher")
         if self.distill.student_init not in (None, "", "teacher"):
             self.distill.student_init = resolve_model(self.distill.student_init, "student-init")

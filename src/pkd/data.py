@@ -78,6 +78,9 @@ def _parse_label(spec: TaskSpec, value, where: str):
     return label
 
 
+TRANSFER = "transfer"  # the split name of unlabelled text for distillation (`pkd.transfer`)
+
+
 def read_table_split(
     spec: TaskSpec, path: Path, split: str, encoding: str, labelled: bool, header: bool
 ) -> Split:
@@ -108,8 +111,11 @@ def read_table_split(
             text_idx = [_column_index(path, head, c) for c in columns]
             label_idx = _column_index(path, head, spec.label_column) if labelled else None
             id_idx = None
+            names = [h.strip() for h in head]
+            # test files name their rows; a transfer file (`pkd.transfer`) may be any table
             if spec.id_column is not None and not labelled:
-                id_idx = _column_index(path, head, spec.id_column)
+                if split != TRANSFER or spec.id_column in names:
+                    id_idx = _column_index(path, head, spec.id_column)
         else:
             text_idx, label_idx, id_idx = list(columns), spec.label_column, None
     needed = max([*text_idx, *(i for i in (label_idx, id_idx) if i is not None)]) + 1
@@ -274,10 +280,13 @@ def truncated_fraction(encoded: EncodedSplit, max_length: int) -> float:
 
 def collator(tokenizer):
     """Pads each batch to its longest sequence (dynamic padding); multiple choice to
-    (B, choices, T) with `pkd.race.pad_choices`."""
+    (B, choices, T) with `pkd.race.pad_choices`. An item may be a list of examples (a labelled
+    example with its transfer partners, `pkd.transfer.TransferMix`): they join the batch."""
     flat = DataCollatorWithPadding(tokenizer, padding="longest")
 
-    def collate(items: list[dict]) -> dict:
+    def collate(items: list) -> dict:
+        if items and isinstance(items[0], list):
+            items = [example for group in items for example in group]
         if items and items[0]["input_ids"] and isinstance(items[0]["input_ids"][0], list):
             return pad_choices(items, tokenizer)
         return flat(items)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -24,8 +25,10 @@ from accelerate.utils import set_seed
 from pkd import cache as cache_mod
 from pkd import config as C
 from pkd.data import (
+    TRANSFER,
     check_label_sets,
     collator,
+    encode,
     encode_all,
     load_splits,
     majority_baselines,
@@ -52,8 +55,10 @@ from pkd.models import (
 )
 from pkd.race import num_choices
 from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.splits import EncodedSplit
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec
 from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, score, train
+from pkd.transfer import TransferMix, load_transfer, with_transfer
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +86,7 @@ class DistillPlan:
     baseline: dict
     truncated: float
     pooling: str  # the student's (and the teacher's, for PKD): cls or mean
+    transfer: EncodedSplit | None = None  # --transfer-file, tokenised (`pkd.transfer`)
 
 
 def plan_distill(
@@ -101,12 +107,13 @@ def plan_distill(
     )
     check_label_sets(spec, splits)
     spec = teacher_task(spec, teacher, cfg.teacher)
+    transfer = load_transfer(spec, cfg.data)
     if len(d.terms) > 1 and d.teacher_mode == "cached":
         check_cache_space(
             d.cache_dir,
             spec.name,
             teacher.config,
-            len(splits["train"]),
+            len(splits["train"]) + (len(transfer) if transfer else 0),
             cfg.data.max_length,
             num_choices(splits["train"]),
         )
@@ -123,6 +130,8 @@ def plan_distill(
     check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
     label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
+    if transfer is not None:
+        transfer = encode(transfer, tokenizer, cfg.data.max_length, None, not cfg.train.quiet)
     trunc = warn_truncation(encoded["train"], cfg.data.max_length)
     baseline = majority_baselines(spec, splits)
     if teacher_metrics is None:
@@ -141,7 +150,18 @@ def plan_distill(
         baseline,
         trunc,
         pooling,
+        transfer,
     )
+
+
+def training_set(plan: DistillPlan, cfg: C.DistillRunConfig):
+    """The labelled training set; with a transfer set, each labelled example together with
+    its --transfer-ratio transfer partners (`pkd.transfer.TransferMix`)."""
+    labelled = plan.encoded["train"]
+    if plan.transfer is None:
+        return labelled
+    combined = with_transfer(labelled, plan.transfer, plan.spec.problem_type)
+    return TransferMix(combined, len(labelled), cfg.distill.transfer_ratio, cfg.train.seed)
 
 
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
@@ -350,14 +370,15 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     )
     t0 = time.perf_counter()
     spec = plan.spec
-    signal, cache_info = teacher_signal(cfg, plan, accelerator)
+    train_set = training_set(plan, cfg)
+    signal, cache_info = teacher_signal(cfg, plan, accelerator, train_set)
     t_cache = time.perf_counter() - t0
     objective = Objective.from_config(d, plan.pairs, signal, plan.pooling)
     plan.student.config.update({TASK_KEY: spec.name})
     result = train(
         plan.student,
         plan.tokenizer,
-        plan.encoded["train"],
+        train_set,
         {k: v for k, v in plan.encoded.items() if k != "train"},
         spec,
         cfg.train,
@@ -390,7 +411,10 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
             "student": count_parameters(plan.student),
             "teacher": count_parameters(plan.teacher),
         },
-        "data": data_summary(plan.splits, plan.encoded, cfg.data.max_length),
+        "data": data_summary(*run_data(plan), cfg.data.max_length),
+        "transfer_ratio": d.transfer_ratio if plan.transfer is not None else None,
+        "examples_seen": result["examples_seen"],
+        "gradient_shares": result["gradient_shares"],
         "teacher_cache": cache_info,
         "wall_seconds": {
             "teacher_cache": round(t_cache, 2),
@@ -398,17 +422,25 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
             "total": round(time.perf_counter() - t0, 2),
         },
     }
-    warn_collapse(result, spec, plan.baseline, d)
+    warn_collapse(result, spec, plan.splits[split], d)
     finish_run(output, metrics, plan.baseline[split], accelerator)
     return metrics
 
 
+def run_data(plan: DistillPlan) -> tuple[dict, dict]:
+    """The raw and tokenised splits a run read, its transfer set included (`data_summary`)."""
+    if plan.transfer is None:
+        return plan.splits, plan.encoded
+    return {**plan.splits, TRANSFER: plan.transfer.split}, {**plan.encoded, TRANSFER: plan.transfer}
+
+
 def teacher_signal(
-    cfg: C.DistillRunConfig, plan: DistillPlan, accelerator
+    cfg: C.DistillRunConfig, plan: DistillPlan, accelerator, train_set
 ) -> tuple[Callable | None, dict | None]:
     """What the student learns from besides labels: the teacher cache (built once, by the
-    main process, or reused) or the teacher run online; None for FT. Also the cache's record
-    for metrics.json (path, reused, build seconds), None without a cache."""
+    main process, or reused) over the training set (and its transfer set) or the teacher run
+    online; None for FT. Also the cache's record for metrics.json (path, reused, build
+    seconds), None without a cache."""
     d = cfg.distill
     if len(d.terms) == 1:  # FT: labels only
         return None, None
@@ -418,7 +450,7 @@ def teacher_signal(
     with accelerator.main_process_first():
         cache = cache_mod.build_or_load(
             plan.teacher,
-            plan.encoded["train"],
+            getattr(train_set, "combined", train_set),  # a TransferMix: all its examples
             collator(plan.tokenizer),
             plan.spec.name,
             cache_mod.cache_extra(plan.spec, cfg),
@@ -435,21 +467,43 @@ def teacher_signal(
     return cached_teacher(cache), info
 
 
-def warn_collapse(result, spec, baseline, d) -> None:
-    """A student stuck at the majority baseline after epoch 1 (e.g. too strong a patient loss)."""
-    if not result["history"] or d.method == "ft" or spec.problem_type != CLASSIFICATION:
+def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:
+    """A student that predicts one class for all of dev after epoch 1 (its accuracy is one
+    class's share): say why, from what the first epoch logged. Blame beta only when the
+    patient term's gradient share says so; a cross-entropy still at log(C), a uniform guess,
+    is a plateau (too few steps, lr, warm-up), not the loss weights."""
+    if not result["history"] or spec.problem_type != CLASSIFICATION or not dev.labels:
         return
     split = spec.eval_splits[0]
-    first = result["history"][0]["metrics"][split][spec.main_metric]
-    if abs(first - baseline[split]) < 1e-9:
+    first = result["history"][0]["metrics"][split].get("accuracy")
+    shares_of_classes = {dev.labels.count(c) / len(dev.labels) for c in set(dev.labels)}
+    if first is None or not any(abs(first - s) < 1e-9 for s in shares_of_classes):
+        return
+    epoch = result.get("first_epoch") or {}
+    ce, shares = epoch.get("ce"), epoch.get("gradient_shares", {})
+    uniform = math.log(len(spec.labels))
+    if d.method == "pkd" and shares.get("pt", 0.0) >= DOMINANT_SHARE:
         cause = (
-            f"beta={d.beta} with the {d.pt_loss!r} patient-loss form may be too strong"
-            if d.method == "pkd"
-            else f"alpha={d.alpha} at T={d.temperature} with the {d.kd_loss!r} KD form may not suit it"
+            f"the patient loss dominates the gradient ({shares['pt']:.0%} of it at "
+            f"beta={d.beta:g}): lower --beta"
         )
-        logger.warning(
-            "the student scores the majority baseline (%.4f) after the first epoch: it may have "
-            "collapsed; %s",
-            first,
-            cause,
+    elif ce is not None and abs(ce - uniform) <= PLATEAU_TOLERANCE * uniform:
+        cause = (
+            f"its cross-entropy is still {ce:.3f}, about log({len(spec.labels)}) = {uniform:.3f}, "
+            "a uniform guess: it has not started to learn yet (a plateau, not the loss weights); "
+            "train longer (--epochs), raise --lr or shorten --warmup-ratio"
         )
+    else:
+        got = ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "not logged"
+        cause = f"gradient shares in epoch 1: {got}; it may need more steps or another --lr"
+    logger.warning(
+        "the student predicts a single class on %s after the first epoch (%s %.4f); %s",
+        split,
+        spec.main_metric,
+        first,
+        cause,
+    )
+
+
+DOMINANT_SHARE = 0.5  # a term with this share of the gradient or more drives the student
+PLATEAU_TOLERANCE = 0.05  # CE within 5% of log(C) after an epoch: it has not moved

@@ -15,16 +15,25 @@ PT_FORMS = ("mean", "sum")  # default "mean": the authors' F.mse_loss; "sum": th
 PT_CHOICES = ("concat", "each")
 
 
+IGNORE_LABEL = -100  # an example without a gold label (a transfer set's); NaN for regression
+
+
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
-    """L_CE: cross-entropy against gold labels; MSE for regression.
+    """L_CE: cross-entropy against gold labels; MSE for regression. Examples whose label is
+    IGNORE_LABEL (NaN for regression) have none and are left out of the mean; a batch without
+    any gold label gives 0.
 
     Args:
         logits: (B, C) (any leading shape flattened to rows), or (B, 1) for regression.
         labels: (B,) class ids, or (B,) floats for regression.
     """
     if regression:
-        return F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
-    return F.cross_entropy(logits.float(), labels)
+        pred, gold = logits.view(-1).float(), labels.view(-1).float()
+        keep = ~torch.isnan(gold)
+        return F.mse_loss(pred[keep], gold[keep]) if keep.any() else pred.sum() * 0.0
+    if not (labels != IGNORE_LABEL).any():
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
 
 
 def kd_loss(
@@ -98,11 +107,12 @@ def patient_loss(
     raise ValueError(f"unknown patient-loss form {form!r}; valid: {PT_FORMS}")
 
 
+def term_weights(alpha: float, beta: float) -> dict[str, float]:
+    """The weight of each term in Eq. (5)."""
+    return {"ce": 1.0 - alpha, "kd": alpha, "pt": beta}
+
+
 def total_loss(terms: dict[str, torch.Tensor], alpha: float, beta: float) -> torch.Tensor:
     """Eq. (5): (1 - alpha) * CE + alpha * KD + beta * PT, over the terms present."""
-    loss = (1.0 - alpha) * terms["ce"]
-    if "kd" in terms:
-        loss = loss + alpha * terms["kd"]
-    if "pt" in terms:
-        loss = loss + beta * terms["pt"]
-    return loss
+    weights = term_weights(alpha, beta)
+    return sum(weights[name] * value for name, value in terms.items())

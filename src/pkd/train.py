@@ -34,12 +34,13 @@ from pkd.config import TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.fsio import replace_dir, staged_dir
-from pkd.losses import ce_loss, kd_loss, patient_loss, total_loss
+from pkd.losses import ce_loss, kd_loss, patient_loss, term_weights, total_loss
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
 from pkd.progress import progress
 from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
+from pkd.transfer import labelled_count
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,27 @@ def checked_terms(
     return dict(zip(names, every[accelerator.process_index].tolist(), strict=True))
 
 
+def gradient_shares(model, terms: dict[str, torch.Tensor], objective: Objective) -> dict:
+    """Each weighted term's share of the gradient norm on the student's parameters:
+    share_k = |grad(w_k L_k)| / sum_j |grad(w_j L_j)| (the shares sum to 1), with the
+    weights of Eq. (5). It tells whether a term (beta's patient loss) moves the student at
+    all. Costs one extra backward per term, on the micro-batches of logged steps only.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = term_weights(objective.alpha, objective.beta)
+    norms = {}
+    for name, value in terms.items():
+        if weights[name] == 0 or not value.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(
+            weights[name] * value, params, retain_graph=True, allow_unused=True
+        )
+        norms[name] = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+    total = sum(norms.values())
+    return {f"share_{k}": (v / total if total > 0 else 0.0) for k, v in norms.items()}
+
+
 def cached_teacher(cache) -> Callable:
     """Teacher signals read from a `pkd.cache.TeacherCache` by example index."""
     return lambda batch, layers: cache.targets(batch["example_index"], layers)
@@ -253,22 +275,82 @@ class Meter:
 
     def restart(self, now: float) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.batches, self.examples, self.since = 0, 0, now
+        self.counts: dict[str, int] = defaultdict(int)
+        self.examples, self.since = 0, now
 
     def add(self, values: dict[str, float], examples: int) -> None:
-        """One micro-batch's loss terms and total, and the examples it held (all processes)."""
+        """One micro-batch's loss terms and total (and gradient shares, on logged steps), and
+        the examples it held (all processes)."""
         for k, v in values.items():
             self.sums[k] += v
-        self.batches += 1
+            self.counts[k] += 1
         self.examples += examples
 
     def record(self, **extra) -> dict:
         """The means so far, then `extra`, then examples_per_s; starts a new span."""
         now = time.perf_counter()
-        record = {k: v / self.batches for k, v in self.sums.items()}
+        record = {k: v / self.counts[k] for k, v in self.sums.items()}
         record.update(extra, examples_per_s=self.examples / max(now - self.since, 1e-9))
         self.restart(now)
         return record
+
+
+class RunStats:
+    """What a run saw beyond its loss curve: examples with and without a gold label (a
+    transfer set's), each term's gradient share (mean over logged steps, and over the first
+    epoch), and the last logged CE of the first epoch (`distillation.warn_collapse`)."""
+
+    def __init__(self) -> None:
+        self.seen = {"labelled": 0, "transfer": 0}
+        self.shares: dict[str, list[float]] = defaultdict(list)
+        self.first_shares: dict[str, list[float]] = defaultdict(list)
+        self.first_ce: float | None = None
+        self.warned = False
+
+    def add_batch(self, labels: torch.Tensor, processes: int) -> None:
+        labelled = labelled_count(labels)
+        self.seen["labelled"] += labelled * processes
+        self.seen["transfer"] += (len(labels) - labelled) * processes
+
+    def add_record(self, record: dict, epoch: int) -> None:
+        """A log.jsonl record of `epoch` (0-based: the one in progress)."""
+        for key, value in record.items():
+            if key.startswith("share_"):
+                self.shares[key[6:]].append(value)
+                if epoch == 0:
+                    self.first_shares[key[6:]].append(value)
+        if epoch == 0 and "ce" in record:
+            self.first_ce = record["ce"]
+
+    def check_patient_share(self, objective: Objective) -> None:
+        """Warn once when the patient term's gradient share stayed under 1% all first epoch."""
+        pt = self.first_shares.get("pt")
+        if self.warned or not pt or max(pt) >= PT_SHARE_FLOOR:
+            return
+        self.warned = True
+        logger.warning(
+            "the patient loss's share of the gradient stayed under %.0f%% through the first "
+            "epoch (at most %.2f%% at beta=%g): it barely moves the student; try a larger "
+            "--beta (e.g. %g) and watch share_pt in log.jsonl",
+            100 * PT_SHARE_FLOOR,
+            100 * max(pt),
+            objective.beta,
+            objective.beta * 10,
+        )
+
+    def summary(self) -> dict:
+        def mean(d: dict[str, list[float]]) -> dict[str, float]:
+            return {k: round(sum(v) / len(v), 6) for k, v in d.items() if v}
+
+        first = {"ce": self.first_ce, "gradient_shares": mean(self.first_shares)}
+        return {
+            "examples_seen": self.seen,
+            "gradient_shares": mean(self.shares),
+            "first_epoch": first if self.first_ce is not None else None,
+        }
+
+
+PT_SHARE_FLOOR = 0.01  # a patient term under this share of the gradient all epoch 1: warned
 
 
 def save_model(model, tokenizer, path: Path) -> None:
@@ -526,15 +608,17 @@ def training_step(
     step: int,
     output: Path | None = None,
     hooks: Sequence[LoopHooks] = (),
+    shares: bool = False,
 ) -> tuple[dict[str, float], float]:
     """One micro-batch: loss terms -> check -> backward -> clip -> optimizer and schedule step.
 
     The optimizer and the schedule advance only on the micro-batch that completes a step of
     gradient accumulation. `step` is the optimizer step the batch belongs to, as numbered in
-    log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names.
+    log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names. With
+    `shares` (logged steps of a run with several terms), each term's `gradient_shares` too.
 
     Returns:
-        This process's loss terms and total as floats, and the learning rate the step used.
+        This process's loss terms and total (and shares) as floats, and the step's lr.
     """
     accelerator, model, optimizer = p.accelerator, p.model, p.optimizer
     with accelerator.accumulate(model):
@@ -543,6 +627,8 @@ def training_step(
             h.on_loss(step, terms)
         loss = total_loss(terms, objective.alpha, objective.beta)
         values = checked_terms(accelerator, terms, loss, step, output)
+        if shares and len(terms) > 1:
+            values.update(gradient_shares(model, terms, objective))
         accelerator.backward(loss)
         if accelerator.sync_gradients and p.cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), p.cfg.max_grad_norm)
@@ -584,7 +670,7 @@ def train(
         accelerator.init_trackers("tensorboard")
     state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
     hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
-    log, meter = RunLog(output, accelerator), Meter()
+    log, meter, stats = RunLog(output, accelerator), Meter(), RunStats()
     regression = spec.problem_type == REGRESSION
     logger.info(
         "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
@@ -602,11 +688,14 @@ def train(
     try:
         while state.step < p.total_steps:
             for batch in epoch_batches(p, state):
+                step = state.step + 1
+                logged = step % cfg.logging_steps == 0 or step == p.total_steps
                 values, lr = training_step(
-                    p, batch, objective, regression, state.step + 1, output, hooks
+                    p, batch, objective, regression, step, output, hooks, shares=logged
                 )
                 state.batches_in_epoch += 1
                 meter.add(values, len(batch["labels"]) * accelerator.num_processes)
+                stats.add_batch(batch["labels"], accelerator.num_processes)
                 if not accelerator.sync_gradients:
                     continue  # more micro-batches to accumulate before this step's update
                 state.step += 1
@@ -615,6 +704,7 @@ def train(
                     epoch = state.epoch + state.batches_in_epoch / len(p.train_loader)
                     record = meter.record(step=state.step, epoch=epoch, lr=lr)
                     log.write(record, state.step)
+                    stats.add_record(record, state.epoch)
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
                     )
@@ -625,6 +715,8 @@ def train(
             # a whole pass is an epoch; --max-steps may stop mid-pass
             if state.step < p.total_steps or state.batches_in_epoch >= len(p.train_loader):
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if state.epoch == 1:
+                stats.check_patient_share(objective)
             end_of_epoch(p, state, spec, tokenizer, output, log, on_evaluate, hooks)
     finally:  # also when a step, a hook or on_evaluate raises: close TensorBoard, the bar
         bar.close()
@@ -637,6 +729,7 @@ def train(
         "history": state.history,
         "steps": state.step,
         "train_seconds": round(time.perf_counter() - t_start, 2),
+        **stats.summary(),
     }
 
 

@@ -1,0 +1,123 @@
+"""Transfer sets: unlabelled text the teacher labels, drawn into distillation batches.
+
+Unlabelled text is distillation's own advantage: the teacher's soft labels and layer states
+teach on it, while fine-tuning (FT) cannot use it. TinyBERT's task-stage data augmentation
+rests on this. `pkd distill --transfer-file FILE` reads texts in the task's text columns
+(a GLUE test file works as it is: `glue/RTE/test.tsv`), and:
+
+- the teacher runs once over labelled + transfer examples into one cache (the fingerprint
+  covers both, so a changed transfer file builds a new cache);
+- an epoch is still one pass over the labelled set; each labelled example i brings
+  `--transfer-ratio` r transfer partners, so a batch of b labelled examples holds about r * b
+  transfer examples. Partners come from a permutation of the transfer set drawn per epoch
+  from (seed, epoch), so batches depend only on (seed, epoch), as the labelled order does,
+  and a resumed run draws the same ones;
+- transfer examples carry the label IGNORE_LABEL (regression: NaN): CE skips them, KD and PT
+  use every example (`pkd.losses.ce_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from pkd import config as C
+from pkd.data import TRANSFER, read_table_split
+from pkd.errors import PkdError
+from pkd.losses import IGNORE_LABEL
+from pkd.splits import EncodedSplit, Split
+from pkd.tasks import MULTIPLE_CHOICE, REGRESSION, TaskSpec
+
+
+def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
+    """The transfer file(s) as one unlabelled Split (first --max-transfer-samples rows), or
+    None without --transfer-file.
+
+    Raises:
+        PkdError: a file that does not read (file and line), or a multiple-choice task.
+    """
+    if not data.transfer_file:
+        return None
+    if spec.problem_type == MULTIPLE_CHOICE:
+        raise PkdError("--transfer-file: not supported for multiple-choice tasks")
+    parts = []
+    for name in data.transfer_file:
+        path = Path(name)
+        if path.is_dir():
+            raise PkdError(f"--transfer-file: {name} is a directory, not a file")
+        if not path.is_file():
+            raise PkdError(f"--transfer-file: {name} not found")
+        parts.append(read_table_split(spec, path, TRANSFER, data.encoding, False, header=True))
+    pairs = all(p.text_b is not None for p in parts)
+    split = Split(
+        TRANSFER,
+        ",".join(p.source for p in parts),
+        [f"{Path(p.source).name}:{i}" for p in parts for i in p.ids],
+        [t for p in parts for t in p.text_a],
+        [t for p in parts for t in p.text_b] if pairs else None,
+        None,
+    )
+    return split.head(data.max_transfer_samples)
+
+
+def with_transfer(labelled: EncodedSplit, transfer: EncodedSplit, problem_type: str):
+    """One EncodedSplit of the labelled examples (0..n-1) then the transfer ones (n..), whose
+    labels are IGNORE_LABEL (NaN for regression): what the teacher cache is built over."""
+    ignore = math.nan if problem_type == REGRESSION else IGNORE_LABEL
+    features = {k: labelled.features[k] + transfer.features[k] for k in labelled.features}
+    a, t = labelled.split, transfer.split
+    pairs = a.text_b is not None and t.text_b is not None
+    split = Split(
+        f"{a.name}+{TRANSFER}",
+        f"{a.source}+{t.source}",
+        a.ids + t.ids,
+        a.text_a + t.text_a,
+        a.text_b + t.text_b if pairs else None,
+        None,
+    )
+    return EncodedSplit(split, features, list(labelled.labels) + [ignore] * len(transfer))
+
+
+class TransferMix(torch.utils.data.Dataset):
+    """The labelled examples, each with its transfer partners for the current epoch.
+
+    Item i is a list: the labelled example i, then its partners (example indices n + j into
+    `combined`, see `with_transfer`); `pkd.data.collator` flattens a batch of such lists.
+    """
+
+    def __init__(self, combined: EncodedSplit, labelled: int, ratio: float, seed: int):
+        self.combined, self.labelled, self.ratio, self.seed = combined, labelled, ratio, seed
+        self.transfer = len(combined) - labelled
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's partners (accelerate's loader calls this every epoch)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
+        need = math.ceil(self.labelled * self.ratio)
+        rounds = math.ceil(need / self.transfer)  # a small transfer set is cycled through
+        order = [torch.randperm(self.transfer, generator=g) for _ in range(rounds)]
+        self.order = torch.cat(order)[:need].tolist()
+
+    def partners(self, i: int) -> list[int]:
+        """Transfer example indices (into `combined`) that go with labelled example i."""
+        lo, hi = math.floor(i * self.ratio), math.floor((i + 1) * self.ratio)
+        return [self.labelled + j for j in self.order[lo:hi]]
+
+    def __len__(self) -> int:
+        return self.labelled
+
+    def __getitem__(self, i: int) -> list[dict]:
+        return [self.combined[i]] + [self.combined[j] for j in self.partners(i)]
+
+    def lengths(self) -> list[int]:
+        """Tokens of each labelled example (what --group-by-length sorts by)."""
+        return self.combined.lengths()[: self.labelled]
+
+
+def labelled_count(labels: torch.Tensor) -> int:
+    """How many examples of a batch have a gold label (not IGNORE_LABEL / NaN)."""
+    if labels.is_floating_point():
+        return int((~torch.isnan(labels)).sum())
+    return int((labels != IGNORE_LABEL).sum())

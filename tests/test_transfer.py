@@ -1,0 +1,214 @@
+"""Transfer sets (`--transfer-file`) and gradient shares on tiny random BERTs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sentiment_rows
+
+from pkd import config as C
+from pkd.cli import main
+from pkd.distillation import distill
+from pkd.finetuning import finetune
+from pkd.losses import IGNORE_LABEL
+from pkd.splits import EncodedSplit, Split
+from pkd.transfer import TransferMix, with_transfer
+
+DATA = {"task": "sst2", "max_length": 16}
+
+
+def write_transfer(path: Path, n: int, seed: int = 7, header: str = "index\tsentence") -> Path:
+    """Unlabelled sentences laid out as a GLUE SST-2 test file."""
+    rows = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(n, seed))]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
+    out = tmp_path_factory.mktemp("transfer") / "teacher"
+    cfg = C.FinetuneConfig(
+        model=str(tiny_bert),
+        output=str(out),
+        data=C.DataConfig(data_dir=str(sst2_dir), **DATA),
+        train=C.TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
+    )
+    finetune(cfg)
+    return out
+
+
+def distill_cfg(teacher, sst2_dir, out, transfer=None, method="kd", **distill_opts):
+    return C.DistillRunConfig(
+        teacher=str(teacher),
+        output=str(out),
+        data=C.DataConfig(
+            data_dir=str(sst2_dir), transfer_file=[str(t) for t in transfer or []], **DATA
+        ),
+        train=C.TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True, logging_steps=2),
+        distill=C.DistillConfig(method=method, student_layers=2, **distill_opts),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def _encoded(n: int, offset: int = 0, labelled: bool = True) -> EncodedSplit:
+    split = Split("s", "s.tsv", [str(i) for i in range(n)], ["x"] * n, None, None)
+    ids = [[2, 5 + (offset + i) % 20, 3] for i in range(n)]
+    features = {"input_ids": ids, "attention_mask": [[1, 1, 1]] * n}
+    return EncodedSplit(split, features, [i % 2 for i in range(n)] if labelled else None)
+
+
+@pytest.mark.parametrize("ratio, transfer", [(1.0, 50), (0.5, 50), (3.0, 7)])
+def test_each_labelled_example_brings_its_transfer_partners(ratio, transfer):
+    labelled = 20
+    combined = with_transfer(_encoded(labelled), _encoded(transfer, 100, False), "x")
+    assert len(combined) == labelled + transfer
+    assert combined.labels[labelled:] == [IGNORE_LABEL] * transfer
+    mix = TransferMix(combined, labelled, ratio, seed=3)
+    assert len(mix) == labelled  # an epoch is a pass over the labelled examples
+    drawn = [j for i in range(labelled) for j in mix.partners(i)]
+    assert len(drawn) == round(labelled * ratio)
+    assert all(labelled <= j < labelled + transfer for j in drawn)
+    if labelled * ratio <= transfer:
+        assert len(set(drawn)) == len(drawn)  # no repeats until the set is used up
+    item = mix[4]
+    assert item[0]["example_index"] == 4 and item[0]["labels"] == 0
+    assert [x["example_index"] for x in item[1:]] == mix.partners(4)
+    # the same (seed, epoch) draws the same partners: a resumed run sees the same batches
+    again = TransferMix(combined, labelled, ratio, seed=3)
+    mix.set_epoch(1), again.set_epoch(1)
+    assert [mix.partners(i) for i in range(labelled)] == [
+        again.partners(i) for i in range(labelled)
+    ]
+    again.set_epoch(2)
+    assert [mix.partners(i) for i in range(labelled)] != [
+        again.partners(i) for i in range(labelled)
+    ]
+
+
+def test_unlabelled_rows_never_reach_the_ce_term(teacher, sst2_dir):
+    from pkd.data import collator
+    from pkd.models import load_finetuned, load_tokenizer
+    from pkd.train import Objective, loss_terms, online_teacher
+
+    model = load_finetuned(str(teacher), "teacher")
+    tok = load_tokenizer(str(teacher), "teacher")
+    collate = collator(tok)
+    texts = ["good film", "awful plot", "the story is great", "boring actors"]
+    labelled = [{**tok(t), "labels": y} for t, y in zip(texts[:2], [1, 0], strict=True)]
+    unlabelled = [{**tok(t), "labels": IGNORE_LABEL} for t in texts[2:]]
+    objective = Objective(terms=("ce", "kd"), alpha=0.5, temperature=2.0,
+                          teacher=online_teacher(load_finetuned(str(teacher), "teacher")))  # fmt: skip
+    with torch.no_grad():
+        only = loss_terms(model, collate(labelled), objective, False)
+        mixed = loss_terms(model, collate([labelled + unlabelled]), objective, False)
+        none = loss_terms(model, collate(unlabelled), objective, False)
+    assert torch.allclose(only["ce"], mixed["ce"], atol=1e-6)  # CE: the labelled rows only
+    assert not torch.allclose(only["kd"], mixed["kd"])  # KD: every row
+    assert none["ce"].item() == 0.0 and math.isfinite(none["kd"].item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def test_transfer_examples_join_kd_and_pkd_batches_and_the_cache(teacher, sst2_dir, tmp_path):
+    transfer = write_transfer(tmp_path / "unlabelled.tsv", 48)
+    m = distill(distill_cfg(teacher, sst2_dir, tmp_path / "kd", [transfer], transfer_ratio=0.5))
+    # 64 labelled training sentences, each with 0.5 partners: 32 transfer examples per epoch
+    assert m["examples_seen"] == {"labelled": 64, "transfer": 32}
+    assert m["data"]["transfer"]["examples"] == 48
+    assert m["transfer_ratio"] == 0.5
+    assert m["teacher_cache"]["reused"] is False
+    saved = (tmp_path / "kd" / "config.yaml").read_text()
+    assert "transfer_ratio: 0.5" in saved and str(transfer) in saved
+
+    pkd = distill(distill_cfg(teacher, sst2_dir, tmp_path / "pkd", [transfer], method="pkd"))
+    assert pkd["examples_seen"] == {"labelled": 64, "transfer": 64}
+    assert pkd["teacher_cache"]["reused"] is True  # the same teacher, data and transfer set
+    assert pkd["teacher_cache"]["path"] == m["teacher_cache"]["path"]
+
+    write_transfer(transfer, 48, seed=8)  # other sentences: a new cache
+    again = distill(distill_cfg(teacher, sst2_dir, tmp_path / "again", [transfer]))
+    assert again["teacher_cache"]["reused"] is False
+    assert again["teacher_cache"]["path"] != m["teacher_cache"]["path"]
+
+    plain = distill(distill_cfg(teacher, sst2_dir, tmp_path / "plain"))
+    assert plain["examples_seen"] == {"labelled": 64, "transfer": 0}
+
+
+def test_ft_and_finetune_refuse_a_transfer_file(teacher, tiny_bert, sst2_dir, tmp_path, capsys):
+    transfer = write_transfer(tmp_path / "u.tsv", 8)
+    common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--transfer-file", str(transfer)]
+    for argv, message in (
+        (["distill", "--teacher", str(teacher), "--method", "ft", *common],
+         "--transfer-file: has no effect with --method ft"),
+        (["finetune", "--model", str(tiny_bert), *common], "--transfer-file: finetune learns"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--output", str(tmp_path / "x")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"pkd: error: {message}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_transfer_file_names_file_and_line(teacher, sst2_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("index\tsentence\n0\ta good film\n1\tan\textra tab\n")
+    argv = ["distill", "--teacher", str(teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
+            "--method", "kd", "--transfer-file", str(bad), "--output", str(tmp_path / "x")]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"pkd: error: {bad}:3: 3 columns, the header has 2 (a tab inside a field?)"
+    missing = tmp_path / "none.tsv"
+    with pytest.raises(SystemExit) as e:
+        main([*argv[:-4], "--transfer-file", str(missing), "--output", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"pkd: error: --transfer-file: {missing} not found"
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient shares
+
+
+def _shares(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("share_")} for r in rows if "lr" in r]
+
+
+@pytest.mark.parametrize("beta, warns", [(1e-6, True), (1e5, False)])
+def test_gradient_shares_and_the_inert_patient_term(
+    teacher, sst2_dir, tmp_path, caplog, beta, warns
+):
+    out = tmp_path / "pkd"
+    with caplog.at_level(logging.WARNING, logger="pkd.train"):
+        m = distill(distill_cfg(teacher, sst2_dir, out, method="pkd", beta=beta))
+    records = _shares(out)
+    assert records and all(set(r) == {"share_ce", "share_kd", "share_pt"} for r in records)
+    for r in records:
+        assert sum(r.values()) == pytest.approx(1.0, abs=1e-9)
+    assert set(m["gradient_shares"]) == {"ce", "kd", "pt"}
+    assert sum(m["gradient_shares"].values()) == pytest.approx(1.0, abs=1e-5)
+    pt = max(r["share_pt"] for r in records)
+    assert (pt < 0.01) is warns and (pt > 0.5) is not warns
+    warned = "the patient loss's share of the gradient stayed under 1%" in caplog.text
+    assert warned is warns, caplog.text
+    if warns:
+        assert "beta=1e-06" in caplog.text and "--beta" in caplog.text
+
+
+def test_ft_logs_no_shares(teacher, sst2_dir, tmp_path):
+    out = tmp_path / "ft"
+    m = distill(distill_cfg(teacher, sst2_dir, out, method="ft"))
+    assert m["gradient_shares"] == {} and all(r == {} for r in _shares(out))
