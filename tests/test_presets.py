@@ -18,7 +18,7 @@ from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 from pkd import config as C
 from pkd import presets as P
 from pkd.cli import build_parser, main, resolve
-from pkd.compare import plan_runs
+from pkd.compare import StudentGrid, plan_runs
 from pkd.errors import PkdError
 
 
@@ -210,9 +210,7 @@ def test_compare_applies_the_preset_per_method_and_depth(tmp_path, caplog):
             "teacher",
             str(tmp_path / "cmp"),
             base,
-            [3, 2],
-            ["ft", "kd", "pkd-skip"],
-            [1, 2],
+            StudentGrid([3, 2], ["ft", "kd", "pkd-skip"], [1, 2]),
             options={"train": {"batch_size": 16}},
         )
     by = {r.name: r.cfg for r in runs}

@@ -320,26 +320,7 @@ def benchmark(
         rows = []
         for b in batch_sizes:
             for t in seq_lengths:
-                feeds = make_inputs(vocab, b, t)
-                times = time_forwards([m.forward for m in loaded], feeds, warmup, iterations)
-                p50s = np.percentile(times, 50, axis=1)
-                for m, ts, p50 in zip(loaded, times, p50s, strict=True):
-                    rows.append(
-                        {
-                            "model": m.name,
-                            "path": str(m.path),
-                            "batch_size": b,
-                            "seq_length": t,
-                            "latency_ms_p50": round(1000 * p50, 4),
-                            "latency_ms_p95": round(1000 * np.percentile(ts, 95), 4),
-                            "latency_ms_mean": round(1000 * ts.mean(), 4),
-                            "throughput": round(b / p50, 2),  # examples/s at median latency
-                            "speedup": round(p50s[0] / p50, 4),  # against the first model
-                        }
-                    )
-                    logger.info(
-                        "%s b=%d t=%d: p50 %.2f ms, %.1f ex/s", m.name, b, t, 1000 * p50, b / p50
-                    )
+                rows += _time_setting(loaded, b, t, vocab, warmup, iterations)
         info = device_info(backend, n_threads)
     finally:
         torch.set_num_threads(previous)
@@ -354,17 +335,7 @@ def benchmark(
             "vocab_range": vocab,
             "reference": loaded[0].name,
         },
-        "models": [
-            {
-                "model": m.name,
-                "path": str(m.path),
-                "layers": m.layers,
-                "parameters": m.parameters,
-                "size_bytes": m.size_bytes,
-                "size_mb": round(m.size_bytes / 2**20, 3),
-            }
-            for m in loaded
-        ],
+        "models": [_model_row(m) for m in loaded],
         "results": rows,
     }
     result["markdown"] = to_markdown(result)
@@ -375,6 +346,43 @@ def benchmark(
         write_json(out / "benchmark.json", result)
         atomic_write(out / "benchmark.md", result["markdown"])
     return result
+
+
+def _time_setting(
+    loaded: list[Loaded], b: int, t: int, vocab: int, warmup: int, iterations: int
+) -> list[dict]:
+    """One result row per model for batch size `b` and sequence length `t`."""
+    feeds = make_inputs(vocab, b, t)
+    times = time_forwards([m.forward for m in loaded], feeds, warmup, iterations)
+    p50s = np.percentile(times, 50, axis=1)
+    rows = []
+    for m, ts, p50 in zip(loaded, times, p50s, strict=True):
+        rows.append(
+            {
+                "model": m.name,
+                "path": str(m.path),
+                "batch_size": b,
+                "seq_length": t,
+                "latency_ms_p50": round(1000 * p50, 4),
+                "latency_ms_p95": round(1000 * np.percentile(ts, 95), 4),
+                "latency_ms_mean": round(1000 * ts.mean(), 4),
+                "throughput": round(b / p50, 2),  # examples/s at median latency
+                "speedup": round(p50s[0] / p50, 4),  # against the first model
+            }
+        )
+        logger.info("%s b=%d t=%d: p50 %.2f ms, %.1f ex/s", m.name, b, t, 1000 * p50, b / p50)
+    return rows
+
+
+def _model_row(m: Loaded) -> dict:
+    return {
+        "model": m.name,
+        "path": str(m.path),
+        "layers": m.layers,
+        "parameters": m.parameters,
+        "size_bytes": m.size_bytes,
+        "size_mb": round(m.size_bytes / 2**20, 3),
+    }
 
 
 def _check_lengths(loaded: list[Loaded], seq_lengths: list[int]) -> None:

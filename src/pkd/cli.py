@@ -109,44 +109,29 @@ def _add_section(
 
 
 def _add_run_options(p: argparse.ArgumentParser, model_flag: str, what: str) -> None:
+    """The run options of finetune and distill. Unset unless given (SUPPRESS), so that
+    --config can supply them."""
     p.add_argument(
         "--config", help="YAML config file; command-line options override it (default: none)"
     )
+    unset = {"default": argparse.SUPPRESS}
+    flag = {"action": "store_true", **unset}
     p.add_argument(
         model_flag,
         dest=model_flag.strip("-"),
-        default=argparse.SUPPRESS,
         help=f"{what}: {MODEL_HELP} (required, here or in --config)",
+        **unset,
     )
     p.add_argument(
-        "--output",
-        default=argparse.SUPPRESS,
-        help="run directory to create (required, here or in --config)",
+        "--output", help="run directory to create (required, here or in --config)", **unset
+    )
+    p.add_argument("--overwrite", help="replace an existing run directory", **flag)
+    p.add_argument("--resume", help="continue from the latest checkpoint in --output", **flag)
+    p.add_argument(
+        "--resume-from", help="continue from this checkpoint directory (default: none)", **unset
     )
     p.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="replace an existing run directory",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="continue from the latest checkpoint in --output",
-    )
-    p.add_argument(
-        "--resume-from",
-        dest="resume_from",
-        default=argparse.SUPPRESS,
-        help="continue from this checkpoint directory (default: none)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        dest="trust_remote_code",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="allow custom model code from the checkpoint",
+        "--trust-remote-code", help="allow custom model code from the checkpoint", **flag
     )
     p.add_argument(
         "--dry-run", action="store_true", help="check everything, print the plan, train nothing"
@@ -161,19 +146,28 @@ def _add_data_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pkd", description="Patient Knowledge Distillation for BERT models"
+def _add_grid_inputs(p: argparse.ArgumentParser, output_help: str) -> None:
+    """--config, --teacher and --output of compare and sweep (many runs from one teacher)."""
+    p.add_argument(
+        "--config",
+        help="YAML config file for the shared data/train/distill options (default: none)",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"pkd {__import__('pkd').__version__}"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    p.add_argument("--teacher", required=True, help=f"the fine-tuned teacher: {MODEL_HELP}")
+    p.add_argument("--output", required=True, help=output_help)
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
-    p = command("finetune", "fine-tune a teacher (or any encoder) on a task")
+def _add_shared_sections(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
+    """The data/train/distill options compare and sweep share between their runs; `skip`:
+    the distill options the command sets itself."""
+    for s in ("data", "train"):
+        _add_section(p, s)
+    _add_section(p, "distill", skip=skip)
+
+
+# One function per command: its options, in the order --help lists them.
+
+
+def _finetune_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p, "--model", "the pre-trained encoder to fine-tune")
     p.add_argument(
         "--pooling",
@@ -186,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     for s in SECTION_OPTIONS["finetune"]:
         _add_section(p, s, config_cls=C.FinetuneConfig)
 
-    p = command("distill", "distill a fine-tuned teacher into an M-layer student")
+
+def _distill_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p, "--teacher", "the fine-tuned teacher")
     for s in SECTION_OPTIONS["distill"]:
         _add_section(p, s)
 
-    p = command("evaluate", "task metrics of a fine-tuned model (JSON)")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     _add_data_source(p)
     p.add_argument(
         "--split", default="dev", help="split to score: dev, dev_matched, dev_mismatched, train"
@@ -202,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "directory, i.e. in its run directory)",
     )
 
-    p = command("predict", "predictions file in GLUE submission format")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
     _add_data_source(p)
     p.add_argument("--split", default="test", help="split to predict: test, test_matched, dev, ...")
     p.add_argument(
@@ -210,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="predictions TSV (default: predictions_TASK_SPLIT.tsv in the model directory)",
     )
 
-    p = command("benchmark", "size, latency and throughput of several models")
+
+def _benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         nargs="+",
@@ -237,13 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for benchmark.json and benchmark.md (default: none, print only)",
     )
 
-    p = command("compare", "teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds")
-    p.add_argument(
-        "--config",
-        help="YAML config file for the shared data/train/distill options (default: none)",
-    )
-    p.add_argument("--teacher", required=True, help=f"the fine-tuned teacher: {MODEL_HELP}")
-    p.add_argument("--output", required=True, help="directory for the runs and the tables")
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    _add_grid_inputs(p, "directory for the runs and the tables")
     p.add_argument(
         "--student-layers",
         type=_list_of(int),
@@ -273,17 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-warmup", type=int, default=3, help="untimed runs per model")
     p.add_argument("--bench-iterations", type=int, default=10, help="timed runs per model")
     p.add_argument("--dry-run", action="store_true", help="print the runs it would do")
-    for s in ("data", "train"):
-        _add_section(p, s)
-    _add_section(p, "distill", skip=("method", "strategy", "student_layers"))
+    _add_shared_sections(p, skip=("method", "strategy", "student_layers"))
 
-    p = command("sweep", "the paper's grid or a search space on Optuna (resumable)")
-    p.add_argument(
-        "--config",
-        help="YAML config file for the shared data/train/distill options (default: none)",
-    )
-    p.add_argument("--teacher", required=True, help=f"the fine-tuned teacher: {MODEL_HELP}")
-    p.add_argument("--output", required=True, help="directory for trials, study and reports")
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    _add_grid_inputs(p, "directory for trials, study and reports")
     p.add_argument("--method", default="pkd", help="ft|kd|pkd")
     p.add_argument(
         "--strategy",
@@ -339,13 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="silence after which another machine's running trial counts as dead",
     )
     p.add_argument("--dry-run", action="store_true", help="check and describe; train nothing")
-    for s in ("data", "train"):
-        _add_section(p, s)
-    _add_section(p, "distill", skip=("method", "strategy", "student_layers", "layer_map", "preset"))
+    _add_shared_sections(p, skip=("method", "strategy", "student_layers", "layer_map", "preset"))
 
-    command("presets", "the authors' best settings per task, method and depth")
 
-    p = command("export", "ONNX export (+ int8) with a parity check")
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=f"the fine-tuned model: {MODEL_HELP}")
     p.add_argument("--output", required=True, help="export directory to create")
     p.add_argument(
@@ -379,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-samples", type=int, default=256, help="texts the parity check runs")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
 
-    p = command("demo", "offline quickstart: fine-tune MiniLM, distill FT/KD/PKD students")
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="demo_runs", help="directory for the demo's runs")
     p.add_argument("--train-samples", type=int, default=DEMO["train_samples"], help="train tweets")
     p.add_argument("--eval-samples", type=int, default=DEMO["eval_samples"], help="dev tweets")
@@ -387,6 +373,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=float, default=DEMO["epochs"], help="epochs for teacher and students"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _no_options(p: argparse.ArgumentParser) -> None:
+    """`pkd presets` takes none."""
+
+
+# command -> (its one-line help, the function adding its options), in `pkd --help` order
+PARSERS = {
+    "finetune": ("fine-tune a teacher (or any encoder) on a task", _finetune_options),
+    "distill": ("distill a fine-tuned teacher into an M-layer student", _distill_options),
+    "evaluate": ("task metrics of a fine-tuned model (JSON)", _evaluate_options),
+    "predict": ("predictions file in GLUE submission format", _predict_options),
+    "benchmark": ("size, latency and throughput of several models", _benchmark_options),
+    "compare": ("teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds", _compare_options),
+    "sweep": ("the paper's grid or a search space on Optuna (resumable)", _sweep_options),
+    "presets": ("the authors' best settings per task, method and depth", _no_options),
+    "export": ("ONNX export (+ int8) with a parity check", _export_options),
+    "demo": ("offline quickstart: fine-tune MiniLM, distill FT/KD/PKD students", _demo_options),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `pkd` parser: one subcommand per entry of PARSERS."""
+    parser = argparse.ArgumentParser(
+        prog="pkd", description="Patient Knowledge Distillation for BERT models"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pkd {__import__('pkd').__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (text, add_options) in PARSERS.items():
+        add_options(
+            sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        )
     return parser
 
 

@@ -67,23 +67,31 @@ class Run:
 # Planning and up-front checks
 
 
-def _check_lists(student_layers, methods, seeds) -> None:
-    if not methods:
-        raise PkdError(f"--methods: give at least one of {', '.join(METHODS)}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise PkdError(f"--methods: unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-    for option, values in (
-        ("methods", methods),
-        ("seeds", seeds),
-        ("student-layers", student_layers),
-    ):
-        if not values:
-            raise PkdError(f"--{option}: give at least one value")
-        if len(set(values)) != len(values):
-            raise PkdError(f"--{option}: repeated values in {values}")
-    for seed in seeds:
-        C.check_seed("seeds", seed)
+@dataclass
+class StudentGrid:
+    """The students `compare` trains: one run per depth x method x seed."""
+
+    student_layers: list[int]
+    methods: list[str]  # from METHODS
+    seeds: list[int]
+
+    def __post_init__(self):
+        if not self.methods:
+            raise PkdError(f"--methods: give at least one of {', '.join(METHODS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise PkdError(f"--methods: unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+        for option, values in (
+            ("methods", self.methods),
+            ("seeds", self.seeds),
+            ("student-layers", self.student_layers),
+        ):
+            if not values:
+                raise PkdError(f"--{option}: give at least one value")
+            if len(set(values)) != len(values):
+                raise PkdError(f"--{option}: repeated values in {values}")
+        for seed in self.seeds:
+            C.check_seed("seeds", seed)
 
 
 def _clean_base(base: dict) -> dict:
@@ -110,20 +118,13 @@ def _clean_base(base: dict) -> dict:
 
 
 def plan_runs(
-    teacher: str,
-    output: str,
-    base: dict,
-    student_layers: list[int],
-    methods: list[str],
-    seeds: list[int],
-    options: dict | None = None,
+    teacher: str, output: str, base: dict, grid: StudentGrid, options: dict | None = None
 ) -> list[Run]:
     """One validated DistillRunConfig per depth x method x seed, with its run dir's status.
 
     With `distill.preset`, each run gets the authors' values for its task, method and depth:
     base < preset < options (the command-line options, which override the preset).
     """
-    _check_lists(student_layers, methods, seeds)
     base = _clean_base(base)
     options = {k: v for k, v in (options or {}).items() if k in ("data", "train", "distill")}
     options.setdefault("distill", {})
@@ -132,9 +133,9 @@ def plan_runs(
     if out.exists() and not out.is_dir():
         raise PkdError(f"--output: {output} exists and is not a directory")
     runs = []
-    for layers in student_layers:
-        for method in methods:
-            for seed in seeds:
+    for layers in grid.student_layers:
+        for method in grid.methods:
+            for seed in grid.seeds:
                 name = R.run_name(layers, method, seed)
                 path = out / "runs" / name
                 finished = R.is_finished(path)
@@ -276,27 +277,52 @@ def compare(
     """
     t0 = time.perf_counter()
     teacher = resolve_model(teacher, "teacher")
-    runs = plan_runs(teacher, output, base, student_layers, methods, seeds, options)
+    runs = plan_runs(teacher, output, base, StudentGrid(student_layers, methods, seeds), options)
     check_not_replaced(Path(output), ("runs",), run_inputs(runs[0].cfg))
-    for option, value in (
-        ("bench-batch-size", bench_batch_size),
-        ("bench-seq-length", bench_seq_length),
-    ):
-        if value < 1:
-            raise PkdError(f"--{option}: must be >= 1, got {value}")
-    check_bench_options(
+    _check_bench(bench_batch_size, bench_seq_length, bench_threads, bench_warmup, bench_iterations)
+    checked = validate(runs, teacher, bench_seq_length)
+    if dry_run:
+        return _describe(runs, teacher, checked)
+    wall = {"validate": round(time.perf_counter() - t0, 2), **_train_students(runs)}
+    t = time.perf_counter()
+    evals = {run.name: evaluate_model(run.path / "model", run.cfg, checked.spec) for run in runs}
+    wall["evaluation"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    bench = benchmark(
+        [teacher] + [str(run.path) for run in runs],
         [bench_batch_size],
         [bench_seq_length],
         bench_threads,
         "torch",
+        str(output),
         bench_warmup,
         bench_iterations,
     )
-    checked = validate(runs, teacher, bench_seq_length)
-    spec = checked.spec
-    if dry_run:
-        return _describe(runs, teacher, checked)
-    wall = {"validate": round(time.perf_counter() - t0, 2), "teacher_cache": 0.0, "students": {}}
+    wall["benchmark"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    result = _results(runs, teacher, checked, evals, bench, methods)
+    wall["report"] = round(time.perf_counter() - t, 2)
+    wall["total"] = round(time.perf_counter() - t0, 2)
+    result["wall_seconds"] = wall
+    result["markdown"] = to_markdown(result)
+    _write_results(Path(output), result, checked.spec, student_layers)
+    return result
+
+
+def _check_bench(
+    batch_size: int, seq_length: int, threads: int | None, warmup: int, iterations: int
+) -> None:
+    """compare's --bench-* options: one batch size and one sequence length, both >= 1."""
+    for option, value in (("bench-batch-size", batch_size), ("bench-seq-length", seq_length)):
+        if value < 1:
+            raise PkdError(f"--{option}: must be >= 1, got {value}")
+    check_bench_options([batch_size], [seq_length], threads, "torch", warmup, iterations)
+
+
+def _train_students(runs: list[Run]) -> dict:
+    """Train every run not already finished, in order; the wall time of each (teacher cache
+    apart) and of the teacher cache builds."""
+    wall = {"teacher_cache": 0.0, "students": {}}
     for i, run in enumerate(runs, 1):
         if run.status == "reuse":
             logger.info("[%d/%d] %s: finished, reused", i, len(runs), run.name)
@@ -315,45 +341,26 @@ def compare(
             "teacher_cache": cache,
         }
     wall["teacher_cache"] = round(wall["teacher_cache"], 2)
+    return wall
 
-    t = time.perf_counter()
-    evals = {run.name: evaluate_model(run.path / "model", run.cfg, spec) for run in runs}
-    wall["evaluation"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    bench = benchmark(
-        [teacher] + [str(run.path) for run in runs],
-        [bench_batch_size],
-        [bench_seq_length],
-        bench_threads,
-        "torch",
-        str(output),
-        bench_warmup,
-        bench_iterations,
-    )
-    wall["benchmark"] = round(time.perf_counter() - t, 2)
 
-    t = time.perf_counter()
-    result = _results(runs, teacher, checked, evals, bench, methods)
-    wall["report"] = round(time.perf_counter() - t, 2)
-    wall["total"] = round(time.perf_counter() - t0, 2)
-    result["wall_seconds"] = wall
-    result["markdown"] = to_markdown(result)
-    out = Path(output)
+def _write_results(out: Path, result: dict, spec, student_layers: list[int]) -> None:
+    """results.json, results.md, results.csv and pareto.png in `out`."""
     write_json(out / "results.json", {k: v for k, v in result.items() if k != "markdown"})
     atomic_write(out / "results.md", result["markdown"])
     atomic_write(out / "results.csv", R.to_csv(result["rows"], CSV_COLUMNS))
-    split = spec.eval_splits[0]
+    setting = result["benchmark"]["settings"]
     R.pareto_plot(
         [
             {"label": r["name"], "group": r["method"], "x": r["throughput"], "y": 100 * r["metric"]}
             for r in result["rows"]
         ],
         out / "pareto.png",
-        f"throughput (examples/s, batch {bench_batch_size} x {bench_seq_length} tokens, CPU)",
-        f"{spec.main_metric} on {split} (%)",
+        f"throughput (examples/s, batch {setting['batch_sizes'][0]} x "
+        f"{setting['seq_lengths'][0]} tokens, CPU)",
+        f"{spec.main_metric} on {spec.eval_splits[0]} (%)",
         f"{spec.name}: teacher vs {'/'.join(map(str, student_layers))}-layer students",
     )
-    return result
 
 
 CSV_COLUMNS = [
@@ -447,6 +454,8 @@ def _results(runs, teacher, checked: Checked, evals, bench, methods) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    """results.md: the teacher, the students' mean ± std per depth and method, every model,
+    and (after a run) the wall time per phase."""
     metric, split = result["metric"], result["split"]
     teacher = result["rows"][0]
     s = result["benchmark"]["settings"]
@@ -460,86 +469,92 @@ def to_markdown(result: dict) -> str:
         "",
         "## Students, mean ± std over seeds",
         "",
+        _students_table(result["summary"], metric),
+        "## All models",
+        "",
+        _models_table(result["rows"], metric),
     ]
-    lines.append(
-        R.markdown_table(
-            [
-                "layers",
-                "method",
-                "seeds",
-                f"{metric} (mean ± std)",
-                "% of teacher",
-                "examples/s",
-                "speed-up",
-                "params (M)",
-            ],
-            [
-                [
-                    g["layers"],
-                    g["method"],
-                    g["n"],
-                    R.pm(g["mean"], g["std"]),
-                    R.pct(g["fraction_of_teacher"]),
-                    f"{g['throughput']:.1f}",
-                    f"{g['speedup']:.2f}x",
-                    f"{g['params_total'] / 1e6:.2f}",
-                ]
-                for g in result["summary"]
-            ],
-        )
-    )
-    lines += ["## All models", ""]
-    lines.append(
-        R.markdown_table(
-            [
-                "model",
-                "layers",
-                "method",
-                "seed",
-                metric,
-                "% of teacher",
-                "params (M)",
-                "p50 (ms)",
-                "examples/s",
-                "speed-up",
-            ],
-            [
-                [
-                    r["name"] + (" (reused)" if r["reused"] else ""),
-                    r["layers"],
-                    r["method"],
-                    r["seed"],
-                    R.pct(r["metric"]),
-                    R.pct(r["fraction_of_teacher"]),
-                    f"{r['params_total'] / 1e6:.2f}",
-                    f"{r['latency_ms_p50']:.2f}",
-                    f"{r['throughput']:.1f}",
-                    f"{r['speedup']:.2f}x",
-                ]
-                for r in result["rows"]
-            ],
-        )
-    )
     if "wall_seconds" in result:
-        w = result["wall_seconds"]
-        phases = [
-            ["checks + teacher evaluation", w["validate"]],
-            ["teacher cache", w["teacher_cache"]],
-        ]
-        for name, st in w["students"].items():
-            phases.append([f"student {name}", "reused" if st["reused"] else st["seconds"]])
-        phases += [
-            ["evaluation", w["evaluation"]],
-            ["benchmark", w["benchmark"]],
-            ["report", w["report"]],
-            ["**total**", f"**{w['total']}**"],
-        ]
         lines += [
             "## Wall time (this invocation, seconds)",
             "",
-            R.markdown_table(["phase", "seconds"], phases),
+            _wall_table(result["wall_seconds"]),
         ]
     return "\n".join(lines)
+
+
+def _students_table(summary: list[dict], metric: str) -> str:
+    headers = [
+        "layers",
+        "method",
+        "seeds",
+        f"{metric} (mean ± std)",
+        "% of teacher",
+        "examples/s",
+        "speed-up",
+        "params (M)",
+    ]
+    rows = [
+        [
+            g["layers"],
+            g["method"],
+            g["n"],
+            R.pm(g["mean"], g["std"]),
+            R.pct(g["fraction_of_teacher"]),
+            f"{g['throughput']:.1f}",
+            f"{g['speedup']:.2f}x",
+            f"{g['params_total'] / 1e6:.2f}",
+        ]
+        for g in summary
+    ]
+    return R.markdown_table(headers, rows)
+
+
+def _models_table(rows: list[dict], metric: str) -> str:
+    headers = [
+        "model",
+        "layers",
+        "method",
+        "seed",
+        metric,
+        "% of teacher",
+        "params (M)",
+        "p50 (ms)",
+        "examples/s",
+        "speed-up",
+    ]
+    cells = [
+        [
+            r["name"] + (" (reused)" if r["reused"] else ""),
+            r["layers"],
+            r["method"],
+            r["seed"],
+            R.pct(r["metric"]),
+            R.pct(r["fraction_of_teacher"]),
+            f"{r['params_total'] / 1e6:.2f}",
+            f"{r['latency_ms_p50']:.2f}",
+            f"{r['throughput']:.1f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in rows
+    ]
+    return R.markdown_table(headers, cells)
+
+
+def _wall_table(w: dict) -> str:
+    phases = [
+        ["checks + teacher evaluation", w["validate"]],
+        ["teacher cache", w["teacher_cache"]],
+    ]
+    for name, st in w["students"].items():
+        phases.append([f"student {name}", "reused" if st["reused"] else st["seconds"]])
+    phases += [
+        ["evaluation", w["evaluation"]],
+        ["benchmark", w["benchmark"]],
+        ["report", w["report"]],
+        ["**total**", f"**{w['total']}**"],
+    ]
+    return R.markdown_table(["phase", "seconds"], phases)
 
 
 def _describe(runs: list[Run], teacher: str, checked: Checked, timed: bool = True) -> dict:

@@ -167,51 +167,19 @@ def export(
         ("--validation-file", validation_file),
     ]
     out = check_output(output, overwrite, inputs=inputs)
-    net = load_finetuned(str(model_dir), "model")
-    if type(net).__name__.endswith("ForMultipleChoice"):
-        raise PkdError(
-            f"--model: {model_dir} is a multiple-choice model; `pkd export` supports "
-            "sequence classifiers (one text or a text pair per example)"
-        )
-    tokenizer = load_tokenizer(str(model_dir), "model")
+    net, tokenizer = _load_classifier(model_dir)
     names = list(tokenizer.model_input_names)
     texts, pairs, source = _parity_texts(
         task, data_dir, validation_file, text_columns, encoding, parity_samples, net
     )
-
     with staged_dir(out) as tmp:  # written whole or not at all
-        t_export = time.perf_counter()
-        # Traced from the eager attention path (same weights, same logits): plain MatMul +
-        # Softmax per layer, which int8 quantises and runs faster than the traced SDPA graph.
-        net.set_attn_implementation("eager")
-        _export_graph(net, tokenizer, names, tmp / FP32_FILE, opset)
-        t_export = time.perf_counter() - t_export
-        tokenizer.save_pretrained(tmp)
-        net.config.save_pretrained(tmp)
-        if quantize == "int8":
-            _quantize_int8(tmp / FP32_FILE, tmp / INT8_FILE)
+        export_seconds = _write_models(net, tokenizer, names, tmp, opset, quantize)
         report = _parity(net, tmp, texts, pairs, quantize == "int8")
-        report.update(
-            {
-                "model": str(model_dir),
-                "source": source,
-                "opset": opset,
-                "exporter": "torch.onnx.export(dynamo=False)",
-                "input_names": names,
-                "output_names": ["logits"],
-                "labels": list(model_labels(net)),
-                "tolerance": {
-                    "fp32_max_abs_diff": FP32_MAX_ABS_DIFF,
-                    "int8_min_agreement": INT8_MIN_AGREEMENT,
-                    "int8_tie_margin": INT8_TIE_MARGIN,
-                },
-                "versions": _versions(),
-                "seconds": {
-                    "export": round(t_export, 2),
-                    "total": round(time.perf_counter() - t0, 2),
-                },
-            }
-        )
+        report.update(_settings(net, model_dir, source, opset, names))
+        report["seconds"] = {
+            "export": round(export_seconds, 2),
+            "total": round(time.perf_counter() - t0, 2),
+        }
         (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
         _check_parity(report)
     summary = f"fp32 max |dlogit| {report['fp32']['max_abs_diff']:.2e}"
@@ -220,6 +188,57 @@ def export(
     logger.info("exported %s -> %s (%s)", model_dir, out, summary)
     files = sorted(f.name for f in out.iterdir())
     return {**report, "output": str(out), "files": files}
+
+
+def _load_classifier(model_dir: Path):
+    """(model, tokenizer) of a fine-tuned sequence classifier; multiple choice is refused."""
+    net = load_finetuned(str(model_dir), "model")
+    if type(net).__name__.endswith("ForMultipleChoice"):
+        raise PkdError(
+            f"--model: {model_dir} is a multiple-choice model; `pkd export` supports "
+            "sequence classifiers (one text or a text pair per example)"
+        )
+    return net, load_tokenizer(str(model_dir), "model")
+
+
+def _settings(net, model_dir: Path, source: str, opset: int, names: list[str]) -> dict:
+    """What parity.json records besides the check itself: model, texts, graph, versions."""
+    return {
+        "model": str(model_dir),
+        "source": source,
+        "opset": opset,
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "input_names": names,
+        "output_names": ["logits"],
+        "labels": list(model_labels(net)),
+        "tolerance": {
+            "fp32_max_abs_diff": FP32_MAX_ABS_DIFF,
+            "int8_min_agreement": INT8_MIN_AGREEMENT,
+            "int8_tie_margin": INT8_TIE_MARGIN,
+        },
+        "versions": _versions(),
+    }
+
+
+def _write_models(
+    net, tokenizer, names: list[str], directory: Path, opset: int, quantize: str | None
+) -> float:
+    """model.onnx (+ model.int8.onnx), the tokenizer and config.json in `directory`.
+
+    Returns:
+        the seconds the fp32 export took.
+    """
+    t0 = time.perf_counter()
+    # Traced from the eager attention path (same weights, same logits): plain MatMul +
+    # Softmax per layer, which int8 quantises and runs faster than the traced SDPA graph.
+    net.set_attn_implementation("eager")
+    _export_graph(net, tokenizer, names, directory / FP32_FILE, opset)
+    seconds = time.perf_counter() - t0
+    tokenizer.save_pretrained(directory)
+    net.config.save_pretrained(directory)
+    if quantize == "int8":
+        _quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
+    return seconds
 
 
 def _check_options(quantize: str | None, opset: int, parity_samples: int) -> None:

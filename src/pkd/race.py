@@ -342,51 +342,17 @@ def encode_choices(
     c = num_choices(split)
     if any(len(o) != c for o in split.choices):
         raise PkdError(f"{split.source}: every question needs the same number of choices ({c})")
-    keep = [k for k in ("input_ids", "token_type_ids", "attention_mask")]
+    keep = ["input_ids", "token_type_ids", "attention_mask"]
     features: dict[str, list] = {k: [] for k in keep}
     over = cut_options = 0
     bar = progress(len(split), f"tokenise {split.name}", "ex", quiet=not show_progress)
     for start in range(0, len(split), chunk):
         stop = min(start + chunk, len(split))
-        firsts, seconds, options = [], [], []
-        for i in range(start, stop):
-            question = split.text_b[i] if split.text_b is not None else ""
-            for option in split.choices[i]:
-                firsts.append(split.text_a[i])
-                seconds.append(f"{question} {option}" if question else option)
-                options.append(option)
-        sizes = [len(x) for x in tokenizer(seconds, add_special_tokens=False)["input_ids"]]
-        fits = [j for j, n in enumerate(sizes) if n < budget]  # >= 1 context token left
-        long = [j for j, n in enumerate(sizes) if n >= budget]
-        rows: list[dict | None] = [None] * len(seconds)
-        if fits:
-            enc = tokenizer(
-                [firsts[j] for j in fits],
-                [seconds[j] for j in fits],
-                truncation="only_first",
-                max_length=max_length,
-            )
-            for n, j in enumerate(fits):
-                rows[j] = {k: enc[k][n] for k in enc}
-        if long:  # the context does not fit at all: question + option alone, cut from the left
-            over += len(long)
-            opt = tokenizer([options[j] for j in long], add_special_tokens=False)["input_ids"]
-            cut_options += sum(len(x) > budget for x in opt)
-            side = tokenizer.truncation_side
-            tokenizer.truncation_side = "left"
-            try:
-                enc = tokenizer(
-                    [""] * len(long),
-                    [seconds[j] for j in long],
-                    truncation="only_second",
-                    max_length=max_length,
-                )
-            finally:
-                tokenizer.truncation_side = side
-            for n, j in enumerate(long):
-                rows[j] = {k: enc[k][n] for k in enc}
+        firsts, seconds, options = _choice_pairs(split, start, stop)
+        rows, long, cut = _encode_pairs(tokenizer, firsts, seconds, options, budget, max_length)
+        over, cut_options = over + long, cut_options + cut
         keep = [k for k in keep if k in rows[0]]
-        for e in range(stop - start):
+        for e in range(stop - start):  # rows hold c choices per example, in order
             per_choice = rows[e * c : (e + 1) * c]
             for k in keep:
                 features[k].append([r[k] for r in per_choice])
@@ -394,24 +360,90 @@ def encode_choices(
     bar.close()
     features = {k: v for k, v in features.items() if len(v) == len(split)}
     if over:
-        logger.warning(
-            "%s: %d of %d choices have a question + option longer than --max-length %d allows "
-            "(%d tokens); they were encoded without the article and with the question cut from "
-            "the left%s",
-            split.source,
-            over,
-            len(split) * c,
-            max_length,
-            budget,
-            f" (and {cut_options} options cut too)" if cut_options else " (options kept whole)",
+        _warn_context_dropped(split, over, cut_options, c, max_length, budget)
+    return EncodedSplit(split, features, _answer_indices(split, c))
+
+
+def _choice_pairs(split: Split, start: int, stop: int) -> tuple[list, list, list]:
+    """(contexts, question + option texts, options) for every choice of examples start..stop."""
+    firsts, seconds, options = [], [], []
+    for i in range(start, stop):
+        question = split.text_b[i] if split.text_b is not None else ""
+        for option in split.choices[i]:
+            firsts.append(split.text_a[i])
+            seconds.append(f"{question} {option}" if question else option)
+            options.append(option)
+    return firsts, seconds, options
+
+
+def _encode_pairs(
+    tokenizer, firsts: list, seconds: list, options: list, budget: int, max_length: int
+) -> tuple[list[dict], int, int]:
+    """One encoding per (context, question + option) pair; the context is truncated, and
+    dropped where question + option leave no room for it.
+
+    Returns:
+        (rows, pairs without their context, options among them longer than the budget).
+    """
+    sizes = [len(x) for x in tokenizer(seconds, add_special_tokens=False)["input_ids"]]
+    fits = [j for j, n in enumerate(sizes) if n < budget]  # >= 1 context token left
+    long = [j for j, n in enumerate(sizes) if n >= budget]
+    rows: list[dict | None] = [None] * len(seconds)
+    if fits:
+        enc = tokenizer(
+            [firsts[j] for j in fits],
+            [seconds[j] for j in fits],
+            truncation="only_first",
+            max_length=max_length,
         )
-    labels = None
-    if split.labels is not None:
-        labels = [LETTERS.index(v) for v in split.labels]
-        bad = [v for v in labels if v >= c]
-        if bad:
-            raise PkdError(f"{split.source}: answers beyond the {c} choices")
-    return EncodedSplit(split, features, labels)
+        for n, j in enumerate(fits):
+            rows[j] = {k: enc[k][n] for k in enc}
+    cut_options = 0
+    if long:  # the context does not fit at all: question + option alone, cut from the left
+        opt = tokenizer([options[j] for j in long], add_special_tokens=False)["input_ids"]
+        cut_options = sum(len(x) > budget for x in opt)
+        enc = _encode_cut_left(tokenizer, [seconds[j] for j in long], max_length)
+        for n, j in enumerate(long):
+            rows[j] = {k: enc[k][n] for k in enc}
+    return rows, len(long), cut_options
+
+
+def _encode_cut_left(tokenizer, seconds: list[str], max_length: int):
+    """Encode ("", text) pairs, cutting each text from the left to fit `max_length`."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(
+            [""] * len(seconds), seconds, truncation="only_second", max_length=max_length
+        )
+    finally:
+        tokenizer.truncation_side = side
+
+
+def _warn_context_dropped(
+    split: Split, over: int, cut_options: int, c: int, max_length: int, budget: int
+) -> None:
+    logger.warning(
+        "%s: %d of %d choices have a question + option longer than --max-length %d allows "
+        "(%d tokens); they were encoded without the article and with the question cut from "
+        "the left%s",
+        split.source,
+        over,
+        len(split) * c,
+        max_length,
+        budget,
+        f" (and {cut_options} options cut too)" if cut_options else " (options kept whole)",
+    )
+
+
+def _answer_indices(split: Split, c: int) -> list[int] | None:
+    """The answer letters as choice indices (A -> 0); None for an unlabelled split."""
+    if split.labels is None:
+        return None
+    labels = [LETTERS.index(v) for v in split.labels]
+    if any(v >= c for v in labels):
+        raise PkdError(f"{split.source}: answers beyond the {c} choices")
+    return labels
 
 
 def pad_choices(items: list[dict], tokenizer) -> dict[str, torch.Tensor]:
