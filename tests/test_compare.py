@@ -103,6 +103,9 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
         assert r["params_total"] < rows[0]["params_total"]
         assert r["metric"] == pytest.approx(r["recorded_best"])  # same model, same dev set
         assert r["fraction_of_teacher"] == pytest.approx(r["metric"] / rows[0]["metric"])
+        shares = recorded[r["name"]]["gradient_shares"]  # the run's mean gradient shares
+        assert (r["share_kd"], r["share_pt"]) == (shares.get("kd"), shares.get("pt"))
+        assert (r["share_pt"] is None) is (r["method"] == "ft")
     summary = {g["method"]: g for g in data["summary"]}
     assert set(summary) == {"ft", "pkd-skip"}
     for method, g in summary.items():
@@ -127,6 +130,8 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     for r in rows:  # the table shows the same numbers: name | layers | method | seed | metric
         (line,) = [x for x in lines if x.startswith(f"| {r['name']} |")]
         assert line.split(" | ")[4] == f"{100 * r['metric']:.2f}", line
+        share_pt = "-" if r.get("share_pt") is None else f"{100 * r['share_pt']:.2f}"
+        assert line.split(" | ")[-1] == f"{share_pt} |", line
     assert "± " in md and "% of teacher" in md and "**total**" in md
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))

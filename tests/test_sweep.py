@@ -93,8 +93,13 @@ def test_grid_runs_every_point_once_with_its_parameters(grid4, capsys):
     assert {(float(r["lr"]), int(r["temperature"])) for r in rows} == set(points(study))
     assert all(r["state"] == "complete" and r["epochs_run"] == "1" for r in rows)
     assert all(r["dev_by_epoch"] and float(r["wall_seconds"]) > 0 for r in rows)
+    for r in rows:  # the KD term's gradient share, as the trial's run recorded it; no PT in KD
+        run = out / "trials" / f"trial-{r['trial']}"
+        shares = json.loads((run / "metrics.json").read_text())["gradient_shares"]
+        assert float(r["share_kd"]) == pytest.approx(shares["kd"]) and r["share_pt"] == ""
     md = (out / "trials.md").read_text()
     assert "## Best configuration" in md and md.count("| complete |") == 4
+    assert "| KD share % | PT share % |" in md
     for png in ("importance.png", "history.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())

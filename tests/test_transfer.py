@@ -212,3 +212,25 @@ def test_ft_logs_no_shares(teacher, sst2_dir, tmp_path):
     out = tmp_path / "ft"
     m = distill(distill_cfg(teacher, sst2_dir, out, method="ft"))
     assert m["gradient_shares"] == {} and all(r == {} for r in _shares(out))
+
+
+def test_compare_gives_the_transfer_set_to_kd_and_pkd_only(teacher, sst2_dir, tmp_path):
+    from pkd.compare import compare
+
+    transfer = write_transfer(tmp_path / "u.tsv", 40)
+    base = {
+        "data": {"task": "sst2", "data_dir": str(sst2_dir), "max_length": 16,
+                 "transfer_file": [str(transfer)]},
+        "train": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "quiet": True},
+        "distill": {"transfer_ratio": 0.5},
+    }  # fmt: skip
+    out = tmp_path / "cmp"
+    result = compare(str(teacher), str(out), base, [2], ["ft", "kd"], [1],
+                     bench_batch_size=2, bench_seq_length=16, bench_warmup=0, bench_iterations=1)  # fmt: skip
+    seen = {}
+    for name in ("L2-ft-seed1", "L2-kd-seed1"):
+        m = json.loads((out / "runs" / name / "metrics.json").read_text())
+        seen[name] = m["examples_seen"]
+    assert seen == {"L2-ft-seed1": {"labelled": 64, "transfer": 0},
+                    "L2-kd-seed1": {"labelled": 64, "transfer": 32}}  # fmt: skip
+    assert "KD share %" in result["markdown"] and "PT share %" in result["markdown"]

@@ -370,6 +370,12 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-samples", type=int, default=DEMO["train_samples"], help="train tweets")
     p.add_argument("--eval-samples", type=int, default=DEMO["eval_samples"], help="dev tweets")
     p.add_argument(
+        "--transfer-samples",
+        type=int,
+        default=DEMO["transfer_samples"],
+        help="unlabelled tweets the teacher labels for KD/PKD (0: none)",
+    )
+    p.add_argument(
         "--epochs", type=float, default=DEMO["epochs"], help="epochs for teacher and students"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -598,7 +604,14 @@ def _export(args: argparse.Namespace, quiet: bool) -> None:
 def _demo(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.demo import demo
 
-    demo(args.output, args.train_samples, args.eval_samples, args.epochs, quiet=args.quiet)
+    demo(
+        args.output,
+        args.train_samples,
+        args.eval_samples,
+        args.epochs,
+        quiet=args.quiet,
+        transfer_samples=args.transfer_samples,
+    )
 
 
 COMMANDS = {

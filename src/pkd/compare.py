@@ -141,15 +141,16 @@ def plan_runs(
                 finished = R.is_finished(path)
                 unfinished = path.exists() and not finished
                 kind, strategy = METHODS[method]
+                shared = C.for_method(base, kind)  # alpha/beta, a transfer set: where they act
                 values = {
                     "teacher": teacher,
                     "output": str(path),
                     "overwrite": unfinished,
                     "trust_remote_code": bool(base.get("trust_remote_code", False)),
-                    "data": dict(base.get("data") or {}),
+                    "data": dict(shared.get("data") or {}),
                     "train": {**(base.get("train") or {}), "seed": seed},
-                    "distill": {  # shared alpha/beta: only for the methods that have the terms
-                        **C.for_method(base["distill"], kind),
+                    "distill": {
+                        **shared["distill"],
                         "method": kind,
                         "strategy": strategy,
                         "student_layers": layers,
@@ -157,7 +158,7 @@ def plan_runs(
                 }
                 own = {"method": kind, "strategy": strategy, "student_layers": layers}
                 forced = {"train": {"seed": seed}, "distill": own}
-                given = {**options, "distill": C.for_method(options["distill"], kind)}
+                given = C.for_method(options, kind)
                 values = apply(values, C.merge(given, forced), warned)
                 cfg = C.build(C.DistillRunConfig, values, "compare")
                 status = "reuse" if finished else ("replace" if unfinished else "train")
@@ -378,9 +379,17 @@ CSV_COLUMNS = [
     "latency_ms_p95",
     "throughput",
     "speedup",
+    "share_kd",
+    "share_pt",
     "reused",
     "path",
 ]
+
+
+def shares(recorded: dict) -> dict:
+    """A run's mean gradient shares of the KD and PT terms (None where it has no such term)."""
+    got = recorded.get("gradient_shares") or {}
+    return {"share_kd": got.get("kd"), "share_pt": got.get("pt")}
 
 
 def _results(runs, teacher, checked: Checked, evals, bench, methods) -> dict:
@@ -435,6 +444,7 @@ def _results(runs, teacher, checked: Checked, evals, bench, methods) -> dict:
                 "path": str(run.path),
                 "recorded_best": R.best_metric(recorded, split, metric),
                 "teacher_cache_path": (recorded.get("teacher_cache") or {}).get("path"),
+                **shares(recorded),
                 **speed(i),
             }
         )
@@ -493,6 +503,8 @@ def _students_table(summary: list[dict], metric: str) -> str:
         "examples/s",
         "speed-up",
         "params (M)",
+        "KD share %",
+        "PT share %",
     ]
     rows = [
         [
@@ -504,6 +516,8 @@ def _students_table(summary: list[dict], metric: str) -> str:
             f"{g['throughput']:.1f}",
             f"{g['speedup']:.2f}x",
             f"{g['params_total'] / 1e6:.2f}",
+            R.pct(g["share_kd"]),
+            R.pct(g["share_pt"]),
         ]
         for g in summary
     ]
@@ -522,6 +536,8 @@ def _models_table(rows: list[dict], metric: str) -> str:
         "p50 (ms)",
         "examples/s",
         "speed-up",
+        "KD share %",
+        "PT share %",
     ]
     cells = [
         [
@@ -535,6 +551,8 @@ def _models_table(rows: list[dict], metric: str) -> str:
             f"{r['latency_ms_p50']:.2f}",
             f"{r['throughput']:.1f}",
             f"{r['speedup']:.2f}x",
+            R.pct(r.get("share_kd")),
+            R.pct(r.get("share_pt")),
         ]
         for r in rows
     ]

@@ -288,9 +288,18 @@ def check_method_options(method: str, values: dict) -> None:
         )
 
 
-def for_method(distill: dict, method: str) -> dict:
-    """A distill section shared by several methods (`compare`), without what `method` fixes."""
-    return {k: v for k, v in distill.items() if k not in FIXED_BY_METHOD[method]}
+TRANSFER_OPTIONS = ("transfer_file", "max_transfer_samples")  # data options FT cannot use
+
+
+def for_method(sections: dict, method: str) -> dict:
+    """Sections (data, train, distill) shared by several methods (`compare`), without what
+    `method` fixes (alpha, beta, layer map) or cannot use (FT: a transfer set)."""
+    out = dict(sections)
+    distill = out.get("distill") or {}
+    out["distill"] = {k: v for k, v in distill.items() if k not in FIXED_BY_METHOD[method]}
+    if method == "ft" and out.get("data"):
+        out["data"] = {k: v for k, v in out["data"].items() if k not in TRANSFER_OPTIONS}
+    return out
 
 
 @dataclass

@@ -78,12 +78,18 @@ def pm(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def mean_present(rows: list[dict], key: str) -> float | None:
+    """The mean of `key` over the rows that have it, None when none has."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
 def summarize(rows: list[dict], teacher_metric: float | None, methods: list[str]) -> list[dict]:
     """Per (depth, method): mean ± std over seeds of `metric`, % of teacher, mean speed.
 
     Args:
         rows: student rows with keys layers, method, seed, metric and optionally throughput,
-            speedup, params_total.
+            speedup, params_total, share_kd, share_pt (gradient shares).
         teacher_metric: the teacher's value of the same metric.
         methods: method order for the table.
     """
@@ -112,6 +118,8 @@ def summarize(rows: list[dict], teacher_metric: float | None, methods: list[str]
                 "throughput": statistics.fmean(speed) if speed else None,
                 "speedup": statistics.fmean(ups) if ups else None,
                 "params_total": rs[0].get("params_total"),
+                "share_kd": mean_present(rs, "share_kd"),
+                "share_pt": mean_present(rs, "share_pt"),
             }
         )
     return out

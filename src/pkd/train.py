@@ -266,6 +266,15 @@ class RunLog:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         self.accelerator.log(scalars, step=step)
 
+    def write_step(self, meter, stats, state, lr: float, batches_per_epoch: int) -> dict:
+        """Write the record of optimizer step `state.step` (the meter's means since the last
+        one, the lr it used) and return it; `stats` keeps its shares and CE."""
+        epoch = state.epoch + state.batches_in_epoch / batches_per_epoch
+        record = meter.record(step=state.step, epoch=epoch, lr=lr)
+        self.write(record, state.step)
+        stats.add_record(record, state.epoch)
+        return record
+
 
 class Meter:
     """Running means of the loss terms since the last log record, and examples/s over them."""
@@ -700,11 +709,8 @@ def train(
                     continue  # more micro-batches to accumulate before this step's update
                 state.step += 1
                 bar.update(1)
-                if state.step % cfg.logging_steps == 0 or state.step == p.total_steps:
-                    epoch = state.epoch + state.batches_in_epoch / len(p.train_loader)
-                    record = meter.record(step=state.step, epoch=epoch, lr=lr)
-                    log.write(record, state.step)
-                    stats.add_record(record, state.epoch)
+                if logged:
+                    record = log.write_step(meter, stats, state, lr, len(p.train_loader))
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
                     )

@@ -26,6 +26,7 @@ from pkd.sweep.study import (
     RETRY_OF,
     RUN_DIR,
     SCORES,
+    SHARES,
     SURPLUS,
     WALL,
     Progress,
@@ -63,6 +64,7 @@ def trial_rows(study, plan: SweepPlan) -> list[dict]:
         epochs = t.user_attrs.get(EPOCHS) or []
         scores = t.user_attrs.get(SCORES) or {}
         cache = t.user_attrs.get(CACHE) or {}
+        shares = t.user_attrs.get(SHARES) or {}
         state = t.state.name.lower()
         if t.state.name == "FAIL" and t.number in again:
             state = "fail (retried)"
@@ -79,6 +81,8 @@ def trial_rows(study, plan: SweepPlan) -> list[dict]:
             ),
             "holdout_by_epoch": ";".join(f"{e['holdout']:.4f}" for e in epochs if "holdout" in e),
             "last": epochs[-1].get(plan.select) if epochs else None,
+            "share_kd": shares.get("kd"),
+            "share_pt": shares.get("pt"),
             "wall_seconds": t.user_attrs.get(WALL),
             "teacher_cache": None if not cache else ("reused" if cache.get("reused") else "built"),
             "cache_build_seconds": cache.get("build_seconds"),
@@ -145,7 +149,8 @@ def write_reports(plan: SweepPlan, summary: dict, rows: list[dict], importance: 
     """trials.csv, trials.md (also summary["markdown"]), importance.png and history.png."""
     out = plan.output
     columns = ["trial", "state", *plan.space, "value", "dev", "holdout", "epochs_run",
-               f"{plan.eval_split}_by_epoch", "holdout_by_epoch", "wall_seconds",
+               f"{plan.eval_split}_by_epoch", "holdout_by_epoch", "share_kd", "share_pt",
+               "wall_seconds",
                "teacher_cache", "retry_of", "duplicate_of", "host", "run_dir",
                "error"]  # fmt: skip
     if plan.selection_split != "holdout":
@@ -304,7 +309,7 @@ def _trials_table(rows: list[dict], plan: SweepPlan) -> str:
     headers += [f"{dev} per epoch (%)"]
     if holdout:
         headers.append("holdout per epoch (%)")
-    headers += ["wall (s)", "cache"]
+    headers += ["KD share %", "PT share %", "wall (s)", "cache"]
     table = []
     for r in rows:
         sel = r["value"] if r["state"] == "complete" else r["last"]
@@ -321,7 +326,7 @@ def _trials_table(rows: list[dict], plan: SweepPlan) -> str:
         row.append(", ".join(R.pct(e.get(dev)) for e in r["curve"]))
         if holdout:
             row.append(", ".join(R.pct(e.get("holdout")) for e in r["curve"]))
-        row += [r["wall_seconds"], r["teacher_cache"]]
+        row += [R.pct(r["share_kd"]), R.pct(r["share_pt"]), r["wall_seconds"], r["teacher_cache"]]
         table.append(row)
     return R.markdown_table(headers, table)
 

@@ -28,7 +28,7 @@ POINT, RETRY_OF, SURPLUS = "pkd_point", "pkd_retry_of", "pkd_surplus"
 HOST, PID, BEAT = "pkd_host", "pkd_pid", "pkd_heartbeat"
 RUN_DIR, EPOCHS, ERROR = "pkd_run_dir", "pkd_epochs", "pkd_error"
 WALL, SCORES, CACHE = "pkd_wall_seconds", "pkd_scores", "pkd_teacher_cache"
-DUPLICATE_OF = "pkd_duplicate_of"
+DUPLICATE_OF, SHARES = "pkd_duplicate_of", "pkd_gradient_shares"
 # Study user attributes.
 IDENTITY, ENQUEUED = "pkd_sweep", "pkd_enqueued"
 

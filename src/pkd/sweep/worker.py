@@ -34,6 +34,7 @@ from pkd.sweep.study import (
     RETRY_OF,
     RUN_DIR,
     SCORES,
+    SHARES,
     SURPLUS,
     WALL,
     budget_used,
@@ -207,6 +208,7 @@ def _record_result(trial, plan: SweepPlan, metrics: dict, seconds: float) -> flo
     best = metrics["best"]["metrics"]
     trial.set_user_attr(SCORES, {split: m[plan.metric] for split, m in best.items()})
     trial.set_user_attr(WALL, round(seconds, 2))
+    trial.set_user_attr(SHARES, metrics.get("gradient_shares") or {})
     cache = metrics.get("teacher_cache") or {}
     if cache:
         trial.set_user_attr(
