@@ -30,12 +30,13 @@ are reused. Reference points measured on this setup (SPEC.md): teacher ~88% dev 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from pkd.fsio import write_json
+from pkd.fsio import atomic_write, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
@@ -100,6 +101,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bench-seq-length", type=int, default=None, help="default: --max-length")
     p.add_argument("--bench-threads", type=int, default=None, help="default: torch's (all cores)")
     p.add_argument(
+        "--transfer-rest",
+        action="store_true",
+        help="KD/PKD also learn from the training sentences after the first --train-samples, "
+        "without their labels (a transfer set the teacher labels; FT cannot use it)",
+    )
+    p.add_argument("--transfer-ratio", type=float, default=1.0, help="unlabelled per labelled")
+    p.add_argument(
+        "--betas",
+        type=lambda t: [float(x) for x in t.split(",") if x.strip()],
+        default=[],
+        help="also PKD-Last on the first seed at each of these betas, with gradient shares",
+    )
+    p.add_argument(
         "--allow-weak-teacher", action="store_true", help="for smoke runs on tiny slices"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -159,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             finetune(cfg)
         t_teacher = time.perf_counter() - t0
+        if args.transfer_rest:
+            rest = write_transfer(Path(args.data_dir) / "train.tsv", args.train_samples, out)
+            data = {**data, "transfer_file": [str(rest)]}
         base = {
             "data": data,
             "train": train,
@@ -167,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 "alpha": args.alpha,
                 "beta": args.beta,
                 "allow_weak_teacher": args.allow_weak_teacher,
+                "transfer_ratio": args.transfer_ratio,
             },
         }
         result = compare(
@@ -180,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_seq_length=args.bench_seq_length or args.max_length,
             bench_threads=args.bench_threads,
         )
+        if args.betas:
+            beta_runs(str(teacher_run / "model"), out, base, args)
     except PkdError as e:
         print(f"sst2_compare: error: {e}", file=sys.stderr)
         return 2
@@ -200,17 +220,70 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def write_transfer(train_tsv: Path, skip: int, out: Path) -> Path:
+    """The training sentences after the first `skip`, without labels, as a GLUE test-style
+    TSV (index, sentence): the transfer set."""
+    lines = train_tsv.read_text(encoding="utf-8").splitlines()[1 + skip :]
+    rows = [f"{i}\t{line.split(chr(9))[0]}" for i, line in enumerate(lines) if line.strip()]
+    path = out / "transfer.tsv"
+    atomic_write(path, "\n".join(["index\tsentence", *rows]) + "\n")
+    return path
+
+
+def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
+    """PKD-Last on the first seed at each --betas value (the compare's own run where its beta
+    is one of them): accuracy and each term's gradient share, where the patient term acts."""
+    from pkd import config as C
+    from pkd.distillation import distill
+
+    seed, rows = args.seeds[0], []
+    for beta in args.betas:
+        run = out / "runs" / f"L{args.student_layers}-pkd-last-seed{seed}"
+        if beta != args.beta:
+            run = out / "betas" / f"beta{beta:g}"
+        if not (run / "metrics.json").is_file():
+            values = C.merge(base, {"teacher": teacher, "output": str(run), "overwrite": True})
+            values["train"] = {**values["train"], "seed": seed}
+            values["distill"] = {**values["distill"], "method": "pkd", "strategy": "last",
+                                 "beta": beta, "student_layers": args.student_layers}  # fmt: skip
+            distill(C.build(C.DistillRunConfig, values, "sst2_compare"))
+        m = json.loads((run / "metrics.json").read_text())
+        rows.append(
+            {
+                "beta": beta,
+                "accuracy": m["best"]["metrics"]["dev"]["accuracy"],
+                "fraction_of_teacher": m["fraction_of_teacher"],
+                "gradient_shares": m["gradient_shares"],
+                "first_epoch_shares": (m.get("first_epoch") or {}).get("gradient_shares"),
+                "run": str(run),
+            }
+        )
+    table = ["| beta | dev accuracy | % of teacher | CE share % | KD share % | PT share % |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        sh = r["gradient_shares"]
+        table.append(
+            f"| {r['beta']:g} | {100 * r['accuracy']:.2f} | {100 * r['fraction_of_teacher']:.2f} "
+            f"| {100 * sh['ce']:.2f} | {100 * sh['kd']:.2f} | {100 * sh['pt']:.2f} |"
+        )
+    write_json(out / "betas.json", {"seed": seed, "rows": rows})
+    atomic_write(out / "betas.md", "\n".join(table) + "\n")
+
+
 def copy_results(out: Path, results: Path) -> None:
     """The tables, plot and every run's config/metrics/log to `results`, without weights."""
     results.mkdir(parents=True, exist_ok=True)
-    for name in TABLES:
-        shutil.copy2(out / name, results / name)
+    for name in TABLES + ["betas.md", "betas.json"]:
+        if (out / name).is_file():
+            shutil.copy2(out / name, results / name)
     for name in RUN_FILES:
         shutil.copy2(out / "teacher" / name, results / f"teacher_{name}")
-    for run in sorted((out / "runs").iterdir()):
-        (results / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+    betas = sorted((out / "betas").iterdir()) if (out / "betas").is_dir() else []
+    for run in [*sorted((out / "runs").iterdir()), *betas]:
+        dst = results / run.parent.name / run.name
+        dst.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
-            shutil.copy2(run / name, results / "runs" / run.name / name)
+            shutil.copy2(run / name, dst / name)
 
 
 if __name__ == "__main__":
