@@ -234,3 +234,17 @@ def test_compare_gives_the_transfer_set_to_kd_and_pkd_only(teacher, sst2_dir, tm
     assert seen == {"L2-ft-seed1": {"labelled": 64, "transfer": 0},
                     "L2-kd-seed1": {"labelled": 64, "transfer": 32}}  # fmt: skip
     assert "KD share %" in result["markdown"] and "PT share %" in result["markdown"]
+
+
+def test_dry_run_shows_the_transfer_set(teacher, sst2_dir, tmp_path, capsys):
+    transfer = write_transfer(tmp_path / "u.tsv", 30)
+    argv = ["distill", "--teacher", str(teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
+            "--max-length", "16", "--student-layers", "2", "--transfer-file", str(transfer),
+            "--transfer-ratio", "2", "--dry-run", "--output", str(tmp_path / "x")]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"            transfer: 30 examples, 0.0% truncated ({transfer})" in out.splitlines()
+    assert "2 transfer example(s) per labelled one in each batch" in out
+    assert not (tmp_path / "x").exists()

@@ -88,6 +88,24 @@ class DistillPlan:
     pooling: str  # the student's (and the teacher's, for PKD): cls or mean
     transfer: EncodedSplit | None = None  # --transfer-file, tokenised (`pkd.transfer`)
 
+    def training_set(self, cfg: C.DistillRunConfig):
+        """The labelled training set; with a transfer set, each labelled example together
+        with its --transfer-ratio transfer partners (`pkd.transfer.TransferMix`)."""
+        labelled = self.encoded["train"]
+        if self.transfer is None:
+            return labelled
+        combined = with_transfer(labelled, self.transfer, self.spec.problem_type)
+        return TransferMix(combined, len(labelled), cfg.distill.transfer_ratio, cfg.train.seed)
+
+    def data(self) -> tuple[dict, dict]:
+        """The raw and tokenised splits the run reads, its transfer set included."""
+        if self.transfer is None:
+            return self.splits, self.encoded
+        return (
+            {**self.splits, TRANSFER: self.transfer.split},
+            {**self.encoded, TRANSFER: self.transfer},
+        )
+
 
 def plan_distill(
     cfg: C.DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
@@ -152,16 +170,6 @@ def plan_distill(
         pooling,
         transfer,
     )
-
-
-def training_set(plan: DistillPlan, cfg: C.DistillRunConfig):
-    """The labelled training set; with a transfer set, each labelled example together with
-    its --transfer-ratio transfer partners (`pkd.transfer.TransferMix`)."""
-    labelled = plan.encoded["train"]
-    if plan.transfer is None:
-        return labelled
-    combined = with_transfer(labelled, plan.transfer, plan.spec.problem_type)
-    return TransferMix(combined, len(labelled), cfg.distill.transfer_ratio, cfg.train.seed)
 
 
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
@@ -370,7 +378,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     )
     t0 = time.perf_counter()
     spec = plan.spec
-    train_set = training_set(plan, cfg)
+    train_set = plan.training_set(cfg)
     signal, cache_info = teacher_signal(cfg, plan, accelerator, train_set)
     t_cache = time.perf_counter() - t0
     objective = Objective.from_config(d, plan.pairs, signal, plan.pooling)
@@ -411,7 +419,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
             "student": count_parameters(plan.student),
             "teacher": count_parameters(plan.teacher),
         },
-        "data": data_summary(*run_data(plan), cfg.data.max_length),
+        "data": data_summary(*plan.data(), cfg.data.max_length),
         "transfer_ratio": d.transfer_ratio if plan.transfer is not None else None,
         "examples_seen": result["examples_seen"],
         "gradient_shares": result["gradient_shares"],
@@ -425,13 +433,6 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     warn_collapse(result, spec, plan.splits[split], d)
     finish_run(output, metrics, plan.baseline[split], accelerator)
     return metrics
-
-
-def run_data(plan: DistillPlan) -> tuple[dict, dict]:
-    """The raw and tokenised splits a run read, its transfer set included (`data_summary`)."""
-    if plan.transfer is None:
-        return plan.splits, plan.encoded
-    return {**plan.splits, TRANSFER: plan.transfer.split}, {**plan.encoded, TRANSFER: plan.transfer}
 
 
 def teacher_signal(

@@ -27,6 +27,7 @@ from pkd.models import (
 from pkd.race import num_choices
 from pkd.tasks import CLASSIFICATION, REGRESSION
 from pkd.train import Objective, make_accelerator, model_inputs, prepare, training_step
+from pkd.transfer import with_transfer
 
 TIMED_STEPS = 3  # optimizer steps timed after one untimed warm-up step
 
@@ -259,7 +260,10 @@ def teacher_cache(cfg, plan) -> dict:
     if len(d.terms) == 1:
         return {"mode": "not needed (FT uses labels only)", "bytes": 0, "exists": None}
     t = plan.teacher.config
-    n = len(plan.encoded["train"])
+    dataset = plan.encoded["train"]  # with a transfer set: the teacher labels it too
+    if plan.transfer is not None:
+        dataset = with_transfer(dataset, plan.transfer, plan.spec.problem_type)
+    n = len(dataset)
     choices = num_choices(plan.splits["train"])  # multiple choice: (n, C) and (n, C, N+1, H)
     size = cache_mod.estimate_bytes(n, *cache_mod.teacher_shapes(t, choices))
     if d.teacher_mode == "online":
@@ -270,11 +274,12 @@ def teacher_cache(cfg, plan) -> dict:
         }
     root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
     fp = cache_mod.fingerprint(
-        plan.teacher, plan.encoded["train"].features, cache_mod.cache_extra(plan.spec, cfg)
+        plan.teacher, dataset.features, cache_mod.cache_extra(plan.spec, cfg)
     )
     path = root / f"{plan.spec.name}-{fp[:16]}"  # build_or_load's layout
     return {
         "mode": "cached",
+        "examples": n,
         "bytes": size,
         "path": str(path),
         "exists": (path / "manifest.json").is_file(),
@@ -321,7 +326,8 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             "pt_normalize": d.pt_normalize,
             "pt_choices": d.pt_choices,
         },
-        "data": _data(plan.splits, plan.encoded, cfg.data.max_length),
+        "data": _data(*plan.data(), cfg.data.max_length),
+        "transfer_ratio": d.transfer_ratio if plan.transfer is not None else None,
         "max_length": cfg.data.max_length,
         "train": _train_summary(cfg.train),
         "teacher_cache": cache,
@@ -332,7 +338,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
         objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling)
         timing = time_steps(
             plan.student,
-            plan.encoded["train"],
+            plan.training_set(cfg),  # with its transfer partners: the batches the run sees
             collator(plan.tokenizer),
             cfg.train,
             objective,
@@ -346,7 +352,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             cfg.train,
             n_train,
             _eval_examples(plan.encoded),
-            teacher_cache_examples=n_train if builds else 0,
+            teacher_cache_examples=cache.get("examples", n_train) if builds else 0,
             online_teacher=needs_teacher and d.teacher_mode == "online",
             teacher_eval_examples=_eval_examples(plan.encoded),
         )
@@ -499,6 +505,11 @@ def format_plan(plan: dict) -> str:
         else:
             lines.append(f"cache:      {c['mode']}")
     lines += _data_lines(plan)
+    if plan.get("transfer_ratio"):
+        lines.append(
+            f"            {plan['transfer_ratio']:g} transfer example(s) per labelled one in each "
+            "batch, teacher-labelled: KD and PT only"
+        )
     tr = plan["train"]
     span = f"{tr['max_steps']} steps" if tr["max_steps"] > 0 else f"{tr['epochs']:g} epochs"
     lines.append(
