@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import random
 import subprocess
 import sys
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+# Set before anything imports huggingface_hub, which reads them once: a test that names a model
+# the Hub might have fails at once instead of waiting for the network (23 s, once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 WORDS = [
     "good",
@@ -222,8 +228,6 @@ def sst2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def all_cores():
     """Real MiniLM runs use every core (tiny-model tests are pinned to one thread)."""
-    import os
-
     import torch
 
     before = torch.get_num_threads()

@@ -189,6 +189,7 @@ def test_model_directory_that_is_not_a_model(sst2_dir, tmp_path, pkd_cli):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_not_a_model_as_a_user_sees_it(sst2_dir, tmp_path):
     """In a real process: logging, warnings and progress bars must not add to the one line."""
     junk = tmp_path / "junk"

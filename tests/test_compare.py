@@ -41,6 +41,7 @@ def _compare(teacher, out, base, **kw):
 NAMES = ["L2-ft-seed1", "L2-ft-seed2", "L2-pkd-skip-seed1", "L2-pkd-skip-seed2"]
 
 
+@pytest.mark.slow
 def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     out = tmp_path / "cmp"
     result = _compare(tiny_teacher, out, _base(sst2_dir))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("all_cores")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("all_cores")]
 
 
 def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, pkd_cli):

@@ -12,6 +12,7 @@ import torch
 from conftest import SHARED_SST2
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="needs ../shared/data/glue/SST-2"),
     pytest.mark.usefixtures("all_cores"),
 ]

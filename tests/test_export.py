@@ -304,6 +304,7 @@ def sst2_dev_sentences(n: int) -> list[str]:
     return [s for s in X.PARITY_SENTENCES * (n // len(X.PARITY_SENTENCES) + 1)][:n]
 
 
+@pytest.mark.slow
 def test_minilm_student_export_int8(minilm, tmp_path, pkd_cli):
     from transformers import AutoTokenizer
 

@@ -492,6 +492,7 @@ def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tm
     assert (tmp_path / "cmp" / "pareto.png").is_file()
 
 
+@pytest.mark.slow
 def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, tmp_path, pkd_cli):
     """Killed mid-epoch 2 and resumed: the same batches, so the same final weights."""
 
@@ -649,6 +650,7 @@ def english_race(root: Path, files: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_minilm_cli_end_to_end(minilm, tmp_path, pkd_cli):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer
 

@@ -40,6 +40,7 @@ def weights(run: Path) -> dict:
     return load_file(run / "model" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     ref = tmp_path / "ref"
     pkd_cli.ok(finetune_args(tiny_bert, sst2_dir, ref))
@@ -133,6 +134,7 @@ def linear_schedule(lr: float, total: int, warmup: int) -> list[float]:
     ]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     """torchrun --nproc_per_node 2 (gloo) and 1 process, the same effective batch of 8: the
     same learning rate at every optimizer step, down to the schedule's last value; one output
@@ -182,6 +184,7 @@ with T.use_hooks(NanOnRank1AtStep3()):
 """
 
 
+@pytest.mark.slow
 def test_non_finite_loss_on_one_process_stops_every_process(tiny_bert, sst2_dir, tmp_path):
     """A NaN on rank 1 only: every rank stops at the same step with the same one-line error
     and exit 2. Before, rank 1 stopped alone: rank 0 waited in the next all-reduce (forever

@@ -60,6 +60,7 @@ def grid4(tmp_path_factory, tiny_teacher, sst2_dir, pkd_cli):
     return {"out": out, "args": args, "space": space}
 
 
+@pytest.mark.slow
 def test_grid_runs_every_point_once_with_its_parameters(grid4):
     out = grid4["out"]
     study = load(out / S.JOURNAL)
@@ -97,6 +98,7 @@ def test_grid_runs_every_point_once_with_its_parameters(grid4):
     assert summary["wall_seconds"]["cache_builds"] == 1
 
 
+@pytest.mark.slow
 def test_second_sweep_on_same_output_runs_nothing(grid4, pkd_cli):
     out = grid4["out"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")}
@@ -106,6 +108,7 @@ def test_second_sweep_on_same_output_runs_nothing(grid4, pkd_cli):
     assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")} == stamps
 
 
+@pytest.mark.slow
 def test_other_settings_on_the_same_study_are_refused(grid4, tmp_path, pkd_cli):
     args = [str(a) for a in grid4["args"]]
     other = write(tmp_path / "other.yaml", "lr: [3e-3, 1e-3]\ntemperature: [5, 20]\n")
@@ -116,6 +119,7 @@ def test_other_settings_on_the_same_study_are_refused(grid4, tmp_path, pkd_cli):
     assert len(load(grid4["out"] / S.JOURNAL).trials) == 4
 
 
+@pytest.mark.slow
 def test_best_yaml_reruns_the_best_trial(grid4, pkd_cli):
     out = grid4["out"]
     summary = json.loads((out / "summary.json").read_text())
@@ -147,6 +151,7 @@ with T.use_hooks(DieInSecondTrial()):
 """
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     args = [str(a) for a in sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
@@ -173,6 +178,7 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
     assert sorted(states) == ["complete"] * 4 + ["fail (retried)"]
 
 
+@pytest.mark.slow
 def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     import pkd.train as T
 
@@ -209,6 +215,7 @@ with T.use_hooks(Slow()):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     """A second process (this one) joins a study a first process (a subprocess) is running:
     the 6-point grid is finished by both, every point once, on one shared journal file."""
@@ -256,6 +263,7 @@ def median_pruned_sweep(pkd_cli, teacher, data, tmp_path, epochs: int) -> tuple[
     return out, load(out / S.JOURNAL)
 
 
+@pytest.mark.slow
 def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(
     tiny_teacher, sst2_dir, tmp_path, pkd_cli
 ):
@@ -280,6 +288,7 @@ def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(
     )
 
 
+@pytest.mark.slow
 def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     # As above with one epoch: the lr=1e-7 trials are as bad, but already trained.
     _, study = median_pruned_sweep(pkd_cli, tiny_teacher, sst2_dir, tmp_path, epochs=1)
@@ -287,6 +296,7 @@ def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     assert min(t.value for t in study.trials) < study.best_value
 
 
+@pytest.mark.slow
 def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     one_point = write(tmp_path / "s.yaml", "lr: [3e-3]\ntemperature: [5]\n")
@@ -304,6 +314,7 @@ def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir,
     assert "complete (= trial 0)" in (out / "trials.md").read_text()
 
 
+@pytest.mark.slow
 def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     space = write(tmp_path / "s.yaml", "lr: {low: 1e-4, high: 5e-3, log: true}\nepochs: [1, 2]\n")
@@ -321,6 +332,7 @@ def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, t
     assert len(load(out / S.JOURNAL).trials) == 4
 
 
+@pytest.mark.slow
 def test_holdout_selection_and_seeds_via_python_api(tiny_teacher, sst2_dir, tmp_path):
     out = tmp_path / "sweep"
     base = {
