@@ -14,7 +14,6 @@ from conftest import make_tiny_bert
 
 from pkd import config as C
 from pkd.api import distill, evaluate, finetune
-from pkd.cli import main
 from pkd.models import checkpoint_pooling, layer_states, load_finetuned, resolve_pooling
 from pkd.pooling import MODEL_TYPE, mean_pool
 
@@ -163,6 +162,7 @@ def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst
     assert ev["accuracy"] == m["final"]["metrics"]["dev"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_saved_model_loads_without_pkd_through_remote_code(mean_teacher):
     """`pooling.py` next to the weights needs nothing from pkd (trust_remote_code=True)."""
     code = (
@@ -276,40 +276,33 @@ def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_di
 
 
 def test_pooling_mismatch_is_refused_for_pkd_and_warned_for_kd(
-    mean_teacher, sst2_dir, tmp_path, capsys, caplog
+    mean_teacher, sst2_dir, tmp_path, caplog, pkd_cli
 ):
     argv = ["distill", "--teacher", str(mean_teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--max-length", "16", "--epochs", "1", "--batch-size", "8", "--quiet",
             "--student-layers", "2", "--pooling", "cls"]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--output", str(tmp_path / "pkd")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("pkd: error: --pooling: the student would pool cls but the teacher")
-    assert "pools mean" in err and len(err.splitlines()) == 1
+    err = pkd_cli.error([*argv, "--output", str(tmp_path / "pkd")])
+    assert err.startswith("--pooling: the student would pool cls but the teacher")
+    assert "pools mean" in err
     assert not (tmp_path / "pkd").exists()
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--method", "kd", "--output", str(tmp_path / "kd")])
-    assert e.value.code == 0
+    pkd_cli.ok([*argv, "--method", "kd", "--output", str(tmp_path / "kd")])
     assert "allowed for --method kd" in caplog.text
     assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["pooling"] == "cls"
     conf = json.loads((tmp_path / "kd" / "model" / "config.json").read_text())
     assert conf["architectures"] == ["BertForSequenceClassification"]
 
 
-def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path):
+def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path, pkd_cli):
     argv = ["finetune", "--model", str(st_bert), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--max-length", "16", "--epochs", "1", "--batch-size", "8", "--quiet",
             "--output", str(tmp_path / "t"), "--pooling", "cls"]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 0
+    pkd_cli.ok(argv)
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pooling"] == "cls"
     saved = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
     assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == {"pooling": "cls"}
 
 
-def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, capsys):
+def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, pkd_cli):
     common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--max-length", "16", "--quiet",
               "--dry-run", "--output", str(tmp_path / "x")]  # fmt: skip
     for argv, want in (
@@ -317,8 +310,5 @@ def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, ca
         (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
          "pooling:    mean (masked token mean), head and patient loss"),
     ):  # fmt: skip
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 0
-        assert want in capsys.readouterr().out.splitlines()
+        assert want in pkd_cli.ok(argv).out.splitlines()
     assert not (tmp_path / "x").exists()
