@@ -3,12 +3,22 @@ GLUE-layout data written by the test, and the packaged MiniLM-L6 for end-to-end 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+# Set before anything imports huggingface_hub, which reads them once: a test that names a model
+# the Hub might have fails at once instead of waiting for the network (23 s, once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 WORDS = [
     "good",
@@ -107,6 +117,11 @@ def write_sst2(path: Path, n_train: int = 64, n_dev: int = 32, n_test: int = 8) 
     return path
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` and its bytes: what a refused command must leave unchanged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 _KILLED_AFTER_CHECKPOINT = """
 import os, signal, sys
 import torch
@@ -127,6 +142,52 @@ def run_killed_after_checkpoint(step: int, argv: list) -> subprocess.CompletedPr
     complete (as a power cut would); its exit code is then -9."""
     cmd = [sys.executable, "-c", _KILLED_AFTER_CHECKPOINT, str(step), *map(str, argv)]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+class CliResult(NamedTuple):
+    """What one `pkd` command did: its exit code and everything it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+class PkdCli:
+    """Runs `pkd ARGV` in this process (each item through `str`, so paths may be passed) and
+    captures stdout and stderr itself, so it works in fixtures of any scope.
+
+    `pkd_cli(argv)` returns the `CliResult`; `pkd_cli.ok(argv)` also asserts exit 0;
+    `pkd_cli.error(argv)` asserts a user error (exit 2, nothing on stdout, exactly one
+    `pkd: error: ` line on stderr) and returns that line's message without the prefix."""
+
+    def __call__(self, argv: Iterable) -> CliResult:
+        from pkd.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with pytest.raises(SystemExit) as exit_info:
+                main([str(a) for a in argv])
+        return CliResult(exit_info.value.code, out.getvalue(), err.getvalue())
+
+    def ok(self, argv: Iterable) -> CliResult:
+        result = self(argv)
+        assert result.code == 0, result.err[-3000:]
+        return result
+
+    def error(self, argv: Iterable) -> str:
+        code, out, err = self(argv)
+        assert code == 2, (code, out[-3000:], err[-3000:])
+        assert out == "", out[-3000:]
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pkd: error: "), err[-3000:]
+        return lines[0].removeprefix("pkd: error: ")
+
+
+@pytest.fixture(scope="session")
+def pkd_cli() -> PkdCli:
+    """The `pkd` command in-process (see `PkdCli`); session-scoped so that module-scoped
+    fixtures can run commands too."""
+    return PkdCli()
 
 
 @pytest.fixture(autouse=True)
@@ -167,8 +228,6 @@ def sst2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def all_cores():
     """Real MiniLM runs use every core (tiny-model tests are pinned to one thread)."""
-    import os
-
     import torch
 
     before = torch.get_num_threads()

@@ -11,7 +11,6 @@ import torch
 from conftest import make_tiny_bert, make_tiny_teacher
 
 from pkd.bench import benchmark, make_inputs
-from pkd.cli import main
 from pkd.errors import PkdError
 
 
@@ -19,13 +18,6 @@ from pkd.errors import PkdError
 def two_layer(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     return make_tiny_teacher(root / "t2", make_tiny_bert(root / "b2", layers=2))
-
-
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def _expected_params(path):
@@ -37,7 +29,7 @@ def _expected_params(path):
     return total, layers
 
 
-def test_benchmark_cli_two_models(tiny_teacher, two_layer, tmp_path, capsys):
+def test_benchmark_cli_two_models(tiny_teacher, two_layer, tmp_path, pkd_cli):
     run = tmp_path / "run"  # a run directory: its model/ is benchmarked
     shutil.copytree(tiny_teacher, run / "model")
     (run / "metrics.json").write_text("{}")
@@ -45,7 +37,7 @@ def test_benchmark_cli_two_models(tiny_teacher, two_layer, tmp_path, capsys):
     argv = ["benchmark", "--models", str(tiny_teacher), str(two_layer), str(run)]
     argv += ["--batch-sizes", "1,2", "--seq-lengths", "8,16", "--threads", "1"]
     argv += ["--warmup", "2", "--iterations", "15", "--output", str(out)]
-    code, stdout, err = _cli(argv, capsys)
+    code, stdout, err = pkd_cli(argv)
     assert code == 0, err
     data = json.loads((out / "benchmark.json").read_text())
     assert (out / "benchmark.md").read_text() == data["markdown"]
@@ -91,19 +83,22 @@ def test_inputs_are_fixed_and_in_vocab():
     assert (a["attention_mask"] == 1).all()
 
 
-def test_benchmark_errors(tiny_teacher, tmp_path, capsys):
+def test_benchmark_errors(tiny_teacher, tmp_path, pkd_cli):
     not_model = tmp_path / "empty"
     not_model.mkdir()
-    code, _, err = _cli(["benchmark", "--models", str(not_model)], capsys)
-    assert code == 2 and f"--models: {not_model} is neither a model directory" in err
-    code, _, err = _cli(["benchmark", "--models", str(tmp_path / "missing")], capsys)
-    assert code == 2 and "does not exist" in err
-    code, _, err = _cli(["benchmark", "--models", str(tiny_teacher), "--backend", "tf"], capsys)
-    assert code == 2 and "--backend: 'tf' is not one of torch, onnx" in err
-    code, _, err = _cli(["benchmark", "--models", str(tiny_teacher), "--seq-lengths", "65"], capsys)
-    assert code == 2 and "--seq-lengths: 65 exceeds the 64 positions" in err
-    code, _, err = _cli(["benchmark", "--models", str(tiny_teacher), "--iterations", "0"], capsys)
-    assert code == 2 and "--iterations" in err
+    assert f"--models: {not_model} is neither a model directory" in pkd_cli.error(
+        ["benchmark", "--models", str(not_model)]
+    )
+    assert "does not exist" in pkd_cli.error(["benchmark", "--models", str(tmp_path / "missing")])
+    assert "--backend: 'tf' is not one of torch, onnx" in pkd_cli.error(
+        ["benchmark", "--models", str(tiny_teacher), "--backend", "tf"]
+    )
+    assert "--seq-lengths: 65 exceeds the 64 positions" in pkd_cli.error(
+        ["benchmark", "--models", str(tiny_teacher), "--seq-lengths", "65"]
+    )
+    assert "--iterations" in pkd_cli.error(
+        ["benchmark", "--models", str(tiny_teacher), "--iterations", "0"]
+    )
 
 
 def test_onnx_backend_needs_onnxruntime(tiny_teacher, monkeypatch):

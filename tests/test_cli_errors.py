@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import sentiment_rows, write_sst2
+from conftest import sentiment_rows, snapshot, write_sst2
 
-from pkd.cli import main
 from pkd.config import MODEL_SOURCES
 
 # Tiny models on a shared 2-core machine: several torch threads per process fight over the
@@ -37,24 +36,6 @@ def finetune_argv(model, data_dir, output, *extra):
         *TRAIN_OPTS,
         *extra,
     ]
-
-
-def cli(argv, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def cli_error(argv, capsys) -> str:
-    """Run the CLI, expect exit 2 and exactly one `pkd: error:` line; return that line."""
-    code, out, err = cli(argv, capsys)
-    assert code == 2, (code, out, err)
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("pkd: error: "), err
-    assert out == ""
-    return lines[0]
 
 
 def not_a_model(option: str, path: Path, found: str) -> str:
@@ -118,10 +99,10 @@ def _file_is_a_directory(d: Path) -> str:
     [_missing_dev, _too_few_columns, _label_out_of_range, _header_only, _wrong_header, _not_utf8,
      _tab_inside_a_field, _file_is_a_directory],
 )  # fmt: skip
-def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, capsys):
+def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, pkd_cli):
     d = write_sst2(tmp_path / "SST-2", n_train=8, n_dev=4, n_test=2)
     expected = corrupt(d)
-    line = cli_error(finetune_argv(tiny_bert, d, tmp_path / "run"), capsys)
+    line = pkd_cli.error(finetune_argv(tiny_bert, d, tmp_path / "run"))
     assert expected in line
     assert not (tmp_path / "run").exists()
 
@@ -130,7 +111,7 @@ def test_bad_sst2_data(corrupt, tiny_bert, tmp_path, capsys):
     ("score", "problem"),
     [("five", "is not a number"), ("5.5", "is outside stsb's range 0 to 5")],
 )
-def test_bad_stsb_score(score, problem, tiny_bert, tmp_path, capsys):
+def test_bad_stsb_score(score, problem, tiny_bert, tmp_path, pkd_cli):
     d = tmp_path / "STS-B"
     d.mkdir()
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
@@ -139,8 +120,8 @@ def test_bad_stsb_score(score, problem, tiny_bert, tmp_path, capsys):
     tsv(d / "dev.tsv", [head, row + "\t4.2"])
     argv = finetune_argv(tiny_bert, d, tmp_path / "run")
     argv[argv.index("sst2")] = "stsb"
-    line = cli_error(argv, capsys)
-    assert line == f"pkd: error: {d / 'train.tsv'}:3: score '{score}' {problem}"
+    line = pkd_cli.error(argv)
+    assert line == f"{d / 'train.tsv'}:3: score '{score}' {problem}"
     assert not (tmp_path / "run").exists()
 
 
@@ -149,72 +130,66 @@ def custom_argv(model, train, dev, output, *extra):
             "--text-columns", "text", "--output", output, *TRAIN_OPTS, *extra]  # fmt: skip
 
 
-def test_bad_custom_files(tiny_bert, tmp_path, capsys):
+def test_bad_custom_files(tiny_bert, tmp_path, pkd_cli):
     train, dev, run = tmp_path / "train.csv", tmp_path / "dev.csv", tmp_path / "run"
     dev.write_text("text,label\ngood,1\nbad,0\n")
     train.write_text("text,label\ngood,1\nno label,\nbad,0\n")
-    line = cli_error(custom_argv(tiny_bert, train, dev, run), capsys)
-    assert line == f"pkd: error: {train}:3: empty label (column 'label')"
+    line = pkd_cli.error(custom_argv(tiny_bert, train, dev, run))
+    assert line == f"{train}:3: empty label (column 'label')"
     train.write_text('text,label\ngood,1\n"never closed,0\nbad,0\nfine,1\n')
-    line = cli_error(custom_argv(tiny_bert, train, dev, run), capsys)
-    assert line == f"pkd: error: {train}:3: a quoted field opens here and is never closed"
-    line = cli_error(custom_argv(tiny_bert, tmp_path, dev, run), capsys)
-    assert line == f"pkd: error: --train-file: {tmp_path} is a directory, not a file"
-    line = cli_error(custom_argv(tiny_bert, dev, dev, run, "--config", tmp_path), capsys)
-    assert line == f"pkd: error: --config: {tmp_path} is a directory, not a YAML file"
+    line = pkd_cli.error(custom_argv(tiny_bert, train, dev, run))
+    assert line == f"{train}:3: a quoted field opens here and is never closed"
+    line = pkd_cli.error(custom_argv(tiny_bert, tmp_path, dev, run))
+    assert line == f"--train-file: {tmp_path} is a directory, not a file"
+    line = pkd_cli.error(custom_argv(tiny_bert, dev, dev, run, "--config", tmp_path))
+    assert line == f"--config: {tmp_path} is a directory, not a YAML file"
     assert not run.exists()
 
 
-def test_positive_label_must_be_one_of_the_labels(tiny_bert, sst2_dir, tmp_path, capsys):
+def test_positive_label_must_be_one_of_the_labels(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     run = tmp_path / "run"
-    line = cli_error(finetune_argv(tiny_bert, sst2_dir, run, "--positive-label", "pos"), capsys)
-    assert (
-        line
-        == "pkd: error: --positive-label: 'pos' is not one of the labels ['0', '1'] of task sst2"
-    )
+    line = pkd_cli.error(finetune_argv(tiny_bert, sst2_dir, run, "--positive-label", "pos"))
+    assert line == "--positive-label: 'pos' is not one of the labels ['0', '1'] of task sst2"
     d = tmp_path / "custom.csv"
     d.write_text("text,label\ngood,pos\nbad,neg\n")
-    line = cli_error(custom_argv(tiny_bert, d, d, run, "--positive-label", "1"), capsys)
-    assert line == (
-        "pkd: error: --positive-label: '1' is not one of the labels ['neg', 'pos'] of task custom"
-    )
+    line = pkd_cli.error(custom_argv(tiny_bert, d, d, run, "--positive-label", "1"))
+    assert line == "--positive-label: '1' is not one of the labels ['neg', 'pos'] of task custom"
     d.write_text("text,label\ngood,4.5\nbad,0.5\n")
-    line = cli_error(
-        custom_argv(tiny_bert, d, d, run, "--positive-label", "1", "--problem-type", "regression"),
-        capsys,
+    line = pkd_cli.error(
+        custom_argv(tiny_bert, d, d, run, "--positive-label", "1", "--problem-type", "regression")
     )
     assert line == (
-        "pkd: error: --positive-label: task custom is regression; only classification has a "
-        "positive class"
+        "--positive-label: task custom is regression; only classification has a positive class"
     )
     assert not run.exists()
 
 
-def test_unknown_task(tiny_bert, sst2_dir, tmp_path, capsys):
+def test_unknown_task(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     argv = finetune_argv(tiny_bert, sst2_dir, tmp_path / "run")
     argv[argv.index("sst2")] = "sst3"
-    line = cli_error(argv, capsys)
-    assert line.startswith("pkd: error: --task: unknown task 'sst3'")
+    line = pkd_cli.error(argv)
+    assert line.startswith("--task: unknown task 'sst3'")
     assert "sst2" in line and "mnli" in line  # lists the valid names
     assert not (tmp_path / "run").exists()
 
 
-def test_model_directory_missing(sst2_dir, tmp_path, capsys):
+def test_model_directory_missing(sst2_dir, tmp_path, pkd_cli):
     missing = tmp_path / "no-such-model"
-    line = cli_error(finetune_argv(missing, sst2_dir, tmp_path / "run"), capsys)
-    assert line == f"pkd: error: --model: {missing} does not exist; pass {MODEL_SOURCES}"
+    line = pkd_cli.error(finetune_argv(missing, sst2_dir, tmp_path / "run"))
+    assert line == f"--model: {missing} does not exist; pass {MODEL_SOURCES}"
     assert not (tmp_path / "run").exists()
 
 
-def test_model_directory_that_is_not_a_model(sst2_dir, tmp_path, capsys):
+def test_model_directory_that_is_not_a_model(sst2_dir, tmp_path, pkd_cli):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("not a model\n")
-    line = cli_error(finetune_argv(junk, sst2_dir, tmp_path / "run"), capsys)
-    assert line == f"pkd: error: {not_a_model('--model', junk, 'it holds notes.txt')}"
+    line = pkd_cli.error(finetune_argv(junk, sst2_dir, tmp_path / "run"))
+    assert line == not_a_model("--model", junk, "it holds notes.txt")
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_not_a_model_as_a_user_sees_it(sst2_dir, tmp_path):
     """In a real process: logging, warnings and progress bars must not add to the one line."""
     junk = tmp_path / "junk"
@@ -236,11 +211,9 @@ def test_not_a_model_as_a_user_sees_it(sst2_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_option_value_names_the_option(tiny_bert, sst2_dir, tmp_path, capsys):
-    line = cli_error(
-        finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", "--max-length", "0"), capsys
-    )
-    assert line.startswith("pkd: error: --max-length:")
+def test_bad_option_value_names_the_option(tiny_bert, sst2_dir, tmp_path, pkd_cli):
+    line = pkd_cli.error(finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", "--max-length", "0"))
+    assert line.startswith("--max-length:")
     assert not (tmp_path / "run").exists()
 
 
@@ -252,10 +225,10 @@ def test_bad_option_value_names_the_option(tiny_bert, sst2_dir, tmp_path, capsys
         (["--max-steps", "0"], "--max-steps: must be -1 (train --epochs) or > 0, got 0"),
     ],
 )
-def test_bad_seed_or_max_steps_is_refused(extra, message, tiny_bert, sst2_dir, tmp_path, capsys):
+def test_bad_seed_or_max_steps_is_refused(extra, message, tiny_bert, sst2_dir, tmp_path, pkd_cli):
     """Once a traceback from set_seed (exit 1), or a run that trains 0 steps."""
-    line = cli_error(finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", *extra), capsys)
-    assert line == f"pkd: error: {message}"
+    line = pkd_cli.error(finetune_argv(tiny_bert, sst2_dir, tmp_path / "run", *extra))
+    assert line == message
     assert not (tmp_path / "run").exists()
 
 
@@ -264,28 +237,26 @@ def test_bad_seed_or_max_steps_is_refused(extra, message, tiny_bert, sst2_dir, t
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_bert):
+def finished_run(tmp_path_factory, tiny_bert, pkd_cli):
     root = tmp_path_factory.mktemp("cli")
     data = write_sst2(root / "SST-2")
     argv = finetune_argv(tiny_bert, data, root / "run", "--epochs", "6", "--lr", "3e-3")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-    assert e.value.code == 0
+        pkd_cli.ok(argv)
     return root / "run", data
 
 
-def test_finetune_evaluate_predict(finished_run, capsys):
+def test_finetune_evaluate_predict(finished_run, pkd_cli):
     run, data = finished_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "sst2" and metrics["labels"] == ["0", "1"]
     assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # separable toy data
 
-    code, out, _ = cli(["evaluate", "--model", run / "model", "--task", "sst2",
-                        "--data-dir", data], capsys)  # fmt: skip
-    assert code == 0
+    out = pkd_cli.ok(
+        ["evaluate", "--model", run / "model", "--task", "sst2", "--data-dir", data]
+    ).out
     result = json.loads(out)
     assert result["task"] == "sst2" and result["split"] == "dev" and result["examples"] == 32
     assert result["accuracy"] >= 0.8
@@ -293,9 +264,8 @@ def test_finetune_evaluate_predict(finished_run, capsys):
     assert json.loads(written.read_text()) == result
 
     preds_file = run / "preds.tsv"
-    code, out, _ = cli(["predict", "--model", run / "model", "--task", "sst2", "--data-dir", data,
-                        "--output-file", preds_file], capsys)  # fmt: skip
-    assert code == 0
+    out = pkd_cli.ok(["predict", "--model", run / "model", "--task", "sst2", "--data-dir", data,
+                      "--output-file", preds_file]).out  # fmt: skip
     assert out.strip() == str(preds_file)
     lines = preds_file.read_text().splitlines()
     assert lines[0] == "index\tprediction"
@@ -306,37 +276,33 @@ def test_finetune_evaluate_predict(finished_run, capsys):
     assert sum(r[1] == y for r, y in zip(rows, gold, strict=True)) >= 6
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def test_existing_run_is_not_overwritten(finished_run, tiny_bert, capsys):
+def test_existing_run_is_not_overwritten(finished_run, tiny_bert, pkd_cli):
     run, data = finished_run
-    before = _snapshot(run)
+    before = snapshot(run)
     assert "metrics.json" in before and "model/model.safetensors" in before
-    line = cli_error(finetune_argv(tiny_bert, data, run), capsys)
-    assert line.startswith(f"pkd: error: --output: {run} already holds a finished run")
+    line = pkd_cli.error(finetune_argv(tiny_bert, data, run))
+    assert line.startswith(f"--output: {run} already holds a finished run")
     assert "--overwrite" in line
-    assert _snapshot(run) == before
+    assert snapshot(run) == before
 
 
-def test_evaluate_refuses_the_test_split(finished_run, capsys):
+def test_evaluate_refuses_the_test_split(finished_run, pkd_cli):
     run, data = finished_run
-    before = _snapshot(run)
-    line = cli_error(["evaluate", "--model", run / "model", "--task", "sst2", "--data-dir", data,
-                      "--split", "test"], capsys)  # fmt: skip
-    assert line.startswith("pkd: error: --split: test")
+    before = snapshot(run)
+    line = pkd_cli.error(["evaluate", "--model", run / "model", "--task", "sst2",
+                          "--data-dir", data, "--split", "test"])  # fmt: skip
+    assert line.startswith("--split: test")
     assert "pkd predict" in line
-    assert _snapshot(run) == before  # no eval file written
+    assert snapshot(run) == before  # no eval file written
 
 
-def test_evaluate_bad_label_in_dev(finished_run, tmp_path, capsys):
+def test_evaluate_bad_label_in_dev(finished_run, tmp_path, pkd_cli):
     run, _ = finished_run
     d = write_sst2(tmp_path / "SST-2", n_train=4, n_dev=4, n_test=2)
     tsv(d / "dev.tsv", ["sentence\tlabel", "good\t1", "bad\tpositive"])
-    line = cli_error(
+    line = pkd_cli.error(
         ["evaluate", "--model", run / "model", "--task", "sst2", "--data-dir", d,
-         "--output-file", tmp_path / "eval.json"], capsys,
+         "--output-file", tmp_path / "eval.json"]
     )  # fmt: skip
     assert f"{d / 'dev.tsv'}:3: label 'positive'" in line
     assert not (tmp_path / "eval.json").exists()
@@ -412,7 +378,7 @@ def _destroying(t: Path) -> dict[str, tuple[list, str]]:
 
 
 @pytest.mark.parametrize("case", list(_destroying(Path("x"))))
-def test_output_that_holds_an_input_is_refused(case, inputs, capsys):
+def test_output_that_holds_an_input_is_refused(case, inputs, pkd_cli):
     if case == "distill over the teacher's recorded base":  # the teacher records bert-base
         base = inputs / "bert-base" / "pretrained"
         shutil.copytree(inputs / "bert", base)
@@ -424,11 +390,11 @@ def test_output_that_holds_an_input_is_refused(case, inputs, capsys):
     if case == "sweep over a teacher among its trials":
         shutil.copytree(inputs / "teacher-run", inputs / "swp" / "trials" / "trial-0")
     argv, message = _destroying(inputs)[case]
-    before = _snapshot(inputs)
-    line = cli_error(argv, capsys)
+    before = snapshot(inputs)
+    line = pkd_cli.error(argv)
     assert message in line, line
     assert "writing there would destroy it; choose another" in line
-    assert _snapshot(inputs) == before  # nothing replaced, nothing written
+    assert snapshot(inputs) == before  # nothing replaced, nothing written
 
 
 def _without_tokenizer(src: Path, dst: Path, keep: tuple[str, ...] = ()) -> Path:
@@ -438,60 +404,59 @@ def _without_tokenizer(src: Path, dst: Path, keep: tuple[str, ...] = ()) -> Path
     return dst
 
 
-def test_model_without_tokenizer_is_refused(inputs, tiny_teacher, capsys):
+def test_model_without_tokenizer_is_refused(inputs, tiny_teacher, pkd_cli):
     notok = _without_tokenizer(tiny_teacher, inputs / "notok")
     cfgonly = _without_tokenizer(tiny_teacher, inputs / "cfgonly", ("tokenizer_config.json",))
     sst2 = ["--task", "sst2", "--data-dir", inputs / "data" / "SST-2", "--max-length", "16"]
     expected = "has no tokenizer for its 27-token vocabulary (tokenizer files: {}; it would read 5"
 
     # transformers 5 would build a 5-token tokenizer: every word [UNK], metrics with exit 0
-    line = cli_error(["evaluate", "--model", notok, *sst2], capsys)
-    assert line.startswith(f"pkd: error: --model: {notok} {expected.format('none')}"), line
+    line = pkd_cli.error(["evaluate", "--model", notok, *sst2])
+    assert line.startswith(f"--model: {notok} {expected.format('none')}"), line
     assert "tokenizer.save_pretrained" in line
-    line = cli_error(["evaluate", "--model", cfgonly, *sst2], capsys)
+    line = pkd_cli.error(["evaluate", "--model", cfgonly, *sst2])
     assert f"--model: {cfgonly} {expected.format('tokenizer_config.json')}" in line
     distill = ["distill", "--teacher", notok, "--output", inputs / "out", *sst2, "--dry-run"]
-    line = cli_error([*distill, "--student-init", "teacher"], capsys)
-    assert line.startswith(f"pkd: error: --teacher: {notok} has no tokenizer"), line
+    line = pkd_cli.error([*distill, "--student-init", "teacher"])
+    assert line.startswith(f"--teacher: {notok} has no tokenizer"), line
     # the default init (the teacher's base) has a tokenizer: the teacher is blamed, not it
-    line = cli_error(distill, capsys)
-    assert line.startswith(f"pkd: error: --teacher: {notok} has no tokenizer"), line
+    line = pkd_cli.error(distill)
+    assert line.startswith(f"--teacher: {notok} has no tokenizer"), line
     assert not (inputs / "out").exists()
 
 
-def test_cache_dir_that_is_a_file(inputs, capsys):
+def test_cache_dir_that_is_a_file(inputs, pkd_cli):
     (inputs / "cache.txt").write_text("not a directory\n")
     argv = ["distill", "--teacher", inputs / "teacher-run", "--output", inputs / "out",
             "--task", "sst2", "--data-dir", inputs / "data" / "SST-2", "--max-length", "16",
             "--epochs", "1", "--quiet"]  # fmt: skip
-    line = cli_error([*argv, "--cache-dir", inputs / "cache.txt"], capsys)
+    line = pkd_cli.error([*argv, "--cache-dir", inputs / "cache.txt"])
     assert line == (
-        f"pkd: error: --cache-dir: {inputs / 'cache.txt'} is a file, not a directory; "
-        "pass a directory"
+        f"--cache-dir: {inputs / 'cache.txt'} is a file, not a directory; pass a directory"
     )
-    line = cli_error([*argv, "--cache-dir", inputs / "cache.txt" / "sub"], capsys)
+    line = pkd_cli.error([*argv, "--cache-dir", inputs / "cache.txt" / "sub"])
     assert line.startswith(
-        f"pkd: error: --cache-dir: {inputs / 'cache.txt' / 'sub'} cannot be created: "
+        f"--cache-dir: {inputs / 'cache.txt' / 'sub'} cannot be created: "
         f"{inputs / 'cache.txt'} is a file"
     )
     assert not (inputs / "out").exists()  # so a corrected re-run is not refused
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
-def test_batch_size_zero(command, inputs, capsys):
+def test_batch_size_zero(command, inputs, pkd_cli):
     argv = [command, "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
             inputs / "data" / "SST-2", "--batch-size", "0"]  # fmt: skip
-    before = _snapshot(inputs)
-    assert cli_error(argv, capsys) == "pkd: error: --batch-size: must be >= 1, got 0"
-    assert _snapshot(inputs) == before
+    before = snapshot(inputs)
+    assert pkd_cli.error(argv) == "--batch-size: must be >= 1, got 0"
+    assert snapshot(inputs) == before
 
 
-def test_predict_output_file_that_is_a_directory(inputs, capsys):
+def test_predict_output_file_that_is_a_directory(inputs, pkd_cli):
     out = inputs / "preds"
     out.mkdir()
     argv = ["predict", "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
             inputs / "data" / "SST-2", "--output-file", out]  # fmt: skip
-    line = cli_error(argv, capsys)
-    assert line == f"pkd: error: --output-file: {out} is a directory; pass a file name"
+    line = pkd_cli.error(argv)
+    assert line == f"--output-file: {out} is a directory; pass a file name"
     assert list(out.iterdir()) == []  # no hidden temp file
     assert sorted(p.name for p in inputs.iterdir()) == ["bert", "data", "preds", "teacher-run"]

@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import write_sst2
 
-from pkd.cli import build_parser, main
+from pkd.cli import build_parser
 from pkd.config import MODEL_SOURCES
 from pkd.progress import progress
 
 SST2 = ["--task", "sst2", "--max-length", "16"]
-
-
-def cli(argv, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -94,14 +87,13 @@ def test_progress_helper_honours_quiet_and_terminals():
     assert progress(3, "x", "ex", quiet=True, file=Terminal()).disable
 
 
-def test_no_progress_bars_in_a_non_terminal_stream(tiny_teacher, sst2_dir, tmp_path, capsys):
+def test_no_progress_bars_in_a_non_terminal_stream(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     """Tokenising, the teacher cache and training all draw bars on a terminal; stderr
     captured here is not one, as in a log file or under nohup."""
     argv = ["distill", "--teacher", tiny_teacher, "--output", tmp_path / "run",
             "--data-dir", sst2_dir, *SST2, "--epochs", "1", "--batch-size", "16",
             "--student-layers", "2", "--allow-weak-teacher"]  # fmt: skip
-    code, out, err = cli(argv, capsys)
-    assert code == 0, err
+    _, out, err = pkd_cli.ok(argv)
     assert json.loads(out)["output"] == str(tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").is_file()
     for bar in ("tokenise", "teacher cache", "train:", "%|", "it/s", "ex/s"):
@@ -121,82 +113,72 @@ def runs(tmp_path, tiny_teacher, tiny_bert):
     return tmp_path
 
 
-def test_finetune_takes_a_run_directory(runs, capsys):
+def test_finetune_takes_a_run_directory(runs, pkd_cli):
     argv = ["finetune", "--model", runs / "bert-run", "--output", runs / "out",
             "--data-dir", runs / "SST-2", *SST2, "--dry-run", "--quiet"]  # fmt: skip
-    code, out, err = cli(argv, capsys)
-    assert code == 0, err
+    out = pkd_cli.ok(argv).out
     assert f"model:      {runs / 'bert-run' / 'model'} (bert, 4 layers" in out
     assert not (runs / "out").exists()
 
 
-def test_distill_takes_run_directories(runs, capsys):
+def test_distill_takes_run_directories(runs, pkd_cli):
     argv = ["distill", "--teacher", runs / "run", "--output", runs / "out",
             "--data-dir", runs / "SST-2", *SST2, "--student-layers", "2",
             "--allow-weak-teacher", "--dry-run", "--quiet"]  # fmt: skip
-    code, out, err = cli(argv, capsys)
-    assert code == 0, err
+    out = pkd_cli.ok(argv).out
     assert f"teacher:    {runs / 'run' / 'model'} (4 layers" in out
-    code, out, err = cli([*argv, "--student-init", runs / "bert-run"], capsys)
-    assert code == 0, err
+    out = pkd_cli.ok([*argv, "--student-init", runs / "bert-run"]).out
     assert f"student:    2 layers from {runs / 'bert-run' / 'model'}" in out
     assert not (runs / "out").exists()
 
 
-def test_compare_and_sweep_take_a_run_directory(runs, capsys):
+def test_compare_and_sweep_take_a_run_directory(runs, pkd_cli):
     common = ["--teacher", runs / "run", "--data-dir", runs / "SST-2", *SST2,
               "--allow-weak-teacher", "--student-layers", "2", "--dry-run"]  # fmt: skip
-    code, out, err = cli(["compare", *common, "--output", runs / "cmp", "--methods", "kd",
-                          "--seeds", "1", "--bench-seq-length", "16", "--quiet"], capsys)  # fmt: skip
-    assert code == 0, err
+    out = pkd_cli.ok(["compare", *common, "--output", runs / "cmp", "--methods", "kd",
+                      "--seeds", "1", "--bench-seq-length", "16", "--quiet"]).out  # fmt: skip
     assert f"Teacher: {runs / 'run' / 'model'} (4 layers)" in out
     (runs / "space.yaml").write_text("lr: [1e-3]\n")
-    code, out, err = cli(["sweep", *common, "--output", runs / "sweep", "--method", "kd",
-                          "--space", runs / "space.yaml"], capsys)  # fmt: skip
-    assert code == 0, err
+    out = pkd_cli.ok(["sweep", *common, "--output", runs / "sweep", "--method", "kd",
+                      "--space", runs / "space.yaml"]).out  # fmt: skip
     assert f"Teacher {runs / 'run' / 'model'}: " in out
     assert not (runs / "cmp").exists() and not (runs / "sweep").exists()
 
 
-def test_evaluate_and_predict_take_a_run_directory(runs, capsys):
+def test_evaluate_and_predict_take_a_run_directory(runs, pkd_cli):
     data = ["--data-dir", runs / "SST-2", *SST2]
-    code, out, err = cli(["evaluate", "--model", runs / "run", *data], capsys)
-    assert code == 0, err
+    out = pkd_cli.ok(["evaluate", "--model", runs / "run", *data]).out
     metrics = json.loads(out)
     assert metrics["examples"] == 16
     assert json.loads((runs / "run" / "eval_sst2_dev.json").read_text()) == metrics
-    code, out, err = cli(["predict", "--model", runs / "run", *data], capsys)
-    assert code == 0, err
+    out = pkd_cli.ok(["predict", "--model", runs / "run", *data]).out
     written = runs / "run" / "model" / "predictions_sst2_test.tsv"
     assert out.strip() == str(written)
     assert len(written.read_text().splitlines()) == 1 + 4
 
 
-def test_a_directory_without_a_model_says_what_it_found(runs, capsys):
+def test_a_directory_without_a_model_says_what_it_found(runs, pkd_cli):
     odd = runs / "odd"
     (odd / "checkpoints").mkdir(parents=True)
     (odd / "notes.txt").write_text("x")
     argv = ["distill", "--teacher", odd, "--output", runs / "out", "--data-dir", runs / "SST-2",
             *SST2, "--dry-run"]  # fmt: skip
-    code, out, err = cli(argv, capsys)
-    assert code == 2 and out == ""
-    assert err == (
-        f"pkd: error: --teacher: {odd} is neither a model directory (no config.json) nor a run "
-        f"directory (no model/config.json); it holds checkpoints/, notes.txt; pass {MODEL_SOURCES}\n"
+    assert pkd_cli.error(argv) == (
+        f"--teacher: {odd} is neither a model directory (no config.json) nor a run "
+        f"directory (no model/config.json); it holds checkpoints/, notes.txt; pass {MODEL_SOURCES}"
     )
     assert "a Hub model name, a model directory" in MODEL_SOURCES
     # a relative name that is no directory here may be a Hub name: both are said
     argv[argv.index(odd)] = "no-such-dir/teacher"
-    code, out, err = cli(argv, capsys)
-    assert code == 2 and err.startswith(
-        "pkd: error: --teacher: no-such-dir/teacher is not a local directory and cannot be "
-        "loaded from the Hub ("
+    err = pkd_cli.error(argv)
+    assert err.startswith(
+        "--teacher: no-such-dir/teacher is not a local directory and cannot be loaded from the Hub ("
     )
-    assert err.endswith(f"; pass {MODEL_SOURCES}\n") and err.count("\n") == 1
+    assert err.endswith(f"; pass {MODEL_SOURCES}")
     assert not Path(runs / "out").exists()
 
 
-def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch, capsys):
+def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch):
     import datasets
     from datasets.utils import are_progress_bars_disabled
 

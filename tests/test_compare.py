@@ -6,7 +6,6 @@ import json
 import pytest
 import yaml
 
-from pkd.cli import main
 from pkd.compare import compare
 from pkd.errors import PkdError
 
@@ -39,16 +38,10 @@ def _compare(teacher, out, base, **kw):
     )
 
 
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
 NAMES = ["L2-ft-seed1", "L2-ft-seed2", "L2-pkd-skip-seed1", "L2-pkd-skip-seed2"]
 
 
+@pytest.mark.slow
 def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     out = tmp_path / "cmp"
     result = _compare(tiny_teacher, out, _base(sst2_dir))
@@ -161,15 +154,14 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
         _compare(tiny_teacher, out, _base(sst2_dir, epochs=2))
 
 
-def test_compare_cli_dry_run_and_checks(tiny_teacher, sst2_dir, tmp_path, capsys):
+def test_compare_cli_dry_run_and_checks(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "cmp"
     common = ["compare", "--teacher", str(tiny_teacher), "--output", str(out)]
     common += ["--task", "sst2", "--data-dir", str(sst2_dir), "--max-length", "16"]
     common += ["--bench-seq-length", "16"]  # the tiny models have 64 positions
-    code, stdout, err = _cli(
+    code, stdout, err = pkd_cli(
         [*common, "--methods", "kd,pkd-last", "--seeds", "3", "--student-layers", "3,2"]
-        + ["--allow-weak-teacher", "--dry-run"],
-        capsys,
+        + ["--allow-weak-teacher", "--dry-run"]
     )
     assert code == 0, err
     for name in ("L3-kd-seed3", "L3-pkd-last-seed3", "L2-kd-seed3", "L2-pkd-last-seed3"):
@@ -177,21 +169,23 @@ def test_compare_cli_dry_run_and_checks(tiny_teacher, sst2_dir, tmp_path, capsys
     assert "4 runs, 4 to train, 0 finished" in stdout
     assert not out.exists()  # a dry run writes nothing
 
-    code, _, err = _cli([*common, "--methods", "ft,pkd-middle", "--allow-weak-teacher"], capsys)
-    assert code == 2 and "--methods: unknown method(s) ['pkd-middle']" in err
-    code, _, err = _cli([*common, "--student-layers", "4", "--allow-weak-teacher"], capsys)
-    assert code == 2 and "--student-layers: 4 is impossible for a 4-layer teacher" in err
-    code, _, err = _cli([*common, "--bench-seq-length", "65", "--allow-weak-teacher"], capsys)
-    assert code == 2 and "--bench-seq-length: 65 exceeds the teacher's 64 positions" in err
-    code, _, err = _cli([*common, "--seeds", "1,1", "--allow-weak-teacher"], capsys)
-    assert code == 2 and "--seeds: repeated values" in err
+    assert "--methods: unknown method(s) ['pkd-middle']" in pkd_cli.error(
+        [*common, "--methods", "ft,pkd-middle", "--allow-weak-teacher"]
+    )
+    assert "--student-layers: 4 is impossible for a 4-layer teacher" in pkd_cli.error(
+        [*common, "--student-layers", "4", "--allow-weak-teacher"]
+    )
+    assert "--bench-seq-length: 65 exceeds the teacher's 64 positions" in pkd_cli.error(
+        [*common, "--bench-seq-length", "65", "--allow-weak-teacher"]
+    )
+    assert "--seeds: repeated values" in pkd_cli.error(
+        [*common, "--seeds", "1,1", "--allow-weak-teacher"]
+    )
     missing = ["compare", "--teacher", str(tiny_teacher), "--output", str(out), "--task", "sst2"]
     missing += ["--bench-seq-length", "16"]
-    code, _, err = _cli([*missing, "--data-dir", str(tmp_path / "nope")], capsys)
-    assert code == 2 and "nope" in err, err
+    assert "nope" in pkd_cli.error([*missing, "--data-dir", str(tmp_path / "nope")])
     # The untrained teacher is near chance: refused before any run starts.
-    code, _, err = _cli([*common, "--seeds", "1"], capsys)
-    assert code == 2 and "--allow-weak-teacher" in err
+    assert "--allow-weak-teacher" in pkd_cli.error([*common, "--seeds", "1"])
     assert not (out / "runs").exists()
 
 

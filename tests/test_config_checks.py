@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_robustness import cli, cli_error, snapshot  # exit 2, one `pkd: error:` line
+from conftest import snapshot
 
 from pkd import config as C
 from pkd import fsio
@@ -35,7 +35,7 @@ def run_argv(command, tiny_bert, tiny_teacher, data, out, *extra) -> list:
 
 
 @pytest.fixture(params=["finetune", "distill"])
-def interrupted(request, tiny_bert, tiny_teacher, sst2_dir, tmp_path, capsys):
+def interrupted(request, tiny_bert, tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     """A run with a complete checkpoint and no metrics.json (as if killed after saving)."""
     command, out = request.param, tmp_path / "run"
 
@@ -43,16 +43,15 @@ def interrupted(request, tiny_bert, tiny_teacher, sst2_dir, tmp_path, capsys):
         return run_argv(command, tiny_bert, tiny_teacher, sst2_dir, out, "--save-steps", "1",
                         "--keep-checkpoints", *extra)  # fmt: skip
 
-    code, _, err = cli(argv(), capsys)
-    assert code == 0, err
+    pkd_cli.ok(argv())
     (out / "metrics.json").unlink()
     return command, out, argv
 
 
-def test_resume_with_other_options_is_refused(interrupted, capsys):
+def test_resume_with_other_options_is_refused(interrupted, pkd_cli):
     command, out, argv = interrupted
     before = snapshot(out)
-    msg = cli_error(argv("--lr", "1e-3", "--warmup-ratio", "0", "--resume"), capsys)
+    msg = pkd_cli.error(argv("--lr", "1e-3", "--warmup-ratio", "0", "--resume"))
     assert msg == (
         f"--resume: {out} was started with other settings (train.lr: 0.003 -> 0.001; "
         f"train.warmup_ratio: 0.1 -> 0.0); resume with its own (--config {out}/config.yaml "
@@ -60,24 +59,22 @@ def test_resume_with_other_options_is_refused(interrupted, capsys):
     )
     assert snapshot(out) == before  # nothing trained, nothing rewritten
     checkpoint = sorted((out / "checkpoints").iterdir())[-1]
-    msg = cli_error(argv("--seed", "7", "--resume-from", checkpoint), capsys)
+    msg = pkd_cli.error(argv("--seed", "7", "--resume-from", checkpoint))
     assert msg.startswith(f"--resume-from: {out} was started with other settings (train.seed: 42")
     assert snapshot(out) == before
     if command == "distill":
-        msg = cli_error(argv("--beta", "10", "--resume"), capsys)
+        msg = pkd_cli.error(argv("--beta", "10", "--resume"))
         assert "(distill.beta: 100.0 -> 10.0)" in msg
         assert snapshot(out) == before
     # what the message proposes works
-    code, _, err = cli([command, "--config", out / "config.yaml", "--resume"], capsys)
-    assert code == 0, err
+    pkd_cli.ok([command, "--config", out / "config.yaml", "--resume"])
     assert (out / "metrics.json").is_file()
 
 
-def test_resume_with_options_that_change_nothing(interrupted, capsys):
+def test_resume_with_options_that_change_nothing(interrupted, pkd_cli):
     _, out, argv = interrupted
     extra = ["--logging-steps", "5", "--no-quiet", "--save-steps", "2", "--eval-batch-size", "4"]
-    code, _, err = cli(argv(*extra, "--resume"), capsys)
-    assert code == 0, err
+    pkd_cli.ok(argv(*extra, "--resume"))
     assert (out / "metrics.json").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["logging_steps"] == 20  # the run's own config.yaml is kept
@@ -142,13 +139,13 @@ def test_compare_shares_beta_only_with_pkd(tiny_teacher, sst2_dir, tmp_path):
     assert not out.exists()
 
 
-def test_sweep_refuses_an_option_its_method_ignores(tiny_teacher, sst2_dir, tmp_path, capsys):
+def test_sweep_refuses_an_option_its_method_ignores(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     space = tmp_path / "space.yaml"
     space.write_text("lr: [3e-3, 1e-3]\n")
     argv = ["sweep", "--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output", tmp_path / "o",
             "--space", space, "--method", "kd", "--student-layers", "2", *TINY, "--beta", "500",
             "--allow-weak-teacher", "--dry-run"]  # fmt: skip
-    msg = cli_error(argv, capsys)
+    msg = pkd_cli.error(argv)
     assert msg.startswith("--beta: 500.0 has no effect with --method kd (no patient loss)")
 
 
@@ -157,7 +154,7 @@ def test_sweep_refuses_an_option_its_method_ignores(tiny_teacher, sst2_dir, tmp_
 
 
 def test_compare_and_sweep_check_seeds_up_front(
-    tiny_teacher, sst2_dir, tmp_path, capsys, monkeypatch
+    tiny_teacher, sst2_dir, tmp_path, monkeypatch, pkd_cli
 ):
     def never(*a, **k):
         raise AssertionError("the teacher is scored before the seeds are checked")
@@ -166,12 +163,12 @@ def test_compare_and_sweep_check_seeds_up_front(
     common = ["--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output", tmp_path / "o",
               "--student-layers", "2", *TINY, "--allow-weak-teacher", "--dry-run"]  # fmt: skip
     argv = ["compare", *common, "--seeds", "1,-1", "--bench-seq-length", "16"]
-    msg = cli_error(argv, capsys)
+    msg = pkd_cli.error(argv)
     assert msg == "--seeds: must be in 0..4294967295, got -1"
     space = tmp_path / "space.yaml"
     space.write_text("lr: [3e-3, 1e-3]\n")
     argv = ["sweep", *common, "--space", space, "--method", "kd", "--seeds", str(2**32)]
-    msg = cli_error(argv, capsys)
+    msg = pkd_cli.error(argv)
     assert msg == "--seeds: must be in 0..4294967295, got 4294967296"
     assert not (tmp_path / "o").exists()
 
@@ -205,14 +202,13 @@ def test_atomic_write_follows_the_umask(umask, tmp_path):
 
 
 def test_run_outputs_are_readable_by_others(
-    umask, tiny_bert, tiny_teacher, sst2_dir, tmp_path, capsys
+    umask, tiny_bert, tiny_teacher, sst2_dir, tmp_path, pkd_cli
 ):
     files = ["model/model.safetensors", "model/config.json", "metrics.json", "config.yaml"]
     for command in ("finetune", "distill"):
         out = tmp_path / command
         argv = run_argv(command, tiny_bert, tiny_teacher, sst2_dir, out, "--keep-checkpoints")
-        code, _, err = cli(argv, capsys)
-        assert code == 0, err
+        pkd_cli.ok(argv)
         for name in files:
             assert mode(out / name) == 0o644, (command, name, oct(mode(out / name)))
         assert mode(out / "model") == 0o755
@@ -223,8 +219,7 @@ def test_run_outputs_are_readable_by_others(
     result = tmp_path / "eval.json"
     argv = ["evaluate", "--model", tmp_path / "distill" / "model", "--task", "sst2",
             "--data-dir", sst2_dir, "--max-eval-samples", "8", "--output-file", result]  # fmt: skip
-    code, _, err = cli(argv, capsys)
-    assert code == 0, err
+    pkd_cli.ok(argv)
     assert mode(result) == 0o644 and json.loads(result.read_text())["task"] == "sst2"
 
 

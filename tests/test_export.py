@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,17 +13,7 @@ import torch
 from conftest import SHARED_SST2, make_tiny_bert, sentiment_rows
 
 from pkd import export as X
-from pkd.cli import main
 from pkd.errors import PkdError
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """`pkd ARGV` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-    return exit_info.value.code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +35,11 @@ def trained(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained, sst2_dir):
+def exported(tmp_path_factory, trained, sst2_dir, pkd_cli):
     """The trained run exported through the CLI with int8, parity on the toy SST-2 dev split."""
     out = tmp_path_factory.mktemp("export") / "onnx"
     argv = ["export", "--model", str(trained), "--output", str(out), "--quantize", "int8"]
-    code, stdout, stderr = run_cli(argv + ["--task", "sst2", "--data-dir", str(sst2_dir)])
-    assert code == 0, stderr
+    stdout = pkd_cli.ok(argv + ["--task", "sst2", "--data-dir", str(sst2_dir)]).out
     return out, json.loads(stdout)
 
 
@@ -151,7 +138,7 @@ def test_export_dir_is_self_contained(exported, tmp_path):
     assert model.num_parameters > 20_000  # tiny BERT: ~40k weights
 
 
-def test_overwrite_custom_validation_file_and_atomic_replace(tiny_teacher, tmp_path):
+def test_overwrite_custom_validation_file_and_atomic_replace(tiny_teacher, tmp_path, pkd_cli):
     data = tmp_path / "dev.csv"
     with data.open("w", newline="") as f:
         w = csv.writer(f)
@@ -162,13 +149,11 @@ def test_overwrite_custom_validation_file_and_atomic_replace(tiny_teacher, tmp_p
     (out / "stale.txt").write_text("old")
     argv = ["export", "--model", str(tiny_teacher), "--output", str(out)]
     argv += ["--validation-file", str(data), "--text-columns", "text", "--parity-samples", "5"]
-    code, _, err = run_cli(argv)
-    assert code == 2
     assert (
-        err == f"pkd: error: --output: {out} already holds files; pass --overwrite to replace it\n"
+        pkd_cli.error(argv)
+        == f"--output: {out} already holds files; pass --overwrite to replace it"
     )
-    code, stdout, err = run_cli(argv + ["--overwrite"])
-    assert code == 0, err
+    stdout = pkd_cli.ok(argv + ["--overwrite"]).out
     report = json.loads(stdout)
     assert (report["samples"], report["source"]) == (5, str(data))
     assert "int8" not in report and not (out / "model.int8.onnx").exists()
@@ -276,25 +261,20 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_teacher, tiny_bert):
+def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_teacher, tiny_bert, pkd_cli):
     argv, message = _bad_cases(tmp_path, tiny_teacher, tiny_bert)[case]
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, stdout, stderr = run_cli(["export", *argv])
-    assert code == 2
-    assert stdout == ""
-    assert stderr.startswith("pkd: error: ") and stderr.count("\n") == 1, stderr
-    assert message in stderr
+    assert message in pkd_cli.error(["export", *argv])
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_multiple_choice_model_is_refused(tiny_bert, tmp_path):
+def test_multiple_choice_model_is_refused(tiny_bert, tmp_path, pkd_cli):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
     AutoModelForMultipleChoice.from_pretrained(tiny_bert).save_pretrained(tmp_path / "mc")
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "mc")
     out = tmp_path / "x"
-    code, _, err = run_cli(["export", "--model", str(tmp_path / "mc"), "--output", str(out)])
-    assert code == 2 and err.count("\n") == 1
+    err = pkd_cli.error(["export", "--model", str(tmp_path / "mc"), "--output", str(out)])
     assert "is a multiple-choice model; `pkd export` supports sequence classifiers" in err
     assert not out.exists()
 
@@ -324,7 +304,8 @@ def sst2_dev_sentences(n: int) -> list[str]:
     return [s for s in X.PARITY_SENTENCES * (n // len(X.PARITY_SENTENCES) + 1)][:n]
 
 
-def test_minilm_student_export_int8(minilm, tmp_path):
+@pytest.mark.slow
+def test_minilm_student_export_int8(minilm, tmp_path, pkd_cli):
     from transformers import AutoTokenizer
 
     from pkd.models import build_student, load_for_finetuning
@@ -339,8 +320,7 @@ def test_minilm_student_export_int8(minilm, tmp_path):
     data = ["--task", "sst2", "--data-dir", str(SHARED_SST2)] if SHARED_SST2.is_dir() else []
     out = tmp_path / "onnx"
     argv = ["export", "--model", str(run), "--output", str(out), "--quantize", "int8"]
-    code, stdout, stderr = run_cli(argv + data + ["--parity-samples", "200"])  # run dir -> model/
-    assert code == 0, stderr
+    stdout = pkd_cli.ok(argv + data + ["--parity-samples", "200"]).out  # run dir -> model/
     report = json.loads(stdout)
     assert report["samples"] == 200 and report["model"] == str(run / "model")
     assert report["fp32"]["max_abs_diff"] <= 1e-3
@@ -359,18 +339,14 @@ def test_minilm_student_export_int8(minilm, tmp_path):
     assert np.mean([a == b for a, b in zip(int8.predict(texts), labels, strict=True)]) >= 0.95
 
 
-def test_predict_accepts_an_onnx_export(exported, trained, sst2_dir, tmp_path):
+def test_predict_accepts_an_onnx_export(exported, trained, sst2_dir, tmp_path, pkd_cli):
     """`pkd predict --model EXPORT_DIR`: onnxruntime predictions, same as the PyTorch model's."""
     out, _ = exported
     onnx_file, torch_file = tmp_path / "onnx.tsv", tmp_path / "torch.tsv"
     common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--split", "test"]
-    code, _, err = run_cli(
-        ["predict", "--model", str(out), *common, "--output-file", str(onnx_file)]
-    )
-    assert code == 0, err
+    pkd_cli.ok(["predict", "--model", str(out), *common, "--output-file", str(onnx_file)])
     model = str(trained / "model")
-    code, _, err = run_cli(["predict", "--model", model, *common, "--output-file", str(torch_file)])
-    assert code == 0, err
+    pkd_cli.ok(["predict", "--model", model, *common, "--output-file", str(torch_file)])
     rows = onnx_file.read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 1 + 8
     assert rows == torch_file.read_text().splitlines()

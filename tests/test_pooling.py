@@ -14,7 +14,6 @@ from conftest import make_tiny_bert
 
 from pkd import config as C
 from pkd.api import distill, evaluate, finetune
-from pkd.cli import main
 from pkd.models import checkpoint_pooling, layer_states, load_finetuned, resolve_pooling
 from pkd.pooling import MODEL_TYPE, mean_pool
 
@@ -80,6 +79,7 @@ def test_auto_reads_the_sentence_transformers_pooling_config(tmp_path, st_bert, 
     assert resolve_pooling("auto", str(max_dir), load_config(str(max_dir), "model")) == "mean"
 
 
+@pytest.mark.slow
 def test_mean_teacher_records_its_pooling(mean_teacher):
     conf = json.loads((mean_teacher / "model" / "config.json").read_text())
     assert conf["model_type"] == MODEL_TYPE and conf["pooling"] == "mean"
@@ -92,6 +92,7 @@ def test_mean_teacher_records_its_pooling(mean_teacher):
     assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # it learned through the mean
 
 
+@pytest.mark.slow
 def test_cls_checkpoint_keeps_the_papers_head(tiny_bert, sst2_dir, tmp_path):
     cfg = C.FinetuneConfig(
         model=str(tiny_bert),
@@ -108,6 +109,7 @@ def test_cls_checkpoint_keeps_the_papers_head(tiny_bert, sst2_dir, tmp_path):
 # The head
 
 
+@pytest.mark.slow
 def test_mean_pooling_ignores_padding(mean_teacher):
     from transformers import AutoTokenizer
 
@@ -131,6 +133,7 @@ def test_mean_pooling_ignores_padding(mean_teacher):
     assert torch.allclose(model.classifier(pooled), a.logits[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst2_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -163,6 +166,8 @@ def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst
     assert ev["accuracy"] == m["final"]["metrics"]["dev"]["accuracy"]
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 def test_saved_model_loads_without_pkd_through_remote_code(mean_teacher):
     """`pooling.py` next to the weights needs nothing from pkd (trust_remote_code=True)."""
     code = (
@@ -180,6 +185,7 @@ def test_saved_model_loads_without_pkd_through_remote_code(mean_teacher):
     assert out.stdout.split() == ["PkdPooledForSequenceClassification", "2"]
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     from pkd.export import export
@@ -200,6 +206,7 @@ def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir
 # The patient loss on the representation the model uses
 
 
+@pytest.mark.slow
 def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, sst2_dir):
     from transformers import AutoTokenizer
 
@@ -243,6 +250,7 @@ def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, 
         assert not torch.allclose(loss_terms(student, batch, cls_objective, False)["pt"], expected)
 
 
+@pytest.mark.slow
 def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_dir, tmp_path):
     from pkd.cache import build_or_load, cache_extra
     from pkd.data import collator, encode_all, load_splits
@@ -275,41 +283,37 @@ def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_di
 # Teacher and student must pool alike for PKD
 
 
+@pytest.mark.slow
 def test_pooling_mismatch_is_refused_for_pkd_and_warned_for_kd(
-    mean_teacher, sst2_dir, tmp_path, capsys, caplog
+    mean_teacher, sst2_dir, tmp_path, caplog, pkd_cli
 ):
     argv = ["distill", "--teacher", str(mean_teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--max-length", "16", "--epochs", "1", "--batch-size", "8", "--quiet",
             "--student-layers", "2", "--pooling", "cls"]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--output", str(tmp_path / "pkd")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("pkd: error: --pooling: the student would pool cls but the teacher")
-    assert "pools mean" in err and len(err.splitlines()) == 1
+    err = pkd_cli.error([*argv, "--output", str(tmp_path / "pkd")])
+    assert err.startswith("--pooling: the student would pool cls but the teacher")
+    assert "pools mean" in err
     assert not (tmp_path / "pkd").exists()
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--method", "kd", "--output", str(tmp_path / "kd")])
-    assert e.value.code == 0
+    pkd_cli.ok([*argv, "--method", "kd", "--output", str(tmp_path / "kd")])
     assert "allowed for --method kd" in caplog.text
     assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["pooling"] == "cls"
     conf = json.loads((tmp_path / "kd" / "model" / "config.json").read_text())
     assert conf["architectures"] == ["BertForSequenceClassification"]
 
 
-def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path, pkd_cli):
     argv = ["finetune", "--model", str(st_bert), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--max-length", "16", "--epochs", "1", "--batch-size", "8", "--quiet",
             "--output", str(tmp_path / "t"), "--pooling", "cls"]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 0
+    pkd_cli.ok(argv)
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pooling"] == "cls"
     saved = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
     assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == {"pooling": "cls"}
 
 
-def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, pkd_cli):
     common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--max-length", "16", "--quiet",
               "--dry-run", "--output", str(tmp_path / "x")]  # fmt: skip
     for argv, want in (
@@ -317,8 +321,5 @@ def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, ca
         (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
          "pooling:    mean (masked token mean), head and patient loss"),
     ):  # fmt: skip
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 0
-        assert want in capsys.readouterr().out.splitlines()
+        assert want in pkd_cli.ok(argv).out.splitlines()
     assert not (tmp_path / "x").exists()

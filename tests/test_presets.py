@@ -17,7 +17,7 @@ from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
 from pkd import config as C
 from pkd import presets as P
-from pkd.cli import build_parser, main, resolve
+from pkd.cli import build_parser, resolve
 from pkd.compare import StudentGrid, plan_runs
 from pkd.errors import PkdError
 
@@ -99,11 +99,8 @@ def test_every_row_matches_its_run_name():
     assert means == [87.5, 87.5, 88.1]
 
 
-def test_presets_command_prints_the_table(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["presets"])
-    out = capsys.readouterr().out
-    assert e.value.code == 0
+def test_presets_command_prints_the_table(pkd_cli):
+    out = pkd_cli.ok(["presets"]).out
     assert (
         "| sst2 | pkd | 3 | 5e-05 | 20 | 0.2 | 1 | true | 4 | 32 | 88.1 | pkd_3layer_mean.csv |"
         in out
@@ -194,11 +191,9 @@ def test_no_authors_row_falls_back_to_documented_defaults(task, argv, note, capl
     assert d.preset == "paper" and d.preset_source.startswith("none: ")
 
 
-def test_unknown_preset_and_unknown_task_are_errors(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["distill", "--teacher", "t", "--output", "o", "--task", "sst2", "--preset", "book"])
-    assert e.value.code == 2
-    assert capsys.readouterr().err.strip() == "pkd: error: --preset: 'book' is not one of paper"
+def test_unknown_preset_and_unknown_task_are_errors(pkd_cli):
+    argv = ["distill", "--teacher", "t", "--output", "o", "--task", "sst2", "--preset", "book"]
+    assert pkd_cli.error(argv) == "--preset: 'book' is not one of paper"
     with pytest.raises(PkdError, match="--task: unknown task 'sst3'"):
         P.apply({"data": {"task": "sst3"}, "distill": {"preset": "paper"}})
 
@@ -229,7 +224,7 @@ def test_compare_applies_the_preset_per_method_and_depth(tmp_path, caplog):
     assert len(warnings) == 3 and all("2-layer student" in w for w in warnings)
 
 
-def test_distill_run_records_the_preset(tmp_path):
+def test_distill_run_records_the_preset(tmp_path, pkd_cli):
     """A real (2-step) run: config.yaml says which preset and which authors' file."""
     bert = make_tiny_bert(tmp_path / "bert")
     teacher = make_tiny_teacher(tmp_path / "teacher", bert)
@@ -238,9 +233,7 @@ def test_distill_run_records_the_preset(tmp_path):
     argv += ["--output", tmp_path / "run", "--preset", "paper", "--method", "kd"]
     argv += ["--max-steps", "2", "--batch-size", "8", "--max-length", "16", "--quiet"]
     argv += ["--allow-weak-teacher"]
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    assert e.value.code == 0
+    pkd_cli.ok(argv)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["distill"]["preset"] == "paper"
     assert saved["distill"]["preset_source"].endswith("result_summary/kd_3layer_mean.csv")

@@ -14,7 +14,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer, run_killed_afte
 from safetensors.torch import load_file
 
 from pkd import config as C
-from pkd.cli import build_parser, main, resolve
+from pkd.cli import build_parser, resolve
 from pkd.data import LengthGroupedSampler, collator, encode, load_split
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, kd_loss, patient_loss
@@ -67,21 +67,6 @@ def race_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-def cli_code(*args: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code
-
-
-def cli_error(capsys, *args: str) -> str:
-    """Run the CLI expecting a user error: exit 2 and one line on stderr."""
-    capsys.readouterr()
-    assert cli_code(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("pkd: error: ") and len(err.splitlines()) == 1, err
-    return err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,13 +363,12 @@ def test_level_metrics():
 
 
 @pytest.fixture(scope="module")
-def tiny_mc_teacher(tmp_path_factory, tiny_bert, race_dir) -> Path:
+def tiny_mc_teacher(tmp_path_factory, tiny_bert, race_dir, pkd_cli) -> Path:
     out = tmp_path_factory.mktemp("mc") / "teacher"
-    code = cli_code(
-        "finetune", "--model", str(tiny_bert), "--output", str(out), *tiny_args(race_dir),
+    pkd_cli.ok([
+        "finetune", "--model", tiny_bert, "--output", out, *tiny_args(race_dir),
         "--epochs", "6", "--lr", "3e-3", "--batch-size", "8",
-    )  # fmt: skip
-    assert code == 0
+    ])  # fmt: skip
     return out
 
 
@@ -459,7 +443,7 @@ def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_
         C.DistillConfig(pt_choices="avg")
 
 
-def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tmp_path, capsys):
+def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tmp_path, pkd_cli):
     from transformers import AutoModelForMultipleChoice
 
     args = tiny_args(race_dir)
@@ -470,49 +454,46 @@ def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tm
     assert dev["accuracy"] > teacher_metrics["majority_baseline"]["dev"] + 0.2  # it learned
 
     student = tmp_path / "student"
-    assert cli_code(
+    pkd_cli.ok([
         "distill", "--teacher", str(tiny_mc_teacher / "model"), "--output", str(student), *args,
         "--student-layers", "2", "--epochs", "2", "--lr", "3e-3", "--batch-size", "8",
         "--group-by-length", "--teacher-mode", "online",
-    ) == 0  # fmt: skip
+    ])  # fmt: skip
     m = json.loads((student / "metrics.json").read_text())
     assert m["layer_map"] == [[2, 1]] and m["teacher_cache"] is None
     assert (
         AutoModelForMultipleChoice.from_pretrained(student / "model").config.num_hidden_layers == 2
     )
 
-    capsys.readouterr()
-    assert cli_code("evaluate", "--model", str(student / "model"), *args, "--split", "test") == 0
-    ev = json.loads(capsys.readouterr().out)
+    ev = json.loads(
+        pkd_cli.ok(["evaluate", "--model", student / "model", *args, "--split", "test"]).out
+    )
     assert ev["split"] == "test" and ev["examples"] == 12
     assert {"accuracy", "accuracy_middle", "accuracy_high"} <= set(ev)
 
     out = tmp_path / "pred.tsv"
-    assert (
-        cli_code("predict", "--model", str(student / "model"), *args, "--output-file", str(out))
-        == 0
-    )
+    pkd_cli.ok(["predict", "--model", student / "model", *args, "--output-file", out])
     lines = out.read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert lines[1].split("\t")[0] == "middle0.txt-0"
     assert {ln.split("\t")[1] for ln in lines[1:]} <= set("ABCD")
 
     # `pkd compare` on the RACE directory produces its table.
-    capsys.readouterr()
-    assert cli_code(
+    pkd_cli.ok([
         "compare", "--teacher", str(tiny_mc_teacher / "model"), "--output", str(tmp_path / "cmp"),
         *args, "--student-layers", "2", "--methods", "ft,pkd-skip", "--seeds", "1",
         "--epochs", "1", "--lr", "3e-3", "--batch-size", "8", "--allow-weak-teacher",
         "--bench-batch-size", "2", "--bench-seq-length", "16", "--bench-warmup", "1",
         "--bench-iterations", "2",
-    ) == 0  # fmt: skip
+    ])  # fmt: skip
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "# pkd compare: race (accuracy on dev" in table
     assert "| 2 | ft | 1 |" in table and "| 2 | pkd-skip | 1 |" in table
     assert (tmp_path / "cmp" / "pareto.png").is_file()
 
 
-def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, tmp_path):
+@pytest.mark.slow
+def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, tmp_path, pkd_cli):
     """Killed mid-epoch 2 and resumed: the same batches, so the same final weights."""
 
     def args(out):
@@ -523,12 +504,12 @@ def test_group_by_length_resume_matches_uninterrupted_run(tiny_bert, race_dir, t
         ]  # fmt: skip
 
     ref = tmp_path / "ref"
-    assert cli_code(*args(ref)) == 0
+    pkd_cli.ok(args(ref))
     run = tmp_path / "killed"
     proc = run_killed_after_checkpoint(6, args(run))  # mid-epoch 2 (5 steps per epoch)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run / "metrics.json").exists()
-    assert cli_code(*args(run), "--resume") == 0
+    pkd_cli.ok([*args(run), "--resume"])
     # 36 questions in micro-batches of 4, 2 per step: 5 steps per epoch, 15 in all.
     final = "checkpoints/step-15/model.safetensors"
     a, b = load_file(ref / final), load_file(run / final)
@@ -564,22 +545,22 @@ def bad_race(root: Path, obj: dict) -> Path:
         ({"answers": ["A"]}, "3 questions but 1 answers"),
     ],
 )
-def test_bad_race_files(tiny_bert, tmp_path, capsys, change, message):
+def test_bad_race_files(tiny_bert, tmp_path, change, message, pkd_cli):
     path = bad_race(tmp_path / "RACE", change)
-    err = cli_error(
-        capsys, "finetune", "--model", str(tiny_bert), "--output", str(tmp_path / "o"),
+    err = pkd_cli.error([
+        "finetune", "--model", str(tiny_bert), "--output", str(tmp_path / "o"),
         "--task", "race", "--data-dir", str(tmp_path / "RACE"),
-    )  # fmt: skip
-    assert err == f"pkd: error: {path}: {message}"
+    ])  # fmt: skip
+    assert err == f"{path}: {message}"
 
 
-def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, capsys):
+def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, pkd_cli):
     run = ["finetune", "--model", str(tiny_bert), "--output", str(tmp_path / "o")]
     # An empty directory: no questions under middle/ or high/.
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    err = cli_error(capsys, *run, "--task", "race", "--data-dir", str(tmp_path / "empty"))
+    err = pkd_cli.error([*run, "--task", "race", "--data-dir", str(tmp_path / "empty")])
     assert err == (
-        f"pkd: error: {tmp_path / 'empty' / 'train'}: no RACE files (*.txt under middle/ "
+        f"{tmp_path / 'empty' / 'train'}: no RACE files (*.txt under middle/ "
         "or high/) for the train split"
     )
 
@@ -592,28 +573,24 @@ def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, capsys):
     custom = ["--train-file", str(f), "--validation-file", str(f), "--context-column", "passage"]
     custom += ["--question-column", "question", "--choices-column", "choices"]
     custom += ["--label-column", "answer"]
-    err = cli_error(capsys, *run, *custom)
+    err = pkd_cli.error([*run, *custom])
     assert err == (
-        f"pkd: error: {f}:2: 2 choices, but line 1 has 3; "
-        "every row of a file needs the same number of choices"
+        f"{f}:2: 2 choices, but line 1 has 3; every row of a file needs the same number of choices"
     )
     write_jsonl(f, [rows[0] | {"answer": "D"}])
-    err = cli_error(capsys, *run, *custom)
-    assert (
-        err
-        == f"pkd: error: {f}:1: label 'D' is not one of the 3 choices (a letter A-C or an index 0-2)"
-    )
+    err = pkd_cli.error([*run, *custom])
+    assert err == f"{f}:1: label 'D' is not one of the 3 choices (a letter A-C or an index 0-2)"
     write_jsonl(f, [{"question": "q", "choices": ["a", "b"], "answer": "A"}])
-    assert cli_error(capsys, *run, *custom) == f"pkd: error: {f}:1: missing 'passage'"
-    err = cli_error(capsys, *run, "--train-file", str(f), "--problem-type", "multiple_choice")
-    assert err == "pkd: error: --choices-column: required for multiple-choice files"
+    assert pkd_cli.error([*run, *custom]) == f"{f}:1: missing 'passage'"
+    err = pkd_cli.error([*run, "--train-file", str(f), "--problem-type", "multiple_choice"])
+    assert err == "--choices-column: required for multiple-choice files"
 
     # A sequence classifier cannot teach multiple choice.
     toy_race(tmp_path / "RACE", {"train": 1, "dev": 1})
-    err = cli_error(
-        capsys, "distill", "--teacher", str(tiny_teacher), "--output", str(tmp_path / "s"),
+    err = pkd_cli.error([
+        "distill", "--teacher", str(tiny_teacher), "--output", str(tmp_path / "s"),
         "--task", "race", "--data-dir", str(tmp_path / "RACE"), "--max-length", "32",
-    )  # fmt: skip
+    ])  # fmt: skip
     assert "is a sequence classifier but task race is multiple_choice" in err
 
 
@@ -673,26 +650,27 @@ def english_race(root: Path, files: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
-def test_minilm_cli_end_to_end(minilm, tmp_path, capsys):
+@pytest.mark.slow
+def test_minilm_cli_end_to_end(minilm, tmp_path, pkd_cli):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
     data = english_race(tmp_path / "RACE", {"train": 4, "dev": 2, "test": 1})  # 24/12/6 questions
     common = ["--task", "race", "--data-dir", str(data), "--max-length", "128", "--quiet"]
     teacher = tmp_path / "teacher"
-    assert cli_code(
+    pkd_cli.ok([
         "finetune", "--model", str(minilm), "--output", str(teacher), *common,
         "--epochs", "1", "--batch-size", "8", "--lr", "5e-5", "--group-by-length",
-    ) == 0  # fmt: skip
+    ])  # fmt: skip
     t_metrics = json.loads((teacher / "metrics.json").read_text())
     assert t_metrics["data"]["train"]["examples"] == 24
     assert t_metrics["data"]["train"]["truncated"] > 0  # the long articles hit 128 tokens
 
     student = tmp_path / "student"
-    assert cli_code(
+    pkd_cli.ok([
         "distill", "--teacher", str(teacher / "model"), "--output", str(student), *common,
         "--method", "pkd", "--strategy", "skip", "--student-layers", "3",
         "--epochs", "1", "--batch-size", "8", "--allow-weak-teacher",
-    ) == 0  # fmt: skip
+    ])  # fmt: skip
     m = json.loads((student / "metrics.json").read_text())
     assert m["layer_map"] == [[2, 1], [4, 2]] and m["method"] == "pkd"
     manifest = json.loads((Path(m["teacher_cache"]["path"]) / "manifest.json").read_text())
@@ -700,17 +678,12 @@ def test_minilm_cli_end_to_end(minilm, tmp_path, capsys):
     assert manifest["files"]["states"]["shape"] == [24, 4, 7, 384]
     assert "max_length: 128" in (student / "config.yaml").read_text()
 
-    capsys.readouterr()
-    assert cli_code("evaluate", "--model", str(student / "model"), *common) == 0
-    ev = json.loads(capsys.readouterr().out)
+    ev = json.loads(pkd_cli.ok(["evaluate", "--model", student / "model", *common]).out)
     assert ev["examples"] == 12 and 0 <= ev["accuracy"] <= 1
     assert ev["accuracy"] == pytest.approx((ev["accuracy_middle"] + ev["accuracy_high"]) / 2)
 
     out = tmp_path / "pred.tsv"
-    assert (
-        cli_code("predict", "--model", str(student / "model"), *common, "--output-file", str(out))
-        == 0
-    )
+    pkd_cli.ok(["predict", "--model", student / "model", *common, "--output-file", out])
     rows = [ln.split("\t") for ln in out.read_text().splitlines()[1:]]
     expected_ids = [f"{lv}0.txt-{j}" for lv in ("middle", "high") for j in range(3)]
     assert [r[0] for r in rows] == expected_ids

@@ -18,36 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import WORDS, make_tiny_bert, make_tiny_teacher, write_sst2
+from conftest import WORDS, make_tiny_bert, make_tiny_teacher, snapshot, write_sst2
 from safetensors.torch import load_file
 
 from pkd import config as C
 from pkd.api import finetune
-from pkd.cli import main
 
 TRAIN = ["--batch-size", "8", "--max-length", "16", "--quiet"]
-
-
-def cli(argv, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def cli_error(argv, capsys) -> str:
-    """Run the CLI, expect exit 2 and exactly one `pkd: error:` line; return its message."""
-    code, out, err = cli(argv, capsys)
-    assert code == 2, (code, out, err)
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("pkd: error: "), err
-    assert out == ""
-    return lines[0].removeprefix("pkd: error: ")
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -94,14 +71,12 @@ def distill_argv(teacher, data, output, *extra):
 
 
 @pytest.fixture(scope="module")
-def finished(root, data, teacher) -> Path:
+def finished(root, data, teacher, pkd_cli) -> Path:
     """A finished PKD run that every failed check below must leave exactly as it is."""
     out = root / "finished"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in distill_argv(teacher, data, out)])
-    assert e.value.code == 0
+        pkd_cli.ok(distill_argv(teacher, data, out))
     assert (out / "metrics.json").is_file()
     return out
 
@@ -320,7 +295,7 @@ CHECKS = [
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_refused_before_training(
-    check, finished, teacher, data, tiny_bert, tiny_teacher, tmp_path, capsys, monkeypatch
+    check, finished, teacher, data, tiny_bert, tiny_teacher, tmp_path, monkeypatch, pkd_cli
 ):
     ctx = {"tmp": tmp_path, "tiny_bert": tiny_bert, "tiny_teacher": tiny_teacher,
            "teacher": teacher, "mp": monkeypatch}  # fmt: skip
@@ -330,44 +305,42 @@ def test_bad_input_is_refused_before_training(
 
     # a new run directory: never created
     fresh = tmp_path / "run"
-    msg = cli_error(distill_argv(teacher, data, fresh, *extra), capsys)
+    msg = pkd_cli.error(distill_argv(teacher, data, fresh, *extra))
     assert expected in msg
     assert not fresh.exists()
 
     # an earlier finished run, with --overwrite: left exactly as it was
     before = snapshot(finished)
-    msg = cli_error(distill_argv(teacher, data, finished, "--overwrite", *extra), capsys)
+    msg = pkd_cli.error(distill_argv(teacher, data, finished, "--overwrite", *extra))
     assert expected in msg
     assert snapshot(finished) == before
     assert not trained
 
 
-def test_finished_run_is_refused_without_overwrite(finished, teacher, data, capsys):
+def test_finished_run_is_refused_without_overwrite(finished, teacher, data, pkd_cli):
     before = snapshot(finished)
-    msg = cli_error(distill_argv(teacher, data, finished), capsys)
+    msg = pkd_cli.error(distill_argv(teacher, data, finished))
     assert (
         msg == f"--output: {finished} already holds a finished run; pass --overwrite to replace it"
     )
     assert snapshot(finished) == before
 
 
-def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, capsys, caplog):
+def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, caplog, pkd_cli):
     caplog.set_level(logging.INFO, logger="pkd.distillation")
-    code, _, err = cli(distill_argv(teacher, data, tmp_path / "run", "--dry-run"), capsys)
-    assert code == 0, err
+    pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run"))
     logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]
     assert len(logged) == 1
     assert logged[0].startswith("teacher cache: about 21.0 kB for 64 examples under ")
     assert not (tmp_path / "run").exists()  # --dry-run writes nothing
 
 
-def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, capsys, monkeypatch):
+def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, monkeypatch, pkd_cli):
     # the finished run's cache lies under PKD_CACHE_DIR=root/cache: a rerun reuses it
     monkeypatch.setenv("PKD_CACHE_DIR", str(finished.parent / "cache"))
     free = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
-    code, out, err = cli(distill_argv(teacher, data, tmp_path / "run", "--dry-run"), capsys)
-    assert code == 0, err
+    pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run"))
 
 
 def test_config_yaml_numbers_written_as_text(tmp_path):
@@ -387,7 +360,7 @@ def test_config_yaml_numbers_written_as_text(tmp_path):
 # Numerical guards
 
 
-def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys):
+def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, pkd_cli):
     import pkd.train as T
 
     class NanAtStep3(T.LoopHooks):
@@ -397,7 +370,7 @@ def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys):
 
     run = tmp_path / "run"
     with T.use_hooks(NanAtStep3()):
-        msg = cli_error(distill_argv(teacher, data, run, "--save-steps", "1"), capsys)
+        msg = pkd_cli.error(distill_argv(teacher, data, run, "--save-steps", "1"))
     assert msg.startswith("non-finite loss at step 3 (ce=")
     for term in ("ce=", "kd=", "pt=nan"):
         assert term in msg
@@ -406,7 +379,7 @@ def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, capsys):
     assert not (run / "metrics.json").exists()  # not a finished run
 
 
-def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, capsys):
+def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, pkd_cli):
     import pkd.train as T
 
     class InfCe(T.LoopHooks):
@@ -415,8 +388,8 @@ def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, capsys):
 
     run = tmp_path / "run"
     with T.use_hooks(InfCe()):
-        msg = cli_error(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", data,
-                         "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
+        msg = pkd_cli.error(["finetune", "--model", tiny_bert, "--task", "sst2",
+                             "--data-dir", data, "--output", run, "--epochs", "1", *TRAIN])  # fmt: skip
     assert msg == "non-finite loss at step 1 (ce=inf); last checkpoint: none"
 
 
@@ -463,10 +436,9 @@ def test_max_grad_norm_clips(tiny_bert, data, tmp_path):
 # Reproducibility and provenance
 
 
-def test_same_command_twice_gives_identical_results(finished, teacher, data, tmp_path, capsys):
+def test_same_command_twice_gives_identical_results(finished, teacher, data, tmp_path, pkd_cli):
     again = tmp_path / "again"
-    code, _, err = cli(distill_argv(teacher, data, again), capsys)
-    assert code == 0, err
+    pkd_cli.ok(distill_argv(teacher, data, again))
     a = json.loads((finished / "metrics.json").read_text())
     b = json.loads((again / "metrics.json").read_text())
     for key in ("best", "final", "history", "teacher_metrics", "layer_map", "data"):
@@ -499,10 +471,9 @@ def test_run_records_config_versions_and_data_fingerprints(finished, data):
         assert summary[split]["sha256"] == hashlib.sha256((data / file).read_bytes()).hexdigest()
 
 
-def test_rerun_from_config_yaml(finished, tmp_path, capsys):
+def test_rerun_from_config_yaml(finished, tmp_path, pkd_cli):
     new = tmp_path / "rerun"
-    code, out, err = cli(["distill", "--config", finished / "config.yaml", "--output", new], capsys)
-    assert code == 0, err
+    out = pkd_cli.ok(["distill", "--config", finished / "config.yaml", "--output", new]).out
     assert json.loads(out)["output"] == str(new)
     a = json.loads((finished / "metrics.json").read_text())
     b = json.loads((new / "metrics.json").read_text())
@@ -538,21 +509,19 @@ def _record_trust_remote_code(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("flag", [False, True])
-def test_trust_remote_code_only_when_asked(flag, teacher, data, tmp_path, capsys, monkeypatch):
+def test_trust_remote_code_only_when_asked(flag, teacher, data, tmp_path, monkeypatch, pkd_cli):
     seen = _record_trust_remote_code(monkeypatch)
     extra = ["--trust-remote-code"] if flag else []
-    code, _, err = cli(distill_argv(teacher, data, tmp_path / "r", "--dry-run", *extra), capsys)
-    assert code == 0, err
+    pkd_cli.ok(distill_argv(teacher, data, tmp_path / "r", "--dry-run", *extra))
     loaded = {name for name, _ in seen}
     assert loaded == {"AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"}
     assert {value for _, value in seen} == {flag}, seen
 
 
-def test_evaluate_never_trusts_remote_code(teacher, data, tmp_path, capsys, monkeypatch):
+def test_evaluate_never_trusts_remote_code(teacher, data, tmp_path, monkeypatch, pkd_cli):
     seen = _record_trust_remote_code(monkeypatch)
-    code, out, err = cli(["evaluate", "--model", teacher, "--task", "sst2", "--data-dir", data,
-                          "--output-file", tmp_path / "e.json"], capsys)  # fmt: skip
-    assert code == 0, err
+    pkd_cli.ok(["evaluate", "--model", teacher, "--task", "sst2", "--data-dir", data,
+                "--output-file", tmp_path / "e.json"])  # fmt: skip
     assert seen and {value for _, value in seen} == {False}
 
 
@@ -566,7 +535,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
-def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, capsys):
+def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, pkd_cli):
     ckpt = next((teacher.parent / "checkpoints").glob("step-*"))
     evil = tmp_path / "step-64"
     shutil.copytree(ckpt, evil)
@@ -574,9 +543,9 @@ def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, capsys):
     with open(evil / "optimizer.bin", "wb") as f:
         pickle.dump(_Payload(marker), f, protocol=2)
     run = tmp_path / "run"
-    msg = cli_error(["finetune", "--model", teacher,
-                     "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
-                     "--resume-from", evil, *TRAIN], capsys)  # fmt: skip
+    msg = pkd_cli.error(["finetune", "--model", teacher,
+                         "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
+                         "--resume-from", evil, *TRAIN])  # fmt: skip
     assert not marker.exists()
     pickle.loads((evil / "optimizer.bin").read_bytes())  # the payload is live: plain pickle runs it
     assert marker.read_text() == "pwned"
@@ -591,7 +560,7 @@ def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, capsys):
     ],
 )
 def test_checkpoint_with_a_broken_loop_state_is_refused(
-    teacher, data, tmp_path, capsys, state, why
+    teacher, data, tmp_path, state, why, pkd_cli
 ):
     """Before: a missing field was a KeyError traceback after the weights were loaded."""
     ckpt = next((teacher.parent / "checkpoints").glob("step-*"))
@@ -599,9 +568,9 @@ def test_checkpoint_with_a_broken_loop_state_is_refused(
     shutil.copytree(ckpt, broken)
     (broken / "trainer_state.json").write_text(state)
     run = tmp_path / "run"
-    msg = cli_error(["finetune", "--model", teacher,
-                     "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
-                     "--resume-from", broken, *TRAIN], capsys)  # fmt: skip
+    msg = pkd_cli.error(["finetune", "--model", teacher,
+                         "--task", "sst2", "--data-dir", data, "--output", run, "--epochs", "2",
+                         "--resume-from", broken, *TRAIN])  # fmt: skip
     assert msg == f"{broken}: cannot load the checkpoint ({why})"
 
 
@@ -617,7 +586,7 @@ EDGE_ROWS = [
 ]
 
 
-def test_glue_edge_cases_through_finetune_and_predict(tiny_bert, tmp_path, capsys):
+def test_glue_edge_cases_through_finetune_and_predict(tiny_bert, tmp_path, pkd_cli):
     d = tmp_path / "SST-2"
     d.mkdir()
     from conftest import sentiment_rows
@@ -629,23 +598,21 @@ def test_glue_edge_cases_through_finetune_and_predict(tiny_bert, tmp_path, capsy
     test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(EDGE_ROWS)]
     (d / "test.tsv").write_bytes(("\r\n".join(test) + "\r\n").encode())
     run = tmp_path / "run"
-    code, _, err = cli(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", d,
-                        "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
-    assert code == 0, err
+    pkd_cli.ok(["finetune", "--model", tiny_bert, "--task", "sst2", "--data-dir", d,
+                "--output", run, "--epochs", "1", *TRAIN])  # fmt: skip
     summary = json.loads((run / "metrics.json").read_text())["data"]
     assert summary["train"]["examples"] == summary["dev"]["examples"] == 21
     assert summary["train"]["truncated"] == round(1 / 21, 4)  # only the 120-word text
     out = tmp_path / "preds.tsv"
     predict = ["predict", "--model", run / "model", "--task", "sst2", "--data-dir", d,
                "--output-file", out]  # fmt: skip
-    code, _, err = cli(predict, capsys)  # default --max-length 128: cut at the 64 positions
-    assert code == 0, err
+    pkd_cli.ok(predict)  # default --max-length 128: cut at the 64 positions
     lines = out.read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 1 + len(EDGE_ROWS)
     assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])
 
 
-def test_custom_csv_and_jsonl_edge_cases_through_finetune(tiny_bert, tmp_path, capsys):
+def test_custom_csv_and_jsonl_edge_cases_through_finetune(tiny_bert, tmp_path, pkd_cli):
     from conftest import sentiment_rows
 
     rows = sentiment_rows(16) + EDGE_ROWS + [('a "quoted", comma\nand a newline', "1")]
@@ -658,11 +625,10 @@ def test_custom_csv_and_jsonl_edge_cases_through_finetune(tiny_bert, tmp_path, c
     )
     (tmp_path / "dev.jsonl").write_text(jsonl, encoding="utf-8", newline="")
     run = tmp_path / "run"
-    code, _, err = cli(["finetune", "--model", tiny_bert, "--task", "custom",
-                        "--train-file", tmp_path / "train.csv",
-                        "--validation-file", tmp_path / "dev.jsonl", "--text-columns", "text",
-                        "--output", run, "--epochs", "1", *TRAIN], capsys)  # fmt: skip
-    assert code == 0, err
+    pkd_cli.ok(["finetune", "--model", tiny_bert, "--task", "custom",
+                "--train-file", tmp_path / "train.csv",
+                "--validation-file", tmp_path / "dev.jsonl", "--text-columns", "text",
+                "--output", run, "--epochs", "1", *TRAIN])  # fmt: skip
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["labels"] == ["0", "1"]
     assert metrics["data"]["train"]["examples"] == metrics["data"]["dev"]["examples"] == 22

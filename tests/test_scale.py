@@ -14,8 +14,6 @@ import torch
 from conftest import run_killed_after_checkpoint
 from safetensors.torch import load_file
 
-from pkd.cli import main
-
 TRAIN = ["--epochs", "3", "--lr", "3e-3", "--batch-size", "8", "--max-length", "16", "--quiet"]
 
 
@@ -38,19 +36,14 @@ def finetune_args(tiny_bert, sst2_dir, out):
     ]
 
 
-def run_cli(args):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
-
-
 def weights(run: Path) -> dict:
     return load_file(run / "model" / "model.safetensors")
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     ref = tmp_path / "ref"
-    assert run_cli(finetune_args(tiny_bert, sst2_dir, ref)) == 0
+    pkd_cli.ok(finetune_args(tiny_bert, sst2_dir, ref))
 
     run = tmp_path / "killed"
     args = finetune_args(tiny_bert, sst2_dir, run) + ["--save-steps", "3"]
@@ -59,7 +52,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path
     assert (run / "checkpoints" / "step-6" / "trainer_state.json").is_file()
     assert not (run / "metrics.json").exists()  # an interrupted run is not a result
 
-    assert run_cli(args + ["--resume"]) == 0
+    pkd_cli.ok(args + ["--resume"])
     a, b = weights(ref), weights(run)
     assert a.keys() == b.keys()
     for k in a:
@@ -81,23 +74,22 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert [p.name for p in checkpoints(tmp_path)] == ["step-2"]
 
 
-def test_resume_without_checkpoint_is_an_error(tiny_bert, sst2_dir, tmp_path, capsys):
+def test_resume_without_checkpoint_is_an_error(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "run"
     out.mkdir()
-    assert run_cli(finetune_args(tiny_bert, sst2_dir, out) + ["--resume"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("pkd: error: --resume:") and len(err.splitlines()) == 1
+    err = pkd_cli.error(finetune_args(tiny_bert, sst2_dir, out) + ["--resume"])
+    assert err.startswith("--resume:"), err
 
 
-def test_tensorboard_has_loss_terms_and_metrics(tiny_bert, sst2_dir, tmp_path):
+def test_tensorboard_has_loss_terms_and_metrics(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     teacher = tmp_path / "teacher"
-    assert run_cli(teacher_args(tiny_bert, sst2_dir, teacher)) == 0
+    pkd_cli.ok(teacher_args(tiny_bert, sst2_dir, teacher))
     out = tmp_path / "student"
     args = ["distill", "--teacher", str(teacher / "model"), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--output", str(out), "--student-layers", "2", *TRAIN, "--logging-steps", "2"]  # fmt: skip
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     files = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert files
     acc = EventAccumulator(str(files[0].parent))
@@ -142,7 +134,8 @@ def linear_schedule(lr: float, total: int, warmup: int) -> list[float]:
     ]
 
 
-def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_path, pkd_cli):
     """torchrun --nproc_per_node 2 (gloo) and 1 process, the same effective batch of 8: the
     same learning rate at every optimizer step, down to the schedule's last value; one output
     dir; metrics over exactly the dev set.
@@ -152,11 +145,11 @@ def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_
     warm-up int(0.1 * 24) = 2.
     """
     teacher = tmp_path / "teacher"
-    assert run_cli(teacher_args(tiny_bert, sst2_dir, teacher)) == 0
+    pkd_cli.ok(teacher_args(tiny_bert, sst2_dir, teacher))
     common = ["distill", "--teacher", str(teacher / "model"), "--task", "sst2", "--data-dir", str(sst2_dir),
               "--student-layers", "2", *TRAIN, "--max-grad-norm", "0", "--logging-steps", "1"]  # fmt: skip
     one = tmp_path / "one"
-    assert run_cli(common + ["--output", str(one)]) == 0
+    pkd_cli.ok(common + ["--output", str(one)])
     two = tmp_path / "two"
     proc = run_torchrun(["-m", "pkd.cli", *common, "--output", str(two)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -191,6 +184,7 @@ with T.use_hooks(NanOnRank1AtStep3()):
 """
 
 
+@pytest.mark.slow
 def test_non_finite_loss_on_one_process_stops_every_process(tiny_bert, sst2_dir, tmp_path):
     """A NaN on rank 1 only: every rank stops at the same step with the same one-line error
     and exit 2. Before, rank 1 stopped alone: rank 0 waited in the next all-reduce (forever
@@ -229,7 +223,7 @@ def test_non_finite_loss_on_one_process_stops_every_process(tiny_bert, sst2_dir,
     assert not (run / "metrics.json").exists()
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monkeypatch):
+def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monkeypatch, pkd_cli):
     """--mixed-precision bf16 on the CPU: the encoder's matmuls really run in bf16 (autocast),
     the losses are finite and fall, the toy task is learnt, the weights are saved in fp32."""
     import pkd.train
@@ -246,7 +240,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monke
     out = tmp_path / "bf16"
     args = finetune_args(tiny_bert, sst2_dir, out)
     args += ["--epochs", "5", "--mixed-precision", "bf16", "--logging-steps", "8"]  # 8 steps/epoch
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     assert computed == {torch.bfloat16}
     assert "mixed_precision: bf16" in (out / "config.yaml").read_text()
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -17,7 +17,6 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from pkd import sweep as S
-from pkd.cli import main
 from pkd.errors import PkdError
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--allow-weak-teacher",
@@ -25,12 +24,6 @@ TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--allow-we
 SPACE4 = "lr: [3e-3, 1e-3]\ntemperature: [5, 10]\n"
 SPACE6 = "lr: [3e-3, 1e-3, 5e-4]\ntemperature: [5, 10]\n"
 PRUNE_SPACE = "lr: [3e-3, 1e-7]\ntemperature: [5, 10]\n"
-
-
-def run_cli(args) -> int:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code
 
 
 def sweep_args(teacher, data, out, space: Path, *extra):
@@ -54,7 +47,7 @@ def points(study, states=(TrialState.COMPLETE,)) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def grid4(tmp_path_factory, tiny_teacher, sst2_dir):
+def grid4(tmp_path_factory, tiny_teacher, sst2_dir, pkd_cli):
     """One 4-point grid sweep (1 epoch per trial), shared by the tests that read it."""
     root = tmp_path_factory.mktemp("grid4")
     space = write(root / "space.yaml", SPACE4)
@@ -63,11 +56,12 @@ def grid4(tmp_path_factory, tiny_teacher, sst2_dir):
                       "--cache-dir", root / "cache")  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        assert run_cli(args) == 0
+        pkd_cli.ok(args)
     return {"out": out, "args": args, "space": space}
 
 
-def test_grid_runs_every_point_once_with_its_parameters(grid4, capsys):
+@pytest.mark.slow
+def test_grid_runs_every_point_once_with_its_parameters(grid4):
     out = grid4["out"]
     study = load(out / S.JOURNAL)
     assert len(study.trials) == 4
@@ -109,31 +103,32 @@ def test_grid_runs_every_point_once_with_its_parameters(grid4, capsys):
     assert summary["wall_seconds"]["cache_builds"] == 1
 
 
-def test_second_sweep_on_same_output_runs_nothing(grid4, capsys):
+@pytest.mark.slow
+def test_second_sweep_on_same_output_runs_nothing(grid4, pkd_cli):
     out = grid4["out"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")}
-    assert run_cli(grid4["args"]) == 0
+    pkd_cli.ok(grid4["args"])
     assert len(load(out / S.JOURNAL).trials) == 4
     assert json.loads((out / "summary.json").read_text())["trials_run_here"] == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")} == stamps
 
 
-def test_other_settings_on_the_same_study_are_refused(grid4, tmp_path, capsys):
+@pytest.mark.slow
+def test_other_settings_on_the_same_study_are_refused(grid4, tmp_path, pkd_cli):
     args = [str(a) for a in grid4["args"]]
     other = write(tmp_path / "other.yaml", "lr: [3e-3, 1e-3]\ntemperature: [5, 20]\n")
     changed_space = [other if a == str(grid4["space"]) else a for a in args]
-    assert run_cli(changed_space) == 2
-    err = capsys.readouterr().err
+    err = pkd_cli.error(changed_space)
     assert "was made with other settings (space.temperature: [5, 10] -> [5, 20])" in err
-    assert run_cli([*args, "--seed", "7"]) == 2
-    assert "fixed.train.seed: 42 -> 7" in capsys.readouterr().err
+    assert "fixed.train.seed: 42 -> 7" in pkd_cli.error([*args, "--seed", "7"])
     assert len(load(grid4["out"] / S.JOURNAL).trials) == 4
 
 
-def test_best_yaml_reruns_the_best_trial(grid4, capsys):
+@pytest.mark.slow
+def test_best_yaml_reruns_the_best_trial(grid4, pkd_cli):
     out = grid4["out"]
     summary = json.loads((out / "summary.json").read_text())
-    assert run_cli(["distill", "--config", out / "best.yaml"]) == 0
+    pkd_cli.ok(["distill", "--config", out / "best.yaml"])
     rerun = json.loads((out / "best-rerun" / "metrics.json").read_text())
     best = json.loads((out / "best" / "metrics.json").read_text())
     assert rerun["best"]["metrics"] == best["best"]["metrics"]
@@ -161,7 +156,8 @@ with T.use_hooks(DieInSecondTrial()):
 """
 
 
-def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     args = [str(a) for a in sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
                                        "--epochs", "1", "--quiet")]  # fmt: skip
@@ -171,7 +167,7 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
     assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.RUNNING]
     assert not (out / "trials" / "trial-1" / "metrics.json").exists()
 
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     study = load(out / S.JOURNAL)
     assert points(study) == [(1e-3, 5), (1e-3, 10), (3e-3, 5), (3e-3, 10)]  # each exactly once
     assert study.trials[1].state == TrialState.FAIL
@@ -187,7 +183,8 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
     assert sorted(states) == ["complete"] * 4 + ["fail (retried)"]
 
 
-def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     import pkd.train as T
 
     class InterruptSecondTrial(T.LoopHooks):
@@ -202,10 +199,10 @@ def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, cap
     args = sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", SPACE4),
                       "--epochs", "1", "--quiet")  # fmt: skip
     with T.use_hooks(InterruptSecondTrial()):
-        assert run_cli(args) == 130  # Ctrl-C
+        assert pkd_cli(args).code == 130  # Ctrl-C
     study = load(out / S.JOURNAL)
     assert study.trials[1].state == TrialState.FAIL
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     study = load(out / S.JOURNAL)
     assert points(study) == [(1e-3, 5), (1e-3, 10), (3e-3, 5), (3e-3, 10)]
     assert [t.user_attrs.get(S.RETRY_OF) for t in study.trials].count(1) == 1
@@ -223,7 +220,8 @@ with T.use_hooks(Slow()):
 """
 
 
-def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     """A second process (this one) joins a study a first process (a subprocess) is running:
     the 6-point grid is finished by both, every point once, on one shared journal file."""
     space = write(tmp_path / "s.yaml", SPACE6)
@@ -247,7 +245,7 @@ def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path):
         except Exception:  # the study does not exist yet
             pass
         time.sleep(0.2)
-    assert run_cli(args("worker-b")) == 0
+    pkd_cli.ok(args("worker-b"))
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
 
@@ -260,20 +258,23 @@ def test_two_processes_share_one_study(tiny_teacher, sst2_dir, tmp_path):
     assert dirs == sorted(f"trial-{t.number}" for t in done)
 
 
-def median_pruned_sweep(teacher, data, tmp_path, epochs: int) -> tuple[Path, optuna.Study]:
+def median_pruned_sweep(pkd_cli, teacher, data, tmp_path, epochs: int) -> tuple[Path, optuna.Study]:
     """PRUNE_SPACE with the median pruner from the second trial on; alpha=0 (T irrelevant)."""
     out = tmp_path / "sweep"
     args = sweep_args(teacher, data, out, write(tmp_path / "s.yaml", PRUNE_SPACE),
                       "--epochs", epochs, "--alpha", "0", "--pruner", "median",
                       "--pruner-startup-trials", "1", "--quiet")  # fmt: skip
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     return out, load(out / S.JOURNAL)
 
 
-def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(
+    tiny_teacher, sst2_dir, tmp_path, pkd_cli
+):
     # lr=1e-7 barely moves the student (dev 43.75% after epoch 1), lr=3e-3 reaches 56.25%;
     # alpha=0 makes T irrelevant, so the two good trials tie and neither is pruned.
-    out, study = median_pruned_sweep(tiny_teacher, sst2_dir, tmp_path, epochs=2)
+    out, study = median_pruned_sweep(pkd_cli, tiny_teacher, sst2_dir, tmp_path, epochs=2)
     good = [t for t in study.trials if t.params["lr"] == 3e-3]
     bad = [t for t in study.trials if t.params["lr"] == 1e-7]
     assert [t.state for t in good] == [TrialState.COMPLETE] * 2
@@ -292,19 +293,21 @@ def test_pruner_stops_the_trial_that_is_worst_after_epoch_one(tiny_teacher, sst2
     )
 
 
-def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_last_epoch_is_never_pruned(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     # As above with one epoch: the lr=1e-7 trials are as bad, but already trained.
-    _, study = median_pruned_sweep(tiny_teacher, sst2_dir, tmp_path, epochs=1)
+    _, study = median_pruned_sweep(pkd_cli, tiny_teacher, sst2_dir, tmp_path, epochs=1)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert min(t.value for t in study.trials) < study.best_value
 
 
-def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     one_point = write(tmp_path / "s.yaml", "lr: [3e-3]\ntemperature: [5]\n")
     args = sweep_args(tiny_teacher, sst2_dir, out, one_point, "--sampler", "tpe", "--trials", "3",
                       "--quiet")  # fmt: skip
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     study = load(out / S.JOURNAL)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert len({t.value for t in study.trials}) == 1
@@ -316,12 +319,13 @@ def test_repeated_tpe_proposal_reuses_the_finished_trial(tiny_teacher, sst2_dir,
     assert "complete (= trial 0)" in (out / "trials.md").read_text()
 
 
-def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, tmp_path):
+@pytest.mark.slow
+def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     out = tmp_path / "sweep"
     space = write(tmp_path / "s.yaml", "lr: {low: 1e-4, high: 5e-3, log: true}\nepochs: [1, 2]\n")
     args = sweep_args(tiny_teacher, sst2_dir, out, space, "--trials", "3", "--pruner", "hyperband",
                       "--quiet")  # fmt: skip
-    assert run_cli(args) == 0
+    pkd_cli.ok(args)
     study = load(out / S.JOURNAL)
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     assert all(
@@ -329,13 +333,12 @@ def test_tpe_over_ranges_uses_its_budget_and_continues(tiny_teacher, sst2_dir, t
     )
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [int(r["epochs"]) for r in rows] == [t.params["epochs"] for t in study.trials]
-    assert (
-        run_cli([*args[:-5], "--trials", "4", "--pruner", "hyperband", "--quiet"]) == 0
-    )  # a larger budget: one more
+    pkd_cli.ok([*args[:-5], "--trials", "4", "--pruner", "hyperband", "--quiet"])  # one more
     assert len(load(out / S.JOURNAL).trials) == 4
 
 
-def test_holdout_selection_and_seeds_via_python_api(tiny_teacher, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_holdout_selection_and_seeds_via_python_api(tiny_teacher, sst2_dir, tmp_path):
     out = tmp_path / "sweep"
     base = {
         "data": {"task": "sst2", "data_dir": str(sst2_dir), "max_length": 16,
@@ -380,17 +383,12 @@ BAD_SPACES = [
 
 @pytest.mark.parametrize(("text", "message"), BAD_SPACES)
 def test_bad_search_space_is_rejected_before_any_trial(
-    text, message, tiny_teacher, sst2_dir, tmp_path, capsys
+    text, message, tiny_teacher, sst2_dir, tmp_path, pkd_cli
 ):
     out = tmp_path / "sweep"
     extra = ["--method", "pkd", "--sampler", "grid"]
-    assert (
-        run_cli(sweep_args(tiny_teacher, sst2_dir, out, write(tmp_path / "s.yaml", text), *extra))
-        == 2
-    )
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("pkd: error: "), err
-    assert message in err
+    space = write(tmp_path / "s.yaml", text)
+    assert message in pkd_cli.error(sweep_args(tiny_teacher, sst2_dir, out, space, *extra))
     assert not out.exists()  # no study, no trial
 
 
@@ -403,11 +401,12 @@ def test_bad_search_space_is_rejected_before_any_trial(
         (["--strategy", "skip,diagonal"], "--strategy: 'diagonal' is not one of skip, last"),
     ],
 )
-def test_conflicting_options_are_rejected(extra, message, tiny_teacher, sst2_dir, tmp_path, capsys):
+def test_conflicting_options_are_rejected(
+    extra, message, tiny_teacher, sst2_dir, tmp_path, pkd_cli
+):
     space = write(tmp_path / "s.yaml", "lr: [1e-3, 2e-3]\nbeta: [10, 100]\n")
     args = sweep_args(tiny_teacher, sst2_dir, tmp_path / "o", space, "--method", "pkd", *extra)
-    assert run_cli(args) == 2
-    assert message in capsys.readouterr().err
+    assert message in pkd_cli.error(args)
 
 
 def test_paper_grid_is_exactly_the_authors(tiny_teacher, sst2_dir, tmp_path):
@@ -504,18 +503,17 @@ def load_any(path: str):
     return optuna.load_study(study_name="s", storage=S.open_storage(path)).trials
 
 
-def test_missing_optuna_is_a_clear_error(monkeypatch, tmp_path, capsys):
+def test_missing_optuna_is_a_clear_error(monkeypatch, tmp_path, pkd_cli):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    assert run_cli(["sweep", "--teacher", "t", "--output", tmp_path / "o", "--grid", "paper"]) == 2
-    assert "pip install optuna (or pip install 'pkd[sweep]')" in capsys.readouterr().err
+    err = pkd_cli.error(["sweep", "--teacher", "t", "--output", tmp_path / "o", "--grid", "paper"])
+    assert "pip install optuna (or pip install 'pkd[sweep]')" in err
     with pytest.raises(PkdError, match="pip install optuna"):
         S.open_storage(str(tmp_path / "study.journal"))
     assert not (tmp_path / "o").exists()
 
 
-def test_sweep_help_lists_the_options(capsys):
-    assert run_cli(["sweep", "--help"]) == 0
-    text = capsys.readouterr().out
+def test_sweep_help_lists_the_options(pkd_cli):
+    text = pkd_cli.ok(["sweep", "--help"]).out
     for option in ("--grid", "--space", "--pruner", "--storage", "--selection-split", "--seeds",
                    "--holdout-fraction", "--lr", "--temperature"):  # fmt: skip
         assert option in text

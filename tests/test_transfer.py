@@ -12,7 +12,6 @@ import torch
 from conftest import sentiment_rows
 
 from pkd import config as C
-from pkd.cli import main
 from pkd.distillation import distill
 from pkd.finetuning import finetune
 from pkd.losses import IGNORE_LABEL
@@ -93,6 +92,7 @@ def test_each_labelled_example_brings_its_transfer_partners(ratio, transfer):
     ]
 
 
+@pytest.mark.slow
 def test_unlabelled_rows_never_reach_the_ce_term(teacher, sst2_dir):
     from pkd.data import collator
     from pkd.models import load_finetuned, load_tokenizer
@@ -119,6 +119,7 @@ def test_unlabelled_rows_never_reach_the_ce_term(teacher, sst2_dir):
 # Runs
 
 
+@pytest.mark.slow
 def test_transfer_examples_join_kd_and_pkd_batches_and_the_cache(teacher, sst2_dir, tmp_path):
     transfer = write_transfer(tmp_path / "unlabelled.tsv", 48)
     m = distill(distill_cfg(teacher, sst2_dir, tmp_path / "kd", [transfer], transfer_ratio=0.5))
@@ -144,7 +145,8 @@ def test_transfer_examples_join_kd_and_pkd_batches_and_the_cache(teacher, sst2_d
     assert plain["examples_seen"] == {"labelled": 64, "transfer": 0}
 
 
-def test_ft_and_finetune_refuse_a_transfer_file(teacher, tiny_bert, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_ft_and_finetune_refuse_a_transfer_file(teacher, tiny_bert, sst2_dir, tmp_path, pkd_cli):
     transfer = write_transfer(tmp_path / "u.tsv", 8)
     common = ["--task", "sst2", "--data-dir", str(sst2_dir), "--transfer-file", str(transfer)]
     for argv, message in (
@@ -152,29 +154,20 @@ def test_ft_and_finetune_refuse_a_transfer_file(teacher, tiny_bert, sst2_dir, tm
          "--transfer-file: has no effect with --method ft"),
         (["finetune", "--model", str(tiny_bert), *common], "--transfer-file: finetune learns"),
     ):  # fmt: skip
-        with pytest.raises(SystemExit) as e:
-            main([*argv, "--output", str(tmp_path / "x")])
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"pkd: error: {message}") and len(err.splitlines()) == 1
+        assert pkd_cli.error([*argv, "--output", tmp_path / "x"]).startswith(message)
     assert not (tmp_path / "x").exists()
 
 
-def test_a_bad_transfer_file_names_file_and_line(teacher, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_bad_transfer_file_names_file_and_line(teacher, sst2_dir, tmp_path, pkd_cli):
     bad = tmp_path / "bad.tsv"
     bad.write_text("index\tsentence\n0\ta good film\n1\tan\textra tab\n")
     argv = ["distill", "--teacher", str(teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--method", "kd", "--transfer-file", str(bad), "--output", str(tmp_path / "x")]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"pkd: error: {bad}:3: 3 columns, the header has 2 (a tab inside a field?)"
+    assert pkd_cli.error(argv) == f"{bad}:3: 3 columns, the header has 2 (a tab inside a field?)"
     missing = tmp_path / "none.tsv"
-    with pytest.raises(SystemExit) as e:
-        main([*argv[:-4], "--transfer-file", str(missing), "--output", str(tmp_path / "x")])
-    assert e.value.code == 2
-    assert capsys.readouterr().err.strip() == f"pkd: error: --transfer-file: {missing} not found"
+    argv = [*argv[:-4], "--transfer-file", missing, "--output", tmp_path / "x"]
+    assert pkd_cli.error(argv) == f"--transfer-file: {missing} not found"
     assert not (tmp_path / "x").exists()
 
 
@@ -188,6 +181,7 @@ def _shares(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("beta, warns", [(1e-6, True), (1e5, False)])
+@pytest.mark.slow
 def test_gradient_shares_and_the_inert_patient_term(
     teacher, sst2_dir, tmp_path, caplog, beta, warns
 ):
@@ -208,12 +202,14 @@ def test_gradient_shares_and_the_inert_patient_term(
         assert "beta=1e-06" in caplog.text and "--beta" in caplog.text
 
 
+@pytest.mark.slow
 def test_ft_logs_no_shares(teacher, sst2_dir, tmp_path):
     out = tmp_path / "ft"
     m = distill(distill_cfg(teacher, sst2_dir, out, method="ft"))
     assert m["gradient_shares"] == {} and all(r == {} for r in _shares(out))
 
 
+@pytest.mark.slow
 def test_compare_gives_the_transfer_set_to_kd_and_pkd_only(teacher, sst2_dir, tmp_path):
     from pkd.compare import compare
 
@@ -236,15 +232,13 @@ def test_compare_gives_the_transfer_set_to_kd_and_pkd_only(teacher, sst2_dir, tm
     assert "KD share %" in result["markdown"] and "PT share %" in result["markdown"]
 
 
-def test_dry_run_shows_the_transfer_set(teacher, sst2_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_dry_run_shows_the_transfer_set(teacher, sst2_dir, tmp_path, pkd_cli):
     transfer = write_transfer(tmp_path / "u.tsv", 30)
     argv = ["distill", "--teacher", str(teacher), "--task", "sst2", "--data-dir", str(sst2_dir),
             "--max-length", "16", "--student-layers", "2", "--transfer-file", str(transfer),
             "--transfer-ratio", "2", "--dry-run", "--output", str(tmp_path / "x")]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    out = pkd_cli.ok(argv).out
     assert f"            transfer: 30 examples, 0.0% truncated ({transfer})" in out.splitlines()
     assert "2 transfer example(s) per labelled one in each batch" in out
     assert not (tmp_path / "x").exists()
