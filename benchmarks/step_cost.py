@@ -1,9 +1,11 @@
 """What a PKD step costs: cached teacher vs FT vs online teacher, and the cache's build cost.
 
-MiniLM-L6 teacher (packaged, with a task head) -> 3-layer student, real SST-2 sentences,
-identical batches for every mode, each step the training loop's own
-(`pkd.train.training_step`: with its check, clipping and schedule). Modes are interleaved
-round by round so that load on the machine affects them alike; the ratios come from one run.
+MiniLM-L6 teacher (packaged, with a task head; mean pooling, as `--pooling auto` picks for it)
+-> 3-layer student, real SST-2 sentences, identical batches for every mode, each step the
+training loop's own (`pkd.train.training_step`: with its check, clipping and schedule).
+`pkd_cached_logged` is a PKD step on a logged step (`--logging-steps`), which also measures
+each term's gradient share (one extra backward per term). Modes are interleaved round by
+round so that load on the machine affects them alike; the ratios come from one run.
 
     python benchmarks/step_cost.py [--data-dir ../shared/data/glue/SST-2] [--examples 1024]
 
@@ -39,6 +41,7 @@ from pkd.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+POOLING = "mean"  # what `--pooling auto` gives MiniLM-L6 (its sentence-transformers config)
 
 
 def cpu_name() -> str:
@@ -51,13 +54,16 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def step_fn(accelerator, model, data, collate, cfg: TrainConfig, objective: Objective):
-    """One optimizer step of the training loop (`pkd.train.training_step`) on a batch."""
+def step_fn(
+    accelerator, model, data, collate, cfg: TrainConfig, objective: Objective, shares=False
+):
+    """One optimizer step of the training loop (`pkd.train.training_step`) on a batch; with
+    `shares`, as on a logged step (gradient shares measured)."""
     p = prepare(accelerator, model, data, {}, cfg, collate)
     p.model.train()
 
     def step(batch):
-        training_step(p, batch, objective, regression=False, step=1)
+        training_step(p, batch, objective, regression=False, step=1, shares=shares)
 
     return step
 
@@ -82,7 +88,7 @@ def main() -> None:
     spec = get_task("sst2")
     split = load_split(spec, "train", data_dir=args.data_dir).head(args.examples)
     tokenizer = load_tokenizer(base)
-    teacher = load_for_finetuning(base, spec.problem_type, spec.labels)
+    teacher = load_for_finetuning(base, spec.problem_type, spec.labels, pooling=POOLING)
     data = encode(split, tokenizer, args.max_length, dict(teacher.config.label2id), False)
     collate = collator(tokenizer)
     loader = torch.utils.data.DataLoader(
@@ -111,21 +117,26 @@ def main() -> None:
         teacher.eval()
 
         pairs = layer_map("skip", 6, 3)
+        pkd = {"pairs": pairs, "pooling": POOLING}
         modes = {
             "ft": Objective(terms=("ce",)),
             "kd_cached": Objective(("ce", "kd"), 0.5, 0.0, 10.0, teacher=cached_teacher(cache)),
             "pkd_cached": Objective(
-                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=cached_teacher(cache)
+                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, teacher=cached_teacher(cache), **pkd
+            ),
+            "pkd_cached_logged": Objective(
+                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, teacher=cached_teacher(cache), **pkd
             ),
             "pkd_online": Objective(
-                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, pairs=pairs, teacher=online_teacher(teacher)
+                ("ce", "kd", "pt"), 0.5, 100.0, 10.0, teacher=online_teacher(teacher), **pkd
             ),
         }
         steps = {}
         s_cfg = TrainConfig(lr=5e-5, batch_size=args.batch_size)
         for name, objective in modes.items():
-            student = build_student(base, 3, teacher, spec.problem_type)
-            steps[name] = step_fn(accelerator, student, data, collate, s_cfg, objective)
+            student = build_student(base, 3, teacher, spec.problem_type, pooling=POOLING)
+            logged = name.endswith("_logged")
+            steps[name] = step_fn(accelerator, student, data, collate, s_cfg, objective, logged)
             steps[name](batches[0])  # warm-up
         times = {name: [] for name in modes}
         for b in batches[2:]:  # round robin: each round times every mode on the same batch
@@ -166,6 +177,11 @@ def main() -> None:
         "",
         f"Teacher cache over {len(data)} examples: {build_s:.1f} s; one teacher fine-tuning epoch over the "
         f"same examples ≈ {teacher_epoch_s:.1f} s (ratio {result['cache_build_vs_teacher_epoch']:.2f}).",
+        "",
+        "`pkd_cached_logged` is a PKD step that also measures the gradient shares (a logged step: "
+        "one extra backward per term); at the default `--logging-steps 20` it adds "
+        f"{(result['ratio_vs_ft']['pkd_cached_logged'] - result['ratio_vs_ft']['pkd_cached']) / 20:.1%} "
+        "of an FT step on average.",
     ]
     atomic_write(out / "step_cost.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
