@@ -368,14 +368,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     plan = plan_distill(cfg, accelerator)
     if dry_run:
         return describe_distill(cfg, plan)
-    start_run(
-        output,
-        cfg,
-        accelerator,
-        cfg.overwrite,
-        resuming=ckpt is not None,
-        resolved={"pooling": plan.pooling},
-    )
+    start_run(output, cfg, accelerator, ckpt is not None, resolved={"pooling": plan.pooling})
     t0 = time.perf_counter()
     spec = plan.spec
     train_set = plan.training_set(cfg)

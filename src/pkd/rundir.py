@@ -176,16 +176,9 @@ def open_run(cfg: C.FinetuneConfig | C.DistillRunConfig) -> tuple[Path, Path | N
 # Writing
 
 
-def start_run(
-    path: Path,
-    cfg,
-    accelerator,
-    overwrite: bool,
-    resuming: bool = False,
-    resolved: dict | None = None,
-) -> None:
-    """Create the run dir (replacing an old one with --overwrite) and write config.yaml, on the
-    main process, once every process has checked --output (`open_run`): under torchrun a
+def start_run(path: Path, cfg, accelerator, resuming: bool, resolved: dict | None = None) -> None:
+    """Create the run dir (replacing an old one with cfg.overwrite) and write config.yaml, on
+    the main process, once every process has checked --output (`open_run`): under torchrun a
     process that checks after the main one created the directory would refuse it.
 
     resolved: what options such as `--pooling auto` resolved to, recorded under
@@ -194,7 +187,7 @@ def start_run(
     accelerator.wait_for_everyone()
     keep = resuming and (path / "config.yaml").is_file()  # continuing in place: keep its config
     if accelerator.is_main_process and not keep:
-        if overwrite and path.exists():
+        if cfg.overwrite and path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = provenance()
