@@ -74,11 +74,12 @@ def check_not_input(output: Path, option: str, inputs: Inputs) -> None:
     """Refuse an output path that is one of the inputs, or a directory that holds one: an
     --overwrite (or a write) there would destroy what the command reads.
 
-    inputs: (option, path) pairs; None, Hub names and missing paths are skipped.
+    inputs: (option, path) pairs; None, Hub names, missing paths and in-memory `datasets`
+    objects are skipped.
     """
     out = output.resolve()
     for name, value in inputs:
-        if not value or not Path(value).exists():
+        if not isinstance(value, (str, Path)) or not value or not Path(value).exists():
             continue
         src = Path(value).resolve()
         if out == src or out in src.parents:
@@ -100,6 +101,7 @@ def data_inputs(data: C.DataConfig) -> Inputs:
     """The data paths a command reads, with their options."""
     return [
         ("--data-dir", data.data_dir),
+        ("--dataset", data.dataset),
         ("--train-file", data.train_file),
         ("--validation-file", data.validation_file),
         ("--test-file", data.test_file),
