@@ -50,6 +50,7 @@ LAYERS = {
     "pkd.distillation": 4,
     "pkd.inference": 4,
     "pkd.api": 4,
+    "pkd.hf": 4,
     # commands built on runs
     "pkd.compare": 5,
     "pkd.sweep": 5,  # and its modules
