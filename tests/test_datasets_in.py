@@ -157,7 +157,7 @@ def test_python_api_takes_datasetdict_and_dataset_objects(tiny_bert, tmp_path):
         label_column="sentiment",
     )
     scored = pkd.evaluate(str(out), dev)
-    assert scored["source"] == "Dataset" and scored["examples"] == 32
+    assert scored["source"] == "Dataset[dev]" and scored["examples"] == 32
     assert scored["accuracy"] == metrics["best"]["metrics"]["dev"]["accuracy"]
 
 
@@ -279,3 +279,20 @@ def test_file_errors_keep_their_file_and_line(tiny_bert, tmp_path, pkd_cli):
         ]
     )
     assert err.startswith(f"{bad}:3: expected at least 2 columns, found 1"), err
+
+
+def test_a_bad_label_names_the_split_and_row(tiny_bert, tmp_path):
+    from datasets import Dataset
+
+    import pkd
+    from pkd.config import DataConfig, FinetuneConfig
+    from pkd.errors import PkdError
+
+    rows = Dataset.from_dict({"sentence": ["good film", "bad film", "a film"], "label": [1, 0, 5]})
+    data = DataConfig(task="sst2", train_file=rows, validation_file=rows)
+    cfg = FinetuneConfig(model=str(tiny_bert), output=str(tmp_path / "run"), data=data)
+    with pytest.raises(
+        PkdError, match=r"^Dataset\[train\] row 2: label '5' is not one of \['0', '1'\]"
+    ):
+        pkd.finetune(cfg)
+    assert not (tmp_path / "run").exists()

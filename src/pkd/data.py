@@ -141,7 +141,8 @@ def load_hub_split(spec: TaskSpec, split: str, labelled: bool = True) -> Split:
     """The same split from `datasets.load_dataset` (needs the network)."""
     ds = hub_dataset(spec, split, "the GLUE files")
     labelled = labelled and all(v is not None and v != -1 for v in ds["label"])  # test: -1
-    return read_dataset(spec, ds, split, f"hub:{spec.hf_path}/{spec.hf_name}", labelled)
+    source = f"hub:{spec.hf_path}/{spec.hf_name}[{spec.hf_splits[split]}]"
+    return read_dataset(spec, ds, split, source, labelled)
 
 
 def read_dataset(spec: TaskSpec, ds, split: str, source: str, labelled: bool) -> Split:
@@ -149,7 +150,8 @@ def read_dataset(spec: TaskSpec, ds, split: str, source: str, labelled: bool) ->
     Dataset given for a file). GLUE tasks read the Hub's columns (`spec.hf_text_fields`,
     `label`), custom ones the column options. Class labels (`ClassLabel`) are read by name
     when their names are the task's (MNLI's Hub order differs) or the task has none yet
-    (custom data), else by value ("0", "1").
+    (custom data), else by value ("0", "1"). `source` names the split (`dataset:NAME[train]`)
+    in the Split and in errors.
 
     Raises:
         PkdError: a missing column, a missing label, a label that is not the task's,
@@ -179,7 +181,7 @@ def read_dataset(spec: TaskSpec, ds, split: str, source: str, labelled: bool) ->
         by_name = by_name and (set(names) <= set(spec.labels) or not spec.labels)
         labels = []
         for row, value in enumerate(ds[label]):
-            where = f"{source}[{split}] row {row}"
+            where = f"{source} row {row}"
             if value is None or (by_name and value == -1):
                 raise PkdError(f"{where}: no label in column {label!r}")
             labels.append(_parse_label(spec, names[value] if by_name else value, where))
@@ -218,7 +220,7 @@ def load_split(
     if labelled is None:
         labelled = spec.test_labelled or not split.startswith("test")
     if C.is_datasets_object(file):  # the Python API: a Dataset where a file goes
-        return read_dataset(spec, file, split, f"{type(file).__name__}", labelled)
+        return read_dataset(spec, file, split, f"{type(file).__name__}[{split}]", labelled)
     if file is not None and Path(file).is_dir():
         raise PkdError(f"--{file_option(split)}: {file} is a directory, not a file")
     if spec.problem_type == MULTIPLE_CHOICE:  # RACE layout, the Hub, or the user's files

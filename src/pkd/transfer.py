@@ -45,7 +45,7 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
     parts = []
     for name in data.transfer_file:
         if C.is_datasets_object(name):  # the Python API: a Dataset where a file goes
-            parts.append(read_dataset(spec, name, TRANSFER, "Dataset", labelled=False))
+            parts.append(read_dataset(spec, name, TRANSFER, f"Dataset[{TRANSFER}]", labelled=False))
             continue
         path = Path(name)
         if path.is_dir():
