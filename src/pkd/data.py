@@ -359,8 +359,8 @@ def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
     """The task a DataConfig names: a GLUE task, or a custom one from its column options."""
     if data.task != "custom":
         return get_task(data.task)
-    files = (data.train_file, data.validation_file, data.test_file, data.dataset)
-    if all(f is None for f in files):  # only a test file: `pkd predict`
+    sources = (data.train_file, data.validation_file, data.test_file, data.dataset)
+    if all(f in (None, "") for f in sources):  # a test file alone: `pkd predict`
         raise PkdError(
             "--task: give a GLUE task name, or --train-file/--validation-file, or --dataset"
         )

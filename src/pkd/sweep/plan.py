@@ -43,7 +43,8 @@ JOURNAL = "study.journal"
 # paths, which differ between machines sharing one --storage.
 # (`preset` stays in: a sweep has none, and existing studies' identities list it.)
 NO_EFFECT = tuple(k for k in C.NO_EFFECT if k != "preset")
-PATHS = ("data_dir", "dataset", "train_file", "validation_file", "test_file", "student_init")
+PATHS = ("data_dir", "train_file", "validation_file", "test_file", "student_init")
+PATHS += ("dataset", "dataset_config")  # where the data comes from, as data_dir
 
 
 @dataclass
