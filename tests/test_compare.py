@@ -133,6 +133,15 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     assert (out / "pareto.png").read_bytes()[:8] == PNG
     assert (out / "benchmark.json").is_file()
 
+    # Model cards: every student's with the speed measured here; the best one says so.
+    from huggingface_hub import ModelCard
+
+    best = max(rows[1:], key=lambda r: r["metric"])
+    for r in rows[1:]:
+        text = ModelCard.load(runs / r["name"] / "model" / "README.md").text
+        assert f"| speed-up over the teacher | {r['speedup']:.2f}× (" in text
+        assert ("The best of the 4 students of `pkd compare`" in text) is (r is best)
+
     # Second run: finished runs are reused; an unfinished one is replaced.
     mtimes = {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in NAMES}
     (runs / "L2-ft-seed2" / "metrics.json").unlink()  # as if interrupted

@@ -43,6 +43,22 @@ def exported(tmp_path_factory, trained, sst2_dir, pkd_cli):
     return out, json.loads(stdout)
 
 
+def test_export_card_is_the_models_with_onnx_files_and_parity(exported, trained):
+    from huggingface_hub import ModelCard
+
+    out, printed = exported
+    card = ModelCard.load(out / "README.md")
+    source = ModelCard.load(trained / "model" / "README.md")
+    assert card.data.library_name == "onnx" and {"onnx", "pkd"} <= set(card.data.tags)
+    assert card.data.eval_results == source.data.eval_results  # the model's dev metrics
+    assert card.text.startswith(source.text.rstrip("\n"))
+    assert "`model.int8.onnx`, `model.onnx`" in card.text
+    assert (
+        f"| fp32 max abs. logit difference | {printed['fp32']['max_abs_diff']:.4g} |" in card.text
+    )
+    assert f"| int8 label agreement | {printed['int8']['agreement']:.4g} |" in card.text
+
+
 def torch_logits(model_dir: Path, enc: dict) -> np.ndarray:
     from transformers import AutoModelForSequenceClassification
 
@@ -54,6 +70,7 @@ def torch_logits(model_dir: Path, enc: dict) -> np.ndarray:
 def test_cli_export_writes_parity_report_and_files(exported, trained, sst2_dir):
     out, printed = exported
     assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
         "config.json",
         "model.int8.onnx",
         "model.onnx",

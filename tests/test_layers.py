@@ -39,6 +39,7 @@ LAYERS = {
     "pkd.pooling": 2,
     "pkd.models": 2,
     "pkd.onnx_model": 2,
+    "pkd.card": 2,
     # the teacher cache, the training loop, and a run's plan described and timed
     "pkd.cache": 3,
     "pkd.train": 3,
@@ -49,6 +50,7 @@ LAYERS = {
     "pkd.distillation": 4,
     "pkd.inference": 4,
     "pkd.api": 4,
+    "pkd.hf": 4,
     # commands built on runs
     "pkd.compare": 5,
     "pkd.sweep": 5,  # and its modules

@@ -26,6 +26,7 @@ import yaml
 from pkd import config as C
 from pkd import report as R
 from pkd.bench import benchmark, check_bench_options, describe_device
+from pkd.card import write_model_card
 from pkd.config import resolve_model
 from pkd.data import check_label_sets, load_splits, majority_baselines, resolve_task
 from pkd.distillation import check_teacher_strength, distill, plan_distill, student_init
@@ -36,7 +37,7 @@ from pkd.inference import evaluate
 from pkd.mapping import layer_map
 from pkd.models import load_config, load_finetuned, model_labels, num_layers
 from pkd.presets import apply
-from pkd.rundir import check_not_replaced, run_inputs
+from pkd.rundir import check_not_replaced, read_run_config, run_inputs
 from pkd.tasks import CLASSIFICATION
 
 logger = logging.getLogger(__name__)
@@ -307,7 +308,36 @@ def compare(
     result["wall_seconds"] = wall
     result["markdown"] = to_markdown(result)
     _write_results(Path(output), result, checked.spec, student_layers)
+    write_cards(runs, result)
     return result
+
+
+def write_cards(runs: list[Run], result: dict) -> None:
+    """Each student's model card again, now with the speed measured here; the best student's
+    card says it is the best (`pkd.card`)."""
+    bench = result["benchmark"]
+    setting = (
+        f"batch {bench['settings']['batch_sizes'][0]} x {bench['settings']['seq_lengths'][0]} "
+        f"tokens on {describe_device(bench['device'])}"
+    )
+    students = result["rows"][1:]  # in the order of runs
+    best = max(range(len(students)), key=lambda i: students[i]["metric"])
+    for i, (run, row) in enumerate(zip(runs, students, strict=True)):
+        speed = {k: row[k] for k in ("speedup", "throughput", "latency_ms_p50")}
+        note = None
+        if i == best:
+            note = (
+                f"The best of the {len(runs)} students of `pkd compare` on {result['task']} "
+                f"({result['metric']} {row['metric']:.4f} on {result['split']})."
+            )
+        write_model_card(
+            run.path / "model",
+            read_run_config(run.path),
+            R.read_metrics(run.path),
+            "distill",
+            speed={**speed, "setting": setting},
+            note=note,
+        )
 
 
 def _check_bench(

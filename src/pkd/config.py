@@ -6,6 +6,7 @@ happens in `__post_init__`, so a config that exists is a valid one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -27,6 +28,18 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # auto: the checkpoint's own (its sentence-transformers pooling config; a pkd model's config)
 POOLINGS = ("auto", "cls", "mean")
 PROBLEM_TYPES = ("classification", "regression", "multiple_choice")
+# --report-to: Accelerate's experiment trackers (accelerate.tracking), plus `all` and `none`
+TRACKERS = (
+    "tensorboard",
+    "mlflow",
+    "wandb",
+    "trackio",
+    "comet_ml",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+)
 SEED_RANGE = 2**32  # seeds numpy, random and torch all accept: 0 <= seed < 2**32
 # What a method fixes (the paper's baselines: FT has no teacher terms, KD no patient loss):
 # giving one of these options another value is an error, never a silent drop.
@@ -40,6 +53,7 @@ DEFAULT_WEIGHTS = {"alpha": 0.5, "beta": 100.0}  # where the method has the term
 NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
 NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
 NO_EFFECT += ("preset", "preset_source")  # the values a preset sets are compared themselves
+NO_EFFECT += ("report_to",)  # where the scalars go, not what is learnt
 NOT_SETTINGS = ("output", "overwrite", "resume", "resume_from", "trust_remote_code", "meta")
 
 
@@ -68,6 +82,18 @@ class DataConfig:
     )
     data_dir: str | None = field(
         default=None, metadata={"help": "GLUE task dir (TSV files), or the RACE release dir"}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a `datasets` dataset instead of files: a Hub name or a local path "
+            "(load_dataset), or a save_to_disk directory (load_from_disk); its train, "
+            "validation (or dev) and test splits, read with the column options"
+        },
+    )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "--dataset's configuration (load_dataset's name), e.g. sst2"},
     )
     train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSONL training file"})
     validation_file: str | None = field(default=None, metadata={"help": "dev file"})
@@ -132,8 +158,39 @@ class DataConfig:
         if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:
             raise PkdError(f"--holdout-fraction: must be in (0, 1), got {self.holdout_fraction}")
         _positive("max-transfer-samples", self.max_transfer_samples)
+        if is_datasets_object(self.transfer_file):  # the API: one Dataset for a list of files
+            self.transfer_file = [self.transfer_file]
         if self.transfer_file is not None and not self.transfer_file:
             self.transfer_file = None  # an empty list from a config file: no transfer set
+        self._check_data_sources()
+
+    def _check_data_sources(self) -> None:
+        """Files are paths; the Python API may pass `datasets` objects instead: a
+        `DatasetDict` for --dataset, a `Dataset` for a split's file or a transfer file."""
+        singles = [
+            ("train-file", self.train_file),
+            ("validation-file", self.validation_file),
+            ("test-file", self.test_file),
+            *(("transfer-file", f) for f in self.transfer_file or []),
+        ]
+        for option, value in [("dataset", self.dataset), *singles]:
+            if value is None or isinstance(value, str) or is_datasets_object(value):
+                continue
+            raise PkdError(
+                f"--{option}: expected a path or a `datasets` object, got {type(value).__name__}"
+            )
+        if is_datasets_object(self.dataset) and not isinstance(self.dataset, dict):
+            raise PkdError(
+                "--dataset: a single Dataset is one split; pass a DatasetDict (train, validation, "
+                "...) or the Dataset as train_file=/validation_file="
+            )
+        for option, value in singles:
+            if is_datasets_object(value) and isinstance(value, dict):
+                raise PkdError(f"--{option}: a DatasetDict holds several splits; pass one Dataset")
+        if self.dataset is not None and self.data_dir is not None:
+            raise PkdError("--dataset: give --dataset or --data-dir, not both")
+        if self.dataset_config is not None and self.dataset is None:
+            raise PkdError("--dataset-config: needs --dataset (the dataset it configures)")
 
 
 @dataclass
@@ -160,6 +217,14 @@ class TrainConfig:
         default=False, metadata={"help": "keep checkpoints/ after a finished run"}
     )
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={
+            "help": "experiment trackers for the loss terms, lr, gradient shares and dev "
+            "metrics: tensorboard (in the run dir), mlflow, wandb, ... (Accelerate's), several "
+            "as A,B; all (every one installed) or none"
+        },
+    )
 
     def __post_init__(self):
         _positive("epochs", self.epochs)
@@ -183,6 +248,24 @@ class TrainConfig:
                 f"--gradient-accumulation-steps {self.gradient_accumulation_steps}"
             )
         _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
+        self.report_to = check_trackers(self.report_to)
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    """--report-to as given, lower-cased and without repeats; `all` and `none` stand alone.
+
+    Whether each tracker's package is installed is checked when the run starts
+    (`pkd.train.make_accelerator`), with Accelerate.
+    """
+    names = list(dict.fromkeys(n.strip().lower() for n in names if n.strip())) or ["none"]
+    for name in names:
+        if name not in (*TRACKERS, "all", "none"):
+            raise PkdError(
+                f"--report-to: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}, all, none"
+            )
+    if len(names) > 1 and {"all", "none"} & set(names):
+        raise PkdError(f"--report-to: 'all' and 'none' stand alone, got {','.join(names)}")
+    return names
 
 
 @dataclass
@@ -518,8 +601,31 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+def is_datasets_object(value) -> bool:
+    """Whether `value` is a `datasets.Dataset` or `DatasetDict` (without importing datasets)."""
+    return type(value).__module__.split(".")[0] == "datasets"
+
+
+def describe_data(value):
+    """A value of a config as YAML can hold it: an in-memory `datasets` object as a
+    description of its rows (config.yaml records what was read; it cannot re-read it)."""
+    if isinstance(value, list):
+        return [describe_data(v) for v in value]
+    if not is_datasets_object(value):
+        return copy.deepcopy(value)
+    if isinstance(value, dict):
+        rows = ", ".join(f"{name} {len(split)}" for name, split in value.items())
+        return f"<in-memory DatasetDict: {rows} rows>"
+    return f"<in-memory {type(value).__name__}: {len(value)} rows>"
+
+
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config as nested dicts of plain values (`describe_data`), as config.yaml holds it."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else describe_data(value)
+    return out
 
 
 def config_drift(saved: dict, new: dict) -> list[str]:

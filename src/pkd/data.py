@@ -1,6 +1,7 @@
 """Read task splits, tokenise them once, and batch them with dynamic padding.
 
-Flow: `load_split` (GLUE TSV dir, the user's CSV/TSV/JSONL, or the Hub) -> `Split` of raw
+Flow: `load_data_split` (GLUE TSV dir, the user's CSV/TSV/JSONL, the Hub, or a `datasets`
+dataset: --dataset or, from Python, a Dataset where a file goes) -> `Split` of raw
 texts and label names -> `encode` (fast tokenizer, batched, truncation at max_length) ->
 `EncodedSplit`, whose items carry `example_index` so the teacher cache can be joined to
 shuffled batches -> `collator` pads each batch to its longest sequence. Multiple choice
@@ -26,7 +27,7 @@ from pkd.errors import PkdError
 from pkd.metrics import majority_baseline
 from pkd.progress import progress
 from pkd.race import choice_task, encode_choices, load_choice_split, pad_choices
-from pkd.splits import EncodedSplit, Split, hub_dataset, read_jsonl, read_rows
+from pkd.splits import EncodedSplit, Split, hub_dataset, open_dataset, read_jsonl, read_rows
 from pkd.tasks import (
     CLASSIFICATION,
     MULTIPLE_CHOICE,
@@ -136,30 +137,57 @@ def read_table_split(
     return Split(split, str(path), ids, text_a, text_b or None, labels if labelled else None)
 
 
-def load_hub_split(spec: TaskSpec, split: str) -> Split:
+def load_hub_split(spec: TaskSpec, split: str, labelled: bool = True) -> Split:
     """The same split from `datasets.load_dataset` (needs the network)."""
-
     ds = hub_dataset(spec, split, "the GLUE files")
-    fields = spec.hf_text_fields
-    names = getattr(ds.features.get("label"), "names", None)
-    raw_labels = ds["label"]
-    labelled = all(v is not None and v != -1 for v in raw_labels)
+    labelled = labelled and all(v is not None and v != -1 for v in ds["label"])  # test: -1
+    source = f"hub:{spec.hf_path}/{spec.hf_name}[{spec.hf_splits[split]}]"
+    return read_dataset(spec, ds, split, source, labelled)
+
+
+def read_dataset(spec: TaskSpec, ds, split: str, source: str, labelled: bool) -> Split:
+    """A split from a `datasets.Dataset`: the Hub's GLUE, or the user's (--dataset, or a
+    Dataset given for a file). GLUE tasks read the Hub's columns (`spec.hf_text_fields`,
+    `label`), custom ones the column options. Class labels (`ClassLabel`) are read by name
+    when their names are the task's (MNLI's Hub order differs) or the task has none yet
+    (custom data), else by value ("0", "1"). `source` names the split (`dataset:NAME[train]`)
+    in the Split and in errors.
+
+    Raises:
+        PkdError: a missing column, a missing label, a label that is not the task's,
+            multiple-choice data, or no rows; naming `source` (and the row).
+    """
+    if spec.problem_type == MULTIPLE_CHOICE:
+        raise PkdError(
+            f"{source}: multiple-choice data is read from files or the RACE release, not from "
+            "a `datasets` dataset"
+        )
+    glue = spec.source == "glue"
+    columns = list(spec.hf_text_fields if glue else spec.text_columns)
+    label = "label" if glue else spec.label_column
+    missing = [c for c in (*columns, *([label] if labelled else [])) if c not in ds.column_names]
+    if missing:
+        fix = f"task {spec.name} reads the Hub's columns" if glue else "see --text-columns"
+        raise PkdError(
+            f"{source}: no column(s) {missing} in the {split} split (it has {ds.column_names}; "
+            f"{fix}{'' if glue else ' and --label-column'})"
+        )
+    if len(ds) == 0:
+        raise PkdError(f"{source}: no examples in the {split} split")
     labels = None
     if labelled:
-        if spec.problem_type == CLASSIFICATION and names and set(names) <= set(spec.labels):
-            raw_labels = [names[v] for v in raw_labels]  # by name: MNLI's Hub order differs
-        labels = [
-            _parse_label(spec, v, f"{spec.hf_path}/{spec.hf_name}[{split}]") for v in raw_labels
-        ]
-    ids = (
-        [str(i) for i in ds["idx"]]
-        if "idx" in ds.column_names
-        else [str(i) for i in range(len(ds))]
-    )
-    text_b = list(ds[fields[1]]) if len(fields) > 1 else None
-    return Split(
-        split, f"hub:{spec.hf_path}/{spec.hf_name}", ids, list(ds[fields[0]]), text_b, labels
-    )
+        names = getattr(ds.features.get(label), "names", None)
+        by_name = spec.problem_type == CLASSIFICATION and names
+        by_name = by_name and (set(names) <= set(spec.labels) or not spec.labels)
+        labels = []
+        for row, value in enumerate(ds[label]):
+            where = f"{source} row {row}"
+            if value is None or (by_name and value == -1):
+                raise PkdError(f"{where}: no label in column {label!r}")
+            labels.append(_parse_label(spec, names[value] if by_name else value, where))
+    ids = [str(i) for i in (ds["idx"] if "idx" in ds.column_names else range(len(ds)))]
+    text_b = [str(t) for t in ds[columns[1]]] if len(columns) > 1 else None
+    return Split(split, source, ids, [str(t) for t in ds[columns[0]]], text_b, labels)
 
 
 def file_option(split: str) -> str:
@@ -183,13 +211,16 @@ def load_split(
         spec: the task.
         split: `train`, `dev`, `dev_matched`, `test`, ...
         data_dir: GLUE task directory (files named as in spec.splits).
-        file: an explicit file (custom tasks, or to override the directory's file).
+        file: an explicit file (custom tasks, or to override the directory's file); from
+            the Python API also a `datasets.Dataset`.
         encoding: text encoding of the file.
         labelled: whether the split has gold labels; default: every split but `test*`
             (RACE's test split too).
     """
     if labelled is None:
         labelled = spec.test_labelled or not split.startswith("test")
+    if C.is_datasets_object(file):  # the Python API: a Dataset where a file goes
+        return read_dataset(spec, file, split, f"{type(file).__name__}[{split}]", labelled)
     if file is not None and Path(file).is_dir():
         raise PkdError(f"--{file_option(split)}: {file} is a directory, not a file")
     if spec.problem_type == MULTIPLE_CHOICE:  # RACE layout, the Hub, or the user's files
@@ -205,7 +236,7 @@ def load_split(
             raise PkdError(f"--data-dir: {data_dir} is not a directory")
         path = Path(data_dir) / spec.splits[split]
     elif spec.source == "glue":
-        return load_hub_split(spec, split)
+        return load_hub_split(spec, split, labelled)
     else:
         raise PkdError(f"--{file_option(split)}: no file given for the {split} split")
     header = spec.header or not labelled  # GLUE test files have a header, CoLA's too
@@ -328,8 +359,11 @@ def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
     """The task a DataConfig names: a GLUE task, or a custom one from its column options."""
     if data.task != "custom":
         return get_task(data.task)
-    if not (data.train_file or data.validation_file or data.test_file):  # test: `pkd predict`
-        raise PkdError("--task: give a GLUE task name, or --train-file/--validation-file")
+    sources = (data.train_file, data.validation_file, data.test_file, data.dataset)
+    if all(f in (None, "") for f in sources):  # a test file alone: `pkd predict`
+        raise PkdError(
+            "--task: give a GLUE task name, or --train-file/--validation-file, or --dataset"
+        )
     if data.choices_column or data.problem_type == "multiple_choice":
         return choice_task(
             data.context_column, data.question_column, data.choices_column, data.label_column
@@ -349,15 +383,50 @@ def file_for(data: C.DataConfig, split: str) -> str | None:
     return data.test_file
 
 
+DEV_SPLITS = ("validation", "dev", "valid")  # a --dataset's split for dev (custom tasks)
+
+
+def dataset_split(spec: TaskSpec, ds, split: str, name: str):
+    """The split of a `DatasetDict` that holds `split`: the Hub's names for GLUE tasks
+    (`spec.hf_splits`: dev -> validation, ...); for custom ones train, test, and for dev the
+    first of DEV_SPLITS. Returns (its name, the Dataset)."""
+    if spec.source == "glue":
+        wanted = (spec.hf_splits.get(split, split),)
+    else:
+        wanted = DEV_SPLITS if split.startswith("dev") else (split,)
+    for candidate in wanted:
+        if candidate in ds:
+            return candidate, ds[candidate]
+    raise PkdError(
+        f"--dataset: {name} has no {'/'.join(wanted)} split for {split} (it has {', '.join(ds)})"
+    )
+
+
+def load_data_split(
+    data: C.DataConfig, spec: TaskSpec, split: str, labelled: bool | None = None
+) -> Split:
+    """One split where a DataConfig says: the split's own file (or Dataset), else --dataset
+    (a name or path, or a DatasetDict), else the task directory or the Hub (`load_split`)."""
+    file = file_for(data, split)
+    if file is None and data.dataset is not None:
+        if labelled is None:
+            labelled = spec.test_labelled or not split.startswith("test")
+        ds, name = data.dataset, "DatasetDict"
+        if isinstance(ds, str):
+            ds, name = open_dataset(ds, data.dataset_config), ds
+        hub_name, part = dataset_split(spec, ds, split, name)
+        return read_dataset(spec, part, split, f"dataset:{name}[{hub_name}]", labelled)
+    if spec.source == "custom" and file is None:
+        raise PkdError(f"--{file_option(split)}: required (or --dataset)")
+    return load_split(spec, split, data.data_dir, file, data.encoding, labelled)
+
+
 def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] = ()):
     """The task spec (labels inferred from train for custom tasks) and raw splits."""
     spec = resolve_task(data, labels)
     out = {}
     for split in splits:
-        file = file_for(data, split)
-        if spec.source == "custom" and file is None:
-            raise PkdError(f"--{file_option(split)}: required")
-        raw = load_split(spec, split, data.data_dir, file, data.encoding)
+        raw = load_data_split(data, spec, split)
         if split == "train" and spec.problem_type == CLASSIFICATION and not spec.labels:
             spec = dataclasses.replace(spec, labels=infer_labels(raw))  # custom: from train
         n = data.max_train_samples if split == "train" else data.max_eval_samples

@@ -424,7 +424,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         },
     }
     warn_collapse(result, spec, plan.splits[split], d)
-    finish_run(output, metrics, plan.baseline[split], accelerator)
+    finish_run(output, metrics, plan.baseline[split], accelerator, command="distill")
     return metrics
 
 

@@ -10,6 +10,7 @@ self-contained directory that needs onnxruntime and a tokenizer, not torch:
                           (QInt8, per output channel), activations quantised per batch.
     OUT/config.json       the model config (label names in id2label), OUT/tokenizer*
     OUT/parity.json       the parity check below, with versions and settings.
+    OUT/README.md         the model's card (`pkd.card`) with the ONNX files and the parity check.
 
 Exporter. torch 2.13 offers the TorchScript tracer (`torch.onnx.export(dynamo=False)`) and
 the torch.export-based exporter (`dynamo=True`). Both give correct graphs with dynamic axes
@@ -65,6 +66,7 @@ import torch
 import transformers
 
 from pkd import config as C
+from pkd.card import CARD_FILE, export_card
 from pkd.config import resolve_model
 from pkd.data import load_split, resolve_task
 from pkd.errors import PkdError
@@ -182,6 +184,9 @@ def export(
         }
         (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
         _check_parity(report)
+        onnx_files = sorted(f.name for f in tmp.glob("*.onnx"))
+        card = export_card(model_dir, out, onnx_files, report)
+        (tmp / CARD_FILE).write_text(str(card))
     summary = f"fp32 max |dlogit| {report['fp32']['max_abs_diff']:.2e}"
     if "int8" in report:
         summary += f", int8 agreement {report['int8']['agreement']}"

@@ -94,5 +94,5 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
             "total": round(time.perf_counter() - t0, 2),
         },
     }
-    finish_run(output, metrics, baseline[spec.eval_splits[0]], accelerator)
+    finish_run(output, metrics, baseline[spec.eval_splits[0]], accelerator, command="finetune")
     return metrics

@@ -21,6 +21,7 @@ from pkd.data import (
     encode,
     file_for,
     file_option,
+    load_data_split,
     load_split,
     resolve_task,
 )
@@ -76,12 +77,13 @@ def inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], lab
             f"--split: task {spec.name} has no split {split!r}; it has {list(spec.splits)}"
         )
     file = file_for(data, split)
-    if spec.source == "custom" and file is None:
-        raise PkdError(f"--{file_option(split)}: required for split {split!r}")
+    if spec.source == "custom" and file is None and data.dataset is None:
+        raise PkdError(f"--{file_option(split)}: required for split {split!r} (or --dataset)")
     try:
-        raw = load_split(spec, split, data.data_dir, file, data.encoding, labelled=labelled)
+        raw = load_data_split(data, spec, split, labelled=labelled)
     except PkdError:
-        if labelled and loads_unlabelled(spec, split, data, file):
+        on_disk = isinstance(file, str) or (file is None and data.dataset is None)
+        if labelled and on_disk and loads_unlabelled(spec, split, data, file):
             where = file or str(Path(data.data_dir or ".") / spec.splits.get(split, split))
             raise PkdError(
                 f"{where}: has no {spec.label_column!r} labels to evaluate against; "

@@ -4,7 +4,8 @@
 anything is loaded, `open_run` refuses an --output that holds another run (unless
 --overwrite or --resume), is or holds an input, or cannot be written, and finds the
 checkpoint to resume from; `start_run` creates it with config.yaml (resolved options and
-`provenance`); `finish_run` writes metrics.json last, the mark of a finished run.
+`provenance`); `finish_run` writes the model card (`pkd.card`) and metrics.json last, the
+mark of a finished run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 
 from pkd import __version__
 from pkd import config as C
+from pkd.card import write_model_card
 from pkd.data import truncated_fraction
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
@@ -74,11 +76,12 @@ def check_not_input(output: Path, option: str, inputs: Inputs) -> None:
     """Refuse an output path that is one of the inputs, or a directory that holds one: an
     --overwrite (or a write) there would destroy what the command reads.
 
-    inputs: (option, path) pairs; None, Hub names and missing paths are skipped.
+    inputs: (option, path) pairs; None, Hub names, missing paths and in-memory `datasets`
+    objects are skipped.
     """
     out = output.resolve()
     for name, value in inputs:
-        if not value or not Path(value).exists():
+        if not isinstance(value, (str, Path)) or not value or not Path(value).exists():
             continue
         src = Path(value).resolve()
         if out == src or out in src.parents:
@@ -100,6 +103,7 @@ def data_inputs(data: C.DataConfig) -> Inputs:
     """The data paths a command reads, with their options."""
     return [
         ("--data-dir", data.data_dir),
+        ("--dataset", data.dataset),
         ("--train-file", data.train_file),
         ("--validation-file", data.validation_file),
         ("--test-file", data.test_file),
@@ -260,9 +264,26 @@ def record_in_model(model_dir: Path, extra: dict) -> None:
     atomic_write(path, json.dumps(conf, indent=2, sort_keys=True) + "\n")
 
 
-def finish_run(output: Path, metrics: dict, baseline: float, accelerator) -> None:
-    """The end of a run, on the main process: the baseline into model/config.json, then
-    metrics.json, written last (the mark of a finished run)."""
+def finish_run(
+    output: Path, metrics: dict, baseline: float, accelerator, command: str | None = None
+) -> None:
+    """The end of a run, on the main process: the baseline into model/config.json, the model
+    card (model/README.md, `pkd.card`), then metrics.json, written last (the mark of a
+    finished run).
+
+    command: the pkd command that trained the run, for its card (default: distill for a run
+    with a teacher, else finetune).
+    """
     if accelerator.is_main_process:
         record_in_model(output / "model", {"baseline": baseline})
+        config = read_run_config(output)
+        command = command or ("distill" if "teacher" in config else "finetune")
+        write_model_card(output / "model", config, metrics, command)
         write_json(output / "metrics.json", metrics)
+
+
+def read_run_config(output: Path) -> dict:
+    """A run's config.yaml as a dict (empty when it has none)."""
+    path = output / "config.yaml"
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return saved if isinstance(saved, dict) else {}

@@ -2,7 +2,8 @@
 
 `Split` holds a split's raw texts and label names, `EncodedSplit` its token ids; the
 readers turn CSV/TSV (GLUE's unquoted files and the user's quoted ones) and JSONL into rows,
-naming file:line on bad input, and `hub_dataset` loads a split from the Hub. `pkd.data`
+naming file:line on bad input, `hub_dataset` loads a split from the Hub and `open_dataset`
+the user's `datasets` dataset (--dataset). `pkd.data`
 (single texts and pairs) and `pkd.race` (multiple choice) build on these.
 """
 
@@ -175,6 +176,37 @@ def hub_dataset(spec: TaskSpec, split: str, what: str):
             f"--data-dir not given and {spec.hf_path}/{spec.hf_name} could not be loaded from "
             f"the Hub ({first}); pass --data-dir with {what}"
         ) from None
+
+
+def open_dataset(name: str, config: str | None = None):
+    """--dataset NAME_OR_PATH [--dataset-config C]: a save_to_disk directory through
+    `datasets.load_from_disk`, anything else (a Hub name, a local data directory or script)
+    through `datasets.load_dataset`; a `DatasetDict` of its splits.
+
+    Raises:
+        PkdError: it does not load, or it is a single split.
+    """
+    import datasets  # only for data from `datasets` (files need none of it)
+
+    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
+        datasets.disable_progress_bars()
+    path = Path(name)
+    saved = path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json"))
+    if saved and config is not None:
+        raise PkdError(
+            f"--dataset-config: {name} is a save_to_disk directory, which has no configurations"
+        )
+    try:
+        ds = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(name, config)
+    except Exception as e:  # offline, no such dataset, a damaged directory
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PkdError(f"--dataset: cannot load {name} ({first})") from None
+    if not isinstance(ds, dict):
+        raise PkdError(
+            f"--dataset: {name} is a single split (a Dataset); save a DatasetDict with train "
+            "and validation splits"
+        )
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------

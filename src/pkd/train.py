@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.tracking import TensorBoardTracker, get_available_trackers
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_linear_schedule_with_warmup
 
-from pkd.config import TrainConfig
+from pkd.config import TRACKERS, TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.fsio import replace_dir, staged_dir
@@ -252,7 +253,8 @@ def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
 
 
 class RunLog:
-    """log.jsonl (every record) + TensorBoard scalars, from the main process only."""
+    """log.jsonl (every record) + the scalars to every tracker of --report-to (TensorBoard
+    by default), from the main process only."""
 
     def __init__(self, output: Path, accelerator):
         self.path = output / "log.jsonl"
@@ -492,11 +494,44 @@ def use_hooks(*hooks: LoopHooks) -> Iterator[None]:
 # The loop
 
 
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: TensorBoard's event files
+PROJECT = "pkd"  # the project (MLflow experiment, W&B project) of trackers that have one
+PIP_NAMES = {"comet_ml": "comet-ml"}  # --report-to name -> its package, where they differ
+
+
+def trackers(names: list[str]) -> list[str]:
+    """The trackers `--report-to` names (`pkd.config.check_trackers`), `all` resolved to
+    those installed; none for `none`.
+
+    Raises:
+        PkdError: a named tracker whose package is not installed.
+    """
+    available = [str(t) for t in get_available_trackers()]
+    if names == ["all"]:
+        return [t for t in TRACKERS if t in available]
+    chosen = [n for n in names if n != "none"]
+    for name in chosen:
+        if name not in available:
+            raise PkdError(
+                f"--report-to: {name} is not installed (pip install {PIP_NAMES.get(name, name)}); "
+                f"installed: {', '.join(t for t in TRACKERS if t in available) or 'none'}"
+            )
+    return chosen
+
+
 def make_accelerator(cfg: TrainConfig, output: Path | None = None):
-    """The run's Accelerator; with `output`, logging TensorBoard scalars under it."""
+    """The run's Accelerator; with `output`, logging to the trackers of `--report-to`
+    (TensorBoard's files under output/tensorboard)."""
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
+    names = trackers(cfg.report_to)
+    log_with = None
+    if output is not None and names:
+        log_with = [
+            TensorBoardTracker(TENSORBOARD_DIR, str(output)) if n == "tensorboard" else n
+            for n in names
+        ]
     # AcceleratorState is a process-wide singleton that refuses a second mixed-precision
     # setting; each run in one Python process (compare, sweep, API calls) brings its own.
     # The process group (PartialState) is kept, so this is safe under torchrun too.
@@ -510,10 +545,32 @@ def make_accelerator(cfg: TrainConfig, output: Path | None = None):
         # The loop steps the scheduler once per optimizer step itself: accelerate's wrapper
         # would step it once per process (N times per step under N processes).
         step_scheduler_with_optimizer=False,
-        log_with="tensorboard" if output is not None else None,
+        log_with=log_with,
         project_dir=str(output) if output is not None else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+
+
+def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objective) -> None:
+    """Start the run's trackers on the main process: the project `pkd`, the run named after
+    its directory; trackers other than TensorBoard also get the settings as parameters."""
+    if not accelerator.is_main_process or not accelerator.log_with:
+        return
+    run = {"run_name": output.name}
+    accelerator.init_trackers(PROJECT, init_kwargs={"mlflow": run, "wandb": {"name": output.name}})
+    params = {f"train.{f.name}": getattr(cfg, f.name) for f in fields(cfg)}
+    params.update(
+        terms=",".join(objective.terms),
+        alpha=objective.alpha,
+        beta=objective.beta,
+        temperature=objective.temperature,
+        layer_map=",".join(str(t) for t, _ in objective.pairs),
+        pooling=objective.pooling,
+    )
+    plain = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+    for tracker in accelerator.trackers:
+        if tracker.name != "tensorboard":  # its hparams would add a second event directory
+            tracker.store_init_configuration(plain)
 
 
 @dataclass
@@ -675,8 +732,7 @@ def train(
 
     set_seed(cfg.seed)
     p = prepare(accelerator, model, train_set, eval_sets, cfg, collate)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, output, cfg, objective)
     state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
     hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
     log, meter, stats = RunLog(output, accelerator), Meter(), RunStats()
@@ -724,7 +780,7 @@ def train(
             if state.epoch == 1:
                 stats.check_patient_share(objective)
             end_of_epoch(p, state, spec, tokenizer, output, log, on_evaluate, hooks)
-    finally:  # also when a step, a hook or on_evaluate raises: close TensorBoard, the bar
+    finally:  # also when a step, a hook or on_evaluate raises: close the trackers, the bar
         bar.close()
         accelerator.end_training()
     if not cfg.keep_checkpoints and accelerator.is_main_process:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pkd import config as C
-from pkd.data import TRANSFER, read_table_split
+from pkd.data import TRANSFER, read_dataset, read_table_split
 from pkd.errors import PkdError
 from pkd.losses import IGNORE_LABEL
 from pkd.splits import EncodedSplit, Split
@@ -44,6 +44,9 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
         raise PkdError("--transfer-file: not supported for multiple-choice tasks")
     parts = []
     for name in data.transfer_file:
+        if C.is_datasets_object(name):  # the Python API: a Dataset where a file goes
+            parts.append(read_dataset(spec, name, TRANSFER, f"Dataset[{TRANSFER}]", labelled=False))
+            continue
         path = Path(name)
         if path.is_dir():
             raise PkdError(f"--transfer-file: {name} is a directory, not a file")

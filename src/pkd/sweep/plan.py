@@ -44,6 +44,7 @@ JOURNAL = "study.journal"
 # (`preset` stays in: a sweep has none, and existing studies' identities list it.)
 NO_EFFECT = tuple(k for k in C.NO_EFFECT if k != "preset")
 PATHS = ("data_dir", "train_file", "validation_file", "test_file", "student_init")
+PATHS += ("dataset", "dataset_config")  # where the data comes from, as data_dir
 
 
 @dataclass

@@ -12,9 +12,11 @@ from typing import Any
 
 from pkd import config as C
 from pkd import report as R
+from pkd.card import write_model_card
 from pkd.data import HOLDOUT, HOLDOUT_SEED, load_splits
 from pkd.dryrun import sweep_lines
 from pkd.fsio import atomic_write, staged_dir, write_json
+from pkd.rundir import read_run_config
 from pkd.sweep import plots
 from pkd.sweep.plan import SweepPlan
 from pkd.sweep.study import (
@@ -211,6 +213,7 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
             for name in ("config.yaml", "metrics.json"):
                 shutil.copy2(src / name, tmp / name)
             write_json(tmp / "sweep_trial.json", {"trial": best["trial"], "params": best["params"]})
+            best_card(plan, best, tmp, dst)
         info["model"] = str(dst / "model")
     else:
         logger.warning(
@@ -219,6 +222,25 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
             best["host"],
         )
     return info
+
+
+def best_card(plan: SweepPlan, best: dict, tmp: Path, dst: Path) -> None:
+    """best/model/README.md: the trial's model card, saying it is the study's best and
+    re-running through best.yaml (`tmp`: best/ while it is staged, `dst`: its place)."""
+    metrics = R.read_metrics(tmp)
+    note = (
+        f"The best trial ({best['trial']}: {fmt_params(best['params'])}) of the `pkd sweep` "
+        f"study {plan.study_name}, selected on {plan.select} {plan.metric}."
+    )
+    write_model_card(
+        tmp / "model",
+        read_run_config(tmp),
+        metrics,
+        "distill",
+        note=note,
+        rerun=f"pkd distill --config {plan.output / 'best.yaml'}",
+        shown=dst / "model",
+    )
 
 
 def write_holdout(plan: SweepPlan, cfg: C.DistillRunConfig) -> None:

@@ -1,0 +1,332 @@
+"""Model cards: the README.md of every model pkd saves, in the Hub's model-card format.
+
+`write_model_card(model_dir, config, metrics, command)` writes `model_dir/README.md` with
+`huggingface_hub`'s `ModelCard`/`ModelCardData`: YAML metadata the Hub reads (library,
+pipeline tag, base model and datasets where they are Hub ids, tags, and the dev metrics as a
+`model-index`) and a Markdown body a person reads: teacher, method, layer map, alpha, beta,
+T, data, size, measured speed-up (where known), the exact command that re-runs the run,
+how to load and upload it, and the pkd version.
+
+`pkd finetune` and `pkd distill` write it through `pkd.rundir.finish_run` from the run's
+config.yaml and metrics.json (a new command passes its name to `finish_run`: the card reads
+whatever of these facts the run records). `pkd compare` rewrites its students' cards with the
+speed it measured, `pkd sweep` its best run's, and `pkd export` adds the ONNX files and
+parity check to the card of the export (`export_card`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from pkd import __version__
+from pkd.fsio import atomic_write
+from pkd.tasks import ALIASES, MULTIPLE_CHOICE, TASKS
+
+CARD_FILE = "README.md"
+PAPER = "https://arxiv.org/abs/1908.09355"  # Sun et al., EMNLP 2019
+TASK_TYPES = {MULTIPLE_CHOICE: "multiple-choice"}  # model-index task type; else classification
+METHOD_NAMES = {"ft": "fine-tuning (FT)", "kd": "knowledge distillation (KD)"}
+
+
+def is_hub_id(name: str | None) -> bool:
+    """A Hub repository id (`org/name` or `name`), not a local path: what the Hub accepts as
+    `base_model` or `datasets` metadata."""
+    if not name or name.startswith(("/", ".", "~", "<")) or Path(name).exists():
+        return False
+    return name.count("/") <= 1
+
+
+def task_spec(config: dict, metrics: dict):
+    """The registered task (GLUE, RACE) of a run, or None for custom data."""
+    name = str(metrics.get("task") or (config.get("data") or {}).get("task") or "").lower()
+    return TASKS.get(ALIASES.get(name, name))
+
+
+def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
+    """(dataset id, pretty name, load_dataset config) of a run's data, for the model-index."""
+    spec = task_spec(config, metrics)
+    data = config.get("data") or {}
+    if spec is not None and spec.hf_path:
+        return spec.hf_path, f"{spec.hf_path.split('/')[-1].upper()} {spec.name}", spec.hf_name
+    if is_hub_id(data.get("dataset")):
+        return data["dataset"], data["dataset"], data.get("dataset_config")
+    train = ((metrics.get("data") or {}).get("train") or {}).get("source", "custom data")
+    return "custom", Path(str(train)).name, None
+
+
+def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
+    """The best evaluation's metrics, one EvalResult per split and metric."""
+    best = (metrics.get("best") or {}).get("metrics") or {}
+    spec = task_spec(config, metrics)
+    dataset, pretty, hf_config = dataset_ids(config, metrics)
+    task_type = TASK_TYPES.get(getattr(spec, "problem_type", None), "text-classification")
+    results = []
+    for split, values in best.items():
+        hub_split = spec.hf_splits.get(split, split) if spec is not None else split
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                results.append(
+                    EvalResult(
+                        task_type=task_type,
+                        dataset_type=dataset,
+                        dataset_name=pretty,
+                        dataset_config=hf_config,
+                        dataset_split=hub_split,
+                        metric_type=name,
+                        metric_value=round(float(value), 6),
+                        metric_name=f"{name} ({split})",
+                    )
+                )
+    return results
+
+
+def card_data(name: str, config: dict, metrics: dict, command: str) -> ModelCardData:
+    """The card's YAML metadata."""
+    spec = task_spec(config, metrics)
+    base = metrics.get("student_init") if command == "distill" else config.get("model")
+    dataset, _, _ = dataset_ids(config, metrics)
+    tags = ["pkd", command]
+    if command == "distill":
+        tags += ["knowledge-distillation", str(metrics.get("method", ""))]
+    multiple_choice = getattr(spec, "problem_type", None) == MULTIPLE_CHOICE
+    results = eval_results(config, metrics)
+    return ModelCardData(
+        model_name=name,
+        library_name="transformers",
+        pipeline_tag=None if multiple_choice else "text-classification",
+        base_model=base if is_hub_id(base) else None,
+        datasets=[dataset] if is_hub_id(dataset) and dataset != "custom" else None,
+        tags=[t for t in tags if t],
+        eval_results=results or None,
+    )
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value in (None, "", []) else str(value)
+
+
+def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, shown: Path):
+    """(label, value) rows of the card's summary table."""
+    d = config.get("distill") or {}
+    rows = [("task", metrics.get("task")), ("command", f"pkd {command}")]
+    if command == "distill":
+        method = METHODS.get(metrics.get("method"), metrics.get("method"))
+        pairs = metrics.get("layer_map") or []
+        rows += [
+            ("method", method.format(strategy=d.get("strategy"))),
+            ("teacher", f"`{config.get('teacher')}`"),
+            ("student initialised from", f"`{metrics.get('student_init')}` (first M layers)"),
+            ("student layers", metrics.get("student_layers")),
+            ("layer map (teacher → student)", ", ".join(f"{t} → {s}" for t, s in pairs)),
+            (
+                "α, β, T",
+                f"{fmt(d.get('alpha'))}, {fmt(d.get('beta'))}, {fmt(d.get('temperature'))}",
+            ),
+            ("KD / patient loss forms", f"{d.get('kd_loss')} / {d.get('pt_loss')}"),
+        ]
+    elif config.get("model"):
+        rows.append(("base model", f"`{config['model']}`"))
+    rows.append(("pooling", metrics.get("pooling")))
+    rows.append(("size", size(metrics, model_dir)))
+    rows.append(("speed-up over the teacher", speedup(speed, config, shown, command)))
+    return [(k, fmt(v)) for k, v in rows]
+
+
+METHODS = {**METHOD_NAMES, "pkd": "patient knowledge distillation (PKD-{strategy})"}
+
+
+def size(metrics: dict, model_dir: Path) -> str:
+    """Parameters and the weights' size on disk."""
+    params = metrics.get("parameters") or {}
+    total = (params.get("student") or params).get("total")
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    shown = f"{total:,} parameters ({total / 1e6:.1f}M)" if total else "—"
+    return f"{shown}, {weights / 2**20:.1f} MB of weights" if weights else shown
+
+
+def speedup(speed: dict | None, config: dict, model_dir: Path, command: str) -> str:
+    """The measured speed-up (`pkd compare`), or how to measure it."""
+    if speed and speed.get("speedup") is not None:
+        return (
+            f"{speed['speedup']:.2f}× ({speed.get('throughput', 0):.0f} examples/s, "
+            f"p50 {speed.get('latency_ms_p50', 0):.1f} ms; {speed.get('setting', '')})"
+        )
+    if command != "distill":
+        return "—"
+    return f"not measured here (`pkd benchmark --models {config.get('teacher')} {model_dir}`)"
+
+
+def results_table(metrics: dict) -> list[str]:
+    """The best evaluation per split, with the majority baseline and the teacher's score."""
+    best = metrics.get("best") or {}
+    baseline = metrics.get("majority_baseline") or {}
+    teacher = metrics.get("teacher_metrics") or {}
+    lines = [
+        f"Best evaluation (step {best.get('step')}, epoch {best.get('epoch')}):",
+        "",
+        "| split | metric | value | majority baseline | teacher |",
+        "|---|---|---|---|---|",
+    ]
+    for split, values in (best.get("metrics") or {}).items():
+        for i, (name, value) in enumerate(values.items()):
+            base = fmt(baseline.get(split)) if i == 0 else ""
+            t = fmt((teacher.get(split) or {}).get(name))
+            lines.append(f"| {split} | {name} | {fmt(value)} | {base} | {t} |")
+    return lines
+
+
+def data_table(metrics: dict) -> list[str]:
+    lines = ["| split | source | examples | sha256 |", "|---|---|---|---|"]
+    for split, d in (metrics.get("data") or {}).items():
+        sha = str(d.get("sha256", ""))[:16]
+        lines.append(f"| {split} | `{d.get('source')}` | {d.get('examples')} | `{sha}…` |")
+    return lines
+
+
+def rerun_command(command: str, run_dir: Path, rerun: str | None) -> str:
+    """The command that re-runs the run from its recorded config (every resolved option)."""
+    return rerun or f"pkd {command} --config {run_dir / 'config.yaml'} --output {run_dir}-rerun"
+
+
+def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -> str:
+    """The card's Markdown: summary, results, data, re-run, use, upload, provenance; `shown`:
+    the model's path as the text names it."""
+    meta = config.get("meta") or {}
+    version = meta.get("pkd") or __version__
+    what = "A student distilled" if command == "distill" else "A model trained"
+    lines = [
+        f"# {name}",
+        "",
+        f"{what} with pkd {version} (`pkd {command}`): Patient Knowledge Distillation for "
+        f"BERT-family models (Sun et al., EMNLP 2019, {PAPER}).",
+        *(["", note] if note else []),
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in facts(config, metrics, model_dir, command, speed, shown)),
+        "",
+        "## Results",
+        "",
+        *results_table(metrics),
+        "",
+        "## Data",
+        "",
+        *data_table(metrics),
+        "",
+        "## Re-run",
+        "",
+        "Every resolved option is in the run's `config.yaml` (paths as they were given):",
+        "",
+        "```bash",
+        rerun_command(command, shown.parent, rerun),
+        "```",
+    ]
+    return "\n".join([*lines, "", *usage(shown, metrics), "", *provenance(meta, version)])
+
+
+def usage(model_dir: Path, metrics: dict) -> list[str]:
+    mean = metrics.get("pooling") == "mean"
+    load = (
+        "import pkd  # registers mean-pooled heads (or pass trust_remote_code=True)\n"
+        if mean
+        else ""
+    )
+    return [
+        "## Use",
+        "",
+        "```python",
+        f"{load}from transformers import pipeline",
+        "",
+        f'classifier = pipeline("text-classification", model="{model_dir}")',
+        "```",
+        "",
+        "## Upload",
+        "",
+        "```bash",
+        "hf auth login",
+        f"hf upload YOUR_NAME/{model_dir.parent.name} {model_dir} .",
+        "```",
+    ]
+
+
+def provenance(meta: dict, version: str) -> list[str]:
+    versions = ", ".join(
+        f"{k} {meta[k]}" for k in ("transformers", "torch", "accelerate") if meta.get(k)
+    )
+    sha = f", git {meta['git_sha'][:12]}" if meta.get("git_sha") else ""
+    return [f"Written by pkd {version}{sha}; {versions or 'versions not recorded'}."]
+
+
+def model_card(
+    model_dir: Path,
+    config: dict,
+    metrics: dict,
+    command: str,
+    speed: dict | None = None,
+    note: str | None = None,
+    rerun: str | None = None,
+    shown: Path | None = None,
+) -> ModelCard:
+    """The model card of a run's model (see the module docstring).
+
+    Args:
+        model_dir: the run's model/ directory (its weights give the size on disk).
+        config, metrics: the run's config.yaml and metrics.json contents.
+        command: the pkd command that trained it (finetune, distill, ...).
+        speed: measured speed against the teacher (speedup, throughput, latency_ms_p50,
+            setting), where known.
+        note: a line under the title (e.g. why this run is the best one).
+        rerun: the re-run command, when not `pkd COMMAND --config RUN/config.yaml`.
+        shown: where the model will be read from, when it is written elsewhere first (a
+            directory staged aside, `pkd.fsio.staged_dir`); default `model_dir`.
+    """
+    model_dir = Path(model_dir)
+    shown = Path(shown or model_dir)
+    name = shown.parent.name if shown.name == "model" else shown.name
+    data = card_data(name, config, metrics, command)
+    text = body(name, config, metrics, model_dir, command, speed, note, rerun, shown)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}\n")
+
+
+def write_model_card(model_dir: Path, config: dict, metrics: dict, command: str, **kw) -> Path:
+    """Write `model_dir/README.md` (atomically); keywords as `model_card`'s."""
+    path = Path(model_dir) / CARD_FILE
+    atomic_write(path, str(model_card(model_dir, config, metrics, command, **kw)))
+    return path
+
+
+def export_card(source_dir: Path, export_dir: Path, files: list[str], report: dict) -> ModelCard:
+    """The card of a `pkd export` directory: the source model's card (if it has one), tagged
+    `onnx`, with a section on its ONNX `files` and the parity check against PyTorch."""
+    source = Path(source_dir) / CARD_FILE
+    card = ModelCard(source.read_text()) if source.is_file() else ModelCard("---\n---\n")
+    card.data.tags = sorted({*(card.data.tags or []), "onnx", "pkd"})
+    card.data.library_name = "onnx"
+    fp32, int8 = report.get("fp32") or {}, report.get("int8")
+    lines = [
+        "",
+        "## ONNX export",
+        "",
+        f"`pkd export` of `{source_dir}` (opset {report.get('opset')}): "
+        + ", ".join(f"`{f}`" for f in files),
+        "; run it with onnxruntime and the tokenizer here, e.g. "
+        f"`pkd predict --model {export_dir} ...`.",
+        "",
+        "| parity with PyTorch | value |",
+        "|---|---|",
+        f"| texts | {report.get('samples')} from `{report.get('source')}` |",
+        f"| fp32 max abs. logit difference | {fmt(fp32.get('max_abs_diff'))} |",
+    ]
+    if int8:
+        lines += [
+            f"| int8 label agreement | {fmt(int8.get('agreement'))} |",
+            f"| int8 agreement beyond near-ties | {fmt(int8.get('agreement_beyond_ties'))} |",
+        ]
+    lines += ["", f"Full report: `parity.json` (versions: {json.dumps(report.get('versions'))})."]
+    card.text = card.text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    return card

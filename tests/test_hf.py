@@ -1,0 +1,187 @@
+"""`pkd.hf.PatientDistillationTrainer`: pkd's loss inside a `transformers.Trainer`, on tiny
+models, and the example script that uses it."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sentiment_rows
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "trainer_glue.py"
+
+
+def sst2_dataset():
+    """GLUE SST-2's layout on the Hub (sentence, label 0/1 named negative/positive)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features(
+        {"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])}
+    )
+
+    def part(n, seed):
+        rows = sentiment_rows(n, seed)
+        return Dataset.from_dict(
+            {"sentence": [s for s, _ in rows], "label": [int(y) for _, y in rows]},
+            features=features,
+        )
+
+    return DatasetDict(train=part(64, 0), validation=part(32, 1))
+
+
+def tokenised(tokenizer):
+    return sst2_dataset().map(
+        lambda b: tokenizer(b["sentence"], truncation=True, max_length=16), batched=True
+    )
+
+
+def accuracy(p) -> dict:
+    return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+
+def make_trainer(teacher, tmp_path, train, **kw):
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from pkd.hf import PatientDistillationTrainer
+
+    args = TrainingArguments(
+        str(tmp_path / "hf"), per_device_train_batch_size=8, learning_rate=3e-3,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+        **kw.pop("args", {}),
+    )  # fmt: skip
+    options = {"student_layers": 2, "alpha": 0.5, "beta": 100.0, "temperature": 10.0, **kw}
+    return PatientDistillationTrainer(
+        teacher=str(teacher), args=args, train_dataset=train,
+        processing_class=AutoTokenizer.from_pretrained(teacher), **options,
+    )  # fmt: skip
+
+
+def first_batch(trainer) -> dict:
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer._prepare_inputs(batch)
+
+
+def reference_loss(trainer, batch, teacher) -> tuple[torch.Tensor, dict]:
+    """pkd.train.loss_terms with pkd's map, weighted by pkd.losses.total_loss, teacher online."""
+    from pkd.losses import total_loss
+    from pkd.mapping import layer_map
+    from pkd.models import load_finetuned
+    from pkd.train import Objective, loss_terms, online_teacher
+
+    objective = Objective(
+        terms=("ce", "kd", "pt"), alpha=0.5, beta=100.0, temperature=10.0,
+        pairs=layer_map("skip", 4, 2), teacher=online_teacher(load_finetuned(str(teacher))),
+    )  # fmt: skip
+    terms = loss_terms(trainer.model, batch, objective, regression=False)
+    return total_loss(terms, 0.5, 100.0), terms
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_trainer_loss_is_pkds_loss_terms_with_the_same_weights(cached, tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pkd.hf import add_example_index
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    train = add_example_index(data) if cached else data
+    trainer = make_trainer(tiny_teacher, tmp_path, train)
+    batch = first_batch(trainer)
+    assert ("example_index" in batch) is cached  # it survives remove_unused_columns
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    assert trainer.objective.pairs == [(2, 1)]  # PKD-Skip, 4 -> 2 layers
+    trainer.model.train()
+    torch.manual_seed(0)  # the same dropout masks in both forward passes
+    got = trainer.compute_loss(trainer.model, batch)
+    torch.manual_seed(0)
+    want, terms = reference_loss(trainer, batch, tiny_teacher)
+    # the cache keeps the teacher's states in fp16: equal to its precision, exact online
+    tol = 1e-3 if cached else 1e-6
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=tol, abs=tol)
+    assert float(terms["pt"]) > 0 and float(terms["kd"]) > 0
+    assert (getattr(trainer, "teacher_cache", None) is not None) is cached
+    if cached:
+        assert trainer.teacher_cache.manifest["examples"] == 64
+
+
+@pytest.mark.slow
+def test_short_run_lowers_the_loss_and_the_student_loads_in_pkd(
+    tiny_teacher, sst2_dir, tmp_path, pkd_cli
+):
+    from transformers import AutoTokenizer
+
+    from pkd.hf import add_example_index
+    from pkd.models import load_finetuned
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))
+    trainer = make_trainer(
+        tiny_teacher, tmp_path, add_example_index(data["train"]), eval_dataset=data["validation"],
+        compute_metrics=accuracy, args={"max_steps": 40, "logging_steps": 4, "seed": 1},
+    )  # fmt: skip
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r and "eval_loss" not in r]
+    assert {"ce", "kd", "pt"} <= set(logs[0])  # each term, logged with the Trainer's loss
+    first, last = logs[0]["loss"], logs[-1]["loss"]
+    assert last < 0.8 * first, [r["loss"] for r in logs]
+
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    student = load_finetuned(str(out), "model")  # a pkd student: labels, head, 2 layers
+    assert student.config.num_hidden_layers == 2 and student.config.id2label == {0: "0", 1: "1"}
+    scored = trainer.evaluate()
+    result = json.loads(pkd_cli.ok(["evaluate", "--model", out, "--task", "sst2", "--data-dir",
+                                    sst2_dir, "--max-length", "16"]).out)  # fmt: skip
+    assert result["examples"] == 32  # the same 32 rows as the Trainer's validation split
+    assert result["accuracy"] == pytest.approx(scored["eval_accuracy"])
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_offline_on_a_tiny_model(tiny_teacher, tmp_path, monkeypatch):
+    data = tmp_path / "sst2"
+    sst2_dataset().save_to_disk(data)
+    out = tmp_path / "run"
+    argv = ["--teacher", tiny_teacher, "--dataset", data, "--output", out, "--student-layers",
+            "2", "--max-steps", "8", "--batch-size", "8", "--max-length", "16", "--lr", "3e-3"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *map(str, argv)])
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "model" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_teacher_without_a_base_model_needs_student_init(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    bare = tmp_path / "teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model.save_pretrained(bare)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(bare)
+    with pytest.raises(PkdError, match=r"^student_init: .* does not record its pre-trained base"):
+        make_trainer(bare, tmp_path, None)
+
+
+def test_example_index_must_be_the_row_order(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    shuffled = data.add_column("example_index", list(range(len(data)))[::-1])
+    with pytest.raises(PkdError, match=r"^train_dataset: its example_index column must be 0..n-1"):
+        make_trainer(tiny_teacher, tmp_path, shuffled)
+    with pytest.raises(PkdError, match=r"^teacher_mode: 'cached' needs a train_dataset whose"):
+        make_trainer(tiny_teacher, tmp_path, data, teacher_mode="cached")
+
+
+def test_options_pkd_distill_refuses_are_refused(tiny_teacher, tmp_path):
+    from pkd.errors import PkdError
+
+    with pytest.raises(PkdError, match=r"^--beta: 100.0 has no effect with --method kd"):
+        make_trainer(tiny_teacher, tmp_path, None, method="kd")
+    with pytest.raises(PkdError, match=r"^--layer-map: 2-layer student needs 1 teacher layers"):
+        make_trainer(tiny_teacher, tmp_path, None, layer_map=[1, 2])
