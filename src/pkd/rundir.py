@@ -106,10 +106,15 @@ def data_inputs(data: C.DataConfig) -> Inputs:
     ]
 
 
-def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Inputs:
-    """What a finetune/distill run reads: its --output must not be or hold any of it."""
+def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Inputs:
+    """What a finetune/distill/pretrain run reads: its --output must not be or hold any of it."""
     if isinstance(cfg, C.FinetuneConfig):
         return [("--model", cfg.model), *data_inputs(cfg.data)]
+    if isinstance(cfg, C.PretrainConfig):
+        t = cfg.text
+        files = [("--text-file", f) for f in t.text_file or []]
+        sources = [("--data-dir", t.data_dir), ("--dataset", t.dataset), *files]
+        return [("--teacher", cfg.teacher), ("--student-init", cfg.pretrain.student_init), *sources]
     init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
     return [("--teacher", cfg.teacher), ("--student-init", init), *data_inputs(cfg.data)]
 
@@ -118,7 +123,7 @@ def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Inputs:
 # Resuming
 
 
-def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Path | None:
+def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Path | None:
     """The checkpoint to continue from (--resume: latest in the run dir; --resume-from: given)."""
     if cfg.resume_from:
         ckpt = Path(cfg.resume_from)
@@ -137,7 +142,7 @@ def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Path | None:
     return found[-1]
 
 
-def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig) -> None:
+def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> None:
     """A resumed run must continue with the settings it started with (its config.yaml).
 
     Only settings that cannot change the result (`config.NO_EFFECT`: --logging-steps,
@@ -159,7 +164,9 @@ def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig) -> None:
         )
 
 
-def open_run(cfg: C.FinetuneConfig | C.DistillRunConfig) -> tuple[Path, Path | None]:
+def open_run(
+    cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig,
+) -> tuple[Path, Path | None]:
     """Every check of a run's --output and resume options: (run dir, checkpoint or None).
 
     Nothing is written; `start_run` creates the directory once all other checks passed.
