@@ -6,8 +6,10 @@
 
 1. Fine-tune the packaged pre-trained MiniLM-L6 (6 layers, hidden 384) on the first
    `--teacher-train-samples` SST-2 training sentences (0: the whole 67k training set; default
-   the students' `--train-samples`) -> OUTPUT/teacher (reused when finished).
-2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers, trained with
+   the students' `--train-samples`) -> OUTPUT/teacher (reused when finished; `--teacher-run
+   RUN` uses a finished run instead).
+2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers (or from
+   `--student-init`, e.g. a `pkd pretrain` run: benchmarks/sst2_pretrain.py), trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
    Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},

@@ -542,6 +542,12 @@ def general_student_config(teacher_config, layers: int, hidden, heads, intermedi
     config.num_attention_heads = heads
     config.intermediate_size = intermediate or round(t.intermediate_size * hidden / t.hidden_size)
     config.architectures = None
+    return without_pkd_records(config)
+
+
+def without_pkd_records(config):
+    """`config` without what pkd recorded in it (`pkd_task`, `pkd_dev_metric`, ...): a new
+    student's records are its own."""
     for key in [k for k in config.to_dict() if k.startswith("pkd_")]:
         delattr(config, key)
     return config
@@ -582,10 +588,13 @@ def build_general_student(
             raise PkdError(
                 f"--student-layers: {layers} > the {num_layers(config)} layers of {init}"
             )
-        return _pretrained_encoder(init, "student-init", trust_remote_code, layers), init
+        encoder = _pretrained_encoder(init, "student-init", trust_remote_code, layers)
+        without_pkd_records(encoder.config)
+        return encoder, init
     t = teacher_config
     if all(v is None or v == getattr(t, k) for k, v in shape.items()):
         encoder = _pretrained_encoder(teacher_name, "teacher", trust_remote_code, layers)
+        without_pkd_records(encoder.config)
         return encoder, f"the teacher's first {layers} layers"
     config = general_student_config(
         t,
