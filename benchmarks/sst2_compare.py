@@ -6,8 +6,10 @@
 
 1. Fine-tune the packaged pre-trained MiniLM-L6 (6 layers, hidden 384) on the first
    `--teacher-train-samples` SST-2 training sentences (0: the whole 67k training set; default
-   the students' `--train-samples`) -> OUTPUT/teacher (reused when finished).
-2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers, trained with
+   the students' `--train-samples`) -> OUTPUT/teacher (reused when finished; `--teacher-run
+   RUN` uses a finished run instead).
+2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers (or from
+   `--student-init`, e.g. a `pkd pretrain` run: benchmarks/sst2_pretrain.py), trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
    Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},
@@ -63,6 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--teacher-model", default=None, help="pre-trained encoder (default: packaged MiniLM-L6)"
+    )
+    p.add_argument(
+        "--teacher-run",
+        default=None,
+        help="a finished `pkd finetune` run to use as the teacher (default: fine-tune one into "
+        "OUTPUT/teacher, or reuse it there)",
+    )
+    p.add_argument(
+        "--student-init",
+        default=None,
+        help="checkpoint the students start from, e.g. a `pkd pretrain` run (default: the "
+        "teacher's pre-trained base, its first layers)",
     )
     p.add_argument("--train-samples", type=int, default=20000, help="first N training sentences")
     p.add_argument(
@@ -157,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher_data = {**data, "max_train_samples": teacher_samples or None}
         teacher_train = {**train, "epochs": args.teacher_epochs or args.epochs}
         t0 = time.perf_counter()
-        teacher_run = out / "teacher"
+        teacher_run = Path(args.teacher_run) if args.teacher_run else out / "teacher"
+        if args.teacher_run and not (teacher_run / "metrics.json").is_file():
+            raise PkdError(f"--teacher-run: {teacher_run} is not a finished run (no metrics.json)")
         if not (teacher_run / "metrics.json").is_file():  # finished teachers are reused
             cfg = C.build(
                 C.FinetuneConfig,
@@ -185,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 "beta": args.beta,
                 "allow_weak_teacher": args.allow_weak_teacher,
                 "transfer_ratio": args.transfer_ratio,
+                "student_init": args.student_init,
             },
         }
         result = compare(
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(out / "run_info.json", info)
-    copy_results(out, Path(args.results))
+    copy_results(out, Path(args.results), teacher_run)
     print(result["markdown"])
     print(
         f"\nteacher fine-tuning {t_teacher:.0f}s (0 if reused), compare "
@@ -270,14 +287,14 @@ def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
     atomic_write(out / "betas.md", "\n".join(table) + "\n")
 
 
-def copy_results(out: Path, results: Path) -> None:
+def copy_results(out: Path, results: Path, teacher_run: Path | None = None) -> None:
     """The tables, plot and every run's config/metrics/log to `results`, without weights."""
     results.mkdir(parents=True, exist_ok=True)
     for name in TABLES + ["betas.md", "betas.json"]:
         if (out / name).is_file():
             shutil.copy2(out / name, results / name)
     for name in RUN_FILES:
-        shutil.copy2(out / "teacher" / name, results / f"teacher_{name}")
+        shutil.copy2((teacher_run or out / "teacher") / name, results / f"teacher_{name}")
     betas = sorted((out / "betas").iterdir()) if (out / "betas").is_dir() else []
     for run in [*sorted((out / "runs").iterdir()), *betas]:
         dst = results / run.parent.name / run.name

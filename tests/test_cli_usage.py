@@ -43,8 +43,8 @@ def option_help(parser: argparse.ArgumentParser) -> dict[str, str]:
 def test_every_option_has_help_and_shows_its_default():
     commands = subcommands()
     assert set(commands) == {
-        "finetune", "distill", "evaluate", "predict", "benchmark", "compare", "sweep",
-        "presets", "export", "demo",
+        "finetune", "distill", "pretrain", "evaluate", "predict", "benchmark", "compare",
+        "sweep", "presets", "export", "demo",
     }  # fmt: skip
     for name, parser in commands.items():
         for action in parser._actions:
@@ -66,6 +66,10 @@ def test_help_shows_each_commands_own_defaults():
     assert finetune["--lr"].endswith("(default: 2e-05)")
     assert distill["--pt-normalize"].endswith("(default: on)")
     assert distill["--teacher"].endswith("run directory (required, here or in --config)")
+    pretrain = option_help(commands["pretrain"])  # PretrainConfig's train section
+    assert pretrain["--lr"].endswith("(default: 0.0001)")
+    assert pretrain["--epochs"].endswith("(default: 1)")
+    assert pretrain["--pt-tokens"].endswith("(default: all)")
     compare = option_help(commands["compare"])
     assert compare["--seeds"].endswith("(default: 1,2,3)")
     assert compare["--methods"].endswith("(default: ft,kd,pkd-skip,pkd-last)")

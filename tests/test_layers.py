@@ -28,6 +28,7 @@ LAYERS = {
     "pkd.metrics": 0,
     "pkd.progress": 0,
     "pkd.fsio": 0,
+    "pkd.projection": 0,
     # options
     "pkd.config": 1,
     "pkd.presets": 1,
@@ -40,10 +41,12 @@ LAYERS = {
     "pkd.models": 2,
     "pkd.onnx_model": 2,
     "pkd.card": 2,
+    "pkd.text": 2,
     # the teacher cache, the training loop, and a run's plan described and timed
     "pkd.cache": 3,
     "pkd.train": 3,
     "pkd.dryrun": 3,
+    "pkd.general": 3,
     # the run API
     "pkd.rundir": 4,
     "pkd.finetuning": 4,
@@ -51,6 +54,7 @@ LAYERS = {
     "pkd.inference": 4,
     "pkd.api": 4,
     "pkd.hf": 4,
+    "pkd.pretraining": 4,
     # commands built on runs
     "pkd.compare": 5,
     "pkd.sweep": 5,  # and its modules

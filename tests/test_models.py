@@ -7,7 +7,14 @@ import torch
 from conftest import WORDS, make_tiny_bert, make_tiny_teacher
 
 from pkd.errors import PkdError
-from pkd.models import BASE_MODEL_KEY, build_student, layer_states, load_finetuned, num_layers
+from pkd.models import (
+    BASE_MODEL_KEY,
+    build_student,
+    layer_states,
+    load_finetuned,
+    model_labels,
+    num_layers,
+)
 from pkd.tasks import MULTIPLE_CHOICE
 
 SLC = "single_label_classification"
@@ -90,13 +97,19 @@ def test_student_depth_impossible_for_init(tiny_bert, named_teacher, m):
     )
 
 
-def test_student_hidden_size_mismatch(tmp_path, named_teacher):
-    wide = make_tiny_bert(tmp_path / "wide", hidden=48)
-    with pytest.raises(PkdError) as e:
-        build_student(str(wide), 2, named_teacher, SLC)
-    msg = str(e.value)
-    assert msg.startswith(f"--student-init: {wide} has hidden_size=48 but the teacher")
-    assert "hidden_size=32" in msg
+def test_student_of_another_width_keeps_its_init_width(tmp_path, named_teacher):
+    """Another hidden size than the teacher's is no longer refused (issue 18): the student
+    is the init's first M layers at the init's width (PKD then goes through projections)."""
+    from safetensors.torch import load_file
+
+    narrow = make_tiny_bert(tmp_path / "narrow", hidden=16)
+    student = build_student(str(narrow), 2, named_teacher, SLC)
+    assert student.config.hidden_size == 16 and len(student.bert.encoder.layer) == 2
+    init = load_file(narrow / "model.safetensors")
+    got = student.state_dict()
+    for key in ("encoder.layer.1.output.dense.weight", "embeddings.word_embeddings.weight"):
+        assert torch.equal(got[f"bert.{key}"], init[key]), key
+    assert model_labels(student) == model_labels(named_teacher)
 
 
 def test_student_vocab_mismatch(tmp_path, named_teacher):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import WORDS, make_tiny_bert, make_tiny_teacher, snapshot, write_sst2
+from conftest import WORDS, make_tiny_teacher, snapshot, write_sst2
 from safetensors.torch import load_file
 
 from pkd import config as C
@@ -126,14 +126,6 @@ def _teacher_labels_differ(ctx):
     other = make_tiny_teacher(ctx["tmp"] / "named", ctx["tiny_bert"], labels=("neg", "pos"))
     return ["--teacher", other], (
         "--teacher: its labels ['neg', 'pos'] differ from the data's ['0', '1']"
-    )
-
-
-def _student_hidden_size(ctx):
-    init = make_tiny_bert(ctx["tmp"] / "h16", hidden=16)
-    return ["--student-init", init], (
-        f"--student-init: {init} has hidden_size=16 but the teacher has hidden_size=32; "
-        "student and teacher must share architecture, hidden size and vocabulary"
     )
 
 
@@ -272,7 +264,6 @@ CHECKS = [
     _dev_label_unknown,
     _custom_labels_not_teachers,
     _teacher_labels_differ,
-    _student_hidden_size,
     _student_other_vocabulary,
     _student_other_casing,
     _student_pickled_weights,

@@ -51,7 +51,7 @@ def test_tensorboard_and_mlflow_both_get_every_scalar(
     steps = {r["step"]: r["loss"] for r in logged if "loss" in r}
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert history == pytest.approx(steps)  # the same records as log.jsonl
-    assert run.data.params["train.lr"] == "0.003" and run.data.params["beta"] == "100.0"
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["weight.pt"] == "100.0"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["report_to"] == ["tensorboard", "mlflow"]
 

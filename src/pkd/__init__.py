@@ -11,11 +11,11 @@ from pkd.errors import PkdError  # noqa: E402
 
 def __getattr__(name: str):
     # The API modules load lazily (data, training, Accelerate).
-    if name in ("finetune", "distill", "evaluate", "predict"):
+    if name in ("finetune", "distill", "pretrain", "evaluate", "predict"):
         from pkd import api
 
         return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["PkdError", "finetune", "distill", "evaluate", "predict", "__version__"]
+__all__ = ["PkdError", "finetune", "distill", "pretrain", "evaluate", "predict", "__version__"]

@@ -157,6 +157,15 @@ class TeacherCache:
         states = torch.from_numpy(np.asarray(self.states[idx][..., layers, :], dtype=np.float32))
         return logits, states
 
+    def record(self) -> dict:
+        """Where it is, whether it was reused, its build time: a run's metrics.json entry."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "reused": m.get("reused"),
+            "build_seconds": m.get("build_seconds"),
+        }
+
 
 def estimate_bytes(n: int, logit_shape: tuple, states_shape: tuple) -> int:
     return n * (int(np.prod(logit_shape)) * 4 + int(np.prod(states_shape)) * 2)

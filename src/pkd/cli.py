@@ -19,7 +19,11 @@ from pkd.errors import PkdError
 from pkd.models import quiet_transformers
 from pkd.presets import apply, format_table
 
-SECTION_OPTIONS = {"finetune": ("data", "train"), "distill": ("data", "train", "distill")}
+SECTION_OPTIONS = {
+    "finetune": ("data", "train"),
+    "distill": ("data", "train", "distill"),
+    "pretrain": ("text", "train", "pretrain"),
+}
 NOT_OPTIONS = ("preset_source",)  # recorded in config.yaml by --preset, not set by the user
 
 
@@ -185,6 +189,12 @@ def _distill_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p, "--teacher", "the fine-tuned teacher")
     for s in SECTION_OPTIONS["distill"]:
         _add_section(p, s)
+
+
+def _pretrain_options(p: argparse.ArgumentParser) -> None:
+    _add_run_options(p, "--teacher", "the pre-trained encoder to distil (not fine-tuned)")
+    for s in SECTION_OPTIONS["pretrain"]:
+        _add_section(p, s, config_cls=C.PretrainConfig)
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -389,6 +399,10 @@ def _no_options(p: argparse.ArgumentParser) -> None:
 PARSERS = {
     "finetune": ("fine-tune a teacher (or any encoder) on a task", _finetune_options),
     "distill": ("distill a fine-tuned teacher into an M-layer student", _distill_options),
+    "pretrain": (
+        "task-agnostic patient distillation on unlabelled text (students of any width)",
+        _pretrain_options,
+    ),
     "evaluate": ("task metrics of a fine-tuned model (JSON)", _evaluate_options),
     "predict": ("predictions file in GLUE submission format", _predict_options),
     "benchmark": ("size, latency and throughput of several models", _benchmark_options),
@@ -492,10 +506,22 @@ def _finetune(args: argparse.Namespace, quiet: bool) -> None:
 
 def _distill(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import distill
+
+    _run_or_plan(args, C.DistillRunConfig, distill)
+
+
+def _pretrain(args: argparse.Namespace, quiet: bool) -> None:
+    from pkd.api import pretrain
+
+    _run_or_plan(args, C.PretrainConfig, pretrain)
+
+
+def _run_or_plan(args: argparse.Namespace, cls, command) -> None:
+    """`command(cfg)` for the resolved config: its best metrics, or with --dry-run its plan."""
     from pkd.dryrun import format_plan
 
-    cfg = resolve(args, C.DistillRunConfig)
-    result = distill(cfg, dry_run=args.dry_run)
+    cfg = resolve(args, cls)
+    result = command(cfg, dry_run=args.dry_run)
     if args.dry_run:
         print(format_plan(result))
     else:
@@ -617,6 +643,7 @@ def _demo(args: argparse.Namespace, quiet: bool) -> None:
 COMMANDS = {
     "finetune": _finetune,
     "distill": _distill,
+    "pretrain": _pretrain,
     "evaluate": _evaluate,
     "predict": _predict,
     "benchmark": _benchmark,

@@ -443,6 +443,186 @@ class DistillRunConfig:
             self.distill.student_init = resolve_model(self.distill.student_init, "student-init")
 
 
+PT_TOKENS = ("cls", "all")
+
+
+@dataclass
+class TextConfig:
+    """`pkd pretrain`'s unlabelled text: files, a GLUE task's sentences, a `datasets` corpus."""
+
+    text_file: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "plain-text files, one passage a line, or JSONL/CSV/TSV with --text-column; "
+            "several (A,B) or a glob ('corpus/*.txt')"
+        },
+    )
+    text_column: str | None = field(
+        default=None, metadata={"help": "the text column of JSONL/CSV/TSV files and --dataset"}
+    )
+    task: str | None = field(
+        default=None,
+        metadata={"help": "a GLUE task whose sentences (labels ignored) are read from --data-dir"},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "the GLUE task's directory"})
+    glue_splits: list[str] = field(
+        default_factory=lambda: ["train"], metadata={"help": "the GLUE task's splits to read"}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a `datasets` Hub name (streamed) or a save_to_disk directory; its "
+            "--text-column (default 'text')"
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's config"})
+    dataset_split: str = field(default="train", metadata={"help": "the dataset's split"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of the files"})
+    max_length: int = field(default=128, metadata={"help": "tokens per passage (truncation)"})
+    max_texts: int | None = field(
+        default=None,
+        metadata={"help": "the first N passages, in the order read (files, task, dataset)"},
+    )
+    eval_texts: int = field(
+        default=1000,
+        metadata={
+            "help": "passages held out (a fixed sample, at most a tenth of them) to evaluate the "
+            "distillation loss on each epoch"
+        },
+    )
+
+    def __post_init__(self):
+        _positive("max-length", self.max_length)
+        _positive("max-texts", self.max_texts)
+        _positive("eval-texts", self.eval_texts)
+        if self.text_file is not None and not self.text_file:
+            self.text_file = None  # an empty list from a config file: no files
+        if self.data_dir and not self.task:
+            raise PkdError("--data-dir: give --task too (the GLUE task whose sentences it holds)")
+
+    def check_source(self) -> None:
+        """Some text must be given (checked by the run config: a default section has none)."""
+        if not (self.text_file or self.task or self.dataset):
+            raise PkdError(
+                "--text-file: give unlabelled text: --text-file FILE, --task TASK --data-dir DIR "
+                "(its sentences), or --dataset NAME_OR_DIR"
+            )
+
+
+@dataclass
+class PretrainOptions:
+    """`pkd pretrain`'s student and loss: task-agnostic patient distillation."""
+
+    student_layers: int = field(default=3, metadata={"help": "student depth M"})
+    student_hidden_size: int | None = field(
+        default=None, metadata={"help": "student width (default: the teacher's)"}
+    )
+    student_heads: int | None = field(
+        default=None,
+        metadata={"help": "attention heads (default: the teacher's head size kept)"},
+    )
+    student_intermediate_size: int | None = field(
+        default=None,
+        metadata={"help": "feed-forward size (default: the teacher's ratio to the width)"},
+    )
+    student_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "checkpoint the student starts from (default: the teacher's first M layers "
+            "at its width, a fresh init at another)"
+        },
+    )
+    strategy: str = field(default="skip", metadata={"help": "PKD layer map: skip|last"})
+    layer_map: list[int] | None = field(default=None, metadata={"help": "explicit map, e.g. 2,4"})
+    pt_tokens: str = field(
+        default="all",
+        metadata={"help": "states matched: all (every token, padding excluded)|cls ([CLS] only)"},
+    )
+    pt_normalize: bool = field(default=True, metadata={"help": "L2-normalise each state"})
+    beta: float = field(default=1.0, metadata={"help": "weight of the patient loss"})
+    top_weight: float = field(default=1.0, metadata={"help": "weight of the top layer's states"})
+    mlm_distill_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of soft-label MLM distillation (needs an MLM-head teacher)"},
+    )
+    mlm_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the hard MLM loss on masked tokens (needs one too)"},
+    )
+    temperature: float = field(default=2.0, metadata={"help": "MLM distillation temperature"})
+    mask_probability: float = field(default=0.15, metadata={"help": "MLM: share of tokens masked"})
+    teacher_mode: str = field(
+        default="online",
+        metadata={"help": "online|cached (cached: --pt-tokens cls without MLM terms only)"},
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "teacher cache root (default: $PKD_CACHE_DIR or ~/.cache/pkd/teacher)"},
+    )
+
+    def __post_init__(self):
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("pt-tokens", self.pt_tokens, PT_TOKENS)
+        _choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        _positive("student-layers", self.student_layers)
+        _positive("student-hidden-size", self.student_hidden_size)
+        _positive("student-heads", self.student_heads)
+        _positive("student-intermediate-size", self.student_intermediate_size)
+        _positive("temperature", self.temperature)
+        for name in ("beta", "top_weight", "mlm_distill_weight", "mlm_weight"):
+            _positive(name.replace("_", "-"), getattr(self, name), allow_zero=True)
+        if not self.weights:
+            raise PkdError("--beta: every loss weight is 0; the student would learn nothing")
+        if not 0 < self.mask_probability < 1:
+            raise PkdError(f"--mask-probability: must be in (0, 1), got {self.mask_probability}")
+        if self.teacher_mode == "cached" and (self.pt_tokens == "all" or self.uses_mlm):
+            why = "every token's states" if self.pt_tokens == "all" else "MLM soft labels"
+            raise PkdError(
+                f"--teacher-mode: cached keeps [CLS] states only; {why} depend on each batch "
+                "(padding, masking) and are far too large to keep: use online"
+            )
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each loss term's weight, for the terms weighted above 0."""
+        every = {
+            "pt": self.beta,
+            "top": self.top_weight,
+            "mlm_kd": self.mlm_distill_weight,
+            "mlm": self.mlm_weight,
+        }
+        return {k: v for k, v in every.items() if v > 0}
+
+    @property
+    def uses_mlm(self) -> bool:
+        return self.mlm_distill_weight > 0 or self.mlm_weight > 0
+
+
+@dataclass
+class PretrainConfig:
+    """`pkd pretrain`: distil a pre-trained encoder into a smaller one on unlabelled text."""
+
+    teacher: str = ""
+    output: str = ""
+    overwrite: bool = False
+    resume: bool = False
+    resume_from: str | None = None
+    trust_remote_code: bool = False
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1))
+    pretrain: PretrainOptions = field(default_factory=PretrainOptions)
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise PkdError("--teacher: required (a pre-trained encoder: a name or directory)")
+        if not self.output:
+            raise PkdError("--output: required (the run directory)")
+        self.text.check_source()
+        self.teacher = resolve_model(self.teacher, "teacher")
+        if self.pretrain.student_init:
+            self.pretrain.student_init = resolve_model(self.pretrain.student_init, "student-init")
+
+
 MODEL_SOURCES = "a Hub model name, a model directory (config.json) or a pkd run directory (model/)"
 
 
@@ -477,7 +657,13 @@ def resolve_model(name_or_path: str, option: str) -> str:
     )
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "distill": DistillConfig,
+    "text": TextConfig,
+    "pretrain": PretrainOptions,
+}
 
 
 def _coerce(name: str, type_name: str, value, source: str):

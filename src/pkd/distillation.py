@@ -53,6 +53,7 @@ from pkd.models import (
     num_layers,
     student_init_name,
 )
+from pkd.projection import Projection
 from pkd.race import num_choices
 from pkd.rundir import data_summary, finish_run, open_run, start_run
 from pkd.splits import EncodedSplit
@@ -87,6 +88,8 @@ class DistillPlan:
     truncated: float
     pooling: str  # the student's (and the teacher's, for PKD): cls or mean
     transfer: EncodedSplit | None = None  # --transfer-file, tokenised (`pkd.transfer`)
+    # PKD into a student of another width: its states reach the teacher's through these
+    projection: Projection | None = None
 
     def training_set(self, cfg: C.DistillRunConfig):
         """The labelled training set; with a transfer set, each labelled example together
@@ -146,6 +149,7 @@ def plan_distill(
         init, d.student_layers, teacher, spec.problem_type, cfg.trust_remote_code, pooling
     )
     check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
+    projection = patient_projection(d, pairs, student.config, teacher.config)
     label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
     encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
     if transfer is not None:
@@ -169,7 +173,20 @@ def plan_distill(
         trunc,
         pooling,
         transfer,
+        projection,
     )
+
+
+def patient_projection(d: C.DistillConfig, pairs, student_config, teacher_config):
+    """PKD into a student of another width (a `pkd pretrain` student as --student-init):
+    a learned projection per mapped layer, student H -> teacher H, trained with the student
+    and never saved in its model/ (seeded: build it right after the student). None when
+    the widths agree or the method has no patient loss."""
+    hs, ht = student_config.hidden_size, teacher_config.hidden_size
+    if "pt" not in d.terms or hs == ht:
+        return None
+    logger.info("student width %d, teacher %d: the patient loss goes through projections", hs, ht)
+    return Projection(len(pairs), hs, ht)
 
 
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
@@ -374,7 +391,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     train_set = plan.training_set(cfg)
     signal, cache_info = teacher_signal(cfg, plan, accelerator, train_set)
     t_cache = time.perf_counter() - t0
-    objective = Objective.from_config(d, plan.pairs, signal, plan.pooling)
+    objective = Objective.from_config(d, plan.pairs, signal, plan.pooling, plan.projection)
     plan.student.config.update({TASK_KEY: spec.name})
     result = train(
         plan.student,
@@ -399,6 +416,8 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         "student_init": plan.student_init,
         "method": d.method,
         "student_layers": d.student_layers,
+        "student_hidden_size": plan.student.config.hidden_size,
+        "projection": plan.projection is not None,
         "pooling": plan.pooling,
         "layer_map": [list(p) for p in plan.pairs] if "pt" in d.terms else [],
         "labels": list(spec.labels),
@@ -453,12 +472,7 @@ def teacher_signal(
             accelerator.device,
             not cfg.train.quiet,
         )
-    info = {
-        "path": str(cache.path),
-        "reused": cache.manifest.get("reused"),
-        "build_seconds": cache.manifest.get("build_seconds"),
-    }
-    return cached_teacher(cache), info
+    return cached_teacher(cache), cache.record()
 
 
 def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from pkd import cache as cache_mod
 from pkd.data import collator, truncated_fraction
+from pkd.general import CACHE_NAME, CacheableTeacher, cache_extra, online_signals
 from pkd.models import (
     DEV_METRIC_KEY,
     count_parameters,
@@ -71,7 +72,8 @@ def time_steps(
     dry run discards it.
     """
 
-    p = prepare(make_accelerator(train_cfg), model, train_set, {}, train_cfg, collate)
+    accelerator = make_accelerator(train_cfg)
+    p = prepare(accelerator, model, train_set, {}, train_cfg, collate, objective.aux)
     device = p.accelerator.device
     batches = [
         {k: v.to(device) for k, v in b.items()}
@@ -276,13 +278,18 @@ def teacher_cache(cfg, plan) -> dict:
     fp = cache_mod.fingerprint(
         plan.teacher, dataset.features, cache_mod.cache_extra(plan.spec, cfg)
     )
-    path = root / f"{plan.spec.name}-{fp[:16]}"  # build_or_load's layout
+    return cached_plan(n, size, root / f"{plan.spec.name}-{fp[:16]}")  # build_or_load's layout
+
+
+def cached_plan(examples: int, size: int, path: Path) -> dict:
+    """A teacher cache in a plan: its examples, bytes, path and whether it exists."""
+    exists = (path / "manifest.json").is_file()
     return {
         "mode": "cached",
-        "examples": n,
+        "examples": examples,
         "bytes": size,
         "path": str(path),
-        "exists": (path / "manifest.json").is_file(),
+        "exists": exists,
     }
 
 
@@ -309,9 +316,11 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
         },
         "student": {
             "layers": d.student_layers,
+            "hidden_size": plan.student.config.hidden_size,
             "init": str(plan.student_init),
             "parameters": count_parameters(plan.student)["total"],
             "pooling": plan.pooling,
+            "projection": plan.projection is not None,
         },
         "method": d.method + (f"-{d.strategy}" if pt and not d.layer_map else ""),
         "layer_map": [[a, b] for a, b in plan.pairs] if pt else [],
@@ -335,7 +344,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
     }
     if timed:
         needs_teacher = len(d.terms) > 1
-        objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling)
+        objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling, aux=plan.projection)
         timing = time_steps(
             plan.student,
             plan.training_set(cfg),  # with its transfer partners: the batches the run sees
@@ -356,6 +365,77 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
             online_teacher=needs_teacher and d.teacher_mode == "online",
             teacher_eval_examples=_eval_examples(plan.encoded),
         )
+    return out
+
+
+def pretrain_formula(o) -> str:
+    """`pkd pretrain`'s loss with this run's weights, e.g. `1*PT(all tokens) + 1*TOP(...)`."""
+    tokens = "every token" if o.pt_tokens == "all" else "[CLS]"
+    shown = {
+        "pt": f"PT(mapped layers, {tokens})",
+        "top": f"TOP(top layers, {tokens})",
+        "mlm_kd": f"MLM-KD(T={o.temperature:g})",
+        "mlm": "MLM(masked tokens)",
+    }
+    return " + ".join(f"{w:g}*{shown[k]}" for k, w in o.weights.items())
+
+
+def pretrain_cache(cfg, plan) -> dict:
+    """Where `pkd pretrain`'s teacher cache ([CLS] states of every teacher layer) would
+    live, its size, and whether it exists; the teacher runs online otherwise."""
+    o = cfg.pretrain
+    if o.teacher_mode == "online":
+        return {"mode": "online (no cache; the teacher runs every step)", "bytes": 0}
+    t, n = plan.teacher.config, len(plan.encoded["train"])
+    size = cache_mod.estimate_bytes(n, (1,), (t.num_hidden_layers + 1, t.hidden_size))
+    root = Path(o.cache_dir) if o.cache_dir else cache_mod.default_root()
+    extra = cache_extra(cfg.text.max_length)
+    fp = cache_mod.fingerprint(
+        CacheableTeacher(plan.teacher), plan.encoded["train"].features, extra
+    )
+    return cached_plan(n, size, root / f"{CACHE_NAME}-{fp[:16]}")
+
+
+def describe_pretrain(cfg, plan, timed: bool = True) -> dict:
+    """The plan of `pkd pretrain` (what --dry-run prints): teacher, student, map, loss, text,
+    the cache asked for, and the run's steps and time from timed steps (the teacher online)."""
+    o, t, s = cfg.pretrain, plan.teacher.config, plan.student.config
+    heads = plan.heads
+    cache = pretrain_cache(cfg, plan)
+    out = {
+        "command": "pretrain",
+        "output": str(cfg.output),
+        "teacher": {
+            "path": str(cfg.teacher),
+            "layers": num_layers(t),
+            "hidden_size": t.hidden_size,
+            "parameters": count_parameters(plan.teacher.base_model)["total"],
+            "mlm_head": o.uses_mlm,
+        },
+        "student": {
+            "layers": s.num_hidden_layers,
+            "hidden_size": s.hidden_size,
+            "heads": s.num_attention_heads,
+            "intermediate_size": s.intermediate_size,
+            "init": plan.student_init,
+            "parameters": count_parameters(plan.student)["total"],
+            "projection": heads is not None and heads.projection is not None,
+        },
+        "layer_map": [[a, b] for a, b in plan.pairs],
+        "top": list(plan.top),
+        "loss": {"formula": pretrain_formula(o), "weights": o.weights, "normalize": o.pt_normalize},
+        "data": _data(plan.splits, plan.encoded, cfg.text.max_length),
+        "max_length": cfg.text.max_length,
+        "train": _train_summary(cfg.train),
+        "teacher_cache": cache,
+        "cache_bytes": cache["bytes"],
+    }
+    if timed:
+        plan.teacher.to("cuda" if torch.cuda.is_available() else "cpu")  # the accelerator's
+        objective = plan.objective(cfg, online_signals(plan.teacher, o.pt_tokens, o.uses_mlm))
+        train_set, held, collate = plan.datasets(cfg)
+        timing = time_steps(plan.student, train_set, collate, cfg.train, objective, "pretrain")
+        out["estimate"] = estimate(timing, cfg.train, len(train_set), len(held))
     return out
 
 
@@ -451,6 +531,27 @@ def _data_lines(plan: dict) -> list[str]:
 POOLING_TEXT = {"cls": "cls ([CLS] state through the pooler)", "mean": "mean (masked token mean)"}
 
 
+def _pretrain_lines(plan: dict) -> list[str]:
+    t, s, c = plan["teacher"], plan["student"], plan["teacher_cache"]
+    pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"]) or "none"
+    width = f"hidden {s['hidden_size']}, {s['heads']} heads, feed-forward {s['intermediate_size']}"
+    lines = [
+        f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
+        f"{t['parameters'] / 1e6:.2f}M parameters{', MLM head' if t['mlm_head'] else ''})",
+        f"student:    {s['layers']} layers, {width}, {s['parameters'] / 1e6:.2f}M parameters; "
+        f"from {s['init']}",
+        f"layer map:  teacher->student {pairs}; top {plan['top'][0]}->{plan['top'][1]}"
+        + ("; through learned projections (not saved in model/)" if s["projection"] else ""),
+        f"loss:       {plan['loss']['formula']}",
+    ]
+    if c["mode"] == "cached":
+        state = "exists, reused" if c["exists"] else "to build"
+        lines.append(f"cache:      {human_bytes(c['bytes'])} on disk at {c['path']} ({state})")
+    else:
+        lines.append(f"cache:      {c['mode']}")
+    return lines
+
+
 def format_plan(plan: dict) -> str:
     """A dry-run plan (from describe_finetune/describe_distill) as readable text."""
     lines = [f"pkd {plan['command']} (dry run): nothing trained, nothing written", ""]
@@ -467,6 +568,8 @@ def format_plan(plan: dict) -> str:
             "baseline:   majority class "
             + ", ".join(f"{k} {v:.4f}" for k, v in plan["majority_baseline"].items())
         )
+    elif plan["command"] == "pretrain":
+        lines += _pretrain_lines(plan)
     else:
         t, s = plan["teacher"], plan["student"]
         if plan.get("preset"):
@@ -495,6 +598,11 @@ def format_plan(plan: dict) -> str:
         if plan["layer_map"]:
             pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"])
             lines.append(f"layer map:  teacher->student {pairs} (+ logits of the last layer)")
+            if s.get("projection"):
+                lines.append(
+                    f"            student width {s['hidden_size']} -> teacher {t['hidden_size']} "
+                    "through a learned projection per layer (not saved in model/)"
+                )
         else:
             lines.append("layer map:  none (no patient loss)")
         lines.append(f"loss:       {plan['loss']['formula']}")

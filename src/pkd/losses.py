@@ -116,3 +116,55 @@ def total_loss(terms: dict[str, torch.Tensor], alpha: float, beta: float) -> tor
     """Eq. (5): (1 - alpha) * CE + alpha * KD + beta * PT, over the terms present."""
     weights = term_weights(alpha, beta)
     return sum(weights[name] * value for name, value in terms.items())
+
+
+def token_state_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """`pkd pretrain`'s hidden-state loss: per-token squared distance between (L2-normalised)
+    states, a masked mean over tokens, averaged over layers. Padding never counts.
+
+    Args:
+        student: (B, L, T, H) states of L student layers (T = 1 for [CLS] only).
+        teacher: the same shape, at the matched teacher layers (projected to H first when
+            the widths differ).
+        mask: (B, T), 1 for the tokens that count (the attention mask; all ones for [CLS]).
+        normalize: divide each token's state by its L2 norm first; the distance is then
+            2 - 2 cos, in [0, 4].
+    """
+    if student.numel() == 0:  # no layer to match (a 1-layer student's patient term)
+        return student.new_zeros(())
+    s, t = student.float(), teacher.float()
+    if normalize:
+        s, t = F.normalize(s, p=2, dim=-1), F.normalize(t, p=2, dim=-1)
+    distance = (s - t).pow(2).sum(-1)  # (B, L, T)
+    keep = mask.to(distance.dtype)[:, None, :]
+    return (distance * keep).sum() / (keep.sum() * distance.shape[1]).clamp(min=1)
+
+
+def mlm_distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Soft-label MLM distillation (DistilBERT's L_ce): KL(p_t || q_s) at temperature T,
+    summed over the vocabulary, averaged over the masked tokens, times T^2.
+
+    Args:
+        student_logits, teacher_logits: (n, V) at the n masked tokens; n = 0 gives 0.
+    """
+    if student_logits.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    t = temperature
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    p = F.softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_q, p, reduction="batchmean") * t * t
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The hard MLM loss: cross-entropy against the original tokens at the n masked
+    positions, (n, V) and (n,); n = 0 gives 0."""
+    if logits.shape[0] == 0:
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels)

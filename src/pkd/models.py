@@ -16,6 +16,7 @@ of `pkd.pooling`. `auto` reads a checkpoint's sentence-transformers pooling conf
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -365,26 +367,19 @@ def build_student(
     pooling: str = "cls",
 ):
     """An M-layer student initialised from the first M layers (and embeddings) of `init`,
-    with a new head that pools as `pooling` says (`cls` or `mean`).
+    with a new head that pools as `pooling` says (`cls` or `mean`). `init` may be of another
+    hidden size than the teacher (a `pkd pretrain` student): the patient loss then goes
+    through learned projections (`pkd.projection`).
 
     Raises:
-        PkdError: init and teacher cannot match (architecture, hidden size, vocabulary), or
-            init has fewer than M layers.
+        PkdError: init and teacher cannot match (architecture, vocabulary), or init has fewer
+            than M layers.
     """
     init = resolve_model(init, "student-init")
     config = load_config(init, "student-init", trust_remote_code)
     t = teacher.config
     init_layers = num_layers(config)
-    for what, a, b in (
-        ("model_type", encoder_type(config), encoder_type(t)),
-        ("hidden_size", getattr(config, "hidden_size", None), getattr(t, "hidden_size", None)),
-        ("vocab_size", getattr(config, "vocab_size", None), getattr(t, "vocab_size", None)),
-    ):
-        if a != b:
-            raise PkdError(
-                f"--student-init: {init} has {what}={a} but the teacher has {what}={b}; "
-                "student and teacher must share architecture, hidden size and vocabulary"
-            )
+    check_same_architecture(config, t, init)
     if not 1 <= student_layers <= init_layers:
         raise PkdError(
             f"--student-layers: {student_layers} is impossible for the {init_layers} layers of "
@@ -408,6 +403,21 @@ def build_student(
             )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
     return model
+
+
+def check_same_architecture(config, teacher_config, init: str) -> None:
+    """A student (init `config`) must have its teacher's architecture and vocabulary; its
+    width and depth may differ."""
+    t = teacher_config
+    for what, a, b in (
+        ("model_type", encoder_type(config), encoder_type(t)),
+        ("vocab_size", getattr(config, "vocab_size", None), getattr(t, "vocab_size", None)),
+    ):
+        if a != b:
+            raise PkdError(
+                f"--student-init: {init} has {what}={a} but the teacher has {what}={b}; "
+                "student and teacher must share architecture and vocabulary"
+            )
 
 
 def student_init_name(
@@ -466,3 +476,145 @@ def count_parameters(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     layers = sum(p.numel() for n, p in model.named_parameters() if ".layer." in n)
     return {"total": total, "transformer_layers": layers}
+
+
+# ---------------------------------------------------------------------------------------------
+# `pkd pretrain`: a pre-trained teacher, and a student of any shape
+
+PRETRAIN_KEY = "pkd_pretrain"  # in a `pkd pretrain` student's config.json: where it came from
+
+
+def load_pretrained_teacher(name_or_path: str, mlm: bool = False, trust_remote_code: bool = False):
+    """The pre-trained encoder that teaches `pkd pretrain`, frozen, in eval mode: the bare
+    encoder, or with `mlm` its `AutoModelForMaskedLM` (encoder and MLM head).
+
+    Raises:
+        PkdError: it does not load; with `mlm`, its checkpoint holds no MLM head (a
+            sentence-transformers model such as all-MiniLM-L6-v2 has none).
+    """
+    name_or_path = resolve_model(name_or_path, "teacher")
+    if not mlm:
+        model = load_encoder(name_or_path, "teacher", trust_remote_code)
+    else:
+        with _load_errors("teacher", name_or_path):
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                name_or_path,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=_use_safetensors(name_or_path),
+                output_loading_info=True,
+            )
+        prefix = model.base_model_prefix + "."
+        head = [k for k in info["missing_keys"] if not k.startswith(prefix)]
+        if head:
+            raise PkdError(
+                f"--mlm-distill-weight/--mlm-weight: the teacher {name_or_path} has no MLM head "
+                f"(its checkpoint lacks {head[0]}); drop the MLM options (the hidden-state terms "
+                "need none) or pass a teacher with one, e.g. bert-base-uncased"
+            )
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def general_student_config(teacher_config, layers: int, hidden, heads, intermediate):
+    """The config of a fresh student of another shape, derived from the teacher's: the same
+    architecture, vocabulary and positions; by default the teacher's head size and its ratio
+    of feed-forward to hidden size.
+
+    Raises:
+        PkdError: a width its heads do not divide.
+    """
+    t = teacher_config
+    hidden = hidden or t.hidden_size
+    if heads is None:
+        head_size = t.hidden_size // t.num_attention_heads
+        if hidden % head_size:
+            raise PkdError(
+                f"--student-heads: the teacher's head size {head_size} does not divide "
+                f"--student-hidden-size {hidden}; give --student-heads"
+            )
+        heads = hidden // head_size
+    if hidden % heads:
+        raise PkdError(f"--student-heads: {heads} heads do not divide the width {hidden}")
+    config = copy.deepcopy(t)
+    config.num_hidden_layers = layers
+    config.hidden_size = hidden
+    config.num_attention_heads = heads
+    config.intermediate_size = intermediate or round(t.intermediate_size * hidden / t.hidden_size)
+    config.architectures = None
+    return without_pkd_records(config)
+
+
+def without_pkd_records(config):
+    """`config` without what pkd recorded in it (`pkd_task`, `pkd_dev_metric`, ...): a new
+    student's records are its own."""
+    for key in [k for k in config.to_dict() if k.startswith("pkd_")]:
+        delattr(config, key)
+    return config
+
+
+def build_general_student(
+    teacher_name: str,
+    teacher_config,
+    layers: int,
+    shape: dict[str, int | None],
+    init: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[object, str]:
+    """`pkd pretrain`'s student encoder (`AutoModel`, with its pooler) and how it starts:
+    `init`'s first M layers; else at the teacher's shape its first M layers (as `pkd
+    distill`); else a fresh model of that shape (seeded by the caller).
+
+    Args:
+        teacher_config: the teacher encoder's config.
+        shape: hidden_size, num_attention_heads, intermediate_size (None: the teacher's or,
+            for a fresh student, derived by `general_student_config`).
+
+    Raises:
+        PkdError: an init of another architecture or vocabulary, with fewer than M layers, or
+            whose shape differs from the one asked for.
+    """
+    if init is not None:
+        config = load_config(init, "student-init", trust_remote_code)
+        check_same_architecture(config, teacher_config, init)
+        for key, value in shape.items():
+            if value is not None and value != getattr(config, key):
+                option = {"num_attention_heads": "heads"}.get(key, key).replace("_", "-")
+                raise PkdError(
+                    f"--student-{option}: {value} differs from the {getattr(config, key)} of "
+                    f"--student-init {init}, which fixes the student's shape; drop one of them"
+                )
+        if layers > num_layers(config):
+            raise PkdError(
+                f"--student-layers: {layers} > the {num_layers(config)} layers of {init}"
+            )
+        encoder = _pretrained_encoder(init, "student-init", trust_remote_code, layers)
+        without_pkd_records(encoder.config)
+        return encoder, init
+    t = teacher_config
+    if all(v is None or v == getattr(t, k) for k, v in shape.items()):
+        encoder = _pretrained_encoder(teacher_name, "teacher", trust_remote_code, layers)
+        without_pkd_records(encoder.config)
+        return encoder, f"the teacher's first {layers} layers"
+    config = general_student_config(
+        t,
+        layers,
+        shape["hidden_size"],
+        shape["num_attention_heads"],
+        shape["intermediate_size"],
+    )
+    return AutoModel.from_config(config), "fresh (random) weights"
+
+
+def _pretrained_encoder(name_or_path: str, option: str, trust_remote_code: bool, layers: int):
+    """The first `layers` layers (and embeddings, and pooler) of a checkpoint as `AutoModel`."""
+    config = load_config(name_or_path, option, trust_remote_code)
+    if config.model_type == P.MODEL_TYPE:  # a mean-pooled pkd model: its encoder
+        return load_encoder(name_or_path, option, trust_remote_code, num_hidden_layers=layers)
+    with _load_errors(option, name_or_path):
+        return AutoModel.from_pretrained(
+            name_or_path,
+            num_hidden_layers=layers,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_use_safetensors(name_or_path),
+        )

@@ -110,10 +110,15 @@ def data_inputs(data: C.DataConfig) -> Inputs:
     ]
 
 
-def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Inputs:
-    """What a finetune/distill run reads: its --output must not be or hold any of it."""
+def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Inputs:
+    """What a finetune/distill/pretrain run reads: its --output must not be or hold any of it."""
     if isinstance(cfg, C.FinetuneConfig):
         return [("--model", cfg.model), *data_inputs(cfg.data)]
+    if isinstance(cfg, C.PretrainConfig):
+        t = cfg.text
+        files = [("--text-file", f) for f in t.text_file or []]
+        sources = [("--data-dir", t.data_dir), ("--dataset", t.dataset), *files]
+        return [("--teacher", cfg.teacher), ("--student-init", cfg.pretrain.student_init), *sources]
     init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
     return [("--teacher", cfg.teacher), ("--student-init", init), *data_inputs(cfg.data)]
 
@@ -122,7 +127,7 @@ def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Inputs:
 # Resuming
 
 
-def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Path | None:
+def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Path | None:
     """The checkpoint to continue from (--resume: latest in the run dir; --resume-from: given)."""
     if cfg.resume_from:
         ckpt = Path(cfg.resume_from)
@@ -141,7 +146,7 @@ def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig) -> Path | None:
     return found[-1]
 
 
-def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig) -> None:
+def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> None:
     """A resumed run must continue with the settings it started with (its config.yaml).
 
     Only settings that cannot change the result (`config.NO_EFFECT`: --logging-steps,
@@ -163,7 +168,9 @@ def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig) -> None:
         )
 
 
-def open_run(cfg: C.FinetuneConfig | C.DistillRunConfig) -> tuple[Path, Path | None]:
+def open_run(
+    cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig,
+) -> tuple[Path, Path | None]:
     """Every check of a run's --output and resume options: (run dir, checkpoint or None).
 
     Nothing is written; `start_run` creates the directory once all other checks passed.
@@ -265,17 +272,18 @@ def record_in_model(model_dir: Path, extra: dict) -> None:
 
 
 def finish_run(
-    output: Path, metrics: dict, baseline: float, accelerator, command: str | None = None
+    output: Path, metrics: dict, baseline: float | None, accelerator, command: str | None = None
 ) -> None:
-    """The end of a run, on the main process: the baseline into model/config.json, the model
-    card (model/README.md, `pkd.card`), then metrics.json, written last (the mark of a
-    finished run).
+    """The end of a run, on the main process: the baseline into model/config.json (none for
+    `pkd pretrain`, which has no task), the model card (model/README.md, `pkd.card`), then
+    metrics.json, written last (the mark of a finished run).
 
     command: the pkd command that trained the run, for its card (default: distill for a run
     with a teacher, else finetune).
     """
     if accelerator.is_main_process:
-        record_in_model(output / "model", {"baseline": baseline})
+        if baseline is not None:
+            record_in_model(output / "model", {"baseline": baseline})
         config = read_run_config(output)
         command = command or ("distill" if "teacher" in config else "finetune")
         write_model_card(output / "model", config, metrics, command)

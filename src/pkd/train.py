@@ -11,6 +11,7 @@ a run (tests inject faults through them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from pkd.config import TRACKERS, TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.fsio import replace_dir, staged_dir
-from pkd.losses import ce_loss, kd_loss, patient_loss, term_weights, total_loss
+from pkd.losses import ce_loss, kd_loss, patient_loss, term_weights
 from pkd.metrics import compute_metrics
 from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
 from pkd.progress import progress
@@ -45,7 +46,7 @@ from pkd.transfer import labelled_count
 
 logger = logging.getLogger(__name__)
 
-NON_INPUTS = ("labels", "example_index")
+NON_INPUTS = ("labels", "example_index", "mlm_labels")  # batch keys the model does not take
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Objective:
     pooling: str = "cls"
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (teacher layer, student layer)
     teacher: Callable | None = None
+    # Trained with the student, saved in checkpoints, never in model/: a student of another
+    # width maps its states to the teacher's through these (`pkd.projection.Projection`).
+    aux: torch.nn.Module | None = None
 
     @classmethod
     def from_config(
@@ -77,9 +81,11 @@ class Objective:
         pairs: list[tuple[int, int]],
         teacher: Callable | None = None,
         pooling: str = "cls",
+        aux: torch.nn.Module | None = None,
     ):
         """The objective a `DistillConfig` asks for (terms and weights from its method);
-        pooling: the student's, resolved (`pkd.models.resolve_pooling`)."""
+        pooling: the student's, resolved (`pkd.models.resolve_pooling`); aux: the patient
+        loss's projections for a student of another width."""
         return cls(
             terms=d.terms,
             alpha=d.alpha,
@@ -92,7 +98,16 @@ class Objective:
             pooling=pooling,
             pairs=pairs,
             teacher=teacher,
+            aux=aux,
         )
+
+    def weights(self) -> dict[str, float]:
+        """Each term's weight in the total (Eq. 5)."""
+        return term_weights(self.alpha, self.beta)
+
+    def loss_terms(self, model, batch: dict, regression: bool) -> dict[str, torch.Tensor]:
+        """This objective's unweighted terms for one batch (`loss_terms`)."""
+        return loss_terms(model, batch, self, regression)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -120,6 +135,8 @@ def loss_terms(
             s_states = layer_states(
                 out.hidden_states, batch["attention_mask"], out.logits, objective.pooling
             )[..., s_layers, :]
+            if objective.aux is not None:  # another width: student H -> teacher H per layer
+                s_states = objective.aux(s_states)
             terms["pt"] = patient_loss(
                 s_states,
                 t_states.to(s_states.device),
@@ -165,14 +182,15 @@ def checked_terms(
     return dict(zip(names, every[accelerator.process_index].tolist(), strict=True))
 
 
-def gradient_shares(model, terms: dict[str, torch.Tensor], objective: Objective) -> dict:
+def gradient_shares(model, terms: dict[str, torch.Tensor], objective) -> dict:
     """Each weighted term's share of the gradient norm on the student's parameters:
     share_k = |grad(w_k L_k)| / sum_j |grad(w_j L_j)| (the shares sum to 1), with the
-    weights of Eq. (5). It tells whether a term (beta's patient loss) moves the student at
-    all. Costs one extra backward per term, on the micro-batches of logged steps only.
+    objective's weights (Eq. 5 for distillation). It tells whether a term (beta's patient
+    loss) moves the student at all. Costs one extra backward per term, on the micro-batches
+    of logged steps only.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    weights = term_weights(objective.alpha, objective.beta)
+    weights = objective.weights()
     norms = {}
     for name, value in terms.items():
         if weights[name] == 0 or not value.requires_grad:
@@ -246,6 +264,30 @@ def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
     # keep the dataset's order, so predictions line up with its examples.
     metrics.update(level_metrics(getattr(loader.dataset, "split", None), preds, labels))
     return metrics
+
+
+@dataclass
+class Evaluation:
+    """How each epoch scores the student and which model it keeps: `score(model, loader,
+    accelerator)` gives a split's metrics, `metric` (of the first eval split) selects the
+    best model. A task's metrics (`of_task`), or `pkd pretrain`'s held-out distillation loss
+    (lower is better)."""
+
+    score: Callable[..., dict[str, float]]
+    metric: str
+    higher_is_better: bool = True
+
+    @classmethod
+    def of_task(cls, spec: TaskSpec) -> Evaluation:
+        return cls(lambda model, loader, acc: score(model, loader, spec, acc), spec.main_metric)
+
+    def better(self, value: float, best: float) -> bool:
+        return value > best if self.higher_is_better else value < best
+
+
+def batch_examples(batch: dict) -> int:
+    """Examples in a batch (multiple choice: questions, not choices)."""
+    return len(batch["input_ids"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,13 +601,12 @@ def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objec
     run = {"run_name": output.name}
     accelerator.init_trackers(PROJECT, init_kwargs={"mlflow": run, "wandb": {"name": output.name}})
     params = {f"train.{f.name}": getattr(cfg, f.name) for f in fields(cfg)}
+    params.update({f"weight.{term}": w for term, w in objective.weights().items()})
     params.update(
         terms=",".join(objective.terms),
-        alpha=objective.alpha,
-        beta=objective.beta,
         temperature=objective.temperature,
         layer_map=",".join(str(t) for t, _ in objective.pairs),
-        pooling=objective.pooling,
+        pooling=getattr(objective, "pooling", None),  # pkd pretrain's objective has tokens
     )
     plain = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
     for tracker in accelerator.trackers:
@@ -586,29 +627,32 @@ class Prepared:
     micro_batch: int  # examples per process per micro-batch
     total_steps: int  # optimizer steps of the whole run
     cfg: TrainConfig
+    aux: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
 
 
-def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int):
-    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay."""
+def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, aux=None):
+    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
+    over the student's parameters and those of `aux` (projections)."""
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = [*model.named_parameters(), *(aux.named_parameters() if aux is not None else ())]
     groups = [
         {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "params": [p for n, p in named if not n.endswith(no_decay)],
             "weight_decay": cfg.weight_decay,
         },
-        {
-            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-        },
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     warmup = int(cfg.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def prepare(accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate) -> Prepared:
-    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`.
+def prepare(
+    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, aux=None
+) -> Prepared:
+    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `aux`
+    (an objective's projections) is prepared beside the model and trained with it.
 
     Raises:
         PkdError: --batch-size does not split into micro-batches over accumulation x processes.
@@ -640,10 +684,12 @@ def prepare(accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, co
     }
     steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, aux)
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
+    if aux is not None:  # its own model_1 in checkpoints, after the student's model
+        aux = accelerator.prepare(aux)
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     return Prepared(
         accelerator,
@@ -655,6 +701,7 @@ def prepare(accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, co
         micro,
         total_steps,
         cfg,
+        aux,
     )
 
 
@@ -669,7 +716,7 @@ def epoch_batches(p: Prepared, state: LoopState):
 def training_step(
     p: Prepared,
     batch: dict,
-    objective: Objective,
+    objective,
     regression: bool,
     step: int,
     output: Path | None = None,
@@ -682,22 +729,26 @@ def training_step(
     gradient accumulation. `step` is the optimizer step the batch belongs to, as numbered in
     log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names. With
     `shares` (logged steps of a run with several terms), each term's `gradient_shares` too.
+    `objective`: an `Objective`, or any object with its `loss_terms`, `weights` and `aux`
+    (`pkd.general.GeneralObjective`).
 
     Returns:
         This process's loss terms and total (and shares) as floats, and the step's lr.
     """
     accelerator, model, optimizer = p.accelerator, p.model, p.optimizer
     with accelerator.accumulate(model):
-        terms = loss_terms(model, batch, objective, regression)
+        terms = objective.loss_terms(model, batch, regression)
         for h in hooks:
             h.on_loss(step, terms)
-        loss = total_loss(terms, objective.alpha, objective.beta)
+        weights = objective.weights()
+        loss = sum(weights[name] * value for name, value in terms.items())
         values = checked_terms(accelerator, terms, loss, step, output)
         if shares and len(terms) > 1:
             values.update(gradient_shares(model, terms, objective))
         accelerator.backward(loss)
         if accelerator.sync_gradients and p.cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), p.cfg.max_grad_norm)
+            params = [*model.parameters(), *(p.aux.parameters() if p.aux is not None else ())]
+            accelerator.clip_grad_norm_(params, p.cfg.max_grad_norm)
         lr = p.scheduler.get_last_lr()[0]  # the lr this step uses, logged with it
         optimizer.step()
         # once per real update, the same on every process (not after an fp16 overflow)
@@ -712,7 +763,7 @@ def train(
     tokenizer,
     train_set,
     eval_sets: dict,
-    spec: TaskSpec,
+    spec: TaskSpec | None,
     cfg: TrainConfig,
     objective: Objective,
     output: Path,
@@ -720,6 +771,7 @@ def train(
     collate,
     resume_from: Path | None = None,
     on_evaluate: Callable[[int, int, dict], None] | None = None,
+    evaluation: Evaluation | None = None,
 ) -> dict:
     """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
 
@@ -727,25 +779,21 @@ def train(
     checkpoints/step-N/. Returns the best and final metrics, history and timings.
     `on_evaluate(step, epoch, metrics)`, if given, runs after each evaluation on every
     process, after that of the hooks installed by `use_hooks`; an exception from it (e.g. a
-    sweep's `optuna.TrialPruned`) stops the run.
+    sweep's `optuna.TrialPruned`) stops the run. `evaluation`: how epochs are scored (default:
+    the task's metrics; `pkd pretrain`, which has no task (spec None), passes its own).
     """
 
     set_seed(cfg.seed)
-    p = prepare(accelerator, model, train_set, eval_sets, cfg, collate)
+    evaluation = evaluation or Evaluation.of_task(spec)
+    p = prepare(accelerator, model, train_set, eval_sets, cfg, collate, objective.aux)
+    if objective.aux is not None:  # the prepared one (DDP-wrapped under several processes)
+        objective = dataclasses.replace(objective, aux=p.aux)
     start_trackers(accelerator, output, cfg, objective)
     state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
     hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
     log, meter, stats = RunLog(output, accelerator), Meter(), RunStats()
-    regression = spec.problem_type == REGRESSION
-    logger.info(
-        "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
-        len(train_set),
-        p.total_steps,
-        cfg.batch_size,
-        p.micro_batch,
-        cfg.gradient_accumulation_steps,
-        accelerator.num_processes,
-    )
+    regression = spec is not None and spec.problem_type == REGRESSION
+    log_plan(p, len(train_set))
     quiet = cfg.quiet or not accelerator.is_local_main_process
     bar = progress(p.total_steps, "train", "step", quiet=quiet, initial=state.step)
     t_start = time.perf_counter()
@@ -759,8 +807,9 @@ def train(
                     p, batch, objective, regression, step, output, hooks, shares=logged
                 )
                 state.batches_in_epoch += 1
-                meter.add(values, len(batch["labels"]) * accelerator.num_processes)
-                stats.add_batch(batch["labels"], accelerator.num_processes)
+                meter.add(values, batch_examples(batch) * accelerator.num_processes)
+                if "labels" in batch:
+                    stats.add_batch(batch["labels"], accelerator.num_processes)
                 if not accelerator.sync_gradients:
                     continue  # more micro-batches to accumulate before this step's update
                 state.step += 1
@@ -779,7 +828,7 @@ def train(
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
             if state.epoch == 1:
                 stats.check_patient_share(objective)
-            end_of_epoch(p, state, spec, tokenizer, output, log, on_evaluate, hooks)
+            end_of_epoch(p, state, evaluation, tokenizer, output, log, on_evaluate, hooks)
     finally:  # also when a step, a hook or on_evaluate raises: close the trackers, the bar
         bar.close()
         accelerator.end_training()
@@ -795,10 +844,22 @@ def train(
     }
 
 
+def log_plan(p: Prepared, examples: int) -> None:
+    logger.info(
+        "training: %d examples, %d steps, effective batch %d (%d x %d accumulation x %d processes)",
+        examples,
+        p.total_steps,
+        p.cfg.batch_size,
+        p.micro_batch,
+        p.cfg.gradient_accumulation_steps,
+        p.accelerator.num_processes,
+    )
+
+
 def end_of_epoch(
     p: Prepared,
     state: LoopState,
-    spec: TaskSpec,
+    evaluation: Evaluation,
     tokenizer,
     output: Path,
     log: RunLog,
@@ -809,21 +870,22 @@ def end_of_epoch(
     in output/model, run the hooks and `on_evaluate`, and checkpoint."""
     accelerator = p.accelerator
     metrics = {
-        name: score(p.model, loader, spec, accelerator) for name, loader in p.eval_loaders.items()
+        name: evaluation.score(p.model, loader, accelerator)
+        for name, loader in p.eval_loaders.items()
     }
-    select = next(iter(metrics))
-    main = metrics[select][spec.main_metric]
+    select, name = next(iter(metrics)), evaluation.metric
+    main = metrics[select][name]
     record = {"step": state.step, "epoch": state.epoch, "metrics": metrics}
     state.history.append(record)
     flat = {f"{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
     log.write({"step": state.step, "epoch": state.epoch, **flat}, state.step)
     logger.info("step %d: %s", state.step, json.dumps(metrics))
-    if state.best is None or main > state.best["metrics"][select][spec.main_metric]:
+    if state.best is None or evaluation.better(main, state.best["metrics"][select][name]):
         state.best = record
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(p.model)
             unwrapped.config.update(
-                {DEV_METRIC_KEY: {"split": select, "name": spec.main_metric, "value": main}}
+                {DEV_METRIC_KEY: {"split": select, "name": name, "value": main}}
             )
             save_model(unwrapped, tokenizer, output / "model")
     accelerator.wait_for_everyone()
