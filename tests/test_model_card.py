@@ -107,7 +107,7 @@ def test_finish_run_writes_a_card_for_any_command(tmp_path, tiny_bert):
     run = tmp_path / "pre"
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")
-    (run / "config.yaml").write_text("model: bert-base-uncased\nmeta: {pkd: 9.9}\n")
+    (run / "config.yaml").write_text("teacher: bert-base-uncased\nmeta: {pkd: 9.9}\n")
     finish_run(run, {"best": None, "parameters": {"total": 5_000_000}}, 0.5, Main(), "pretrain")
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.base_model == "bert-base-uncased" and "pretrain" in card.data.tags

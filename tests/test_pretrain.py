@@ -294,6 +294,21 @@ def test_pretrain_lowers_its_loss_and_saves_an_automodel(general, tiny_bert):
     assert not (general / "checkpoints").exists()
 
 
+def test_pretrained_student_card_is_a_feature_extractor(general, tiny_bert):
+    """model/README.md of a general student: no task head, so no classifier pipeline or
+    task metrics in its metadata; it says how to load it and use it as --student-init."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(general / "model" / "README.md")
+    assert card.data.pipeline_tag == "feature-extraction"
+    assert "general-distillation" in card.data.tags and card.data.eval_results is None
+    assert f"| teacher (pre-trained) | `{tiny_bert}` |" in card.text
+    assert "| student shape | 2 layers × hidden 32, " in card.text
+    assert "AutoModel.from_pretrained" in card.text and "pipeline(" not in card.text
+    assert f"pkd distill --student-init {general}" in card.text
+    assert f"pkd pretrain --config {general / 'config.yaml'}" in card.text
+
+
 def test_general_student_is_a_student_init(general, tiny_teacher, sst2_dir, tmp_path, pkd_cli):
     """`distill` trains from it; `compare` and `sweep` accept it (dry runs)."""
     data = ["--task", "sst2", "--data-dir", sst2_dir, "--max-length", "16"]

@@ -86,17 +86,22 @@ def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
 def card_data(name: str, config: dict, metrics: dict, command: str) -> ModelCardData:
     """The card's YAML metadata."""
     spec = task_spec(config, metrics)
-    base = metrics.get("student_init") if command == "distill" else config.get("model")
+    base = {"distill": metrics.get("student_init"), "pretrain": config.get("teacher")}.get(
+        command, config.get("model")
+    )
     dataset, _, _ = dataset_ids(config, metrics)
     tags = ["pkd", command]
     if command == "distill":
         tags += ["knowledge-distillation", str(metrics.get("method", ""))]
+    if command == "pretrain":  # a general student: no task head, no task metrics
+        tags += ["knowledge-distillation", "general-distillation"]
     multiple_choice = getattr(spec, "problem_type", None) == MULTIPLE_CHOICE
-    results = eval_results(config, metrics)
+    results = eval_results(config, metrics) if command != "pretrain" else []
+    pipeline_tag = "feature-extraction" if command == "pretrain" else "text-classification"
     return ModelCardData(
         model_name=name,
         library_name="transformers",
-        pipeline_tag=None if multiple_choice else "text-classification",
+        pipeline_tag=None if multiple_choice else pipeline_tag,
         base_model=base if is_hub_id(base) else None,
         datasets=[dataset] if is_hub_id(dataset) and dataset != "custom" else None,
         tags=[t for t in tags if t],
@@ -113,7 +118,9 @@ def fmt(value) -> str:
 def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, shown: Path):
     """(label, value) rows of the card's summary table."""
     d = config.get("distill") or {}
-    rows = [("task", metrics.get("task")), ("command", f"pkd {command}")]
+    general = command == "pretrain"  # no task, no head, no pooling
+    rows = [] if general else [("task", metrics.get("task"))]
+    rows.append(("command", f"pkd {command}"))
     if command == "distill":
         method = METHODS.get(metrics.get("method"), metrics.get("method"))
         pairs = metrics.get("layer_map") or []
@@ -129,9 +136,21 @@ def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, sho
             ),
             ("KD / patient loss forms", f"{d.get('kd_loss')} / {d.get('pt_loss')}"),
         ]
+    elif command == "pretrain":
+        student = metrics.get("student") or {}
+        shape = f"{student.get('layers')} layers × hidden {student.get('hidden_size')}"
+        pairs = metrics.get("layer_map") or []
+        rows += [
+            ("teacher (pre-trained)", f"`{config.get('teacher')}`"),
+            ("student initialised from", student.get("init")),
+            ("student shape", f"{shape}, {student.get('heads')} heads"),
+            ("layer map (teacher → student)", ", ".join(f"{t} → {s}" for t, s in pairs)),
+            ("patient loss on", f"{student.get('pt_tokens')} tokens"),
+        ]
     elif config.get("model"):
         rows.append(("base model", f"`{config['model']}`"))
-    rows.append(("pooling", metrics.get("pooling")))
+    if not general:
+        rows.append(("pooling", metrics.get("pooling")))
     rows.append(("size", size(metrics, model_dir)))
     rows.append(("speed-up over the teacher", speedup(speed, config, shown, command)))
     return [(k, fmt(v)) for k, v in rows]
@@ -198,7 +217,10 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
     the model's path as the text names it."""
     meta = config.get("meta") or {}
     version = meta.get("pkd") or __version__
-    what = "A student distilled" if command == "distill" else "A model trained"
+    what = {
+        "distill": "A student distilled",
+        "pretrain": "A general-purpose student distilled on unlabelled text (no task head)",
+    }.get(command, "A model trained")
     lines = [
         f"# {name}",
         "",
@@ -226,7 +248,8 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
         rerun_command(command, shown.parent, rerun),
         "```",
     ]
-    return "\n".join([*lines, "", *usage(shown, metrics), "", *provenance(meta, version)])
+    use = general_usage(shown) if command == "pretrain" else usage(shown, metrics)
+    return "\n".join([*lines, "", *use, "", *provenance(meta, version)])
 
 
 def usage(model_dir: Path, metrics: dict) -> list[str]:
@@ -250,6 +273,26 @@ def usage(model_dir: Path, metrics: dict) -> list[str]:
         "```bash",
         "hf auth login",
         f"hf upload YOUR_NAME/{model_dir.parent.name} {model_dir} .",
+        "```",
+    ]
+
+
+def general_usage(model_dir: Path) -> list[str]:
+    """How a `pkd pretrain` student is used: as an encoder, or as a task student's init."""
+    return [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModel, AutoTokenizer",
+        "",
+        f'encoder = AutoModel.from_pretrained("{model_dir}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
+        "```",
+        "",
+        "As the initialisation of a task student (`distill`, `compare`, `sweep`):",
+        "",
+        "```bash",
+        f"pkd distill --student-init {model_dir.parent} --teacher TEACHER --task TASK ...",
         "```",
     ]
 
