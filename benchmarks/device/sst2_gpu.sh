@@ -52,8 +52,8 @@ P5=$!
 wait_until() { local p=$1 d=$2; while kill -0 $p 2>/dev/null && [ $(el) -lt $d ]; do sleep 2; done; }
 for p in $P1 $P2 $P3 $P4 $P5; do wait_until $p $BUDGET; done
 log "P1 $(kill -0 $P1 2>/dev/null && echo running || echo done) P2 $(kill -0 $P2 2>/dev/null && echo running || echo done) P3 $(kill -0 $P3 2>/dev/null && echo running || echo done) P4 $(kill -0 $P4 2>/dev/null && echo running || echo done) P5 $(kill -0 $P5 2>/dev/null && echo running || echo done)"
+pkill -P $P5 2>/dev/null  # the running distill of the mixed-precision loop, then the rest
 for p in $P1 $P2 $P3 $P4 $P5; do kill $p 2>/dev/null; done
-sleep 1; pkill -f sst2_ 2>/dev/null; pkill -f "pkd.cli distill" 2>/dev/null
 # the tables of issue 18 from the finished stages, (1) from the same-teacher base runs
 if [ -f $R/base/results.json ] && [ -f $R/s18/task-L3/results.json ]; then
   timeout $(( BUDGET + 30 - $(el) > 5 ? BUDGET + 30 - $(el) : 5 )) $PY benchmarks/sst2_pretrain.py $PRE --stages L3,narrow \
