@@ -92,6 +92,28 @@ def test_each_labelled_example_brings_its_transfer_partners(ratio, transfer):
     ]
 
 
+def _varied(lengths: list[int], labelled: bool = True) -> EncodedSplit:
+    n = len(lengths)
+    split = Split("s", "s.tsv", [str(i) for i in range(n)], ["x"] * n, None, None)
+    ids = [[2] + [7] * (k - 2) + [3] for k in lengths]
+    features = {"input_ids": ids, "attention_mask": [[1] * k for k in lengths]}
+    return EncodedSplit(split, features, [i % 2 for i in range(n)] if labelled else None)
+
+
+def test_partners_are_matched_by_length():
+    """The k-th shortest labelled example gets the k-th shortest drawn partner, so a batch of
+    short examples is not padded to a long partner."""
+    labelled = [30, 4, 17, 9, 25, 12]
+    transfer = [5, 28, 11, 19, 8, 31, 14, 22, 6, 26]
+    combined = with_transfer(_varied(labelled), _varied(transfer, False), "x")
+    mix = TransferMix(combined, len(labelled), 1.0, seed=0)
+    lengths = combined.lengths()
+    pairs = sorted((lengths[i], lengths[mix.partners(i)[0]]) for i in range(len(labelled)))
+    partner_lengths = [p for _, p in pairs]
+    assert partner_lengths == sorted(partner_lengths)  # shortest with shortest, in order
+    assert len({mix.partners(i)[0] for i in range(len(labelled))}) == len(labelled)
+
+
 @pytest.mark.slow
 def test_unlabelled_rows_never_reach_the_ce_term(teacher, sst2_dir):
     from pkd.data import collator

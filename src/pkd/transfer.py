@@ -88,11 +88,19 @@ class TransferMix(torch.utils.data.Dataset):
 
     Item i is a list: the labelled example i, then its partners (example indices n + j into
     `combined`, see `with_transfer`); `pkd.data.collator` flattens a batch of such lists.
+    Partners are matched by length: the k-th shortest labelled example gets the k-th shortest
+    of the epoch's drawn transfer examples, so a batch (with --group-by-length above all)
+    pads little more than its labelled examples need.
     """
 
     def __init__(self, combined: EncodedSplit, labelled: int, ratio: float, seed: int):
         self.combined, self.labelled, self.ratio, self.seed = combined, labelled, ratio, seed
         self.transfer = len(combined) - labelled
+        lengths = combined.lengths()
+        by_length = sorted(range(labelled), key=lambda i: lengths[i])
+        self.rank = [0] * labelled  # labelled example -> its place in length order
+        for place, i in enumerate(by_length):
+            self.rank[i] = place
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -101,11 +109,14 @@ class TransferMix(torch.utils.data.Dataset):
         need = math.ceil(self.labelled * self.ratio)
         rounds = math.ceil(need / self.transfer)  # a small transfer set is cycled through
         order = [torch.randperm(self.transfer, generator=g) for _ in range(rounds)]
-        self.order = torch.cat(order)[:need].tolist()
+        lengths = self.combined.lengths()
+        drawn = torch.cat(order)[:need].tolist()
+        self.order = sorted(drawn, key=lambda j: lengths[self.labelled + j])
 
     def partners(self, i: int) -> list[int]:
         """Transfer example indices (into `combined`) that go with labelled example i."""
-        lo, hi = math.floor(i * self.ratio), math.floor((i + 1) * self.ratio)
+        k = self.rank[i]
+        lo, hi = math.floor(k * self.ratio), math.floor((k + 1) * self.ratio)
         return [self.labelled + j for j in self.order[lo:hi]]
 
     def __len__(self) -> int:
