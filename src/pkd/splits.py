@@ -64,6 +64,16 @@ class Split:
 # Reading files
 
 
+def input_file(option: str, name: str | Path) -> Path:
+    """The file an option names, refused when it is a directory or missing."""
+    path = Path(name)
+    if path.is_dir():
+        raise PkdError(f"{option}: {name} is a directory, not a file")
+    if not path.is_file():
+        raise PkdError(f"{option}: {name} not found")
+    return path
+
+
 def read_text(path: Path, encoding: str) -> str:
     """Read a whole file, naming the line of the first byte that does not decode."""
     if path.is_dir():

@@ -27,7 +27,7 @@ from pkd import config as C
 from pkd.data import collator, load_split, read_table_split, split_holdout
 from pkd.errors import PkdError
 from pkd.losses import IGNORE_LABEL
-from pkd.splits import EncodedSplit, Split, read_jsonl, read_text
+from pkd.splits import EncodedSplit, Split, input_file, read_jsonl, read_text
 from pkd.tasks import MULTIPLE_CHOICE, custom_task, get_task
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,7 @@ def text_files(patterns: list[str]) -> list[Path]:
                 raise PkdError(f"--text-file: no file matches {pattern!r}")
             files += found
             continue
-        path = Path(pattern)
-        if path.is_dir():
-            raise PkdError(f"--text-file: {pattern} is a directory; pass its files or a glob")
-        if not path.is_file():
-            raise PkdError(f"--text-file: {pattern} not found")
-        files.append(path)
+        files.append(input_file("--text-file", pattern))
     return files
 
 

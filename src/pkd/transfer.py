@@ -27,7 +27,7 @@ from pkd import config as C
 from pkd.data import TRANSFER, read_dataset, read_table_split
 from pkd.errors import PkdError
 from pkd.losses import IGNORE_LABEL
-from pkd.splits import EncodedSplit, Split
+from pkd.splits import EncodedSplit, Split, input_file
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION, TaskSpec
 
 
@@ -47,11 +47,7 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
         if C.is_datasets_object(name):  # the Python API: a Dataset where a file goes
             parts.append(read_dataset(spec, name, TRANSFER, f"Dataset[{TRANSFER}]", labelled=False))
             continue
-        path = Path(name)
-        if path.is_dir():
-            raise PkdError(f"--transfer-file: {name} is a directory, not a file")
-        if not path.is_file():
-            raise PkdError(f"--transfer-file: {name} not found")
+        path = input_file("--transfer-file", name)
         parts.append(read_table_split(spec, path, TRANSFER, data.encoding, False, header=True))
     pairs = all(p.text_b is not None for p in parts)
     split = Split(
@@ -96,8 +92,8 @@ class TransferMix(torch.utils.data.Dataset):
     def __init__(self, combined: EncodedSplit, labelled: int, ratio: float, seed: int):
         self.combined, self.labelled, self.ratio, self.seed = combined, labelled, ratio, seed
         self.transfer = len(combined) - labelled
-        lengths = combined.lengths()
-        by_length = sorted(range(labelled), key=lambda i: lengths[i])
+        self.length = combined.lengths()  # tokens per example, read once
+        by_length = sorted(range(labelled), key=lambda i: self.length[i])
         self.rank = [0] * labelled  # labelled example -> its place in length order
         for place, i in enumerate(by_length):
             self.rank[i] = place
@@ -109,9 +105,8 @@ class TransferMix(torch.utils.data.Dataset):
         need = math.ceil(self.labelled * self.ratio)
         rounds = math.ceil(need / self.transfer)  # a small transfer set is cycled through
         order = [torch.randperm(self.transfer, generator=g) for _ in range(rounds)]
-        lengths = self.combined.lengths()
         drawn = torch.cat(order)[:need].tolist()
-        self.order = sorted(drawn, key=lambda j: lengths[self.labelled + j])
+        self.order = sorted(drawn, key=lambda j: self.length[self.labelled + j])
 
     def partners(self, i: int) -> list[int]:
         """Transfer example indices (into `combined`) that go with labelled example i."""
@@ -127,7 +122,7 @@ class TransferMix(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         """Tokens of each labelled example (what --group-by-length sorts by)."""
-        return self.combined.lengths()[: self.labelled]
+        return self.length[: self.labelled]
 
 
 def labelled_count(labels: torch.Tensor) -> int:
