@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -296,3 +297,53 @@ def test_a_bad_label_names_the_split_and_row(tiny_bert, tmp_path):
     ):
         pkd.finetune(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def relabel(model, out, labels, swap=False):
+    """A copy of `model` whose outputs are named `labels` (swap: its two classes' head rows
+    swapped too, so output 0 is the old output 1)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(model)
+    if swap:
+        for p in (net.classifier.weight, net.classifier.bias):
+            p.data = p.data.flip(0)
+    net.config.id2label = dict(enumerate(labels))
+    net.config.label2id = {n: i for i, n in enumerate(labels)}
+    net.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_teacher_with_the_hubs_label_names_distills_and_evaluates(
+    tiny_teacher, sst2_dir, saved, tmp_path, pkd_cli, caplog
+):
+    """A run_glue.py teacher (SST-2's negative/positive, in either order) scores as the same
+    weights named 0/1 on the GLUE files and on the Hub's ClassLabel data, and distills."""
+    hub = relabel(tiny_teacher, tmp_path / "hub", ["negative", "positive"])
+    flipped = relabel(tiny_teacher, tmp_path / "flipped", ["positive", "negative"], swap=True)
+    generic = relabel(tiny_teacher, tmp_path / "generic", ["LABEL_0", "LABEL_1"])
+    scores = set()
+    for model in (tiny_teacher, hub, flipped, generic):
+        for data in (["--data-dir", sst2_dir], ["--dataset", saved / "sst2"]):
+            out = pkd_cli.ok(["evaluate", "--model", model, "--task", "sst2", *data]).out
+            scores.add(json.loads(out)["accuracy"])
+    assert len(scores) == 1
+    run = tmp_path / "run"
+    argv = ["distill", "--teacher", hub, "--task", "sst2", "--student-layers", "2",
+            "--allow-weak-teacher", "--max-steps", "2", "--batch-size", "8", "--max-length",
+            "16", "--output", run]  # fmt: skip
+    caplog.set_level(logging.INFO, logger="pkd.tasks")
+    pkd_cli.ok([*argv, "--dataset", saved / "sst2"])
+    mapping = (
+        "--teacher: the data's labels are the model's by class id: 0 -> negative, 1 -> positive"
+    )
+    assert mapping in caplog.messages
+    student = json.loads((run / "model" / "config.json").read_text())["id2label"]
+    assert student == {"0": "negative", "1": "positive"}
+    pkd_cli.ok(["evaluate", "--model", run, "--task", "sst2", "--data-dir", sst2_dir])
+    other = relabel(tiny_teacher, tmp_path / "other", ["neg", "pos"])
+    for data in (["--data-dir", sst2_dir], ["--dataset", saved / "sst2"]):
+        err = pkd_cli.error(["evaluate", "--model", other, "--task", "sst2", *data])
+        assert err == "--model: its labels ['neg', 'pos'] differ from the data's ['0', '1']"

@@ -185,3 +185,26 @@ def test_options_pkd_distill_refuses_are_refused(tiny_teacher, tmp_path):
         make_trainer(tiny_teacher, tmp_path, None, method="kd")
     with pytest.raises(PkdError, match=r"^--layer-map: 2-layer student needs 1 teacher layers"):
         make_trainer(tiny_teacher, tmp_path, None, layer_map=[1, 2])
+
+
+def test_the_training_sets_class_labels_must_be_the_teachers(tiny_teacher, tmp_path):
+    """Ids 0/1 (the GLUE files' teacher) meet the Hub's ClassLabel names by class id; the
+    same names in another order, or other names, are refused."""
+    from datasets import ClassLabel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    make_trainer(tiny_teacher, tmp_path, data)  # 0/1 against negative/positive: by id
+    hub = tmp_path / "hub"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(hub)
+    AutoTokenizer.from_pretrained(tiny_teacher).save_pretrained(hub)
+    make_trainer(hub, tmp_path, data)  # the same names in the same order
+    for names in (["positive", "negative"], ["neg", "pos"]):
+        other = data.cast_column("label", ClassLabel(names=names))
+        with pytest.raises(PkdError, match=r"^train_dataset: its labels \[.*\] \(column 'label'\) are not the teacher's \['negative', 'positive'\] in order"):  # fmt: skip
+            make_trainer(hub, tmp_path, other)

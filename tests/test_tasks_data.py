@@ -10,7 +10,15 @@ import torch
 
 from pkd.data import collator, encode, infer_labels, load_split, truncated_fraction
 from pkd.errors import PkdError
-from pkd.tasks import CLASSIFICATION, GLUE_TASKS, REGRESSION, custom_task, get_task
+from pkd.tasks import (
+    CLASSIFICATION,
+    GLUE_TASKS,
+    REGRESSION,
+    align_labels,
+    custom_task,
+    get_task,
+    model_label_order,
+)
 
 
 def write_tsv(path, rows, header=None, newline="\n", bom=False):
@@ -71,6 +79,44 @@ def test_custom_task_checks_its_arguments():
         custom_task(("a", "b", "c"), "label")
     with pytest.raises(PkdError, match="--problem-type"):
         custom_task(("text",), "label", "multiple_choice")
+
+
+@pytest.mark.parametrize(
+    "task, hub, files",
+    [
+        ("cola", ["unacceptable", "acceptable"], ["0", "1"]),
+        ("sst2", ["negative", "positive"], ["0", "1"]),
+        ("mrpc", ["not_equivalent", "equivalent"], ["0", "1"]),
+        ("qqp", ["not_duplicate", "duplicate"], ["0", "1"]),
+        ("mnli", ["entailment", "neutral", "contradiction"], ["entailment", "neutral", "contradiction"]),
+        ("qnli", ["entailment", "not_entailment"], ["entailment", "not_entailment"]),
+        ("rte", ["entailment", "not_entailment"], ["entailment", "not_entailment"]),
+        ("wnli", ["not_entailment", "entailment"], ["0", "1"]),
+    ],
+)  # fmt: skip
+def test_glue_tasks_know_the_hubs_label_names_by_class_id(task, hub, files):
+    """A run_glue.py teacher names its outputs as the Hub's ClassLabel does; output i is class
+    id i of the files (or the label of the same name); LABEL_i likewise."""
+    spec = get_task(task)
+    assert model_label_order(spec, tuple(hub)) == tuple(files)
+    assert model_label_order(spec, tuple(hub[::-1])) == tuple(files[::-1])
+    generic = tuple(f"LABEL_{i}" for i in range(len(hub)))
+    assert model_label_order(spec, generic) == tuple(files)
+    assert model_label_order(spec, tuple(spec.labels)) == spec.labels  # the files' own names
+
+
+def test_label_names_that_are_not_the_tasks_are_refused():
+    sst2, mrpc = get_task("sst2"), get_task("mrpc")
+    assert model_label_order(sst2, ("neg", "pos")) is None
+    assert model_label_order(sst2, ("negative", "positive", "neutral")) is None
+    assert model_label_order(sst2, ("LABEL_1", "LABEL_0")) is None
+    assert model_label_order(custom_task(("text",), "y", labels=("neg", "pos")), ("LABEL_0", "LABEL_1")) is None  # fmt: skip
+    assert model_label_order(custom_task(("text",), "y", labels=("0", "1")), ("LABEL_0", "LABEL_1")) == ("0", "1")  # fmt: skip
+    with pytest.raises(PkdError, match=r"^--model: its labels \['neg', 'pos'\] differ from the data's \['0', '1'\]$"):  # fmt: skip
+        align_labels(sst2, ("neg", "pos"), "--model")
+    # MRPC's F1 stays on the paraphrase class, whatever the model calls it and in any order
+    assert align_labels(mrpc, ("equivalent", "not_equivalent"), "--teacher").positive_index() == 0
+    assert align_labels(mrpc, ("not_equivalent", "equivalent"), "--teacher").positive_index() == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,13 @@ from pkd.bench import benchmark, check_bench_options, describe_device
 from pkd.card import write_model_card
 from pkd.config import resolve_model
 from pkd.data import check_label_sets, load_splits, majority_baselines, resolve_task
-from pkd.distillation import check_teacher_strength, distill, plan_distill, student_init
+from pkd.distillation import (
+    check_teacher_strength,
+    distill,
+    plan_distill,
+    student_init,
+    teacher_task,
+)
 from pkd.dryrun import describe_distill, human_bytes, human_seconds
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
@@ -38,7 +44,7 @@ from pkd.mapping import layer_map
 from pkd.models import load_config, load_finetuned, model_labels, num_layers
 from pkd.presets import apply
 from pkd.rundir import check_not_replaced, read_run_config, run_inputs
-from pkd.tasks import CLASSIFICATION
+from pkd.tasks import readable_labels
 
 logger = logging.getLogger(__name__)
 
@@ -201,18 +207,13 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
     deepest = max(r.layers for r in runs)
     if deepest > init_layers:
         raise PkdError(f"--student-layers: {deepest} > the {init_layers} layers of {init}")
-    labels = model_labels(model)
+    labels = readable_labels(model_labels(model))
     spec = resolve_task(cfg.data)
     spec, splits = load_splits(
         cfg.data, ["train", *spec.eval_splits], labels if spec.source == "custom" else ()
     )
     check_label_sets(spec, splits)
-    if spec.problem_type == CLASSIFICATION:
-        if set(spec.labels) != set(labels):
-            raise PkdError(
-                f"--teacher: its labels {list(labels)} differ from the data's {list(spec.labels)}"
-            )
-        spec = dataclasses.replace(spec, labels=labels)
+    spec = teacher_task(spec, model, teacher)
     for run in runs:
         if run.status == "reuse":
             diffs = config_drift(run)

@@ -8,7 +8,6 @@ writes metrics.json last.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -57,7 +56,7 @@ from pkd.projection import Projection
 from pkd.race import num_choices
 from pkd.rundir import data_summary, finish_run, open_run, start_run
 from pkd.splits import EncodedSplit
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels, readable_labels
 from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, score, train
 from pkd.transfer import TransferMix, load_transfer, with_transfer
 
@@ -124,7 +123,9 @@ def plan_distill(
     n = num_layers(teacher.config)
     pairs = layer_map(d.strategy, n, d.student_layers, d.layer_map)
     spec, splits = load_splits(
-        cfg.data, ["train", *spec.eval_splits], teacher_labels if spec.source == "custom" else ()
+        cfg.data,
+        ["train", *spec.eval_splits],
+        readable_labels(teacher_labels) if spec.source == "custom" else (),
     )
     check_label_sets(spec, splits)
     spec = teacher_task(spec, teacher, cfg.teacher)
@@ -150,8 +151,7 @@ def plan_distill(
     )
     check_max_length(cfg.data.max_length, init, "student-init", student.config, None)
     projection = patient_projection(d, pairs, student.config, teacher.config)
-    label2id = dict(teacher.config.label2id) if spec.problem_type == CLASSIFICATION else None
-    encoded = encode_all(splits, tokenizer, cfg.data.max_length, label2id, cfg.train.quiet)
+    encoded = encode_all(splits, tokenizer, cfg.data.max_length, spec.label2id(), cfg.train.quiet)
     if transfer is not None:
         transfer = encode(transfer, tokenizer, cfg.data.max_length, None, not cfg.train.quiet)
     trunc = warn_truncation(encoded["train"], cfg.data.max_length)
@@ -191,7 +191,8 @@ def patient_projection(d: C.DistillConfig, pairs, student_config, teacher_config
 
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
     """The task with the teacher's label order, after checking that the teacher fits it: the
-    same kind of head, and the data's label names (matched by name, never by position)."""
+    same kind of head, and the data's label names (by name, or by class id for the Hub's
+    GLUE names and LABEL_0.., `pkd.tasks.align_labels`)."""
     teacher_labels = model_labels(teacher)
     if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
         kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
@@ -200,17 +201,7 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
             f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
         )
     if spec.problem_type == CLASSIFICATION:
-        if set(spec.labels) != set(teacher_labels):
-            raise PkdError(
-                f"--teacher: its labels {list(teacher_labels)} differ from the data's {list(spec.labels)}"
-            )
-        if tuple(spec.labels) != teacher_labels:
-            logger.info(
-                "label order differs between teacher %s and task %s; mapping by name",
-                teacher_labels,
-                spec.labels,
-            )
-        return dataclasses.replace(spec, labels=teacher_labels)  # in the teacher's order
+        return align_labels(spec, teacher_labels, "--teacher")  # in the teacher's order
     if teacher_labels:
         raise PkdError(
             f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"

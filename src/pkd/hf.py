@@ -57,7 +57,7 @@ from pkd.models import (
     num_layers,
 )
 from pkd.splits import EncodedSplit
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, generic_labels
 from pkd.train import Objective, cached_teacher, loss_terms, model_inputs, online_teacher
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,36 @@ def teacher_problem(teacher) -> str:
     return CLASSIFICATION if model_labels(teacher) else REGRESSION
 
 
+def check_dataset_labels(teacher_labels: tuple[str, ...], dataset, name: str) -> None:
+    """A training set's `ClassLabel` names against the teacher's: label id i must be the
+    teacher's output i. Accepted: the same names in the same order, or the same number of
+    classes where one side names them by id (`0`, `1`, or transformers' LABEL_0..), as a
+    TSV-trained teacher does against the Hub's GLUE names (the mapping is logged).
+
+    Raises:
+        PkdError: other names, or the same names in another order.
+    """
+    column = next(
+        (c for c in ("labels", "label") if c in getattr(dataset, "column_names", ())), None
+    )
+    names = getattr(dataset.features[column], "names", None) if column else None
+    if not names or not teacher_labels or tuple(names) == teacher_labels:
+        return
+    n = len(names)
+    by_id = (generic_labels(n, ""), generic_labels(n))
+    if n == len(teacher_labels) and (tuple(names) in by_id or teacher_labels in by_id):
+        pairs = ", ".join(
+            f"{i}: {a} = {b}" for i, (a, b) in enumerate(zip(names, teacher_labels, strict=True))
+        )
+        logger.info("train_dataset's labels are %s's by class id (%s)", name, pairs)
+        return
+    raise PkdError(
+        f"train_dataset: its labels {list(names)} (column {column!r}) are not the teacher's "
+        f"{list(teacher_labels)} in order; map them with dataset.align_labels_with_mapping"
+        "(teacher.config.label2id, ...)"
+    )
+
+
 class PatientDistillationTrainer(Trainer):
     """A `transformers.Trainer` that trains a student with pkd's CE + KD + PT (module
     docstring).
@@ -146,8 +176,9 @@ class PatientDistillationTrainer(Trainer):
 
     Raises:
         PkdError: options `pkd distill` would refuse (an impossible map, a weight the method
-            ignores, a student that pools unlike the teacher for PKD), no student init, or
-            a cache requested without example indices or a tokenizer.
+            ignores, a student that pools unlike the teacher for PKD), no student init, a
+            training set whose class labels are not the teacher's (`check_dataset_labels`),
+            or a cache requested without example indices or a tokenizer.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns per-batch means (transformers >= 5)
@@ -200,6 +231,7 @@ class PatientDistillationTrainer(Trainer):
         )
         pooling = student_pooling(d.pooling, teacher, name, d.method)
         self.problem_type = teacher_problem(teacher)
+        check_dataset_labels(model_labels(teacher), kwargs.get("train_dataset"), name)
         if model is None:
             set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
             init = student_init or getattr(teacher.config, BASE_MODEL_KEY, None)

@@ -7,7 +7,6 @@ the model runs: they may not replace one of the model's files or the data read.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -32,7 +31,15 @@ from pkd.onnx_model import load_onnx
 from pkd.race import choice_letter
 from pkd.rundir import check_not_input, data_inputs, existing_parent
 from pkd.splits import read_jsonl, read_rows
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, TaskSpec, with_positive_label
+from pkd.tasks import (
+    CLASSIFICATION,
+    MULTIPLE_CHOICE,
+    REGRESSION,
+    TaskSpec,
+    align_labels,
+    readable_labels,
+    with_positive_label,
+)
 from pkd.train import predict_logits, predictions, score
 
 PKD_OUTPUTS = ("eval_*.json", "predictions_*.tsv")  # what evaluate/predict write by a model
@@ -45,8 +52,8 @@ def load_for_inference(model: str, data: C.DataConfig, split: str, labelled: boo
     # the default --max-length may exceed a small model's positions: cut there, do not crash
     max_length = min(data.max_length, max_length_limit(net.config, tokenizer) or data.max_length)
     spec, raw = inference_split(data, split, model_labels(net), labelled)
-    label2id = dict(net.config.label2id) if spec.problem_type == CLASSIFICATION else None
-    enc = encode(raw, tokenizer, max_length, label2id if labelled else None, show_progress=False)
+    label2id = spec.label2id() if labelled else None
+    enc = encode(raw, tokenizer, max_length, label2id, show_progress=False)
     return net, tokenizer, spec, raw, enc
 
 
@@ -67,10 +74,11 @@ def loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str |
 
 
 def inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
-    """The task (labels: the model's, by name) and the raw split to run a model on."""
-    spec = resolve_task(data, labels)
+    """The task (labels: the data's names in the model's order, `pkd.tasks.align_labels`)
+    and the raw split to run a model on."""
+    spec = resolve_task(data, readable_labels(labels))
     if spec.problem_type == CLASSIFICATION and labels:  # the model's order: ids mean its labels
-        spec = dataclasses.replace(spec, labels=labels)
+        spec = align_labels(spec, labels, "--model")
     spec = with_positive_label(spec, data.positive_label)
     if split not in spec.splits and spec.source != "custom":
         raise PkdError(
@@ -92,7 +100,7 @@ def inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], lab
         raise
     raw = raw.head(data.max_eval_samples)
     if spec.problem_type == CLASSIFICATION and labelled:
-        check_label_sets(dataclasses.replace(spec, labels=labels), {split: raw})
+        check_label_sets(spec, {split: raw})
     return spec, raw
 
 
@@ -202,7 +210,7 @@ def predict(
         )
         logits, _ = predict_logits(net, loader, acc)
         preds = predictions(logits, spec.problem_type)
-        labels = model_labels(net)
+        labels = spec.labels  # the data's names (GLUE: the submission's ids)
         regression = spec.problem_type == REGRESSION
         if spec.problem_type == MULTIPLE_CHOICE:  # the chosen option as a letter
             names = [choice_letter(p) for p in preds]

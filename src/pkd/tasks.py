@@ -7,9 +7,12 @@ for files with a header row, or a 0-based position for CoLA, which has none.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 from pkd.errors import PkdError
+
+logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "single_label_classification"
 REGRESSION = "regression"
@@ -44,6 +47,9 @@ class TaskSpec:
         positive_label: the class whose F1 is the `f1` metric, by name (MRPC/QQP: "1"), so
             a model whose label order differs is still scored on the right class.
         score_range: regression: the (low, high) range a gold score must lie in (STS-B 0-5).
+        hub_labels: GLUE: the Hub's `ClassLabel` names in id order, which models trained on
+            `datasets`' GLUE (transformers' run_glue.py) carry: id i is `labels[i]` where the
+            files' labels are ids (`0`, `1`), else the label of the same name (MNLI, RTE).
     """
 
     name: str
@@ -71,6 +77,7 @@ class TaskSpec:
     test_labelled: bool = False
     positive_label: str | None = None
     score_range: tuple[float, float] | None = None
+    hub_labels: tuple[str, ...] = ()
 
     @property
     def main_metric(self) -> str:
@@ -101,6 +108,77 @@ class TaskSpec:
             )
         return self.labels.index(self.positive_label)
 
+    def label2id(self) -> dict[str, int] | None:
+        """Classification: label name -> the model's output id (`labels` is in model order);
+        None otherwise (regression scores, multiple-choice answers)."""
+        if self.problem_type != CLASSIFICATION:
+            return None
+        return {name: i for i, name in enumerate(self.labels)}
+
+    def labels_by_id(self) -> tuple[str, ...] | None:
+        """The task's label names by class id, as `datasets` numbers them: the Hub's order for
+        GLUE tasks, 0..k-1 for custom labels that are those integers; None when the labels
+        have no ids (custom names)."""
+        if self.hub_labels and set(self.hub_labels) == set(self.labels):
+            return self.hub_labels  # the files name the classes as the Hub does
+        if self.hub_labels or self.labels == generic_labels(len(self.labels), ""):
+            return self.labels  # ids "0", "1", ... in order
+        return None
+
+
+def generic_labels(n: int, prefix: str = "LABEL_") -> tuple[str, ...]:
+    """transformers' default label names (`LABEL_0`, ...), or with prefix "" the ids."""
+    return tuple(f"{prefix}{i}" for i in range(n))
+
+
+def readable_labels(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The label names custom data is read with for a model with these names: its own, or
+    the ids "0".."k-1" for transformers' default names LABEL_0.. (class i is id i)."""
+    return generic_labels(len(names), "") if names == generic_labels(len(names)) else names
+
+
+def model_label_order(spec: TaskSpec, names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The task's label names in a model's output order (output i predicts result[i]), from
+    the model's label names (`id2label`): matched by name when they are the task's; else by
+    class id when they are the Hub's names (GLUE) or transformers' LABEL_0.. defaults. None
+    when they do not correspond."""
+    if set(names) == set(spec.labels):
+        return tuple(names)
+    by_id = spec.labels_by_id()
+    if by_id is None or len(names) != len(by_id):
+        return None
+    if spec.hub_labels and set(names) == set(spec.hub_labels):
+        return tuple(by_id[spec.hub_labels.index(n)] for n in names)
+    if tuple(names) == generic_labels(len(names)):
+        return by_id
+    return None
+
+
+def align_labels(spec: TaskSpec, names: tuple[str, ...], option: str) -> TaskSpec:
+    """The task with its labels in a model's output order (`model_label_order`), logging the
+    mapping when the model names them otherwise (the data keeps its own names, so the
+    positive class of F1 is unchanged).
+
+    Raises:
+        PkdError: the model's labels are not the task's, naming `option`.
+    """
+    order = model_label_order(spec, names)
+    if order is None:
+        raise PkdError(
+            f"{option}: its labels {list(names)} differ from the data's {list(spec.labels)}"
+        )
+    if tuple(names) != order:
+        pairs = ", ".join(f"{data} -> {model}" for data, model in zip(order, names, strict=True))
+        logger.info("%s: the data's labels are the model's by class id: %s", option, pairs)
+    elif tuple(spec.labels) != order:
+        logger.info(
+            "%s: label order %s differs from the task's %s; mapping by name",
+            option,
+            list(names),
+            list(spec.labels),
+        )
+    return dataclasses.replace(spec, labels=order)
+
 
 def _glue(name: str, hf_fields: tuple[str, ...], **kw) -> TaskSpec:
     return TaskSpec(name=name, hf_path="nyu-mll/glue", hf_name=name, hf_text_fields=hf_fields, **kw)
@@ -120,6 +198,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         header=False,
         test_text_columns=("sentence",),
         metrics=("matthews_correlation", "accuracy"),
+        hub_labels=("unacceptable", "acceptable"),
     ),
     "sst2": _glue(
         "sst2",
@@ -129,6 +208,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("sentence",),
         label_column="label",
         metrics=("accuracy",),
+        hub_labels=("negative", "positive"),
     ),
     "mrpc": _glue(
         "mrpc",
@@ -138,6 +218,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("#1 String", "#2 String"),
         label_column="Quality",
         metrics=("f1", "accuracy"),
+        hub_labels=("not_equivalent", "equivalent"),
         positive_label="1",  # paraphrase
     ),
     "qqp": _glue(
@@ -149,6 +230,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         label_column="is_duplicate",
         id_column="id",
         metrics=("f1", "accuracy"),
+        hub_labels=("not_duplicate", "duplicate"),
         positive_label="1",  # duplicate
     ),
     "stsb": _glue(
@@ -169,6 +251,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("sentence1", "sentence2"),
         label_column="gold_label",
         metrics=("accuracy",),
+        hub_labels=("entailment", "neutral", "contradiction"),
         splits={
             "train": "train.tsv",
             "dev_matched": "dev_matched.tsv",
@@ -192,6 +275,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("question", "sentence"),
         label_column="label",
         metrics=("accuracy",),
+        hub_labels=("entailment", "not_entailment"),
     ),
     "rte": _glue(
         "rte",
@@ -201,6 +285,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("sentence1", "sentence2"),
         label_column="label",
         metrics=("accuracy",),
+        hub_labels=("entailment", "not_entailment"),
     ),
     "wnli": _glue(
         "wnli",
@@ -210,6 +295,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         text_columns=("sentence1", "sentence2"),
         label_column="label",
         metrics=("accuracy",),
+        hub_labels=("not_entailment", "entailment"),
     ),
 }
 
