@@ -265,7 +265,7 @@ def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, 
         train=C.TrainConfig(batch_size=8, quiet=True),
         distill=C.DistillConfig(student_init=str(world["bert"])),
     )
-    with caplog.at_level(logging.INFO, logger="pkd.distillation"):
+    with caplog.at_level(logging.INFO, logger="pkd"):
         plan = distillation.plan_distill(cfg)
     assert plan.spec.labels == ("1", "0")
     assert plan.teacher_metrics["dev"]["accuracy"] == scores[0]

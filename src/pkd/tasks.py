@@ -172,10 +172,10 @@ def align_labels(spec: TaskSpec, names: tuple[str, ...], option: str) -> TaskSpe
         logger.info("%s: the data's labels are the model's by class id: %s", option, pairs)
     elif tuple(spec.labels) != order:
         logger.info(
-            "%s: label order %s differs from the task's %s; mapping by name",
-            option,
-            list(names),
-            list(spec.labels),
+            "label order differs between %s %s and task %s; mapping by name",
+            option.lstrip("-"),
+            order,
+            spec.labels,
         )
     return dataclasses.replace(spec, labels=order)
 
