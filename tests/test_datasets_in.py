@@ -64,6 +64,8 @@ def saved(tmp_path_factory):
     tweets_like().save_to_disk(root / "tweets")
     sst2_like()["train"].save_to_disk(root / "one-split")
     DatasetDict(train=sst2_like()["train"]).save_to_disk(root / "no-dev")
+    tweets = tweets_like()
+    DatasetDict(train=tweets["train"], test=tweets["dev"]).save_to_disk(root / "train-test")
     return root
 
 
@@ -106,6 +108,32 @@ def test_custom_columns_evaluate_and_predict_from_a_saved_dataset(
     result = json.loads(pkd_cli.ok(["evaluate", "--model", out, *data]).out)
     assert result["examples"] == 32 and 0 <= result["accuracy"] <= 1
     assert result["accuracy"] == metrics["best"]["metrics"]["dev"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_validation_split_and_the_text_column_by_default(tiny_bert, saved, tmp_path, pkd_cli):
+    """A dataset with train and test only validates on --validation-split test; a `text`
+    column is the text without --text-columns, in a dataset and in a file."""
+    data = ["--task", "custom", "--dataset", saved / "train-test", "--label-column", "sentiment"]
+    out = tmp_path / "run"
+    err = pkd_cli.error(["finetune", "--model", tiny_bert, *data, *TRAIN, "--output", out])
+    assert err == (
+        f"--dataset: {saved / 'train-test'} has no validation/dev/valid split for dev (it has "
+        "train, test); choose one with --validation-split"
+    )
+    data += ["--validation-split", "test"]
+    pkd_cli.ok(["finetune", "--model", tiny_bert, *data, *TRAIN, "--output", out])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["dev"]["source"] == f"dataset:{saved / 'train-test'}[test]"
+    result = json.loads(pkd_cli.ok(["evaluate", "--model", out, *data]).out)
+    assert result["source"] == f"dataset:{saved / 'train-test'}[test]"
+    assert result["accuracy"] == metrics["best"]["metrics"]["dev"]["accuracy"]
+    dev = tmp_path / "dev.csv"
+    rows = tweets_like()["dev"]
+    dev.write_text("sentiment,text\n" + "".join(f"{y},{t}\n" for t, y in zip(rows["text"], rows["sentiment"], strict=True)))  # fmt: skip
+    files = ["--task", "custom", "--validation-file", dev, "--label-column", "sentiment"]
+    from_file = json.loads(pkd_cli.ok(["evaluate", "--model", out, *files]).out)
+    assert from_file["accuracy"] == result["accuracy"] and from_file["examples"] == 32
 
 
 def test_predict_reads_the_test_split_of_a_saved_glue_dataset(
@@ -233,6 +261,23 @@ def test_distill_from_a_dataset_builds_and_reuses_one_teacher_cache(
             "--dataset: give --dataset or --data-dir, not both",
         ),
         (["--task", "sst2", "--dataset-config", "sst2"], "--dataset-config: needs --dataset"),
+        (
+            ["--task", "sst2", "--validation-split", "test"],
+            "--validation-split: needs --dataset (files: pass the split as --validation-file)",
+        ),
+        (
+            ["--task", "sst2", "--dataset", "{root}/sst2", "--validation-split", "valid"],
+            "--validation-split: {root}/sst2 has no split 'valid' (it has train, validation, test)",
+        ),
+        (
+            ["--task", "sst2", "--dataset", "{root}/sst2", "--validation-split", "train"],
+            "--validation-split: 'train' is the training split; name another",
+        ),
+        (
+            ["--task", "mnli", "--dataset", "{root}/sst2", "--validation-split", "test"],
+            "--validation-split: task mnli has 2 dev splits (dev_matched, dev_mismatched); it "
+            "reads them by the Hub's names",
+        ),
     ],
 )
 def test_dataset_errors_are_one_line_and_name_the_option(

@@ -95,10 +95,20 @@ class DataConfig:
         default=None,
         metadata={"help": "--dataset's configuration (load_dataset's name), e.g. sst2"},
     )
+    validation_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "--dataset's split to validate and evaluate on (default: validation, dev or "
+            "valid; GLUE: the Hub's), e.g. test for a dataset with train and test only"
+        },
+    )
     train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSONL training file"})
     validation_file: str | None = field(default=None, metadata={"help": "dev file"})
     test_file: str | None = field(default=None, metadata={"help": "unlabelled test file"})
-    text_columns: list[str] | None = field(default=None, metadata={"help": "1 or 2 text columns"})
+    text_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "1 or 2 text columns (default: text, when the data has that column)"},
+    )
     label_column: str = field(default="label", metadata={"help": "label column (custom files)"})
     problem_type: str = field(
         default="classification",
@@ -191,6 +201,12 @@ class DataConfig:
             raise PkdError("--dataset: give --dataset or --data-dir, not both")
         if self.dataset_config is not None and self.dataset is None:
             raise PkdError("--dataset-config: needs --dataset (the dataset it configures)")
+        if self.validation_split is not None and self.dataset is None:
+            raise PkdError(
+                "--validation-split: needs --dataset (files: pass the split as --validation-file)"
+            )
+        if self.validation_split == "train":
+            raise PkdError("--validation-split: 'train' is the training split; name another")
 
 
 @dataclass

@@ -27,7 +27,15 @@ from pkd.errors import PkdError
 from pkd.metrics import majority_baseline
 from pkd.progress import progress
 from pkd.race import choice_task, encode_choices, load_choice_split, pad_choices
-from pkd.splits import EncodedSplit, Split, hub_dataset, open_dataset, read_jsonl, read_rows
+from pkd.splits import (
+    EncodedSplit,
+    Split,
+    file_columns,
+    hub_dataset,
+    open_dataset,
+    read_jsonl,
+    read_rows,
+)
 from pkd.tasks import (
     CLASSIFICATION,
     MULTIPLE_CHOICE,
@@ -368,10 +376,28 @@ def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
         return choice_task(
             data.context_column, data.question_column, data.choices_column, data.label_column
         )
-    if not data.text_columns:
+    columns = data.text_columns or (["text"] if "text" in source_columns(data) else None)
+    if not columns:
         raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
     problem = REGRESSION if data.problem_type == "regression" else CLASSIFICATION
-    return custom_task(tuple(data.text_columns), data.label_column, problem, labels)
+    return custom_task(tuple(columns), data.label_column, problem, labels)
+
+
+def source_columns(data: C.DataConfig) -> list[str]:
+    """The columns of a custom task's data, from its first file (header row, first JSON
+    object) or Dataset, else --dataset's train (or first) split; [] when unreadable."""
+    file = next((f for f in (data.train_file, data.validation_file, data.test_file) if f), None)
+    if C.is_datasets_object(file):
+        return list(file.column_names)
+    if file is not None:
+        return file_columns(Path(file), data.encoding)
+    ds = data.dataset
+    if isinstance(ds, str):
+        try:
+            ds = open_dataset(ds, data.dataset_config)
+        except PkdError:
+            return []  # reported where the splits are read
+    return list(ds.get("train", next(iter(ds.values()))).column_names) if ds else []
 
 
 def file_for(data: C.DataConfig, split: str) -> str | None:
@@ -386,10 +412,22 @@ def file_for(data: C.DataConfig, split: str) -> str | None:
 DEV_SPLITS = ("validation", "dev", "valid")  # a --dataset's split for dev (custom tasks)
 
 
-def dataset_split(spec: TaskSpec, ds, split: str, name: str):
-    """The split of a `DatasetDict` that holds `split`: the Hub's names for GLUE tasks
-    (`spec.hf_splits`: dev -> validation, ...); for custom ones train, test, and for dev the
-    first of DEV_SPLITS. Returns (its name, the Dataset)."""
+def dataset_split(spec: TaskSpec, ds, split: str, name: str, validation: str | None = None):
+    """The split of a `DatasetDict` that holds `split`: for dev, `validation`
+    (--validation-split) when given; else the Hub's names for GLUE tasks (`spec.hf_splits`:
+    dev -> validation, ...); for custom ones train, test, and for dev the first of
+    DEV_SPLITS. Returns (its name, the Dataset)."""
+    if validation is not None and len(spec.eval_splits) > 1:
+        raise PkdError(
+            f"--validation-split: task {spec.name} has {len(spec.eval_splits)} dev splits "
+            f"({', '.join(spec.eval_splits)}); it reads them by the Hub's names"
+        )
+    if validation is not None and split.startswith("dev"):
+        if validation not in ds:
+            raise PkdError(
+                f"--validation-split: {name} has no split {validation!r} (it has {', '.join(ds)})"
+            )
+        return validation, ds[validation]
     if spec.source == "glue":
         wanted = (spec.hf_splits.get(split, split),)
     else:
@@ -397,8 +435,10 @@ def dataset_split(spec: TaskSpec, ds, split: str, name: str):
     for candidate in wanted:
         if candidate in ds:
             return candidate, ds[candidate]
+    fix = "; choose one with --validation-split" if split.startswith("dev") else ""
     raise PkdError(
-        f"--dataset: {name} has no {'/'.join(wanted)} split for {split} (it has {', '.join(ds)})"
+        f"--dataset: {name} has no {'/'.join(wanted)} split for {split} (it has "
+        f"{', '.join(ds)}){fix}"
     )
 
 
@@ -414,7 +454,7 @@ def load_data_split(
         ds, name = data.dataset, "DatasetDict"
         if isinstance(ds, str):
             ds, name = open_dataset(ds, data.dataset_config), ds
-        hub_name, part = dataset_split(spec, ds, split, name)
+        hub_name, part = dataset_split(spec, ds, split, name, data.validation_split)
         return read_dataset(spec, part, split, f"dataset:{name}[{hub_name}]", labelled)
     if spec.source == "custom" and file is None:
         raise PkdError(f"--{file_option(split)}: required (or --dataset)")

@@ -169,6 +169,22 @@ def read_jsonl(path: Path, encoding: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def file_columns(path: Path, encoding: str) -> list[str]:
+    """The column names of a CSV/TSV file's header row or a JSONL file's first object,
+    without reading the rest; [] when it does not read (its reader names the problem)."""
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            if path.suffix.lower() in (".jsonl", ".json"):
+                first = next((line for line in f if line.strip()), "{}")
+                obj = json.loads(first)
+                return list(obj) if isinstance(obj, dict) else []
+            delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+            header = next(csv.reader(f, delimiter=delimiter), [])
+    except (OSError, ValueError, LookupError, csv.Error):  # UnicodeDecodeError is a ValueError
+        return []
+    return [h.strip().removeprefix("\ufeff") for h in header]
+
+
 def hub_dataset(spec: TaskSpec, split: str, what: str):
     """`datasets.load_dataset` for a task's split, or a PkdError saying to pass --data-dir."""
     import datasets  # only for splits from the Hub (files need none of it)
