@@ -264,3 +264,75 @@ def test_dry_run_shows_the_transfer_set(teacher, sst2_dir, tmp_path, pkd_cli):
     assert f"            transfer: 30 examples, 0.0% truncated ({transfer})" in out.splitlines()
     assert "2 transfer example(s) per labelled one in each batch" in out
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and files that would do nothing, or the wrong thing
+
+
+def _distill_argv(teacher, sst2_dir, tmp_path, *extra) -> list:
+    return ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", sst2_dir,
+            "--max-length", "16", "--student-layers", "2", "--allow-weak-teacher", "--dry-run",
+            "--output", tmp_path / "x", *extra]  # fmt: skip
+
+
+def test_the_dev_file_as_transfer_file_is_refused(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
+    dev = sst2_dir / "dev.tsv"
+    err = pkd_cli.error(_distill_argv(tiny_teacher, sst2_dir, tmp_path, "--transfer-file", dev))
+    assert err == (
+        f"--transfer-file: {dev} holds 32 of the 32 inputs of {dev} (dev, on which the student "
+        "is selected and scored); pass other unlabelled text"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_a_few_dev_inputs_in_the_transfer_set_are_a_warning(
+    tiny_teacher, sst2_dir, tmp_path, pkd_cli, caplog
+):
+    transfer = write_transfer(tmp_path / "u.tsv", 40, seed=9)
+    dev = (sst2_dir / "dev.tsv").read_text().splitlines()[1:4]
+    extra = [f"{40 + i}\t{line.split(chr(9))[0]}" for i, line in enumerate(dev)]
+    transfer.write_text(transfer.read_text() + "\n".join(extra) + "\n")
+    caplog.set_level(logging.WARNING, logger="pkd.transfer")
+    pkd_cli.ok(_distill_argv(tiny_teacher, sst2_dir, tmp_path, "--transfer-file", transfer))
+    assert [r.getMessage() for r in caplog.records if r.name == "pkd.transfer"] == [
+        f"--transfer-file: {transfer} holds 3 of the 32 inputs of {sst2_dir / 'dev.tsv'} (dev): "
+        "the student is distilled on them and scored on them"
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--transfer-ratio", "0.001", "--transfer-file", "{transfer}"],
+         "--transfer-ratio: 0.001 x 64 labelled examples draws no transfer example per epoch; "
+         "use at least 0.0156"),
+        (["--transfer-ratio", "2"],
+         "--transfer-ratio: 2 needs --transfer-file (the unlabelled text it draws from)"),
+        (["--max-transfer-samples", "10"],
+         "--max-transfer-samples: needs --transfer-file (the rows it keeps)"),
+    ],
+)  # fmt: skip
+def test_transfer_options_that_draw_nothing_are_refused(
+    extra, message, tiny_teacher, sst2_dir, tmp_path, pkd_cli
+):
+    transfer = write_transfer(tmp_path / "u.tsv", 40)
+    extra = [str(a).format(transfer=transfer) for a in extra]
+    assert pkd_cli.error(_distill_argv(tiny_teacher, sst2_dir, tmp_path, *extra)) == message
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_and_predict_take_no_transfer_file(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
+    from pkd.api import evaluate, predict
+    from pkd.errors import PkdError
+
+    transfer = write_transfer(tmp_path / "u.tsv", 4)
+    for command in ("evaluate", "predict"):
+        argv = [command, "--model", tiny_teacher, "--task", "sst2", "--data-dir", sst2_dir]
+        code, out, err = pkd_cli([*argv, "--transfer-file", transfer])
+        assert code == 2 and "unrecognized arguments: --transfer-file" in err
+    data = C.DataConfig(data_dir=str(sst2_dir), transfer_file=[str(transfer)], **DATA)
+    for run in (evaluate, predict):
+        with pytest.raises(PkdError, match=r"^--transfer-file: a training option; evaluate and"):
+            run(str(tiny_teacher), data)

@@ -144,7 +144,7 @@ def _add_run_options(p: argparse.ArgumentParser, model_flag: str, what: str) -> 
 
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     """Options to pick a task and data for evaluate/predict (no training options)."""
-    _add_section(p, "data", skip=("max_train_samples",), config_cls=None)
+    _add_section(p, "data", skip=C.TRAINING_DATA_OPTIONS, config_cls=None)
     p.add_argument("--model", required=True, help=f"the fine-tuned model: {MODEL_HELP}")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress output")

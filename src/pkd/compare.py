@@ -234,7 +234,7 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
 def evaluate_model(model_dir: str | Path, cfg: C.DistillRunConfig, spec) -> dict:
     out = {}
     for split in spec.eval_splits:
-        m = evaluate(str(model_dir), cfg.data, split, cfg.train.eval_batch_size)
+        m = evaluate(str(model_dir), C.inference_data(cfg.data), split, cfg.train.eval_batch_size)
         out[split] = {k: v for k, v in m.items() if k not in ("task", "split", "source")}
     return out
 

@@ -49,6 +49,7 @@ FIXED_BY_METHOD: dict[str, dict[str, Any]] = {
     "pkd": {},
 }
 DEFAULT_WEIGHTS = {"alpha": 0.5, "beta": 100.0}  # where the method has the term
+TRANSFER_RATIO = 1.0  # --transfer-ratio's default; another value needs --transfer-file
 # Settings that cannot change what a run learns: a resumed or reused run may differ in these.
 NO_EFFECT = ("quiet", "logging_steps", "keep_checkpoints", "save_steps", "save_total_limit")
 NO_EFFECT += ("eval_batch_size", "cache_dir", "allow_weak_teacher")
@@ -172,6 +173,8 @@ class DataConfig:
             self.transfer_file = [self.transfer_file]
         if self.transfer_file is not None and not self.transfer_file:
             self.transfer_file = None  # an empty list from a config file: no transfer set
+        if self.max_transfer_samples is not None and not self.transfer_file:
+            raise PkdError("--max-transfer-samples: needs --transfer-file (the rows it keeps)")
         self._check_data_sources()
 
     def _check_data_sources(self) -> None:
@@ -319,7 +322,7 @@ class DistillConfig:
         },
     )
     transfer_ratio: float = field(
-        default=1.0,
+        default=TRANSFER_RATIO,
         metadata={
             "help": "with --transfer-file: unlabelled examples drawn per labelled example into "
             "each batch (they carry KD and PT only; CE stays on the labelled ones)"
@@ -388,6 +391,23 @@ def check_method_options(method: str, values: dict) -> None:
 
 
 TRANSFER_OPTIONS = ("transfer_file", "max_transfer_samples")  # data options FT cannot use
+# data options only training reads: not options of evaluate/predict (`check_inference_data`)
+TRAINING_DATA_OPTIONS = ("max_train_samples", *TRANSFER_OPTIONS, "holdout_fraction")
+
+
+def inference_data(data: DataConfig) -> DataConfig:
+    """A run's data options as evaluate/predict take them (training-only ones dropped)."""
+    return dataclasses.replace(data, **dict.fromkeys(TRAINING_DATA_OPTIONS))
+
+
+def check_inference_data(data: DataConfig) -> None:
+    """evaluate/predict read one split: refuse a training-only data option they would ignore."""
+    for name in TRAINING_DATA_OPTIONS:
+        if getattr(data, name) is not None:
+            raise PkdError(
+                f"--{name.replace('_', '-')}: a training option; evaluate and predict do not "
+                "read it"
+            )
 
 
 def for_method(sections: dict, method: str) -> dict:
@@ -395,7 +415,8 @@ def for_method(sections: dict, method: str) -> dict:
     `method` fixes (alpha, beta, layer map) or cannot use (FT: a transfer set)."""
     out = dict(sections)
     distill = out.get("distill") or {}
-    out["distill"] = {k: v for k, v in distill.items() if k not in FIXED_BY_METHOD[method]}
+    unused = (*FIXED_BY_METHOD[method], *(("transfer_ratio",) if method == "ft" else ()))
+    out["distill"] = {k: v for k, v in distill.items() if k not in unused}
     if method == "ft" and out.get("data"):
         out["data"] = {k: v for k, v in out["data"].items() if k not in TRANSFER_OPTIONS}
     return out
@@ -453,6 +474,11 @@ class DistillRunConfig:
             raise PkdError(
                 "--transfer-file: has no effect with --method ft (no teacher terms: unlabelled "
                 "text only teaches through KD/PT); drop it, or use --method kd or pkd"
+            )
+        if not self.data.transfer_file and self.distill.transfer_ratio != TRANSFER_RATIO:
+            raise PkdError(
+                f"--transfer-ratio: {self.distill.transfer_ratio:g} needs --transfer-file (the "
+                "unlabelled text it draws from)"
             )
         self.teacher = resolve_model(self.teacher, "teacher")
         if self.distill.student_init not in (None, "", "teacher"):

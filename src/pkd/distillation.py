@@ -58,7 +58,7 @@ from pkd.rundir import data_summary, finish_run, open_run, start_run
 from pkd.splits import EncodedSplit
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels, readable_labels
 from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, score, train
-from pkd.transfer import TransferMix, load_transfer, with_transfer
+from pkd.transfer import TransferMix, check_transfer, load_transfer, with_transfer
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ def plan_distill(
     check_label_sets(spec, splits)
     spec = teacher_task(spec, teacher, cfg.teacher)
     transfer = load_transfer(spec, cfg.data)
+    if transfer is not None:
+        check_transfer(transfer, splits, d.transfer_ratio)
     if len(d.terms) > 1 and d.teacher_mode == "cached":
         check_cache_space(
             d.cache_dir,

@@ -145,6 +145,7 @@ def evaluate(
     the model directory), checked before the model runs.
     """
     check_batch_size(batch_size)
+    C.check_inference_data(data)
     model = resolve_model(model, "model")
     spec = resolve_task(data) if data.task != "custom" else None
     if split.startswith("test") and not (spec is not None and spec.test_labelled):
@@ -186,6 +187,7 @@ def predict(
     output: the TSV to write (default: predictions_TASK_SPLIT.tsv in the model directory).
     """
     check_batch_size(batch_size)
+    C.check_inference_data(data)
     onnx = Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file()
     model = model if onnx else resolve_model(model, "model")
     model_dir = Path(model) if Path(model).is_dir() else Path(model).parent

@@ -18,6 +18,7 @@ rests on this. `pkd distill --transfer-file FILE` reads texts in the task's text
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from pkd.errors import PkdError
 from pkd.losses import IGNORE_LABEL
 from pkd.splits import EncodedSplit, Split, input_file
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION, TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
@@ -59,6 +62,44 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
         None,
     )
     return split.head(data.max_transfer_samples)
+
+
+OVERLAP_REFUSED = 0.5  # this share of a dev split's inputs in the transfer set: an error
+
+
+def check_transfer(transfer: Split, splits: dict[str, Split], ratio: float) -> None:
+    """Refuse a transfer set that holds the dev inputs (half of a dev split's inputs or more:
+    the dev file given as --transfer-file), warn about a smaller overlap, and refuse a
+    --transfer-ratio that draws no transfer example in an epoch.
+
+    Raises:
+        PkdError: naming the files and the count.
+    """
+    inputs = set(zip(transfer.text_a, transfer.text_b or [None] * len(transfer), strict=True))
+    for name, split in splits.items():
+        if not name.startswith("dev"):
+            continue
+        pairs = zip(split.text_a, split.text_b or [None] * len(split), strict=True)
+        shared = sum(pair in inputs for pair in pairs)
+        what = f"{shared} of the {len(split)} inputs of {split.source} ({name}"
+        if shared >= OVERLAP_REFUSED * len(split):
+            raise PkdError(
+                f"--transfer-file: {transfer.source} holds {what}, on which the student is "
+                "selected and scored); pass other unlabelled text"
+            )
+        if shared:
+            logger.warning(
+                "--transfer-file: %s holds %s): the student is distilled on them and scored on "
+                "them",
+                transfer.source,
+                what,
+            )
+    labelled = len(splits["train"])
+    if math.floor(labelled * ratio) == 0:
+        raise PkdError(
+            f"--transfer-ratio: {ratio:g} x {labelled} labelled examples draws no transfer "
+            f"example per epoch; use at least {1 / labelled:.3g}"
+        )
 
 
 def with_transfer(labelled: EncodedSplit, transfer: EncodedSplit, problem_type: str):
