@@ -66,6 +66,7 @@ def saved(tmp_path_factory):
     DatasetDict(train=sst2_like()["train"]).save_to_disk(root / "no-dev")
     tweets = tweets_like()
     DatasetDict(train=tweets["train"], test=tweets["dev"]).save_to_disk(root / "train-test")
+    (root / "train.csv").write_text("text,label\ngood film,1\nbad film,0\n")
     return root
 
 
@@ -261,6 +262,11 @@ def test_distill_from_a_dataset_builds_and_reuses_one_teacher_cache(
             "--dataset: give --dataset or --data-dir, not both",
         ),
         (["--task", "sst2", "--dataset-config", "sst2"], "--dataset-config: needs --dataset"),
+        (
+            ["--task", "custom", "--dataset", "{root}/train.csv", "--text-columns", "text"],
+            "--dataset: {root}/train.csv is a file, not a dataset; pass files as --train-file "
+            "and --validation-file (--dataset takes a Hub name or a dataset directory)",
+        ),
         (
             ["--task", "sst2", "--validation-split", "test"],
             "--validation-split: needs --dataset (files: pass the split as --validation-file)",

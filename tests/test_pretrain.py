@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_bert, make_tokenizer, run_killed_after_checkpoint, sentiment_rows
+from conftest import (
+    make_tiny_bert,
+    make_tokenizer,
+    run_killed_after_checkpoint,
+    sentiment_rows,
+    write_sst2,
+)
 from safetensors.torch import load_file
 
 from pkd import config as C
@@ -205,9 +211,57 @@ def _no_text_at_all(tmp):
     return [], "--text-file: give unlabelled text"
 
 
+def _max_texts_one(tmp):
+    f = write_text(tmp / "a.txt", 5)
+    return ["--text-file", f, "--max-texts", "1"], (
+        "--max-texts: 1 passage(s); pretraining needs 2 or more (some are held out to evaluate on)"
+    )
+
+
+def _wrong_glue_split(tmp):
+    d = write_sst2(tmp / "SST-2", n_train=8, n_dev=4)
+    return ["--task", "sst2", "--data-dir", d, "--glue-splits", "train,valid"], (
+        "--glue-splits: task sst2 has no split 'valid'; it has train, dev, test"
+    )
+
+
+def _comma_in_file_name(tmp):
+    f = write_text(tmp / "tweets,2024.txt", 5)
+    return ["--text-file", f], (
+        f"--text-file: {f} was read as 2 files ({tmp / 'tweets'}, 2024.txt): commas separate "
+        "files; rename the file without commas"
+    )
+
+
+def _comma_between_files(tmp):
+    f = write_text(tmp / "a.txt", 5)
+    return ["--text-file", f"{f},{tmp / 'b.txt'}"], (
+        f"--text-file: {tmp / 'b.txt'} not found (commas separate the files of --text-file)"
+    )
+
+
+def _file_as_dataset(tmp):
+    f = write_text(tmp / "a.csv", 5)
+    return ["--dataset", f], (
+        f"--dataset: {f} is a file, not a dataset; pass text files as --text-file"
+    )
+
+
 @pytest.mark.parametrize(
     "case",
-    [_empty, _jsonl_without_column, _not_utf8, _csv_without_column, _no_file, _no_text_at_all],
+    [
+        _empty,
+        _jsonl_without_column,
+        _not_utf8,
+        _csv_without_column,
+        _no_file,
+        _no_text_at_all,
+        _max_texts_one,
+        _wrong_glue_split,
+        _comma_in_file_name,
+        _comma_between_files,
+        _file_as_dataset,
+    ],  # fmt: skip
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_bad_text_exits_2_naming_file_and_line(case, tiny_bert, tmp_path, pkd_cli):

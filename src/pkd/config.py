@@ -536,6 +536,11 @@ class TextConfig:
     def __post_init__(self):
         _positive("max-length", self.max_length)
         _positive("max-texts", self.max_texts)
+        if self.max_texts is not None and self.max_texts < 2:
+            raise PkdError(
+                f"--max-texts: {self.max_texts} passage(s); pretraining needs 2 or more (some "
+                "are held out to evaluate on)"
+            )
         _positive("eval-texts", self.eval_texts)
         if self.text_file is not None and not self.text_file:
             self.text_file = None  # an empty list from a config file: no files

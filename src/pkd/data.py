@@ -385,7 +385,11 @@ def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
 
 def source_columns(data: C.DataConfig) -> list[str]:
     """The columns of a custom task's data, from its first file (header row, first JSON
-    object) or Dataset, else --dataset's train (or first) split; [] when unreadable."""
+    object; [] when it does not read) or Dataset, else --dataset's train (or first) split.
+
+    Raises:
+        PkdError: --dataset does not load.
+    """
     file = next((f for f in (data.train_file, data.validation_file, data.test_file) if f), None)
     if C.is_datasets_object(file):
         return list(file.column_names)
@@ -393,10 +397,7 @@ def source_columns(data: C.DataConfig) -> list[str]:
         return file_columns(Path(file), data.encoding)
     ds = data.dataset
     if isinstance(ds, str):
-        try:
-            ds = open_dataset(ds, data.dataset_config)
-        except PkdError:
-            return []  # reported where the splits are read
+        ds = open_dataset(ds, data.dataset_config)  # one that does not load: its error first
     return list(ds.get("train", next(iter(ds.values()))).column_names) if ds else []
 
 

@@ -64,12 +64,22 @@ class Split:
 # Reading files
 
 
-def input_file(option: str, name: str | Path) -> Path:
-    """The file an option names, refused when it is a directory or missing."""
+def input_file(option: str, name: str | Path, listed: list | None = None) -> Path:
+    """The file an option names, refused when it is a directory or missing. `listed`: all
+    the names of an option that takes several (A,B), to say that commas separate them.
+    """
     path = Path(name)
     if path.is_dir():
         raise PkdError(f"{option}: {name} is a directory, not a file")
     if not path.is_file():
+        names = [str(n) for n in listed or [] if isinstance(n, (str, Path))]
+        if len(names) > 1 and Path(",".join(names)).is_file():
+            raise PkdError(
+                f"{option}: {','.join(names)} was read as {len(names)} files ({', '.join(names)}): "
+                "commas separate files; rename the file without commas"
+            )
+        if len(names) > 1:
+            raise PkdError(f"{option}: {name} not found (commas separate the files of {option})")
         raise PkdError(f"{option}: {name} not found")
     return path
 
@@ -217,6 +227,11 @@ def open_dataset(name: str, config: str | None = None):
     if not sys.stderr.isatty():  # as pkd's own bars: none in log files
         datasets.disable_progress_bars()
     path = Path(name)
+    if path.is_file():
+        raise PkdError(
+            f"--dataset: {name} is a file, not a dataset; pass files as --train-file and "
+            "--validation-file (--dataset takes a Hub name or a dataset directory)"
+        )
     saved = path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json"))
     if saved and config is not None:
         raise PkdError(

@@ -52,7 +52,7 @@ def text_files(patterns: list[str]) -> list[Path]:
                 raise PkdError(f"--text-file: no file matches {pattern!r}")
             files += found
             continue
-        files.append(input_file("--text-file", pattern))
+        files.append(input_file("--text-file", pattern, patterns))
     return files
 
 
@@ -89,6 +89,12 @@ def task_sentences(cfg: C.TextConfig) -> list[str]:
     spec = get_task(cfg.task)
     if spec.problem_type == MULTIPLE_CHOICE:
         raise PkdError(f"--task: {cfg.task} is multiple choice; pass its texts as --text-file")
+    unknown = [name for name in cfg.glue_splits if name not in spec.splits]
+    if unknown:
+        raise PkdError(
+            f"--glue-splits: task {spec.name} has no split {unknown[0]!r}; it has "
+            f"{', '.join(spec.splits)}"
+        )
     out = []
     for name in cfg.glue_splits:
         split = load_split(spec, name, cfg.data_dir, None, cfg.encoding)
@@ -107,6 +113,10 @@ def dataset_passages(cfg: C.TextConfig, limit: int | None) -> list[str]:
     import datasets  # only for --dataset (files need none of it)
 
     column, name = cfg.text_column or "text", cfg.dataset
+    if Path(name).is_file():
+        raise PkdError(
+            f"--dataset: {name} is a file, not a dataset; pass text files as --text-file"
+        )
     try:
         if Path(name).exists():
             ds = datasets.load_from_disk(name)

@@ -50,7 +50,7 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
         if C.is_datasets_object(name):  # the Python API: a Dataset where a file goes
             parts.append(read_dataset(spec, name, TRANSFER, f"Dataset[{TRANSFER}]", labelled=False))
             continue
-        path = input_file("--transfer-file", name)
+        path = input_file("--transfer-file", name, data.transfer_file)
         parts.append(read_table_split(spec, path, TRANSFER, data.encoding, False, header=True))
     pairs = all(p.text_b is not None for p in parts)
     split = Split(
