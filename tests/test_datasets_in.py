@@ -381,6 +381,13 @@ def test_a_teacher_with_the_hubs_label_names_distills_and_evaluates(
             out = pkd_cli.ok(["evaluate", "--model", model, "--task", "sst2", *data]).out
             scores.add(json.loads(out)["accuracy"])
     assert len(scores) == 1
+    written = []  # predictions in the data's names (the GLUE submission's ids)
+    for model in (tiny_teacher, hub, flipped):
+        out = tmp_path / f"{model.name}.tsv"
+        pkd_cli.ok(["predict", "--model", model, "--task", "sst2", "--data-dir", sst2_dir,
+                    "--output-file", out])  # fmt: skip
+        written.append(out.read_text())
+    assert written[0] == written[1] == written[2]
     run = tmp_path / "run"
     argv = ["distill", "--teacher", hub, "--task", "sst2", "--student-layers", "2",
             "--allow-weak-teacher", "--max-steps", "2", "--batch-size", "8", "--max-length",

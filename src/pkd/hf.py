@@ -130,10 +130,9 @@ def check_dataset_labels(teacher_labels: tuple[str, ...], dataset, name: str) ->
     Raises:
         PkdError: other names, or the same names in another order.
     """
-    column = next(
-        (c for c in ("labels", "label") if c in getattr(dataset, "column_names", ())), None
-    )
-    names = getattr(dataset.features[column], "names", None) if column else None
+    features = getattr(dataset, "features", None) or {}  # none: a torch dataset, a stream
+    column = next((c for c in ("labels", "label") if c in features), None)
+    names = getattr(features[column], "names", None) if column else None
     if not names or not teacher_labels or tuple(names) == teacher_labels:
         return
     n = len(names)

@@ -202,6 +202,8 @@ def predict(
         spec, raw = inference_split(data, split, onnx_model.labels, labelled=False)
         out = checked_output(spec, raw)
         names = onnx_model.predict(raw.text_a, raw.text_b, batch_size)
+        if onnx_model.labels:  # the data's names, as for a PyTorch model
+            names = [spec.labels[onnx_model.labels.index(n)] for n in names]
     else:
         net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=False)
         out = checked_output(spec, raw)
