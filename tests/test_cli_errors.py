@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -460,3 +461,85 @@ def test_predict_output_file_that_is_a_directory(inputs, pkd_cli):
     assert line == f"--output-file: {out} is a directory; pass a file name"
     assert list(out.iterdir()) == []  # no hidden temp file
     assert sorted(p.name for p in inputs.iterdir()) == ["bert", "data", "preds", "teacher-run"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs on one --output: the run directory's lock file (.pkd.lock)
+
+
+def _lock(run: Path, pid: int) -> dict:
+    """A lock file as a run holding `run` leaves it (pid on this host)."""
+    record = {"pid": pid, "host": socket.gethostname(), "command": "pkd distill --seed 1",
+              "started": "2026-01-01T00:00:00+0000"}  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    (run / ".pkd.lock").write_text(json.dumps(record))
+    return record
+
+
+@pytest.mark.parametrize("command", ["finetune", "export", "demo"])
+def test_run_dir_held_by_a_live_run_is_refused(command, inputs, pkd_cli):
+    run = inputs / "runs" / "conc"
+    with subprocess.Popen(["sleep", "60"]) as other:  # a live process holds the directory
+        lock = _lock(run, other.pid)
+        argv = {
+            "finetune": finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run),
+            "export": ["export", "--model", inputs / "teacher-run", "--output", run],
+            "demo": ["demo", "--output", run, "--quiet"],
+        }[command]
+        line = pkd_cli.error(argv)
+        other.kill()
+    assert line == (
+        f"--output: {run} is in use by another run (pid {other.pid} on {lock['host']}, "
+        f"started 2026-01-01T00:00:00+0000: pkd distill --seed 1); wait for it to end or "
+        "choose another --output"
+    )
+    assert sorted(p.name for p in run.iterdir()) == [".pkd.lock"]  # the other run's, kept
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(inputs, pkd_cli, caplog):
+    run = inputs / "runs" / "conc"
+    with subprocess.Popen(["true"]) as gone:  # its pid is gone once it ran
+        pass
+    _lock(run, gone.pid)
+    # the lock is taken before the run's checks (here: its data)
+    line = pkd_cli.error(finetune_argv(inputs / "bert", inputs / "nodata", run))
+    assert line.startswith(f"--data-dir: {inputs / 'nodata'}")
+    assert f"{run}: took over the lock of a run that is gone (pid {gone.pid} on" in caplog.text
+    assert list(run.iterdir()) == []  # the lock is released (the dead run made the dir)
+
+
+def test_lock_is_released_after_a_run(inputs, pkd_cli):
+    run = inputs / "runs" / "done"
+    pkd_cli.ok(finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run))
+    assert (run / "metrics.json").is_file()
+    assert not (run / ".pkd.lock").exists()
+    assert json.loads((run / "metrics.json").read_text())["task"] == "sst2"
+
+
+# ---------------------------------------------------------------------------------------------
+# pkd demo: every option checked before anything is written
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--train-samples", "0", "--train-samples: must be >= 1, got 0"),
+        ("--train-samples", "-100", "--train-samples: must be >= 1, got -100"),
+        ("--eval-samples", "-3", "--eval-samples: must be >= 1, got -3"),
+        ("--transfer-samples", "-1", "--transfer-samples: must be >= 0, got -1"),
+        ("--epochs", "0", "--epochs: must be > 0, got 0.0"),
+        ("--epochs", "nan", "--epochs: must be > 0, got nan"),
+    ],
+)
+def test_demo_bad_sizes_write_nothing(option, value, expected, tmp_path, pkd_cli):
+    out = tmp_path / "demo"
+    assert pkd_cli.error(["demo", "--output", out, option, value]) == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_output_that_is_a_file(tmp_path, pkd_cli):
+    out = tmp_path / "demo.txt"
+    out.write_text("mine\n")
+    line = pkd_cli.error(["demo", "--output", out, "--train-samples", "8"])
+    assert line == f"--output: {out} exists and is not a directory"
+    assert out.read_text() == "mine\n"

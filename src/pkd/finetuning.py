@@ -31,11 +31,12 @@ from pkd.models import (
     load_tokenizer,
     resolve_pooling,
 )
-from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.rundir import data_summary, finish_run, locks_output, open_run, start_run
 from pkd.tasks import CLASSIFICATION
 from pkd.train import Objective, make_accelerator, train
 
 
+@locks_output
 def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
 

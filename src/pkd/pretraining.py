@@ -46,7 +46,7 @@ from pkd.models import (
     load_tokenizer,
     num_layers,
 )
-from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.rundir import data_summary, finish_run, locks_output, open_run, start_run
 from pkd.text import HELD_OUT, MaskedText, hold_out, load_texts, mlm_collator
 from pkd.train import Evaluation, make_accelerator, train
 
@@ -136,6 +136,7 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     )
 
 
+@locks_output
 def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text.
 
