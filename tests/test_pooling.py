@@ -320,6 +320,9 @@ def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, pk
         (["finetune", "--model", str(st_bert), *common], "pooling:    mean (masked token mean)"),
         (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
          "pooling:    mean (masked token mean), head and patient loss"),
+        # the patient loss matches token means, as `layer_states` pools them, not [CLS]
+        (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
+         "loss:       0.5*CE + 0.5*KD(kl, x T^2, T=10) + 100*PT(mean, L2-normalised token-mean)"),
     ):  # fmt: skip
         assert want in pkd_cli.ok(argv).out.splitlines()
     assert not (tmp_path / "x").exists()

@@ -449,6 +449,10 @@ def check_max_length(max_length: int, name: str, option: str, config, tokenizer)
         )
 
 
+# What `layer_states` pools per layer, by pooling (the dry run's loss names it).
+POOLED_STATES = {"cls": "[CLS]", "mean": "token-mean"}
+
+
 def layer_states(
     hidden_states: tuple[torch.Tensor, ...],
     attention_mask: torch.Tensor,
@@ -461,6 +465,8 @@ def layer_states(
     counts). Classification: L+1 tensors (B, T, H) -> (B, L+1, H). Multiple choice: the
     encoder sees B * C sequences, so (B * C, T, H) -> (B, C, L+1, H), matching logits (B, C).
     """
+    if pooling not in POOLED_STATES:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLED_STATES)}")
     if pooling == "mean":
         mask = attention_mask.reshape(-1, attention_mask.shape[-1])
         states = torch.stack([P.mean_pool(h, mask) for h in hidden_states], dim=1)

@@ -36,9 +36,9 @@ from pkd.config import TRACKERS, TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.fsio import replace_dir, staged_dir
-from pkd.losses import ce_loss, kd_loss, patient_loss, term_weights
+from pkd.losses import ce_loss, ce_text, kd_loss, kd_text, patient_loss, pt_text, term_weights
 from pkd.metrics import compute_metrics
-from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
+from pkd.models import DEV_METRIC_KEY, POOLED_STATES, layer_states, model_pooling
 from pkd.progress import progress
 from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
@@ -104,6 +104,18 @@ class Objective:
     def weights(self) -> dict[str, float]:
         """Each term's weight in the total (Eq. 5)."""
         return term_weights(self.alpha, self.beta)
+
+    def describe(self, regression: bool) -> str:
+        """Eq. (5) as `loss_terms` computes it for this objective (the dry run's plan), e.g.
+        `0.5*CE + 0.5*KD(kl, x T^2, T=10) + 100*PT(mean, L2-normalised [CLS])`."""
+        text = {
+            "ce": ce_text(regression),
+            "kd": kd_text(self.temperature, self.kd_form, regression),
+            "pt": pt_text(self.pt_form, self.pt_normalize, POOLED_STATES[self.pooling]),
+        }
+        w = self.weights()
+        terms = [t for t in text if t == "ce" or t in self.terms]
+        return " + ".join(f"{w[t]:g}*{text[t]}" for t in terms)
 
     def loss_terms(self, model, batch: dict, regression: bool) -> dict[str, torch.Tensor]:
         """This objective's unweighted terms for one batch (`loss_terms`)."""
