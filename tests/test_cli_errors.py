@@ -543,3 +543,36 @@ def test_demo_output_that_is_a_file(tmp_path, pkd_cli):
     line = pkd_cli.error(["demo", "--output", out, "--train-samples", "8"])
     assert line == f"--output: {out} exists and is not a directory"
     assert out.read_text() == "mine\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Unwritable places: refused up front (no traceback, no partial run left behind)
+
+
+def _cache_argv(command: str, inputs: Path, out: Path) -> list:
+    if command == "pretrain":
+        text = inputs / "text.txt"
+        text.write_text("".join(f"a short sentence number {i}\n" for i in range(40)))
+        return ["pretrain", "--teacher", inputs / "bert", "--text-file", text, "--output", out,
+                "--student-layers", "2", "--teacher-mode", "cached", "--pt-tokens", "cls",
+                "--max-length", "16", "--epochs", "1", "--quiet"]  # fmt: skip
+    return ["distill", "--teacher", inputs / "teacher-run", "--output", out, "--task", "sst2",
+            "--data-dir", inputs / "data" / "SST-2", "--max-length", "16", "--epochs", "1",
+            "--allow-weak-teacher", "--quiet"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill"])
+@pytest.mark.parametrize("where", ["a file", "read-only"])
+def test_unusable_cache_dir_leaves_no_run(command, where, inputs, pkd_cli):
+    # root ignores chmod: /sys stands for a read-only place (as in test_export)
+    (inputs / "cache.txt").write_text("not a directory\n")
+    cache = inputs / "cache.txt" if where == "a file" else Path("/sys/pkd-cache-test")
+    out = inputs / "out"
+    line = pkd_cli.error([*_cache_argv(command, inputs, out), "--cache-dir", cache])
+    if where == "a file":
+        assert line == f"--cache-dir: {cache} is a file, not a directory; pass a directory"
+    else:
+        assert line.startswith(
+            f"--cache-dir: cannot write the teacher cache under {cache}: /sys is not writable ("
+        ), line
+    assert not out.exists()  # no config.yaml, no run directory

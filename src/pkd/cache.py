@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,27 @@ IGNORED_CONFIG_KEYS = frozenset(
 
 def default_root() -> Path:
     return Path(os.environ.get("PKD_CACHE_DIR", Path.home() / ".cache" / "pkd" / "teacher"))
+
+
+def check_cache_dir(cache_dir: str | None) -> tuple[Path, Path]:
+    """(the cache root, its nearest existing directory) for --cache-dir (default_root when
+    None); refuses a root that is or lies under a file, or that cannot be written (a real
+    write: os.access says yes to root even on read-only file systems)."""
+    root = Path(cache_dir) if cache_dir else default_root()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
+        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".pkd-write-test-"))
+    except OSError as e:
+        raise PkdError(
+            f"--cache-dir: cannot write the teacher cache under {root}: {existing} is not "
+            f"writable ({e.strerror}); pass a writable --cache-dir"
+        ) from None
+    return root, existing
 
 
 def forward_config(config) -> dict:

@@ -303,13 +303,7 @@ def check_cache_space(
     """
     t = teacher_config
     size = cache_mod.estimate_bytes(examples, *cache_mod.teacher_shapes(t, choices))
-    root = Path(cache_dir) if cache_dir else cache_mod.default_root()
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
-        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
+    root, existing = cache_mod.check_cache_dir(cache_dir)
     free = shutil.disk_usage(existing).free
     logger.info(
         "teacher cache: about %s for %d examples under %s (%s free)",

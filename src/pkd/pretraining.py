@@ -97,6 +97,8 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     """Every up-front check of `pkd pretrain`, and the loaded teacher, student and text."""
     o, quiet = cfg.pretrain, cfg.train.quiet
     texts = load_texts(cfg.text)  # bad text fails first, before any model loads
+    if o.teacher_mode == "cached":
+        cache_mod.check_cache_dir(o.cache_dir)
     teacher = load_pretrained_teacher(cfg.teacher, o.uses_mlm, cfg.trust_remote_code)
     t_config = teacher.config
     n = num_layers(t_config)
