@@ -3,6 +3,7 @@ line (or the option), nothing written. Plus one happy path: finetune -> evaluate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -576,3 +577,72 @@ def test_unusable_cache_dir_leaves_no_run(command, where, inputs, pkd_cli):
             f"--cache-dir: cannot write the teacher cache under {cache}: /sys is not writable ("
         ), line
     assert not out.exists()  # no config.yaml, no run directory
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """`path` as a directory nothing can be created in: chmod for a user, `chattr +i` for root
+    (which chmod does not stop); skipped where neither works."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+def test_evaluate_of_a_read_only_run_prints_its_metrics(inputs, pkd_cli, caplog):
+    run = inputs / "teacher-run"
+    argv = ["evaluate", "--model", run, "--task", "sst2", "--data-dir", inputs / "data" / "SST-2"]
+    with unwritable(run):
+        result = pkd_cli.ok(argv)
+    metrics = json.loads(result.out)
+    assert metrics["task"] == "sst2" and metrics["examples"] == 8 and "accuracy" in metrics
+    assert (
+        f"--output-file: cannot create {run / 'eval_sst2_dev.json'}: {run} is not writable ("
+        in (caplog.text)
+    )
+    assert "the metrics are printed only (pass --output-file to keep them)" in caplog.text
+    assert sorted(p.name for p in run.iterdir()) == ["model"]
+
+
+def test_predict_into_a_read_only_model_dir_is_refused_before_it_runs(inputs, pkd_cli):
+    model = inputs / "teacher-run" / "model"
+    argv = ["predict", "--model", model, "--task", "sst2", "--data-dir", inputs / "data" / "SST-2"]
+    before = snapshot(inputs)
+    with unwritable(model):
+        line = pkd_cli.error(argv)
+    assert line.startswith(
+        f"--output-file: cannot create {model / 'predictions_sst2_test.tsv'}: {model} is not "
+        "writable ("
+    ), line
+    assert snapshot(inputs) == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_output_file_in_a_read_only_place_is_refused(command, inputs, pkd_cli):
+    out = Path("/sys/pkd-test/out.json")  # /sys refuses new entries, even for root
+    argv = [command, "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
+            inputs / "data" / "SST-2", "--output-file", out]  # fmt: skip
+    line = pkd_cli.error(argv)
+    assert line.startswith(f"--output-file: cannot create {out}: /sys is not writable ("), line
+
+
+def test_benchmark_output_checked_before_timing(inputs, pkd_cli):
+    argv = ["benchmark", "--models", inputs / "teacher-run", "--batch-sizes", "1",
+            "--seq-lengths", "8", "--warmup", "0", "--iterations", "1"]  # fmt: skip
+    line = pkd_cli.error([*argv, "--output", "/sys/pkd-test/bench"])
+    assert line.startswith("--output: cannot create /sys/pkd-test/bench: /sys is not writable (")
+    (inputs / "bench.txt").write_text("a file\n")
+    line = pkd_cli.error([*argv, "--output", inputs / "bench.txt" / "sub"])
+    assert line == (
+        f"--output: cannot create {inputs / 'bench.txt' / 'sub'}: {inputs / 'bench.txt'} is a "
+        "file, not a directory"
+    )

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 
 from pkd.config import DistillRunConfig
 from pkd.errors import PkdError
-from pkd.fsio import file_sha256, temp_dir
+from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error
 from pkd.models import layer_states, model_pooling
 from pkd.progress import progress
 from pkd.tasks import TaskSpec
@@ -76,22 +75,22 @@ def default_root() -> Path:
 
 def check_cache_dir(cache_dir: str | None) -> tuple[Path, Path]:
     """(the cache root, its nearest existing directory) for --cache-dir (default_root when
-    None); refuses a root that is or lies under a file, or that cannot be written (a real
-    write: os.access says yes to root even on read-only file systems)."""
+    None); refuses a root that is or lies under a file, or that cannot be written."""
     root = Path(cache_dir) if cache_dir else default_root()
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(root)
     if not existing.is_dir():
-        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
+        where = (
+            "is a file"
+            if existing == root.resolve()
+            else f"cannot be created: {existing} is a file"
+        )
         raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".pkd-write-test-"))
-    except OSError as e:
+    problem = write_error(existing)
+    if problem:
         raise PkdError(
             f"--cache-dir: cannot write the teacher cache under {root}: {existing} is not "
-            f"writable ({e.strerror}); pass a writable --cache-dir"
-        ) from None
+            f"writable ({problem}); pass a writable --cache-dir"
+        )
     return root, existing
 
 

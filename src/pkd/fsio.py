@@ -72,6 +72,24 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (resolved)."""
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_error(directory: Path) -> str | None:
+    """Why nothing can be created in `directory`, or None when something can: a real write,
+    as os.access says yes to root even on read-only file systems."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".pkd-write-test-"))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.sha256()

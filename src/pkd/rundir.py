@@ -21,7 +21,6 @@ import platform
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,7 +35,14 @@ from pkd import config as C
 from pkd.card import write_model_card
 from pkd.data import truncated_fraction
 from pkd.errors import PkdError
-from pkd.fsio import atomic_write, file_sha256, try_lock, write_json
+from pkd.fsio import (
+    atomic_write,
+    file_sha256,
+    nearest_existing,
+    try_lock,
+    write_error,
+    write_json,
+)
 from pkd.models import DEV_METRIC_KEY, student_init_name
 from pkd.train import checkpoints
 
@@ -70,20 +76,21 @@ def check_creatable(path: Path, option: str) -> None:
     written."""
     if path.exists() and not path.is_dir():
         raise PkdError(f"{option}: {path} exists and is not a directory")
+    check_writable(path, option)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse a path (file or directory) that cannot be created: its nearest existing parent
+    is a file or cannot be written."""
     parent = existing_parent(path, option)
-    try:  # a real write: os.access says yes to root even on read-only file systems
-        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
-    except OSError as e:
-        raise PkdError(
-            f"{option}: cannot create {path}: {parent} is not writable ({e.strerror})"
-        ) from None
+    problem = write_error(parent)
+    if problem:
+        raise PkdError(f"{option}: cannot create {path}: {parent} is not writable ({problem})")
 
 
 def existing_parent(path: Path, option: str) -> Path:
     """The nearest existing directory above `path`; refuses a path under a file."""
-    parent = path.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(path.resolve().parent)
     if not parent.is_dir():
         raise PkdError(f"{option}: cannot create {path}: {parent} is a file, not a directory")
     return parent
