@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import time
@@ -605,12 +606,32 @@ def make_accelerator(cfg: TrainConfig, output: Path | None = None):
     )
 
 
+_MLFLOW_URI: list[str] = []  # the tracking URI pkd last set (a later run replaces it)
+
+
+def mlflow_into_run(output: Path) -> None:
+    """MLflow's store in the run (RUN/mlflow.db) rather than MLflow 3's default, mlflow.db
+    in the current directory; a tracking URI the user set (MLFLOW_TRACKING_URI or
+    `mlflow.set_tracking_uri`) is kept."""
+    import mlflow
+
+    ours = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() in _MLFLOW_URI
+    if mlflow.is_tracking_uri_set() and not ours:
+        return
+    # the environment's, once set, wins over the one pkd set for an earlier run
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    _MLFLOW_URI[:] = [uri]
+
+
 def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objective) -> None:
     """Start the run's trackers on the main process: the project `pkd`, the run named after
     its directory; trackers other than TensorBoard also get the settings as parameters."""
     if not accelerator.is_main_process or not accelerator.log_with:
         return
     run = {"run_name": output.name}
+    if any(str(getattr(t, "value", t)) == "mlflow" for t in accelerator.log_with):
+        mlflow_into_run(output)
     accelerator.init_trackers(PROJECT, init_kwargs={"mlflow": run, "wandb": {"name": output.name}})
     params = {f"train.{f.name}": getattr(cfg, f.name) for f in fields(cfg)}
     params.update({f"weight.{term}": w for term, w in objective.weights().items()})
