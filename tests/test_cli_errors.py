@@ -646,3 +646,12 @@ def test_benchmark_output_checked_before_timing(inputs, pkd_cli):
         f"--output: cannot create {inputs / 'bench.txt' / 'sub'}: {inputs / 'bench.txt'} is a "
         "file, not a directory"
     )
+
+
+def test_read_only_output_dir_is_refused_before_the_run(inputs, pkd_cli):
+    run = inputs / "runs" / "ro"
+    run.mkdir(parents=True)
+    with unwritable(run):
+        line = pkd_cli.error(finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run))
+    assert line.startswith(f"--output: cannot write in {run} ("), line
+    assert list(run.iterdir()) == []

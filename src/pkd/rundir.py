@@ -170,8 +170,11 @@ def run_lock(output: str | Path, option: str = "--output") -> Iterator[Path]:
         return
     check_creatable(path, option)
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    mine, record = try_lock(path / LOCK_FILE)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        mine, record = try_lock(path / LOCK_FILE)
+    except OSError as e:  # e.g. an existing directory that is itself read-only
+        raise PkdError(f"{option}: cannot write in {path} ({e.strerror})") from None
     if not mine:
         hint = f"wait for it to end or choose another {option}"
         if not record or record.get("host") != socket.gethostname():
