@@ -106,18 +106,6 @@ def test_auto_pooling_says_what_it_chose_and_why(tmp_path, st_bert, tiny_bert, c
     ]  # fmt: skip
 
 
-def test_finetune_records_why_it_chose_its_pooling(st_bert, sst2_dir, tmp_path, pkd_cli):
-    out = tmp_path / "run"
-    pkd_cli.ok(["finetune", "--model", st_bert, "--task", "sst2", "--data-dir", sst2_dir,
-                "--output", out, "--max-length", "16", "--epochs", "1", "--max-train-samples",
-                "8", "--quiet"])  # fmt: skip
-    resolved = yaml.safe_load((out / "config.yaml").read_text())["meta"]["resolved"]
-    assert resolved == {
-        "pooling": "mean",
-        "pooling_reason": "its 1_Pooling/config.json says mean_tokens",
-    }
-
-
 @pytest.mark.slow
 def test_mean_teacher_records_its_pooling(mean_teacher):
     conf = json.loads((mean_teacher / "model" / "config.json").read_text())
@@ -125,7 +113,10 @@ def test_mean_teacher_records_its_pooling(mean_teacher):
     assert conf["architectures"] == ["PkdPooledForSequenceClassification"]
     assert (mean_teacher / "model" / "pooling.py").is_file()  # for trust_remote_code users
     saved = yaml.safe_load((mean_teacher / "config.yaml").read_text())
-    assert saved["pooling"] == "auto" and saved["meta"]["resolved"] == {"pooling": "mean"}
+    assert saved["pooling"] == "auto" and saved["meta"]["resolved"] == {
+        "pooling": "mean",
+        "pooling_reason": "its 1_Pooling/config.json says mean_tokens",  # why auto chose it
+    }
     metrics = json.loads((mean_teacher / "metrics.json").read_text())
     assert metrics["pooling"] == "mean"
     assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # it learned through the mean
@@ -348,7 +339,8 @@ def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path, pkd_cli):
     pkd_cli.ok(argv)
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pooling"] == "cls"
     saved = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
-    assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == {"pooling": "cls"}
+    resolved = {"pooling": "cls", "pooling_reason": "--pooling cls"}
+    assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == resolved
 
 
 @pytest.mark.slow
