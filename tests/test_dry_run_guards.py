@@ -122,6 +122,40 @@ def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, pkd
     assert not out.exists()
 
 
+def _stsb(d: Path, n: int) -> Path:
+    """An STS-B directory of n train and n dev pairs with scores 0..5."""
+    d.mkdir(parents=True)
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    rows = [
+        f"{i}\tmain\tf\t2012\t{i}\tn\tn\tgood film {i}\ta good film\t{i % 6}.0" for i in range(n)
+    ]
+    for name in ("train.tsv", "dev.tsv"):
+        (d / name).write_text("\n".join([head, *rows]) + "\n")
+    return d
+
+
+def test_regression_dry_run_shows_the_mse_kd_it_trains(world, tmp_path, pkd_cli):
+    """STS-B's KD is an MSE on the teacher's predictions, without T (`kd_loss`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = tmp_path / "stsb-teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        world["bert"], num_labels=1, problem_type="regression"
+    )
+    model.config.update({"pkd_base_model": str(world["bert"])})
+    model.save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(world["bert"]).save_pretrained(teacher)
+    argv = ["distill", "--teacher", teacher, "--task", "stsb", "--data-dir",
+            _stsb(tmp_path / "STS-B", 16), "--output", tmp_path / "run", "--max-length", "16",
+            "--student-layers", "2", "--allow-weak-teacher", "--quiet", "--dry-run"]  # fmt: skip
+    stdout = pkd_cli.ok(argv).out
+    assert (
+        "loss:       0.5*MSE(gold) + 0.5*KD(MSE on the teacher's predictions, no T) "
+        "+ 100*PT(mean, L2-normalised [CLS])"
+    ) in stdout.splitlines()
+    assert not (tmp_path / "run").exists()
+
+
 def test_finetune_dry_run_is_a_real_plan(world, tmp_path, pkd_cli):
     out = tmp_path / "ft"
     argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]

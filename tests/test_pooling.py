@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -66,17 +67,43 @@ def batch_of(tokenizer, texts, **padding):
 def test_auto_reads_the_sentence_transformers_pooling_config(tmp_path, st_bert, tiny_bert):
     from pkd.models import load_config
 
-    assert checkpoint_pooling(str(st_bert)) == "mean"
-    assert checkpoint_pooling(str(tiny_bert)) is None  # no modules.json
+    assert checkpoint_pooling(str(st_bert)) == (
+        "mean",
+        "its 1_Pooling/config.json says mean_tokens",
+    )
+    assert checkpoint_pooling(str(tiny_bert)) == (None, "it has no modules.json")
     cls_dir = sentence_transformers_dir(tmp_path / "cls", mode="cls_token")
-    assert checkpoint_pooling(str(cls_dir)) == "cls"
+    assert checkpoint_pooling(str(cls_dir))[0] == "cls"
     max_dir = sentence_transformers_dir(tmp_path / "max", mode="max_tokens")
-    assert checkpoint_pooling(str(max_dir)) == "max_tokens"
+    assert checkpoint_pooling(str(max_dir))[0] == "max_tokens"
     for path, want in ((st_bert, "mean"), (tiny_bert, "cls"), (cls_dir, "cls")):
-        assert resolve_pooling("auto", str(path), load_config(str(path), "model")) == want
+        assert resolve_pooling("auto", str(path), load_config(str(path), "model"))[0] == want
     # an explicit choice wins; a mode pkd lacks falls back to mean with a warning
-    assert resolve_pooling("cls", str(st_bert), load_config(str(st_bert), "model")) == "cls"
-    assert resolve_pooling("auto", str(max_dir), load_config(str(max_dir), "model")) == "mean"
+    config = load_config(str(st_bert), "model")
+    assert resolve_pooling("cls", str(st_bert), config) == ("cls", "--pooling cls")
+    assert resolve_pooling("auto", str(max_dir), load_config(str(max_dir), "model"))[0] == "mean"
+
+
+def test_auto_pooling_says_what_it_chose_and_why(tmp_path, st_bert, tiny_bert, caplog):
+    """Every --pooling auto choice is logged with its reason; a Hub checkpoint whose
+    modules.json cannot be read (offline here) falls back to cls with a warning."""
+    from pkd.models import load_config
+
+    config = load_config(str(tiny_bert), "model")
+    with caplog.at_level(logging.INFO, logger="pkd.models"):
+        assert (
+            resolve_pooling("auto", str(st_bert), load_config(str(st_bert), "model"))[0] == "mean"
+        )
+        assert resolve_pooling("auto", str(tiny_bert), config)[0] == "cls"
+        pooling, why = resolve_pooling("auto", "someone/st-model", config)
+    assert (pooling, why) == ("cls", "its modules.json could not be read from the Hub (offline?)")
+    infos = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert infos == [
+        ("INFO", f"--pooling auto: mean for {st_bert} (its 1_Pooling/config.json says mean_tokens)"),
+        ("INFO", f"--pooling auto: cls for {tiny_bert} (it has no modules.json)"),
+        ("WARNING", "--pooling auto: cls for someone/st-model (its modules.json could not be read "
+         "from the Hub (offline?)); pass --pooling mean if it was trained with mean pooling"),
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -86,7 +113,10 @@ def test_mean_teacher_records_its_pooling(mean_teacher):
     assert conf["architectures"] == ["PkdPooledForSequenceClassification"]
     assert (mean_teacher / "model" / "pooling.py").is_file()  # for trust_remote_code users
     saved = yaml.safe_load((mean_teacher / "config.yaml").read_text())
-    assert saved["pooling"] == "auto" and saved["meta"]["resolved"] == {"pooling": "mean"}
+    assert saved["pooling"] == "auto" and saved["meta"]["resolved"] == {
+        "pooling": "mean",
+        "pooling_reason": "its 1_Pooling/config.json says mean_tokens",  # why auto chose it
+    }
     metrics = json.loads((mean_teacher / "metrics.json").read_text())
     assert metrics["pooling"] == "mean"
     assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # it learned through the mean
@@ -309,7 +339,8 @@ def test_finetune_cli_pooling_option(st_bert, sst2_dir, tmp_path, pkd_cli):
     pkd_cli.ok(argv)
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pooling"] == "cls"
     saved = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
-    assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == {"pooling": "cls"}
+    resolved = {"pooling": "cls", "pooling_reason": "--pooling cls"}
+    assert saved["pooling"] == "cls" and saved["meta"]["resolved"] == resolved
 
 
 @pytest.mark.slow
@@ -320,6 +351,9 @@ def test_dry_runs_show_the_pooling(mean_teacher, st_bert, sst2_dir, tmp_path, pk
         (["finetune", "--model", str(st_bert), *common], "pooling:    mean (masked token mean)"),
         (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
          "pooling:    mean (masked token mean), head and patient loss"),
+        # the patient loss matches token means, as `layer_states` pools them, not [CLS]
+        (["distill", "--teacher", str(mean_teacher), "--student-layers", "2", *common],
+         "loss:       0.5*CE + 0.5*KD(kl, x T^2, T=10) + 100*PT(mean, L2-normalised token-mean)"),
     ):  # fmt: skip
         assert want in pkd_cli.ok(argv).out.splitlines()
     assert not (tmp_path / "x").exists()

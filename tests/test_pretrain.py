@@ -545,3 +545,17 @@ def test_distill_into_another_width_then_benchmark_and_export(
     )
     parity = json.loads((onnx / "parity.json").read_text())
     assert parity["fp32"]["max_abs_diff"] < 1e-4
+
+
+def test_a_student_wider_than_its_teacher_is_warned(tiny_bert, corpus, tmp_path, pkd_cli, caplog):
+    out = tmp_path / "r"
+    argv = pretrain_args(tiny_bert, corpus, out, "--student-hidden-size", "64", "--dry-run")
+    plan = pkd_cli.ok(argv).out
+    assert (
+        "--student-hidden-size: the student's hidden size 64 is larger than its teacher's "
+        "32: the student will be wider than the model it distils" in caplog.text
+    )
+    assert plan and not out.exists()
+    caplog.clear()
+    pkd_cli.ok(pretrain_args(tiny_bert, corpus, out, "--student-hidden-size", "16", "--dry-run"))
+    assert "--student-hidden-size" not in caplog.text  # narrower: the usual case, no word

@@ -444,7 +444,13 @@ def test_paper_grid_is_exactly_the_authors(tiny_teacher, sst2_dir, tmp_path):
         ({"grid": "paper", "sampler": "x"}, "--sampler: 'x' is not one of grid, tpe"),
         ({"grid": "paper", "trials": 0}, "--trials: must be >= 1, got 0"),
         ({"grid": "paper", "pruner_startup_trials": -1}, "--pruner-startup-trials: must be >= 0"),
-        ({"grid": "paper", "stale_after": 0}, "--stale-after: must be > 0 seconds, got 0"),
+        (
+            {"grid": "paper", "stale_after": 0},
+            "--stale-after: must be a finite number of seconds > 0, got 0",
+        ),
+        # nan: no dead trial would ever be reclaimed
+        ({"grid": "paper", "stale_after": float("nan")}, "--stale-after: must be a finite number"),
+        ({"grid": "paper", "stale_after": float("inf")}, "--stale-after: must be a finite number"),
         ({"grid": "paper", "seeds": [1, 1]}, "--seeds: repeated values in [1, 1]"),
         ({"grid": "paper", "seeds": [-1]}, "--seeds: must be in 0..4294967295, got -1"),
         (

@@ -103,3 +103,22 @@ def test_a_tracker_not_installed_is_refused_before_anything_is_written(
     err = pkd_cli.error(distill_args(tiny_teacher, sst2_dir, out, "--report-to", missing[0]))
     assert err.startswith(f"--report-to: {missing[0]} is not installed (pip install "), err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_mlflow_store_goes_into_the_run_not_the_current_directory(
+    tiny_teacher, sst2_dir, tmp_path, pkd_cli, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "pkd-run"
+    pkd_cli.ok(distill_args(tiny_teacher, sst2_dir, out, "--report-to", "mlflow"))
+    assert list(cwd.iterdir()) == []  # no mlflow.db (nor mlruns/) here
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "pkd"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "pkd-run" and "loss" in run.data.metrics

@@ -34,6 +34,7 @@ from pkd.fsio import atomic_write, write_json
 from pkd.models import count_parameters, load_finetuned
 from pkd.onnx_model import load_onnx
 from pkd.report import markdown_table
+from pkd.rundir import check_creatable
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +306,8 @@ def benchmark(
     check_bench_options(batch_sizes, seq_lengths, threads, backend, warmup, iterations)
     if not models:
         raise PkdError("--models: give at least one model directory")
+    if output:  # before the timing, not after it
+        check_creatable(Path(output), "--output")
     dirs = [resolve_model_dir(m) for m in models]
     names = display_names(dirs)
     previous = torch.get_num_threads()
@@ -341,8 +344,6 @@ def benchmark(
     result["markdown"] = to_markdown(result)
     if output:
         out = Path(output)
-        if out.exists() and not out.is_dir():
-            raise PkdError(f"--output: {output} exists and is not a directory")
         write_json(out / "benchmark.json", result)
         atomic_write(out / "benchmark.md", result["markdown"])
     return result

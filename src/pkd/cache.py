@@ -36,7 +36,7 @@ import torch
 
 from pkd.config import DistillRunConfig
 from pkd.errors import PkdError
-from pkd.fsio import temp_dir
+from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error
 from pkd.models import layer_states, model_pooling
 from pkd.progress import progress
 from pkd.tasks import TaskSpec
@@ -73,12 +73,25 @@ def default_root() -> Path:
     return Path(os.environ.get("PKD_CACHE_DIR", Path.home() / ".cache" / "pkd" / "teacher"))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def check_cache_dir(cache_dir: str | None) -> tuple[Path, Path]:
+    """(the cache root, its nearest existing directory) for --cache-dir (default_root when
+    None); refuses a root that is or lies under a file, or that cannot be written."""
+    root = Path(cache_dir) if cache_dir else default_root()
+    existing = nearest_existing(root)
+    if not existing.is_dir():
+        where = (
+            "is a file"
+            if existing == root.resolve()
+            else f"cannot be created: {existing} is a file"
+        )
+        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
+    problem = write_error(existing)
+    if problem:
+        raise PkdError(
+            f"--cache-dir: cannot write the teacher cache under {root}: {existing} is not "
+            f"writable ({problem}); pass a writable --cache-dir"
+        )
+    return root, existing
 
 
 def forward_config(config) -> dict:
@@ -196,7 +209,7 @@ def _load(path: Path, fp: str) -> TeacherCache:
         meta = manifest["files"][name]
         if not f.is_file() or f.stat().st_size != meta["bytes"]:
             raise ValueError(f"{f.name} is missing or truncated")
-        if _sha256_file(f) != meta["sha256"]:
+        if file_sha256(f) != meta["sha256"]:
             raise ValueError(f"{f.name} checksum differs from the manifest's")
         arr = np.load(f, mmap_mode="r")
         if arr.dtype != np.dtype(dtype) or list(arr.shape) != meta["shape"]:
@@ -300,7 +313,7 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
             files[name] = {
                 "shape": list(arr.shape),
                 "bytes": f.stat().st_size,
-                "sha256": _sha256_file(f),
+                "sha256": file_sha256(f),
             }
         manifest = {
             "format": FORMAT_VERSION,

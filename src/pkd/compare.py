@@ -43,7 +43,7 @@ from pkd.inference import evaluate
 from pkd.mapping import layer_map
 from pkd.models import load_config, load_finetuned, model_labels, num_layers
 from pkd.presets import apply
-from pkd.rundir import check_not_replaced, read_run_config, run_inputs
+from pkd.rundir import check_not_replaced, read_run_config, run_inputs, run_lock
 from pkd.tasks import readable_labels
 
 logger = logging.getLogger(__name__)
@@ -286,31 +286,34 @@ def compare(
     checked = validate(runs, teacher, bench_seq_length)
     if dry_run:
         return _describe(runs, teacher, checked)
-    wall = {"validate": round(time.perf_counter() - t0, 2), **_train_students(runs)}
-    t = time.perf_counter()
-    evals = {run.name: evaluate_model(run.path / "model", run.cfg, checked.spec) for run in runs}
-    wall["evaluation"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    bench = benchmark(
-        [teacher] + [str(run.path) for run in runs],
-        [bench_batch_size],
-        [bench_seq_length],
-        bench_threads,
-        "torch",
-        str(output),
-        bench_warmup,
-        bench_iterations,
-    )
-    wall["benchmark"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    result = _results(runs, teacher, checked, evals, bench, methods)
-    wall["report"] = round(time.perf_counter() - t, 2)
-    wall["total"] = round(time.perf_counter() - t0, 2)
-    result["wall_seconds"] = wall
-    result["markdown"] = to_markdown(result)
-    _write_results(Path(output), result, checked.spec, student_layers)
-    write_cards(runs, result)
-    return result
+    with run_lock(output):  # no other run writes there meanwhile
+        wall = {"validate": round(time.perf_counter() - t0, 2), **_train_students(runs)}
+        t = time.perf_counter()
+        evals = {
+            run.name: evaluate_model(run.path / "model", run.cfg, checked.spec) for run in runs
+        }
+        wall["evaluation"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        bench = benchmark(
+            [teacher] + [str(run.path) for run in runs],
+            [bench_batch_size],
+            [bench_seq_length],
+            bench_threads,
+            "torch",
+            str(output),
+            bench_warmup,
+            bench_iterations,
+        )
+        wall["benchmark"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        result = _results(runs, teacher, checked, evals, bench, methods)
+        wall["report"] = round(time.perf_counter() - t, 2)
+        wall["total"] = round(time.perf_counter() - t0, 2)
+        result["wall_seconds"] = wall
+        result["markdown"] = to_markdown(result)
+        _write_results(Path(output), result, checked.spec, student_layers)
+        write_cards(runs, result)
+        return result
 
 
 def write_cards(runs: list[Run], result: dict) -> None:

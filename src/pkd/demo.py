@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pkd import config as C
 from pkd.errors import PkdError
-from pkd.fsio import atomic_write
+from pkd.fsio import atomic_write, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,45 @@ def demo(
     transfer_samples: int | None = None,
 ) -> dict:
     """Run the whole quickstart and print the comparison table and what it says. Returns
-    compare's result."""
+    compare's result. Options left None take DEFAULTS; every option is checked before
+    anything is written, and the run holds `output` (`pkd.rundir.run_lock`)."""
     # Imported when the demo runs: `pkd.cli` imports this module for DEFAULTS (its --help),
     # and the run API would add seconds to every `pkd --help`.
+    from pkd.rundir import run_lock
+
+    sizes = check_options(train_samples, eval_samples, transfer_samples, epochs)
+    teacher_path()  # installed, before anything is written
+    with run_lock(output):
+        return _demo(Path(output), sizes, quiet)
+
+
+def check_options(
+    train_samples: int | None,
+    eval_samples: int | None,
+    transfer_samples: int | None,
+    epochs: float | None,
+) -> dict:
+    """The demo's sizes and epochs (DEFAULTS for None); counts below 1 (0 for the transfer
+    set) and epochs that are not > 0 are refused."""
+    given = {"train_samples": train_samples, "eval_samples": eval_samples}
+    given |= {"transfer_samples": transfer_samples, "epochs": epochs}
+    values = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    for key, least in (("train_samples", 1), ("eval_samples", 1), ("transfer_samples", 0)):
+        if values[key] < least:
+            raise PkdError(f"--{key.replace('_', '-')}: must be >= {least}, got {values[key]}")
+    if not values["epochs"] > 0:  # also nan
+        raise PkdError(f"--epochs: must be > 0, got {values['epochs']}")
+    return values
+
+
+def _demo(out: Path, sizes: dict, quiet: bool) -> dict:
+    """The demo in `out` once its options are checked: data, teacher, compare, verdict."""
     from pkd.compare import compare
-    from pkd.finetuning import finetune
+    from pkd.distillation import WeakTeacher
 
     t0 = time.perf_counter()
-    out = Path(output)
-    n_train = train_samples or DEFAULTS["train_samples"]
-    n_dev = eval_samples or DEFAULTS["eval_samples"]
-    n_epochs = epochs or DEFAULTS["epochs"]
-    n_transfer = DEFAULTS["transfer_samples"] if transfer_samples is None else transfer_samples
-    if n_transfer < 0:
-        raise PkdError(f"--transfer-samples: must be >= 0, got {n_transfer}")
+    n_train, n_dev = sizes["train_samples"], sizes["eval_samples"]
+    n_transfer, n_epochs = sizes["transfer_samples"], sizes["epochs"]
     train_file, dev_file, transfer_file = write_slices(out / "data", n_train, n_dev, n_transfer)
     data = {
         "task": "custom",
@@ -140,19 +165,7 @@ def demo(
     # tweets run from 5 to 69 tokens: batches of similar lengths pad far less
     train = {"epochs": n_epochs, "lr": 5e-5, "batch_size": 32, "group_by_length": True}
     teacher_run = out / "teacher"
-    if not (teacher_run / "metrics.json").is_file():  # re-running the demo reuses the teacher
-        cfg = C.build(
-            C.FinetuneConfig,
-            {
-                "model": str(teacher_path()),
-                "output": str(teacher_run),
-                "overwrite": True,
-                "data": data,
-                "train": {**train, "quiet": quiet},
-            },
-            "demo",
-        )
-        finetune(cfg)
+    fine_tune_teacher(teacher_run, data, {**train, "quiet": quiet}, [train_file, dev_file])
     t_teacher = time.perf_counter() - t0
     transfer = {"transfer_file": [str(transfer_file)]} if transfer_file else {}
     base = {
@@ -166,22 +179,52 @@ def demo(
             "transfer_ratio": DEFAULTS["transfer_ratio"],
         },
     }
-    result = compare(
-        str(teacher_run / "model"),
-        str(out / "compare"),
-        base,
-        [3],
-        ["ft", "kd", "pkd-skip", "pkd-last"],
-        [42],
-        bench_batch_size=32,
-        bench_seq_length=DEFAULTS["max_length"],
-        bench_iterations=5,
-    )
+    try:
+        result = compare(
+            str(teacher_run / "model"),
+            str(out / "compare"),
+            base,
+            [3],
+            ["ft", "kd", "pkd-skip", "pkd-last"],
+            [42],
+            bench_batch_size=32,
+            bench_seq_length=DEFAULTS["max_length"],
+            bench_iterations=5,
+        )
+    except WeakTeacher as e:
+        raise PkdError(
+            f"pkd demo: the fine-tuned teacher {e.score}; give it more labelled tweets or "
+            "epochs (--train-samples, --epochs)"
+        ) from None
     total = time.perf_counter() - t0
     print(result["markdown"])
     print("\n".join(verdict(result["summary"], n_transfer)))
     print(f"teacher fine-tuning {t_teacher:.0f}s; whole demo {total:.0f}s; runs in {out}/")
     return result
+
+
+def fine_tune_teacher(run: Path, data: dict, train: dict, files: list[Path]) -> None:
+    """Fine-tune MiniLM into `run`, unless `run` holds a teacher fine-tuned with these settings
+    (`config.config_drift`) on data files with these contents (their sha256): re-running the
+    demo reuses its teacher, changing its data or epochs trains it again."""
+    from pkd.finetuning import finetune
+    from pkd.rundir import read_run_config
+
+    cfg = C.build(
+        C.FinetuneConfig,
+        {"model": str(teacher_path()), "output": str(run), "overwrite": True, "data": data,
+         "train": train},
+        "demo",
+    )  # fmt: skip
+    if (run / "metrics.json").is_file():
+        recorded = json.loads((run / "metrics.json").read_text()).get("data", {})
+        seen = sorted(str(split.get("sha256")) for split in recorded.values())
+        drift = C.config_drift(read_run_config(run), C.to_dict(cfg))
+        if not drift and seen == sorted(map(file_sha256, files)):
+            logger.info("pkd demo: reusing the teacher in %s (same data and settings)", run)
+            return
+        logger.info("pkd demo: fine-tuning again: %s was trained on other data or settings", run)
+    finetune(cfg)
 
 
 def verdict(summary: list[dict], n_transfer: int) -> list[str]:

@@ -54,7 +54,7 @@ from pkd.models import (
 )
 from pkd.projection import Projection
 from pkd.race import num_choices
-from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.rundir import data_summary, finish_run, locks_output, open_run, start_run
 from pkd.splits import EncodedSplit
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels, readable_labels
 from pkd.train import Objective, cached_teacher, make_accelerator, online_teacher, score, train
@@ -296,13 +296,7 @@ def check_cache_space(
     """
     t = teacher_config
     size = cache_mod.estimate_bytes(examples, *cache_mod.teacher_shapes(t, choices))
-    root = Path(cache_dir) if cache_dir else cache_mod.default_root()
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
-        raise PkdError(f"--cache-dir: {root} {where}, not a directory; pass a directory")
+    root, existing = cache_mod.check_cache_dir(cache_dir)
     free = shutil.disk_usage(existing).free
     logger.info(
         "teacher cache: about %s for %d examples under %s (%s free)",
@@ -344,27 +338,35 @@ def teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator=None) -> 
     return out
 
 
+class WeakTeacher(PkdError):
+    """A teacher that does not beat the majority baseline by WEAK_TEACHER_MARGIN; `score`
+    says by how much (a command with other options words its own hint)."""
+
+    def __init__(self, score: str, hint: str) -> None:
+        super().__init__(f"--teacher: it {score}; {hint}")
+        self.score = score
+
+
 def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None:
     """A teacher must beat the majority baseline by WEAK_TEACHER_MARGIN on the first eval
-    split; else a PkdError, or a warning with --allow-weak-teacher."""
+    split; else a WeakTeacher error, or a warning with --allow-weak-teacher."""
     split = spec.eval_splits[0]
     value, base = teacher_metrics[split][spec.main_metric], baseline[split]
     if value < base + WEAK_TEACHER_MARGIN:
-        msg = (
-            f"--teacher: it scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
-            f"majority baseline {base:.4f}; fine-tune it better or pass --allow-weak-teacher"
+        score = (
+            f"scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
+            f"majority baseline {base:.4f}"
         )
         if not allow:
-            raise PkdError(msg)
-        logger.warning(
-            msg.replace("; fine-tune it better or pass --allow-weak-teacher", " (allowed)")
-        )
+            raise WeakTeacher(score, "fine-tune it better or pass --allow-weak-teacher")
+        logger.warning("--teacher: it %s (allowed)", score)
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 
 
+@locks_output
 def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
     """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
 

@@ -244,18 +244,6 @@ def _train_summary(t) -> dict:
     }
 
 
-def loss_formula(d) -> str:
-    """Eq. (5) with this run's weights and forms, e.g. `0.5*CE + 0.5*KD(kl, T=10) + ...`."""
-    kd = f"KD({d.kd_loss}{', x T^2' if d.kd_loss == 'kl' else ''}, T={d.temperature:g})"
-    pt = f"PT({d.pt_loss}, {'L2-normalised' if d.pt_normalize else 'raw'} [CLS])"
-    parts = [f"{1 - d.alpha:g}*CE"]
-    if "kd" in d.terms:
-        parts.append(f"{d.alpha:g}*{kd}")
-    if "pt" in d.terms:
-        parts.append(f"{d.beta:g}*{pt}")
-    return " + ".join(parts)
-
-
 def teacher_cache(cfg, plan) -> dict:
     """Where the teacher cache of this run lives, its size, and whether it already exists."""
     d = cfg.distill
@@ -299,6 +287,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
     t = plan.teacher.config
     cache = teacher_cache(cfg, plan)
     pt = "pt" in d.terms
+    objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling, aux=plan.projection)
     out = {
         "command": "distill",
         "output": str(cfg.output),
@@ -326,7 +315,7 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
         "layer_map": [[a, b] for a, b in plan.pairs] if pt else [],
         "layer_map_text": [f"teacher {a} -> student {b}" for a, b in plan.pairs] if pt else [],
         "loss": {
-            "formula": loss_formula(d),
+            "formula": objective.describe(plan.spec.problem_type == REGRESSION),
             "alpha": d.alpha,
             "beta": d.beta,
             "temperature": d.temperature,
@@ -344,7 +333,6 @@ def describe_distill(cfg, plan, timed: bool = True) -> dict:
     }
     if timed:
         needs_teacher = len(d.terms) > 1
-        objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling, aux=plan.projection)
         timing = time_steps(
             plan.student,
             plan.training_set(cfg),  # with its transfer partners: the batches the run sees

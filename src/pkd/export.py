@@ -73,7 +73,7 @@ from pkd.errors import PkdError
 from pkd.fsio import staged_dir
 from pkd.models import load_finetuned, load_tokenizer, model_labels
 from pkd.onnx_model import FP32_FILE, INT8_FILE, load_onnx
-from pkd.rundir import check_output
+from pkd.rundir import check_output, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -168,31 +168,32 @@ def export(
         ("--data-dir", data_dir),
         ("--validation-file", validation_file),
     ]
-    out = check_output(output, overwrite, inputs=inputs)
-    net, tokenizer = _load_classifier(model_dir)
-    names = list(tokenizer.model_input_names)
-    texts, pairs, source = _parity_texts(
-        task, data_dir, validation_file, text_columns, encoding, parity_samples, net
-    )
-    with staged_dir(out) as tmp:  # written whole or not at all
-        export_seconds = _write_models(net, tokenizer, names, tmp, opset, quantize)
-        report = _parity(net, tmp, texts, pairs, quantize == "int8")
-        report.update(_settings(net, model_dir, source, opset, names))
-        report["seconds"] = {
-            "export": round(export_seconds, 2),
-            "total": round(time.perf_counter() - t0, 2),
-        }
-        (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        _check_parity(report)
-        onnx_files = sorted(f.name for f in tmp.glob("*.onnx"))
-        card = export_card(model_dir, out, onnx_files, report)
-        (tmp / CARD_FILE).write_text(str(card))
-    summary = f"fp32 max |dlogit| {report['fp32']['max_abs_diff']:.2e}"
-    if "int8" in report:
-        summary += f", int8 agreement {report['int8']['agreement']}"
-    logger.info("exported %s -> %s (%s)", model_dir, out, summary)
-    files = sorted(f.name for f in out.iterdir())
-    return {**report, "output": str(out), "files": files}
+    with run_lock(output):  # no other run writes there meanwhile
+        out = check_output(output, overwrite, inputs=inputs)
+        net, tokenizer = _load_classifier(model_dir)
+        names = list(tokenizer.model_input_names)
+        texts, pairs, source = _parity_texts(
+            task, data_dir, validation_file, text_columns, encoding, parity_samples, net
+        )
+        with staged_dir(out) as tmp:  # written whole or not at all
+            export_seconds = _write_models(net, tokenizer, names, tmp, opset, quantize)
+            report = _parity(net, tmp, texts, pairs, quantize == "int8")
+            report.update(_settings(net, model_dir, source, opset, names))
+            report["seconds"] = {
+                "export": round(export_seconds, 2),
+                "total": round(time.perf_counter() - t0, 2),
+            }
+            (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
+            _check_parity(report)
+            onnx_files = sorted(f.name for f in tmp.glob("*.onnx"))
+            card = export_card(model_dir, out, onnx_files, report)
+            (tmp / CARD_FILE).write_text(str(card))
+        summary = f"fp32 max |dlogit| {report['fp32']['max_abs_diff']:.2e}"
+        if "int8" in report:
+            summary += f", int8 agreement {report['int8']['agreement']}"
+        logger.info("exported %s -> %s (%s)", model_dir, out, summary)
+        files = sorted(f.name for f in out.iterdir())
+        return {**report, "output": str(out), "files": files}
 
 
 def _load_classifier(model_dir: Path):

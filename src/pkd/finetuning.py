@@ -31,11 +31,12 @@ from pkd.models import (
     load_tokenizer,
     resolve_pooling,
 )
-from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.rundir import data_summary, finish_run, locks_output, open_run, start_run
 from pkd.tasks import CLASSIFICATION
 from pkd.train import Objective, make_accelerator, train
 
 
+@locks_output
 def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
 
@@ -49,7 +50,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     set_seed(cfg.train.seed)  # before the new head is initialised
     tokenizer = load_tokenizer(cfg.model, "model", cfg.trust_remote_code)
     config = load_config(cfg.model, "model", cfg.trust_remote_code)
-    pooling = resolve_pooling(cfg.pooling, cfg.model, config)
+    pooling, pooling_reason = resolve_pooling(cfg.pooling, cfg.model, config)
     model = load_for_finetuning(
         cfg.model, spec.problem_type, spec.labels, cfg.trust_remote_code, pooling=pooling
     )
@@ -62,7 +63,8 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
         return describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, ckpt)
     model.config.update({TASK_KEY: spec.name})
     accelerator = make_accelerator(cfg.train, output)
-    start_run(output, cfg, accelerator, ckpt is not None, resolved={"pooling": pooling})
+    resolved = {"pooling": pooling, "pooling_reason": pooling_reason}
+    start_run(output, cfg, accelerator, ckpt is not None, resolved=resolved)
     t0 = time.perf_counter()
     result = train(
         model,

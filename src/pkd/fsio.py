@@ -5,15 +5,21 @@ Every file pkd publishes goes through here: `atomic_write` / `write_json` for te
 aside and swapped in (a model, an export; `temp_dir` + `replace_dir` where the steps are
 split, as for checkpoints that several processes write). What lands gets the modes the
 umask gives (0644/0755 under umask 022), as files made with `open` would.
+
+Also the lock files that keep two processes out of one directory (`try_lock`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +72,33 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (resolved)."""
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_error(directory: Path) -> str | None:
+    """Why nothing can be created in `directory`, or None when something can: a real write,
+    as os.access says yes to root even on read-only file systems."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".pkd-write-test-"))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a text file atomically (see `atomic_file`)."""
     with atomic_file(path) as tmp:
@@ -113,3 +146,70 @@ def staged_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Lock files
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one we may not signal runs too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def lock_record(path: Path) -> dict:
+    """What a lock file says of its holder: pid, host, command, started (empty when it
+    cannot be read, e.g. while its holder is writing it)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_stale(record: dict) -> bool:
+    """A lock whose holder is gone: a process of this host that no longer runs."""
+    pid = record.get("pid")
+    return (
+        record.get("host") == socket.gethostname()
+        and isinstance(pid, int)
+        and not process_alive(pid)
+    )
+
+
+def try_lock(path: Path) -> tuple[bool, dict]:
+    """Create the lock file `path` exclusively (O_CREAT|O_EXCL) with this process's record
+    (pid, host, command line, start time).
+
+    Returns (True, the stale record taken over or {}) when this process holds it now, or
+    (False, the holder's record) when another process does. A lock left by a process of this
+    host that no longer runs is taken over; one of another host is never (its pid means
+    nothing here).
+    """
+    stale: dict = {}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_mode())
+        except FileExistsError:
+            record = lock_record(path)
+            if not is_stale(record):
+                return False, record
+            stale = record
+            path.unlink(missing_ok=True)
+            continue
+        mine = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(mine) + "\n")
+        return True, stale
+    return False, lock_record(path)

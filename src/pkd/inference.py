@@ -7,6 +7,8 @@ the model runs: they may not replace one of the model's files or the data read.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from pkd.fsio import atomic_write, write_json
 from pkd.models import load_finetuned, load_tokenizer, max_length_limit, model_labels
 from pkd.onnx_model import load_onnx
 from pkd.race import choice_letter
-from pkd.rundir import check_not_input, data_inputs, existing_parent
+from pkd.rundir import check_not_input, check_writable, data_inputs
 from pkd.splits import read_jsonl, read_rows
 from pkd.tasks import (
     CLASSIFICATION,
@@ -41,6 +43,8 @@ from pkd.tasks import (
     with_positive_label,
 )
 from pkd.train import predict_logits, predictions, score
+
+logger = logging.getLogger(__name__)
 
 PKD_OUTPUTS = ("eval_*.json", "predictions_*.tsv")  # what evaluate/predict write by a model
 
@@ -115,11 +119,12 @@ def model_files(model: str) -> list[Path]:
 
 
 def check_output_file(path: Path, model: str, data: C.DataConfig, source: str) -> Path:
-    """Refuse an --output-file that is a directory, lies under a file, or would replace an
-    input: one of the model's files or the data read (`source`, the split's file)."""
+    """Refuse an --output-file that is a directory, lies under a file, cannot be written (a
+    read-only model directory, for the default), or would replace an input: one of the
+    model's files or the data read (`source`, the split's file)."""
     if path.is_dir():
         raise PkdError(f"--output-file: {path} is a directory; pass a file name")
-    existing_parent(path, "--output-file")
+    check_writable(path, "--output-file")
     inputs = [("--model", str(f)) for f in model_files(model)]
     check_not_input(path, "--output-file", [*inputs, *data_inputs(data), ("data file", source)])
     return path
@@ -155,9 +160,8 @@ def evaluate(
     if spec is not None and split == "dev" and "dev" not in spec.splits:
         split = spec.eval_splits[0]
     net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=True)
-    if write:
-        default = Path(model).resolve().parent / f"eval_{spec.name}_{split}.json"
-        out = check_output_file(Path(output_file or default), model, data, raw.source)
+    name = f"eval_{spec.name}_{split}.json"
+    out = eval_output(model, data, name, output_file, raw.source) if write else None
     acc = Accelerator(cpu=not torch.cuda.is_available())
     net.to(acc.device)
     loader = acc.prepare(
@@ -170,9 +174,31 @@ def evaluate(
         "source": raw.source,
         **score(net, loader, spec, acc),
     }
-    if write:
-        write_json(out, metrics)
+    if out is not None:
+        try:
+            write_json(out, metrics)
+        except OSError as e:  # checked above; a disk that filled since: keep the metrics
+            raise PkdError(
+                f"--output-file: cannot write {out} ({e.strerror}); the metrics: "
+                f"{json.dumps(metrics)}"
+            ) from None
     return metrics
+
+
+def eval_output(
+    model: str, data: C.DataConfig, name: str, output_file: str | None, source: str
+) -> Path | None:
+    """Where `evaluate` writes its metrics: --output-file (checked: a bad one is refused before
+    the model runs), else `name` beside the model directory (in its run directory); None,
+    with a warning, when that default cannot be written (a read-only model directory): the
+    metrics are still returned and printed."""
+    if output_file:
+        return check_output_file(Path(output_file), model, data, source)
+    try:
+        return check_output_file(Path(model).resolve().parent / name, model, data, source)
+    except PkdError as e:
+        logger.warning("%s; the metrics are printed only (pass --output-file to keep them)", e)
+        return None
 
 
 def predict(
@@ -221,5 +247,8 @@ def predict(
         else:
             names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
     lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]
-    atomic_write(out, "\n".join(lines) + "\n")
+    try:
+        atomic_write(out, "\n".join(lines) + "\n")
+    except OSError as e:  # checked before the model ran; a disk that filled since
+        raise PkdError(f"--output-file: cannot write {out} ({e.strerror})") from None
     return out

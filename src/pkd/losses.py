@@ -36,6 +36,31 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
 
 
+def ce_text(regression: bool) -> str:
+    """L_CE as `ce_loss` computes it, for a plan: `CE`, or `MSE(gold)` for regression."""
+    return "MSE(gold)" if regression else "CE"
+
+
+def kd_variant(form: str, regression: bool) -> str:
+    """Which L_DS `kd_loss` computes: "mse" for regression (no T), else the KD form."""
+    return "mse" if regression else form
+
+
+def kd_text(temperature: float, form: str, regression: bool) -> str:
+    """L_DS as `kd_loss` computes it (`kd_variant`), for a plan, e.g. `KD(kl, x T^2, T=10)`."""
+    return {
+        "mse": "KD(MSE on the teacher's predictions, no T)",
+        "kl": f"KD(kl, x T^2, T={temperature:g})",
+        "ce": f"KD(ce, T={temperature:g})",
+    }[kd_variant(form, regression)]
+
+
+def pt_text(form: str, normalize: bool, states: str) -> str:
+    """L_PT as `patient_loss` computes it, for a plan; `states`: what the pooling matches
+    (`pkd.models.POOLED_STATES`), e.g. `PT(mean, L2-normalised [CLS])`."""
+    return f"PT({form}, {'L2-normalised' if normalize else 'raw'} {states})"
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -51,15 +76,16 @@ def kd_loss(
       - "ce" (the paper's Eq. 2): -sum_c p_t,c log q_s,c, averaged over the batch, no T^2.
     Regression: MSE between student and teacher predictions (T unused).
     """
-    if regression:
+    variant = kd_variant(form, regression)
+    if variant == "mse":
         return F.mse_loss(student_logits.view(-1).float(), teacher_logits.view(-1).float())
     t = temperature
     log_q = F.log_softmax(student_logits.float() / t, dim=-1)
     p = F.softmax(teacher_logits.float() / t, dim=-1)
-    if form == "kl":
+    if variant == "kl":
         # sum / numel == KLDivLoss(reduction="mean"), without its deprecation warning
         return F.kl_div(log_q, p, reduction="sum") / log_q.numel() * t * t
-    if form == "ce":
+    if variant == "ce":
         return -(p * log_q).sum(-1).mean()
     raise ValueError(f"unknown KD form {form!r}; valid: {KD_FORMS}")
 

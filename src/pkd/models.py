@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import transformers
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -207,66 +208,78 @@ def encoder_type(config) -> str:
     return config.encoder_type if config.model_type == P.MODEL_TYPE else config.model_type
 
 
-def checkpoint_pooling(name_or_path: str) -> str | None:
-    """The pooling a sentence-transformers checkpoint was trained with, or None.
+def checkpoint_pooling(name_or_path: str) -> tuple[str | None, str]:
+    """(the pooling a sentence-transformers checkpoint was trained with or None, why).
 
     Reads `modules.json` and the config of its Pooling module (`1_Pooling/config.json`):
     `mean` for `pooling_mode_mean_tokens`, `cls` for `pooling_mode_cls_token`, else the mode's
-    name (max, weightedmean, lasttoken, ...). Hub names are looked up when the Hub is reachable.
+    name (max, weightedmean, lasttoken, ...). Hub names are looked up when the Hub is
+    reachable; `why` says what was read, or what was missing or could not be read.
     """
-
-    def read(filename: str) -> dict | list | None:
-        path = Path(name_or_path) / filename
-        if not is_local(name_or_path):
-            try:
-                path = Path(hf_hub_download(name_or_path, filename))
-            except Exception:  # offline, no such file, no such repo
-                return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    modules = read("modules.json")
+    modules, problem = _read_json(name_or_path, "modules.json")
     if not isinstance(modules, list):
-        return None
+        return None, problem or "its modules.json is not a list of modules"
     pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
-    conf = read(f"{pool.get('path', '')}/config.json") if pool else None
+    if pool is None:
+        return None, "its modules.json has no Pooling module"
+    filename = f"{pool.get('path', '')}/config.json".lstrip("/")
+    conf, problem = _read_json(name_or_path, filename)
     if not isinstance(conf, dict):
-        return None
+        return None, problem or f"its {filename} is not a JSON object"
     modes = [
         k.removeprefix("pooling_mode_")
         for k, v in conf.items()
         if k.startswith("pooling_mode_") and v
     ]
-    if "mean_tokens" in modes:
-        return "mean"
-    if "cls_token" in modes:
-        return "cls"
-    return modes[0] if modes else None
+    found = "mean" if "mean_tokens" in modes else "cls" if "cls_token" in modes else None
+    found = found or (modes[0] if modes else None)
+    return found, f"its {filename} says {', '.join(modes) or 'no pooling mode'}"
 
 
-def resolve_pooling(requested: str, name_or_path: str, config) -> str:
-    """`cls` or `mean` for `--pooling` (auto: the model's own, else its sentence-transformers
-    config's, else `cls`)."""
+def _read_json(name_or_path: str, filename: str) -> tuple[dict | list | None, str | None]:
+    """A checkpoint file's JSON (local, or from the Hub), or None and why it was not read."""
+    path = Path(name_or_path) / filename
+    if not is_local(name_or_path):
+        try:
+            path = Path(hf_hub_download(name_or_path, filename))
+        except EntryNotFoundError as e:  # LocalEntryNotFoundError: offline, not in the cache
+            if not isinstance(e, RemoteEntryNotFoundError):
+                return None, f"its {filename} could not be read from the Hub (offline?)"
+            return None, f"it has no {filename}"
+        except Exception as e:  # offline, no such repo, network errors
+            return None, f"its {filename} could not be read from the Hub ({type(e).__name__})"
+    if not path.is_file():
+        return None, f"it has no {filename}"
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, ValueError) as e:
+        return None, f"its {filename} cannot be read ({e})"
+
+
+def resolve_pooling(requested: str, name_or_path: str, config) -> tuple[str, str]:
+    """(`cls` or `mean`, why) for `--pooling` (auto: the model's own, else its
+    sentence-transformers config's, else `cls`). With auto, the choice and its reason are
+    logged: a warning when the checkpoint's config could not be read from the Hub."""
     if requested != "auto":
-        return requested
+        return requested, f"--pooling {requested}"
     if config.model_type == P.MODEL_TYPE:
-        return config.pooling
-    found = checkpoint_pooling(name_or_path)
-    if found in (None, "cls"):
-        return "cls"
-    if found != "mean":
-        logger.warning(
-            "%s was trained with %s pooling, which pkd does not have; using mean pooling "
-            "(pass --pooling cls for the [CLS] state)",
-            name_or_path,
-            found,
-        )
-    logger.info(
-        "--pooling auto: %s is read through mean pooling (its 1_Pooling config)", name_or_path
-    )
-    return "mean"
+        pooling, why = config.pooling, f"the model's own (its config.json's {P.MODEL_TYPE})"
+    else:
+        found, why = checkpoint_pooling(name_or_path)
+        pooling = "mean" if found not in (None, "cls") else "cls"
+        if found not in (None, "cls", "mean"):
+            logger.warning(
+                "%s was trained with %s pooling, which pkd does not have; using mean pooling "
+                "(pass --pooling cls for the [CLS] state)",
+                name_or_path,
+                found,
+            )
+    message = f"--pooling auto: {pooling} for {name_or_path} ({why})"
+    if "from the Hub" in why:
+        logger.warning("%s; pass --pooling mean if it was trained with mean pooling", message)
+    else:
+        logger.info("%s", message)
+    return pooling, why
 
 
 def _head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
@@ -449,6 +462,10 @@ def check_max_length(max_length: int, name: str, option: str, config, tokenizer)
         )
 
 
+# What `layer_states` pools per layer, by pooling (the dry run's loss names it).
+POOLED_STATES = {"cls": "[CLS]", "mean": "token-mean"}
+
+
 def layer_states(
     hidden_states: tuple[torch.Tensor, ...],
     attention_mask: torch.Tensor,
@@ -461,6 +478,8 @@ def layer_states(
     counts). Classification: L+1 tensors (B, T, H) -> (B, L+1, H). Multiple choice: the
     encoder sees B * C sequences, so (B * C, T, H) -> (B, C, L+1, H), matching logits (B, C).
     """
+    if pooling not in POOLED_STATES:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLED_STATES)}")
     if pooling == "mean":
         mask = attention_mask.reshape(-1, attention_mask.shape[-1])
         states = torch.stack([P.mean_pool(h, mask) for h in hidden_states], dim=1)

@@ -15,6 +15,7 @@ the teacher's tokenizer beside it): a `--student-init` for `pkd distill`, `compa
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,11 @@ from pkd.models import (
     load_tokenizer,
     num_layers,
 )
-from pkd.rundir import data_summary, finish_run, open_run, start_run
+from pkd.rundir import data_summary, finish_run, locks_output, open_run, start_run
 from pkd.text import HELD_OUT, MaskedText, hold_out, load_texts, mlm_collator
 from pkd.train import Evaluation, make_accelerator, train
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +100,8 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     """Every up-front check of `pkd pretrain`, and the loaded teacher, student and text."""
     o, quiet = cfg.pretrain, cfg.train.quiet
     texts = load_texts(cfg.text)  # bad text fails first, before any model loads
+    if o.teacher_mode == "cached":
+        cache_mod.check_cache_dir(o.cache_dir)
     teacher = load_pretrained_teacher(cfg.teacher, o.uses_mlm, cfg.trust_remote_code)
     t_config = teacher.config
     n = num_layers(t_config)
@@ -115,6 +120,7 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
         cfg.teacher, t_config, o.student_layers, shape, o.student_init, cfg.trust_remote_code
     )
     check_max_length(cfg.text.max_length, init, "student-init", student.config, None)
+    warn_wider_student(student.config.hidden_size, t_config.hidden_size)
     heads = build_heads(o, pairs, student.config, t_config, teacher if o.uses_mlm else None)
     train_texts, held = hold_out(texts, cfg.text.eval_texts)
     encoded = {
@@ -136,6 +142,18 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     )
 
 
+def warn_wider_student(student_width: int, teacher_width: int) -> None:
+    """A student wider than its teacher is allowed (a width study) but never by accident."""
+    if student_width > teacher_width:
+        logger.warning(
+            "--student-hidden-size: the student's hidden size %d is larger than its teacher's "
+            "%d: the student will be wider than the model it distils",
+            student_width,
+            teacher_width,
+        )
+
+
+@locks_output
 def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text.
 

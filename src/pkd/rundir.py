@@ -5,20 +5,24 @@ anything is loaded, `open_run` refuses an --output that holds another run (unles
 --overwrite or --resume), is or holds an input, or cannot be written, and finds the
 checkpoint to resume from; `start_run` creates it with config.yaml (resolved options and
 `provenance`); `finish_run` writes the model card (`pkd.card`) and metrics.json last, the
-mark of a finished run.
+mark of a finished run. `run_lock` keeps a second process out of a directory that a run is
+writing (its lock file, `.pkd.lock`, names the run that holds it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import accelerate
@@ -31,11 +35,21 @@ from pkd import config as C
 from pkd.card import write_model_card
 from pkd.data import truncated_fraction
 from pkd.errors import PkdError
-from pkd.fsio import atomic_write, write_json
+from pkd.fsio import (
+    atomic_write,
+    file_sha256,
+    nearest_existing,
+    try_lock,
+    write_error,
+    write_json,
+)
 from pkd.models import DEV_METRIC_KEY, student_init_name
 from pkd.train import checkpoints
 
 Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
+LOCK_FILE = ".pkd.lock"  # in a directory a run is writing (`run_lock`)
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,27 +60,37 @@ def check_output(output: str, overwrite: bool, resume: bool = False, inputs: Inp
     """Refuse to reuse a run directory unless --overwrite (or --resume), and one that is or
     holds an input (`inputs`: (option, path) pairs; see `check_not_input`)."""
     path = Path(output)
-    if path.exists() and not path.is_dir():
-        raise PkdError(f"--output: {output} exists and is not a directory")
+    check_creatable(path, "--output")
     check_not_input(path, "--output", inputs)
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
-        what = "a finished run" if (path / "metrics.json").exists() else "files"
-        raise PkdError(f"--output: {output} already holds {what}; pass --overwrite to replace it")
-    parent = existing_parent(path, "--output")
-    try:  # a real write: os.access says yes to root even on read-only file systems
-        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".pkd-write-test-"))
-    except OSError as e:
-        raise PkdError(
-            f"--output: cannot create {output}: {parent} is not writable ({e.strerror})"
-        ) from None
+    if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):
+        if not (overwrite or resume):
+            what = "a finished run" if (path / "metrics.json").exists() else "files"
+            raise PkdError(
+                f"--output: {output} already holds {what}; pass --overwrite to replace it"
+            )
     return path
+
+
+def check_creatable(path: Path, option: str) -> None:
+    """Refuse a directory path that is a file or whose nearest existing parent cannot be
+    written."""
+    if path.exists() and not path.is_dir():
+        raise PkdError(f"{option}: {path} exists and is not a directory")
+    check_writable(path, option)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse a path (file or directory) that cannot be created: its nearest existing parent
+    is a file or cannot be written."""
+    parent = existing_parent(path, option)
+    problem = write_error(parent)
+    if problem:
+        raise PkdError(f"{option}: cannot create {path}: {parent} is not writable ({problem})")
 
 
 def existing_parent(path: Path, option: str) -> Path:
     """The nearest existing directory above `path`; refuses a path under a file."""
-    parent = path.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(path.resolve().parent)
     if not parent.is_dir():
         raise PkdError(f"{option}: cannot create {path}: {parent} is a file, not a directory")
     return parent
@@ -121,6 +145,76 @@ def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) ->
         return [("--teacher", cfg.teacher), ("--student-init", cfg.pretrain.student_init), *sources]
     init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
     return [("--teacher", cfg.teacher), ("--student-init", init), *data_inputs(cfg.data)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking
+
+_HELD: set[Path] = set()  # the run directories this process holds (a nested run_lock passes)
+
+
+@contextlib.contextmanager
+def run_lock(output: str | Path, option: str = "--output") -> Iterator[Path]:
+    """Hold the directory `output` for one run: create it and its lock file `.pkd.lock`
+    (pid, host, command, start time) before anything is written, remove both when the block
+    ends (the directory only if this run created it and left it empty).
+
+    A directory another live run holds is refused, naming that run; a lock left by a
+    process of this host that no longer runs is taken over with a warning. Under torchrun
+    the main process (RANK 0) holds the lock for all; the others pass through.
+    """
+    path = Path(output)
+    key = path.resolve()
+    if os.environ.get("RANK", "0") != "0" or key in _HELD:
+        yield path
+        return
+    check_creatable(path, option)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        mine, record = try_lock(path / LOCK_FILE)
+    except OSError as e:  # e.g. an existing directory that is itself read-only
+        raise PkdError(f"{option}: cannot write in {path} ({e.strerror})") from None
+    if not mine:
+        hint = f"wait for it to end or choose another {option}"
+        if not record or record.get("host") != socket.gethostname():
+            hint = f"if no run is writing there, delete {path / LOCK_FILE}"
+        raise PkdError(f"{option}: {path} is in use by another run ({holder(record)}); {hint}")
+    if record:
+        logger.warning("%s: took over the lock of a run that is gone (%s)", path, holder(record))
+    _HELD.add(key)
+    try:
+        yield path
+    finally:
+        _HELD.discard(key)
+        (path / LOCK_FILE).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: a run that wrote nothing leaves nothing
+
+
+def holder(record: dict) -> str:
+    """A lock file's record as a user reads it."""
+    if not record:
+        return "its lock file cannot be read"
+    return (
+        f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}: "
+        f"{record.get('command')}"
+    )
+
+
+def locks_output(run):
+    """Decorate a run function `run(cfg, dry_run=False, **kw)` so that it runs holding
+    cfg.output (`run_lock`); a dry run writes nothing and takes no lock."""
+
+    @functools.wraps(run)
+    def locked(cfg, dry_run: bool = False, **kwargs):
+        if dry_run:
+            return run(cfg, dry_run, **kwargs)
+        with run_lock(cfg.output):
+            return run(cfg, dry_run, **kwargs)
+
+    return locked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,13 +293,24 @@ def start_run(path: Path, cfg, accelerator, resuming: bool, resolved: dict | Non
     keep = resuming and (path / "config.yaml").is_file()  # continuing in place: keep its config
     if accelerator.is_main_process and not keep:
         if cfg.overwrite and path.exists():
-            shutil.rmtree(path)
+            clear_dir(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = provenance()
         if resolved:
             meta["resolved"] = resolved
         C.save(cfg, path / "config.yaml", meta=meta)
     accelerator.wait_for_everyone()
+
+
+def clear_dir(path: Path) -> None:
+    """Remove everything in `path` but its lock file (--overwrite: the run holds it)."""
+    for p in path.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def provenance() -> dict:
@@ -249,18 +354,13 @@ def data_summary(splits: dict, encoded: dict, max_length: int) -> dict:
 
 def data_fingerprint(split) -> str:
     """sha256 of the data file a split was read from (of its examples, for a Hub split)."""
-    h = hashlib.sha256()
     path = Path(split.source)
     if path.is_file():
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    else:
-        rows = [split.ids, split.text_a, split.text_b, split.labels]
-        if split.choices is not None:  # a RACE directory or the Hub
-            rows += [split.choices, split.levels]
-        h.update(json.dumps(rows, ensure_ascii=False).encode())
-    return h.hexdigest()
+        return file_sha256(path)
+    rows = [split.ids, split.text_a, split.text_b, split.labels]
+    if split.choices is not None:  # a RACE directory or the Hub
+        rows += [split.choices, split.levels]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
 def record_in_model(model_dir: Path, extra: dict) -> None:

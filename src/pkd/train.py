@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import time
@@ -36,9 +37,9 @@ from pkd.config import TRACKERS, TrainConfig
 from pkd.data import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.fsio import replace_dir, staged_dir
-from pkd.losses import ce_loss, kd_loss, patient_loss, term_weights
+from pkd.losses import ce_loss, ce_text, kd_loss, kd_text, patient_loss, pt_text, term_weights
 from pkd.metrics import compute_metrics
-from pkd.models import DEV_METRIC_KEY, layer_states, model_pooling
+from pkd.models import DEV_METRIC_KEY, POOLED_STATES, layer_states, model_pooling
 from pkd.progress import progress
 from pkd.race import level_metrics
 from pkd.tasks import REGRESSION, TaskSpec
@@ -104,6 +105,18 @@ class Objective:
     def weights(self) -> dict[str, float]:
         """Each term's weight in the total (Eq. 5)."""
         return term_weights(self.alpha, self.beta)
+
+    def describe(self, regression: bool) -> str:
+        """Eq. (5) as `loss_terms` computes it for this objective (the dry run's plan), e.g.
+        `0.5*CE + 0.5*KD(kl, x T^2, T=10) + 100*PT(mean, L2-normalised [CLS])`."""
+        text = {
+            "ce": ce_text(regression),
+            "kd": kd_text(self.temperature, self.kd_form, regression),
+            "pt": pt_text(self.pt_form, self.pt_normalize, POOLED_STATES[self.pooling]),
+        }
+        w = self.weights()
+        terms = [t for t in text if t == "ce" or t in self.terms]
+        return " + ".join(f"{w[t]:g}*{text[t]}" for t in terms)
 
     def loss_terms(self, model, batch: dict, regression: bool) -> dict[str, torch.Tensor]:
         """This objective's unweighted terms for one batch (`loss_terms`)."""
@@ -593,12 +606,32 @@ def make_accelerator(cfg: TrainConfig, output: Path | None = None):
     )
 
 
+_MLFLOW_URI: list[str] = []  # the tracking URI pkd last set (a later run replaces it)
+
+
+def mlflow_into_run(output: Path) -> None:
+    """MLflow's store in the run (RUN/mlflow.db) rather than MLflow 3's default, mlflow.db
+    in the current directory; a tracking URI the user set (MLFLOW_TRACKING_URI or
+    `mlflow.set_tracking_uri`) is kept."""
+    import mlflow
+
+    ours = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() in _MLFLOW_URI
+    if mlflow.is_tracking_uri_set() and not ours:
+        return
+    # the environment's, once set, wins over the one pkd set for an earlier run
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    _MLFLOW_URI[:] = [uri]
+
+
 def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objective) -> None:
     """Start the run's trackers on the main process: the project `pkd`, the run named after
     its directory; trackers other than TensorBoard also get the settings as parameters."""
     if not accelerator.is_main_process or not accelerator.log_with:
         return
     run = {"run_name": output.name}
+    if any(str(getattr(t, "value", t)) == "mlflow" for t in accelerator.log_with):
+        mlflow_into_run(output)
     accelerator.init_trackers(PROJECT, init_kwargs={"mlflow": run, "wandb": {"name": output.name}})
     params = {f"train.{f.name}": getattr(cfg, f.name) for f in fields(cfg)}
     params.update({f"weight.{term}": w for term, w in objective.weights().items()})

@@ -112,8 +112,10 @@ class SweepOptions:
             raise PkdError(
                 f"--pruner-startup-trials: must be >= 0, got {self.pruner_startup_trials}"
             )
-        if self.stale_after <= 0:
-            raise PkdError(f"--stale-after: must be > 0 seconds, got {self.stale_after}")
+        if not 0 < self.stale_after < math.inf:  # nan too: no dead trial would be reclaimed
+            raise PkdError(
+                f"--stale-after: must be a finite number of seconds > 0, got {self.stale_after}"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise PkdError(f"--seeds: repeated values in {self.seeds}")
         for value in self.seeds:

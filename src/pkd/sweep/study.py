@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pkd.errors import PkdError
-from pkd.fsio import write_json
+from pkd.fsio import process_alive, try_lock, write_json
 from pkd.sweep.plan import SweepPlan
 from pkd.sweep.space import Param
 
@@ -170,23 +170,13 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(trial, stale_after: float, now: float | None = None) -> bool:
     """A RUNNING trial whose process is gone: dead pid on this host, or no heartbeat lately."""
     attrs = trial.user_attrs
     if attrs.get(HOST) == socket.gethostname() and attrs.get(PID):
         if attrs[PID] == os.getpid():
             return False
-        if not _alive(int(attrs[PID])):
+        if not process_alive(int(attrs[PID])):
             return True
     last = attrs.get(BEAT) or (trial.datetime_start.timestamp() if trial.datetime_start else None)
     return last is not None and (now or time.time()) - last > stale_after
@@ -327,25 +317,11 @@ def importances(study, space: dict[str, Param]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def exclusive(path: Path):
-    """A lock file (host, pid); one left by a dead process on this host is taken over."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                host, pid = path.read_text().split()
-            except (OSError, ValueError):
-                host, pid = "", "0"
-            if host == socket.gethostname() and not _alive(int(pid)):
-                path.unlink(missing_ok=True)
-                continue
-            yield False
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}")
-        try:
-            yield True
-        finally:
+    """A lock file (`pkd.fsio.try_lock`); one left by a dead process on this host is taken
+    over. Yields whether this process holds it."""
+    mine, _ = try_lock(path)
+    try:
+        yield mine
+    finally:
+        if mine:
             path.unlink(missing_ok=True)
-        return
-    yield False
