@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_killed_after_checkpoint
+from conftest import (
+    WORDS,
+    make_tiny_teacher,
+    make_tokenizer,
+    run_killed_after_checkpoint,
+    sentiment_rows,
+    write_sst2,
+)
 from safetensors.torch import load_file
 
 TRAIN = ["--epochs", "3", "--lr", "3e-3", "--batch-size", "8", "--max-length", "16", "--quiet"]
@@ -264,3 +271,120 @@ def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
         accelerator = make_accelerator(TrainConfig(mixed_precision=precision), tmp_path / precision)
         seen.append(accelerator.mixed_precision)
     assert seen == ["no", "bf16", "no"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every objective on two processes
+
+COMMANDS = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import pkd.text
+from pkd.cli import run
+
+seen = []  # (epoch, example) of each training passage this process masked
+masked = pkd.text.MaskedText.__getitem__
+def spy(self, i):
+    if not self.fixed:
+        seen.append((self.epoch, i))
+    return masked(self, i)
+pkd.text.MaskedText.__getitem__ = spy
+
+for argv in json.loads(open(sys.argv[1]).read()):
+    print("running: pkd", *argv, file=sys.stderr, flush=True)
+    if run(argv) != 0:
+        raise RuntimeError("pkd " + " ".join(argv) + " failed")
+with open(sys.argv[2] + "." + os.environ["RANK"], "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def run_commands_on_two_processes(commands: list[list], tmp_path: Path, timeout: float):
+    """Run pkd commands one after the other in one torchrun (2 processes); returns, per rank,
+    the (epoch, example) of each passage `MaskedText` masked for training."""
+    (tmp_path / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
+    driver = tmp_path / "commands.py"
+    driver.write_text(COMMANDS)
+    seen = tmp_path / "masked"
+    proc = run_torchrun([str(driver), str(tmp_path / "commands.json"), str(seen)], timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [json.loads(Path(f"{seen}.{rank}").read_text()) for rank in (0, 1)]
+
+
+def without_dropout(model_class, source: Path, path: Path) -> Path:
+    """`source` saved again with dropout off: 1 and 2 processes then compute the same steps."""
+    from transformers import AutoTokenizer
+
+    model = model_class.from_pretrained(
+        source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    return path
+
+
+SMALL = ["--epochs", "1", "--batch-size", "8", "--max-length", "16", "--quiet"]
+
+
+@pytest.mark.slow
+def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
+    """DDP stops at step 2 on a trained parameter that no loss reads (BERT's pooler in
+    `pkd pretrain`; projections with MLM terms alone). Every objective runs on 2 processes:
+    with and without MLM terms, a narrower student (projections), and PKD from that student
+    into `pkd distill` (projections again). The pooler is kept but untouched; the MLM masks
+    change with the epoch on every process."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    teacher = tmp_path / "mlm-teacher"  # a tiny BERT with an MLM head
+    make_tokenizer(teacher)
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(teacher)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(s for s, _ in sentiment_rows(44)) + "\n")
+
+    def pretrain(out, *extra, teacher=teacher):
+        return ["pretrain", "--teacher", teacher, "--text-file", corpus, "--output", tmp_path / out,
+                "--student-layers", "2", "--eval-texts", "4", *SMALL, *extra]  # fmt: skip
+
+    mlm = ["--mlm-distill-weight", "1", "--mlm-weight", "0.5"]
+    narrow = ["--student-hidden-size", "16"]
+    sst2 = write_sst2(tmp_path / "SST-2", n_train=24, n_dev=8)
+    classifier = make_tiny_teacher(tmp_path / "classifier", tiny_bert)
+    commands = [
+        pretrain("plain", teacher=tiny_bert),  # the MLM teacher has no pooler
+        pretrain("mlm", *mlm, "--epochs", "2"),
+        pretrain("narrow", *narrow, "--pt-tokens", "cls", "--keep-checkpoints"),
+        pretrain("narrow-mlm", *narrow, "--beta", "0", "--top-weight", "0", *mlm),
+        [
+            "distill",
+            "--teacher",
+            classifier,
+            "--task",
+            "sst2",
+            "--data-dir",
+            sst2,
+            "--student-init",
+            tmp_path / "narrow",
+            "--student-layers",
+            "2",
+            "--allow-weak-teacher",
+            "--output",
+            tmp_path / "distill-narrow",
+            *SMALL,
+        ],  # fmt: skip
+    ]
+    seen = run_commands_on_two_processes(commands, tmp_path, timeout=500)
+
+    for run in ("plain", "mlm", "narrow", "narrow-mlm", "distill-narrow"):
+        assert (tmp_path / run / "metrics.json").is_file(), run
+    pooler = "pooler.dense.weight"
+    assert torch.equal(weights(tmp_path / "plain")[pooler], load_file(tiny_bert / "model.safetensors")[pooler])  # fmt: skip
+    assert json.loads((tmp_path / "distill-narrow" / "metrics.json").read_text())["projection"]
+    # 40 training passages, 4 per process per step: each process masks 20 an epoch (2 runs
+    # with MLM terms: 2 epochs, then 1), the second epoch with epoch 1's masks
+    for rank in seen:
+        epochs = [e for e, _ in rank]
+        assert epochs == [0] * 20 + [1] * 20 + [0] * 20, epochs

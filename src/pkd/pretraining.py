@@ -33,6 +33,7 @@ from pkd.general import (
     build_heads,
     cache_extra,
     cached_signals,
+    freeze_pooler,
     heldout_score,
     online_signals,
 )
@@ -115,6 +116,7 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
         cfg.teacher, t_config, o.student_layers, shape, o.student_init, cfg.trust_remote_code
     )
     check_max_length(cfg.text.max_length, init, "student-init", student.config, None)
+    freeze_pooler(student)
     heads = build_heads(o, pairs, student.config, t_config, teacher if o.uses_mlm else None)
     train_texts, held = hold_out(texts, cfg.text.eval_texts)
     encoded = {

@@ -706,8 +706,14 @@ def prepare(
 
 
 def epoch_batches(p: Prepared, state: LoopState):
-    """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume."""
+    """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume.
+
+    The epoch reaches pkd's own datasets (`pkd.transfer.TransferMix`' partners,
+    `pkd.text.MaskedText`'s masks) here, not through the loader: under several processes
+    accelerate's `set_epoch` tells the sampler only."""
     p.train_loader.set_epoch(state.epoch)
+    if hasattr(p.train_loader.dataset, "set_epoch"):
+        p.train_loader.dataset.set_epoch(state.epoch)
     if state.batches_in_epoch:
         return p.accelerator.skip_first_batches(p.train_loader, state.batches_in_epoch)
     return p.train_loader
@@ -831,7 +837,10 @@ def train(
             end_of_epoch(p, state, evaluation, tokenizer, output, log, on_evaluate, hooks)
     finally:  # also when a step, a hook or on_evaluate raises: close the trackers, the bar
         bar.close()
-        accelerator.end_training()
+        # not accelerator.end_training(): it also ends the process group, which the next run
+        # in this process (compare, sweep, the API) needs under torchrun
+        for tracker in accelerator.trackers:
+            tracker.finish()
     if not cfg.keep_checkpoints and accelerator.is_main_process:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the best model is in model/
     return {
