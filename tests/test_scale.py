@@ -312,11 +312,12 @@ def run_commands_on_two_processes(commands: list[list], tmp_path: Path, timeout:
     return [json.loads(Path(f"{seen}.{rank}").read_text()) for rank in (0, 1)]
 
 
-def without_dropout(model_class, source: Path, path: Path) -> Path:
-    """`source` saved again with dropout off: 1 and 2 processes then compute the same steps."""
-    from transformers import AutoTokenizer
+def without_dropout(source: Path, path: Path) -> Path:
+    """The BERT `source` saved again with dropout off: 1 and 2 processes then compute the
+    same steps (each process draws its own dropout masks)."""
+    from transformers import AutoModel, AutoTokenizer
 
-    model = model_class.from_pretrained(
+    model = AutoModel.from_pretrained(
         source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
     )
     model.save_pretrained(path)
@@ -388,3 +389,64 @@ def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
     for rank in seen:
         epochs = [e for e, _ in rank]
         assert epochs == [0] * 20 + [1] * 20 + [0] * 20, epochs
+
+
+@pytest.mark.slow
+def test_distill_trains_every_method_on_two_processes(tiny_bert, tmp_path, pkd_cli):
+    """FT, KD and PKD-Skip/Last with [CLS] and with mean pooling (the teacher a mean-pooled
+    `pkd finetune` on 2 processes too) run on 2 processes. With a transfer file over 2
+    epochs, 2 processes end with the weights of 1: each epoch draws new transfer partners
+    on every process (before, the processes kept epoch 0's)."""
+    sst2 = write_sst2(tmp_path / "SST-2", n_train=32, n_dev=8)
+    transfer = tmp_path / "transfer.tsv"
+    rows = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(40, seed=7))]
+    transfer.write_text("\n".join(["index\tsentence", *rows]) + "\n")
+    base = without_dropout(tiny_bert, tmp_path / "bert")  # the student's init too
+    teacher = make_tiny_teacher(tmp_path / "teacher", base)
+
+    def distill(out, *extra, teacher=teacher):
+        return ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", sst2, "--output",
+                tmp_path / out, "--student-layers", "2", "--allow-weak-teacher", *SMALL, *extra]  # fmt: skip
+
+    mean_teacher = tmp_path / "mean-teacher"
+    with_transfer = ["--method", "kd", "--transfer-file", transfer, "--epochs", "2", "--lr", "3e-3",
+                     "--keep-checkpoints"]  # fmt: skip
+    commands = [
+        [
+            "finetune",
+            "--model",
+            tiny_bert,
+            "--task",
+            "sst2",
+            "--data-dir",
+            sst2,
+            "--output",
+            mean_teacher,
+            "--pooling",
+            "mean",
+            *SMALL,
+        ],  # fmt: skip
+        distill("ft", "--method", "ft"),
+        distill("kd", "--method", "kd"),
+        distill("pkd-skip", "--method", "pkd", "--strategy", "skip"),
+        distill("pkd-last", "--method", "pkd", "--strategy", "last", "--teacher-mode", "online"),
+        distill("ft-mean", "--method", "ft", "--pooling", "mean"),
+        distill("kd-mean", "--method", "kd", "--pooling", "mean"),
+        distill("pkd-mean", "--method", "pkd", teacher=mean_teacher / "model"),
+        distill("transfer-2", *with_transfer),
+    ]
+    run_commands_on_two_processes(commands, tmp_path, timeout=500)
+    for run in ("ft", "kd", "pkd-skip", "pkd-last", "ft-mean", "kd-mean", "pkd-mean"):
+        m = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert m["pooling"] == ("mean" if run.endswith("mean") else "cls"), run
+
+    pkd_cli.ok(distill("transfer-1", *with_transfer))
+    one, two = (
+        json.loads((tmp_path / r / "metrics.json").read_text())
+        for r in ("transfer-1", "transfer-2")
+    )
+    assert one["examples_seen"] == two["examples_seen"] == {"labelled": 64, "transfer": 64}
+    assert two["history"] == one["history"]
+    a, b = (load_file(tmp_path / r / "checkpoints" / "step-8" / "model.safetensors") for r in ("transfer-1", "transfer-2"))  # fmt: skip
+    for k in a:  # 1e-7 apart; epoch 0's partners again in epoch 1 moved them 2e-4
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
