@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_bert, make_tokenizer, run_killed_after_checkpoint, sentiment_rows
+from conftest import (
+    make_tiny_bert,
+    make_tokenizer,
+    run_killed_after_checkpoint,
+    sentiment_rows,
+    untimed,
+)
 from safetensors.torch import load_file
 
 from pkd import config as C
@@ -383,9 +389,8 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_mlm_teacher, corpus, t
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    m_ref, m_run = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
-    assert [h["metrics"] for h in m_run["history"]] == [h["metrics"] for h in m_ref["history"]]
-    assert set(m_ref["gradient_shares"]) == {"pt", "top", "mlm_kd", "mlm"}
+    assert untimed(run) == untimed(ref)  # history, gradient shares over the whole run, ...
+    assert set(untimed(ref)["gradient_shares"]) == {"pt", "top", "mlm_kd", "mlm"}
 
 
 @pytest.mark.slow

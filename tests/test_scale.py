@@ -17,6 +17,7 @@ from conftest import (
     make_tokenizer,
     run_killed_after_checkpoint,
     sentiment_rows,
+    untimed,
     write_sst2,
 )
 from safetensors.torch import load_file
@@ -68,6 +69,31 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path
     m_run = json.loads((run / "metrics.json").read_text())
     assert m_run["best"]["metrics"] == m_ref["best"]["metrics"]
     assert [h["metrics"] for h in m_run["history"]] == [h["metrics"] for h in m_ref["history"]]
+
+
+@pytest.mark.slow
+def test_resumed_run_reports_what_the_whole_run_saw(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
+    """Killed mid-epoch and resumed, a distillation with a transfer set writes the
+    metrics.json of an uninterrupted run but for wall times: examples seen (labelled and
+    transfer) and gradient shares count the steps before the kill too (before, only those
+    after the resume)."""
+    transfer = tmp_path / "transfer.tsv"
+    rows = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(80, seed=7))]
+    transfer.write_text("\n".join(["index\tsentence", *rows]) + "\n")
+
+    def args(out):
+        return ["distill", "--teacher", tiny_teacher, "--task", "sst2", "--data-dir", sst2_dir,
+                "--output", out, "--student-layers", "2", "--allow-weak-teacher", *TRAIN,
+                "--epochs", "2", "--transfer-file", transfer, "--teacher-mode", "online",
+                "--logging-steps", "2", "--save-steps", "3"]  # fmt: skip
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    pkd_cli.ok(args(ref))
+    proc = run_killed_after_checkpoint(6, args(run))  # mid-epoch 1 (8 steps per epoch)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    pkd_cli.ok([*args(run), "--resume"])
+    assert untimed(ref)["examples_seen"] == {"labelled": 128, "transfer": 128}
+    assert untimed(run) == untimed(ref)
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
