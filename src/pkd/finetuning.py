@@ -62,7 +62,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
         return describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, ckpt)
     model.config.update({TASK_KEY: spec.name})
     accelerator = make_accelerator(cfg.train, output)
-    start_run(output, cfg, accelerator, ckpt is not None, resolved={"pooling": pooling})
+    start_run(output, cfg, accelerator, ckpt is not None, {"pooling": pooling}, data=splits)
     t0 = time.perf_counter()
     result = train(
         model,

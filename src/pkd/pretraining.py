@@ -149,7 +149,8 @@ def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     if dry_run:
         return describe_pretrain(cfg, plan)
     accelerator = make_accelerator(cfg.train, output)
-    start_run(output, cfg, accelerator, ckpt is not None, {"student": plan.student_init})
+    resolved = {"student": plan.student_init}
+    start_run(output, cfg, accelerator, ckpt is not None, resolved, data=plan.splits)
     t0 = time.perf_counter()
     plan.teacher.to(accelerator.device)
     signal, cache_info = teacher_signal(cfg, plan, accelerator)
