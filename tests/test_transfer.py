@@ -17,7 +17,7 @@ from pkd.distillation import distill
 from pkd.finetuning import finetune
 from pkd.losses import IGNORE_LABEL
 from pkd.splits import EncodedSplit, Split
-from pkd.transfer import TransferMix, with_transfer
+from pkd.transfer import TransferMix, spread, with_transfer
 
 DATA = {"task": "sst2", "max_length": 16}
 
@@ -142,6 +142,23 @@ def test_a_reused_transfer_set_never_repeats_a_partner(ratio, transfer, closer):
         assert sum(gap) / len(gap) < closer * sum(anyone) / len(anyone)
         epochs.append(groups)
     assert any(groups != epochs[0] for groups in epochs[1:]) or transfer < 5 * ratio
+
+
+def test_spread_keeps_copies_apart_in_every_window():
+    """Any width / rounds consecutive values of `spread`'s output differ, whatever the runs of
+    copies (up to `rounds` long) and the offset; it is a reordering; none moves far."""
+    rng = random.Random(0)
+    for _ in range(300):
+        rounds, group = rng.randint(1, 6), rng.randint(1, 4)
+        copies = []
+        while len(copies) < rounds * group or rng.random() < 0.9:
+            copies += [len(copies)] * rng.randint(1, rounds)  # value: its first place
+        width = rounds * group
+        out = spread(copies, rounds, width, rng.randrange(width))
+        assert sorted(out) == copies
+        windows = [out[i : i + group] for i in range(len(out) - group + 1)]
+        assert all(len(set(w)) == len(w) for w in windows), (rounds, group, copies, out)
+        assert all(abs(v - i) < 3 * width + rounds for i, v in enumerate(out))
 
 
 @pytest.mark.slow

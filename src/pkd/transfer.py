@@ -147,7 +147,7 @@ def spread(copies: list[int], rounds: int, width: int, offset: int) -> list[int]
     which moves the cuts each epoch; the last one takes the rest), each block is read column
     by column, last column first, as a table of `rounds` columns: neighbours within a column
     are `rounds` apart in the input, and so never copies of one value. Under 2 x width
-    copies are one block; the copies of one value then need not all be `rounds` apart.
+    copies are one block; under `width`, too few to keep apart, they may repeat.
     """
     n = len(copies)
     offset = offset % (n - 2 * width + 1) if n >= 2 * width else 0  # leave room for 2 blocks
