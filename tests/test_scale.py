@@ -307,6 +307,7 @@ import json, os, sys
 import torch
 torch.set_num_threads(1)
 import pkd.text
+import pkd.train as T
 from pkd.cli import run
 
 seen = []  # (epoch, example) of each training passage this process masked
@@ -317,19 +318,36 @@ def spy(self, i):
     return masked(self, i)
 pkd.text.MaskedText.__getitem__ = spy
 
-for argv in json.loads(open(sys.argv[1]).read()):
+class Stop(Exception):
+    pass
+class StopAfterCheckpoint(T.LoopHooks):  # on every process: all stop at the same step
+    def __init__(self, step):
+        self.step = step
+    def on_checkpoint(self, state, path):
+        if state.step == self.step:
+            raise Stop()
+
+for stop, argv in json.loads(open(sys.argv[1]).read()):
     print("running: pkd", *argv, file=sys.stderr, flush=True)
-    if run(argv) != 0:
+    try:
+        with T.use_hooks(StopAfterCheckpoint(stop)):
+            code = run(argv)
+    except Stop:
+        continue
+    if code != 0:
         raise RuntimeError("pkd " + " ".join(argv) + " failed")
 with open(sys.argv[2] + "." + os.environ["RANK"], "w") as f:
     json.dump(seen, f)
 """
 
 
-def run_commands_on_two_processes(commands: list[list], tmp_path: Path, timeout: float):
-    """Run pkd commands one after the other in one torchrun (2 processes); returns, per rank,
-    the (epoch, example) of each passage `MaskedText` masked for training."""
-    (tmp_path / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
+def run_commands_on_two_processes(commands: list, tmp_path: Path, timeout: float):
+    """Run pkd commands one after the other in one torchrun (2 processes); a command may be
+    (step, argv): stopped (an exception on every process) after the checkpoint of `step`.
+    Returns, per rank, the (epoch, example) of each passage `MaskedText` masked for training."""
+    commands = [c if isinstance(c[0], int) else (0, c) for c in commands]
+    plain = [(stop, [str(a) for a in argv]) for stop, argv in commands]
+    (tmp_path / "commands.json").write_text(json.dumps(plain))
     driver = tmp_path / "commands.py"
     driver.write_text(COMMANDS)
     seen = tmp_path / "masked"
@@ -360,7 +378,8 @@ def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
     `pkd pretrain`; projections with MLM terms alone). Every objective runs on 2 processes:
     with and without MLM terms, a narrower student (projections), and PKD from that student
     into `pkd distill` (projections again). The pooler is kept but untouched; the MLM masks
-    change with the epoch on every process."""
+    change with the epoch on every process, also after a resume, which ends as the
+    uninterrupted run (weights, metrics.json but for wall times)."""
     from transformers import BertConfig, BertForMaskedLM
 
     teacher = tmp_path / "mlm-teacher"  # a tiny BERT with an MLM head
@@ -377,12 +396,15 @@ def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
                 "--student-layers", "2", "--eval-texts", "4", *SMALL, *extra]  # fmt: skip
 
     mlm = ["--mlm-distill-weight", "1", "--mlm-weight", "0.5"]
+    stopped = pretrain("stopped", *mlm, "--epochs", "2", "--save-steps", "3")
     narrow = ["--student-hidden-size", "16"]
     sst2 = write_sst2(tmp_path / "SST-2", n_train=24, n_dev=8)
     classifier = make_tiny_teacher(tmp_path / "classifier", tiny_bert)
     commands = [
         pretrain("plain", teacher=tiny_bert),  # the MLM teacher has no pooler
         pretrain("mlm", *mlm, "--epochs", "2"),
+        (6, stopped),  # 5 steps per epoch: stopped after the first step of epoch 2
+        [*stopped, "--resume"],
         pretrain("narrow", *narrow, "--pt-tokens", "cls", "--keep-checkpoints"),
         pretrain("narrow-mlm", *narrow, "--beta", "0", "--top-weight", "0", *mlm),
         [
@@ -407,14 +429,19 @@ def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
 
     for run in ("plain", "mlm", "narrow", "narrow-mlm", "distill-narrow"):
         assert (tmp_path / run / "metrics.json").is_file(), run
+    # resumed on 2 processes: the epoch reaches the masks again; the uninterrupted run's end
+    assert untimed(tmp_path / "stopped") == untimed(tmp_path / "mlm")
+    a, b = weights(tmp_path / "mlm"), weights(tmp_path / "stopped")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     pooler = "pooler.dense.weight"
     assert torch.equal(weights(tmp_path / "plain")[pooler], load_file(tiny_bert / "model.safetensors")[pooler])  # fmt: skip
     assert json.loads((tmp_path / "distill-narrow" / "metrics.json").read_text())["projection"]
-    # 40 training passages, 4 per process per step: each process masks 20 an epoch (2 runs
-    # with MLM terms: 2 epochs, then 1), the second epoch with epoch 1's masks
+    # 40 training passages, 4 per process per step: each process masks 20 an epoch, the
+    # second with epoch 1's masks: the MLM run, the stopped one (20 + 4), resumed (20: the
+    # batch it skips is read too), the narrower MLM run (1 epoch)
     for rank in seen:
         epochs = [e for e, _ in rank]
-        assert epochs == [0] * 20 + [1] * 20 + [0] * 20, epochs
+        assert epochs == [0] * 20 + [1] * 20 + [0] * 20 + [1] * 4 + [1] * 20 + [0] * 20, epochs
 
 
 @pytest.mark.slow
