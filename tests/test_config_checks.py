@@ -86,6 +86,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["distill", "pretrain"])
 def test_resume_after_the_data_changed_is_refused(
     command, tiny_bert, tiny_teacher, sst2_dir, tmp_path, pkd_cli
