@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import subprocess
@@ -142,6 +143,13 @@ def run_killed_after_checkpoint(step: int, argv: list) -> subprocess.CompletedPr
     complete (as a power cut would); its exit code is then -9."""
     cmd = [sys.executable, "-c", _KILLED_AFTER_CHECKPOINT, str(step), *map(str, argv)]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def untimed(run: Path) -> dict:
+    """A run's metrics.json without its wall times: what a resumed run must reproduce."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["wall_seconds"]
+    return metrics
 
 
 class CliResult(NamedTuple):

@@ -3,15 +3,17 @@ a one-example holdout. Each check goes through the command and must exit 2 with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import snapshot
+from conftest import sentiment_rows, snapshot
 
 from pkd import config as C
 from pkd import fsio
@@ -78,6 +80,57 @@ def test_resume_with_options_that_change_nothing(interrupted, pkd_cli):
     assert (out / "metrics.json").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["logging_steps"] == 20  # the run's own config.yaml is kept
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["distill", "pretrain"])
+def test_resume_after_the_data_changed_is_refused(
+    command, tiny_bert, tiny_teacher, sst2_dir, tmp_path, pkd_cli
+):
+    """Before, a resumed run trained on a mixture of the old and the new data and recorded
+    only the new: distill after train.tsv was cut (and a changed transfer file), pretrain
+    after the corpus changed. The hashes recorded at the start (config.yaml) refuse it."""
+    data = tmp_path / "SST-2"
+    shutil.copytree(sst2_dir, data)
+    corpus, transfer, out = data / "train.tsv", data / "test.tsv", tmp_path / "run"
+    if command == "distill":
+        head = run_argv(command, tiny_bert, tiny_teacher, data, out, "--transfer-file", transfer)
+    else:
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("\n".join(s for s, _ in sentiment_rows(40)) + "\n")
+        head = ["pretrain", "--teacher", tiny_bert, "--text-file", corpus, "--output", out,
+                "--student-layers", "2", "--eval-texts", "4", *TINY[2:8]]  # fmt: skip
+    argv = [*head, "--save-steps", "1", "--keep-checkpoints"]
+    pkd_cli.ok(argv)
+    (out / "metrics.json").unlink()  # as if killed after its last checkpoint
+    saved = yaml.safe_load((out / "config.yaml").read_text())["meta"]["data"]
+    before, old = snapshot(out), corpus.read_bytes()
+    assert saved["train"]["source"] == str(corpus) and saved["train"]["sha256"][:12] == sha(old)
+
+    lines = old.decode().splitlines(keepends=True)
+    corpus.write_text("".join(lines[: len(lines) // 2]))  # cut, as `head -n`
+    msg = pkd_cli.error([*argv, "--resume"])
+    splits = "train" if command == "distill" else "train, heldout"  # pretrain's: one file
+    assert msg == (
+        f"--resume: the data of {out} changed since it started ({splits}: {corpus} sha256 "
+        f"{sha(old)} -> {corpus} sha256 {sha(corpus.read_bytes())}); resuming would train on a mixture: "
+        "restore the data or start a new --output"
+    )
+    assert snapshot(out) == before
+    corpus.write_bytes(old)
+    if command == "distill":
+        old_transfer = transfer.read_bytes()
+        transfer.write_text(old_transfer.decode() + "8\tnot a good film\n")
+        msg = pkd_cli.error([*argv, "--resume"])
+        assert f"(transfer: {transfer} sha256 {sha(old_transfer)} -> {transfer} sha256" in msg
+        assert snapshot(out) == before
+        transfer.write_bytes(old_transfer)
+    pkd_cli.ok([*argv, "--resume"])  # the same data again: it resumes
+    assert (out / "metrics.json").is_file()
 
 
 def test_config_drift_names_each_setting():

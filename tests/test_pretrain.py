@@ -15,6 +15,7 @@ from conftest import (
     make_tokenizer,
     run_killed_after_checkpoint,
     sentiment_rows,
+    untimed,
     write_sst2,
 )
 from safetensors.torch import load_file
@@ -437,9 +438,8 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_mlm_teacher, corpus, t
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    m_ref, m_run = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
-    assert [h["metrics"] for h in m_run["history"]] == [h["metrics"] for h in m_ref["history"]]
-    assert set(m_ref["gradient_shares"]) == {"pt", "top", "mlm_kd", "mlm"}
+    assert untimed(run) == untimed(ref)  # history, gradient shares over the whole run, ...
+    assert set(untimed(ref)["gradient_shares"]) == {"pt", "top", "mlm_kd", "mlm"}
 
 
 @pytest.mark.slow

@@ -548,6 +548,11 @@ def test_pickled_checkpoint_code_is_never_run(teacher, data, tmp_path, pkd_cli):
     [
         ('{"step": 64, "epoch": 8}', "trainer_state.json lacks batches_in_epoch, best, history"),
         ("[]", "trainer_state.json lacks step, epoch, batches_in_epoch, best, history"),
+        (
+            '{"step": 64, "epoch": 8, "batches_in_epoch": 0, "best": null, "history": [], '
+            '"stats": {"seen": {}, "bogus": 1}}',
+            "trainer_state.json: its stats are not pkd's RunStats",
+        ),
     ],
 )
 def test_checkpoint_with_a_broken_loop_state_is_refused(

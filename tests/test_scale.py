@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_killed_after_checkpoint
+from conftest import (
+    WORDS,
+    make_tiny_teacher,
+    make_tokenizer,
+    run_killed_after_checkpoint,
+    sentiment_rows,
+    untimed,
+    write_sst2,
+)
 from safetensors.torch import load_file
 
 TRAIN = ["--epochs", "3", "--lr", "3e-3", "--batch-size", "8", "--max-length", "16", "--quiet"]
@@ -61,6 +69,31 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_bert, sst2_dir, tmp_path
     m_run = json.loads((run / "metrics.json").read_text())
     assert m_run["best"]["metrics"] == m_ref["best"]["metrics"]
     assert [h["metrics"] for h in m_run["history"]] == [h["metrics"] for h in m_ref["history"]]
+
+
+@pytest.mark.slow
+def test_resumed_run_reports_what_the_whole_run_saw(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
+    """Killed mid-epoch and resumed, a distillation with a transfer set writes the
+    metrics.json of an uninterrupted run but for wall times: examples seen (labelled and
+    transfer) and gradient shares count the steps before the kill too (before, only those
+    after the resume)."""
+    transfer = tmp_path / "transfer.tsv"
+    rows = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(80, seed=7))]
+    transfer.write_text("\n".join(["index\tsentence", *rows]) + "\n")
+
+    def args(out):
+        return ["distill", "--teacher", tiny_teacher, "--task", "sst2", "--data-dir", sst2_dir,
+                "--output", out, "--student-layers", "2", "--allow-weak-teacher", *TRAIN,
+                "--epochs", "2", "--transfer-file", transfer, "--teacher-mode", "online",
+                "--logging-steps", "2", "--save-steps", "3"]  # fmt: skip
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    pkd_cli.ok(args(ref))
+    proc = run_killed_after_checkpoint(6, args(run))  # mid-epoch 1 (8 steps per epoch)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    pkd_cli.ok([*args(run), "--resume"])
+    assert untimed(ref)["examples_seen"] == {"labelled": 128, "transfer": 128}
+    assert untimed(run) == untimed(ref)
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
@@ -264,3 +297,209 @@ def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
         accelerator = make_accelerator(TrainConfig(mixed_precision=precision), tmp_path / precision)
         seen.append(accelerator.mixed_precision)
     assert seen == ["no", "bf16", "no"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every objective on two processes
+
+COMMANDS = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import pkd.text
+import pkd.train as T
+from pkd.cli import run
+
+seen = []  # (epoch, example) of each training passage this process masked
+masked = pkd.text.MaskedText.__getitem__
+def spy(self, i):
+    if not self.fixed:
+        seen.append((self.epoch, i))
+    return masked(self, i)
+pkd.text.MaskedText.__getitem__ = spy
+
+class Stop(Exception):
+    pass
+class StopAfterCheckpoint(T.LoopHooks):  # on every process: all stop at the same step
+    def __init__(self, step):
+        self.step = step
+    def on_checkpoint(self, state, path):
+        if state.step == self.step:
+            raise Stop()
+
+for stop, argv in json.loads(open(sys.argv[1]).read()):
+    print("running: pkd", *argv, file=sys.stderr, flush=True)
+    try:
+        with T.use_hooks(StopAfterCheckpoint(stop)):
+            code = run(argv)
+    except Stop:
+        continue
+    if code != 0:
+        raise RuntimeError("pkd " + " ".join(argv) + " failed")
+with open(sys.argv[2] + "." + os.environ["RANK"], "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def run_commands_on_two_processes(commands: list, tmp_path: Path, timeout: float):
+    """Run pkd commands one after the other in one torchrun (2 processes); a command may be
+    (step, argv): stopped (an exception on every process) after the checkpoint of `step`.
+    Returns, per rank, the (epoch, example) of each passage `MaskedText` masked for training."""
+    commands = [c if isinstance(c[0], int) else (0, c) for c in commands]
+    plain = [(stop, [str(a) for a in argv]) for stop, argv in commands]
+    (tmp_path / "commands.json").write_text(json.dumps(plain))
+    driver = tmp_path / "commands.py"
+    driver.write_text(COMMANDS)
+    seen = tmp_path / "masked"
+    proc = run_torchrun([str(driver), str(tmp_path / "commands.json"), str(seen)], timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [json.loads(Path(f"{seen}.{rank}").read_text()) for rank in (0, 1)]
+
+
+def without_dropout(source: Path, path: Path) -> Path:
+    """The BERT `source` saved again with dropout off: 1 and 2 processes then compute the
+    same steps (each process draws its own dropout masks)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(
+        source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    return path
+
+
+SMALL = ["--epochs", "1", "--batch-size", "8", "--max-length", "16", "--quiet"]
+
+
+@pytest.mark.slow
+def test_pretrain_trains_every_objective_on_two_processes(tiny_bert, tmp_path):
+    """DDP stops at step 2 on a trained parameter that no loss reads (BERT's pooler in
+    `pkd pretrain`; projections with MLM terms alone). Every objective runs on 2 processes:
+    with and without MLM terms, a narrower student (projections), and PKD from that student
+    into `pkd distill` (projections again). The pooler is kept but untouched; the MLM masks
+    change with the epoch on every process, also after a resume, which ends as the
+    uninterrupted run (weights, metrics.json but for wall times)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    teacher = tmp_path / "mlm-teacher"  # a tiny BERT with an MLM head
+    make_tokenizer(teacher)
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(teacher)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(s for s, _ in sentiment_rows(44)) + "\n")
+
+    def pretrain(out, *extra, teacher=teacher):
+        return ["pretrain", "--teacher", teacher, "--text-file", corpus, "--output", tmp_path / out,
+                "--student-layers", "2", "--eval-texts", "4", *SMALL, *extra]  # fmt: skip
+
+    mlm = ["--mlm-distill-weight", "1", "--mlm-weight", "0.5"]
+    stopped = pretrain("stopped", *mlm, "--epochs", "2", "--save-steps", "3")
+    narrow = ["--student-hidden-size", "16"]
+    sst2 = write_sst2(tmp_path / "SST-2", n_train=24, n_dev=8)
+    classifier = make_tiny_teacher(tmp_path / "classifier", tiny_bert)
+    commands = [
+        pretrain("plain", teacher=tiny_bert),  # the MLM teacher has no pooler
+        pretrain("mlm", *mlm, "--epochs", "2"),
+        (6, stopped),  # 5 steps per epoch: stopped after the first step of epoch 2
+        [*stopped, "--resume"],
+        pretrain("narrow", *narrow, "--pt-tokens", "cls", "--keep-checkpoints"),
+        pretrain("narrow-mlm", *narrow, "--beta", "0", "--top-weight", "0", *mlm),
+        [
+            "distill",
+            "--teacher",
+            classifier,
+            "--task",
+            "sst2",
+            "--data-dir",
+            sst2,
+            "--student-init",
+            tmp_path / "narrow",
+            "--student-layers",
+            "2",
+            "--allow-weak-teacher",
+            "--output",
+            tmp_path / "distill-narrow",
+            *SMALL,
+        ],  # fmt: skip
+    ]
+    seen = run_commands_on_two_processes(commands, tmp_path, timeout=500)
+
+    for run in ("plain", "mlm", "narrow", "narrow-mlm", "distill-narrow"):
+        assert (tmp_path / run / "metrics.json").is_file(), run
+    # resumed on 2 processes: the epoch reaches the masks again; the uninterrupted run's end
+    assert untimed(tmp_path / "stopped") == untimed(tmp_path / "mlm")
+    a, b = weights(tmp_path / "mlm"), weights(tmp_path / "stopped")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    pooler = "pooler.dense.weight"
+    assert torch.equal(weights(tmp_path / "plain")[pooler], load_file(tiny_bert / "model.safetensors")[pooler])  # fmt: skip
+    assert json.loads((tmp_path / "distill-narrow" / "metrics.json").read_text())["projection"]
+    # 40 training passages, 4 per process per step: each process masks 20 an epoch, the
+    # second with epoch 1's masks: the MLM run, the stopped one (20 + 4), resumed (20: the
+    # batch it skips is read too), the narrower MLM run (1 epoch)
+    for rank in seen:
+        epochs = [e for e, _ in rank]
+        assert epochs == [0] * 20 + [1] * 20 + [0] * 20 + [1] * 4 + [1] * 20 + [0] * 20, epochs
+
+
+@pytest.mark.slow
+def test_distill_trains_every_method_on_two_processes(tiny_bert, tmp_path, pkd_cli):
+    """FT, KD and PKD-Skip/Last with [CLS] and with mean pooling (the teacher a mean-pooled
+    `pkd finetune` on 2 processes too) run on 2 processes. With a transfer file over 2
+    epochs, 2 processes end with the weights of 1: each epoch draws new transfer partners
+    on every process (before, the processes kept epoch 0's)."""
+    sst2 = write_sst2(tmp_path / "SST-2", n_train=32, n_dev=8)
+    transfer = tmp_path / "transfer.tsv"
+    rows = [f"{i}\t{s}" for i, (s, _) in enumerate(sentiment_rows(40, seed=7))]
+    transfer.write_text("\n".join(["index\tsentence", *rows]) + "\n")
+    base = without_dropout(tiny_bert, tmp_path / "bert")  # the student's init too
+    teacher = make_tiny_teacher(tmp_path / "teacher", base)
+
+    def distill(out, *extra, teacher=teacher):
+        return ["distill", "--teacher", teacher, "--task", "sst2", "--data-dir", sst2, "--output",
+                tmp_path / out, "--student-layers", "2", "--allow-weak-teacher", *SMALL, *extra]  # fmt: skip
+
+    mean_teacher = tmp_path / "mean-teacher"
+    with_transfer = ["--method", "kd", "--transfer-file", transfer, "--epochs", "2", "--lr", "3e-3",
+                     "--keep-checkpoints"]  # fmt: skip
+    commands = [
+        [
+            "finetune",
+            "--model",
+            tiny_bert,
+            "--task",
+            "sst2",
+            "--data-dir",
+            sst2,
+            "--output",
+            mean_teacher,
+            "--pooling",
+            "mean",
+            *SMALL,
+        ],  # fmt: skip
+        distill("ft", "--method", "ft"),
+        distill("kd", "--method", "kd"),
+        distill("pkd-skip", "--method", "pkd", "--strategy", "skip"),
+        distill("pkd-last", "--method", "pkd", "--strategy", "last", "--teacher-mode", "online"),
+        distill("ft-mean", "--method", "ft", "--pooling", "mean"),
+        distill("kd-mean", "--method", "kd", "--pooling", "mean"),
+        distill("pkd-mean", "--method", "pkd", teacher=mean_teacher / "model"),
+        distill("transfer-2", *with_transfer),
+    ]
+    run_commands_on_two_processes(commands, tmp_path, timeout=500)
+    for run in ("ft", "kd", "pkd-skip", "pkd-last", "ft-mean", "kd-mean", "pkd-mean"):
+        m = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert m["pooling"] == ("mean" if run.endswith("mean") else "cls"), run
+
+    pkd_cli.ok(distill("transfer-1", *with_transfer))
+    one, two = (
+        json.loads((tmp_path / r / "metrics.json").read_text())
+        for r in ("transfer-1", "transfer-2")
+    )
+    assert one["examples_seen"] == two["examples_seen"] == {"labelled": 64, "transfer": 64}
+    assert two["history"] == one["history"]
+    a, b = (load_file(tmp_path / r / "checkpoints" / "step-8" / "model.safetensors") for r in ("transfer-1", "transfer-2"))  # fmt: skip
+    for k in a:  # 1e-7 apart; epoch 0's partners again in epoch 1 moved them 2e-4
+        assert torch.allclose(a[k], b[k], atol=1e-5), k

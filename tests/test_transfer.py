@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pkd.distillation import distill
 from pkd.finetuning import finetune
 from pkd.losses import IGNORE_LABEL
 from pkd.splits import EncodedSplit, Split
-from pkd.transfer import TransferMix, with_transfer
+from pkd.transfer import TransferMix, spread, with_transfer
 
 DATA = {"task": "sst2", "max_length": 16}
 
@@ -112,6 +113,52 @@ def test_partners_are_matched_by_length():
     partner_lengths = [p for _, p in pairs]
     assert partner_lengths == sorted(partner_lengths)  # shortest with shortest, in order
     assert len({mix.partners(i)[0] for i in range(len(labelled))}) == len(labelled)
+
+
+@pytest.mark.parametrize(
+    "ratio, transfer, closer", [(3.0, 20, 0.5), (2.0, 25, 0.4), (1.5, 10, 0.5), (3.0, 4, 1.0)]
+)
+def test_a_reused_transfer_set_never_repeats_a_partner(ratio, transfer, closer):
+    """ratio x labelled > transfer rows: each row is drawn several times per epoch. Its copies
+    used to sit side by side in length order, so a labelled example got one partner r times;
+    now no labelled example gets a partner twice, partners still follow length (their
+    length gap a share `closer` of a random partner's: 4 rows in groups of 3 cannot), and
+    they change from epoch to epoch (4 rows of distinct lengths, used 30 times each, have
+    one best order)."""
+    rng = random.Random(0)
+    labelled = [rng.randint(4, 30) for _ in range(40)]
+    rows = [rng.randint(4, 30) for _ in range(transfer)]
+    combined = with_transfer(_varied(labelled), _varied(rows, False), "x")
+    mix = TransferMix(combined, len(labelled), ratio, seed=1)
+    lengths = combined.lengths()
+    epochs = []
+    for epoch in range(3):
+        mix.set_epoch(epoch)
+        groups = [mix.partners(i) for i in range(len(labelled))]
+        assert all(len(g) == len(set(g)) for g in groups), groups
+        assert sum(map(len, groups)) == math.ceil(len(labelled) * ratio)
+        gap = [abs(lengths[i] - lengths[j]) for i, g in enumerate(groups) for j in g]
+        anyone = [abs(a - b) for a in labelled for b in rows]  # a random partner's gap
+        assert sum(gap) / len(gap) < closer * sum(anyone) / len(anyone)
+        epochs.append(groups)
+    assert any(groups != epochs[0] for groups in epochs[1:]) or transfer < 5 * ratio
+
+
+def test_spread_keeps_copies_apart_in_every_window():
+    """Any width / rounds consecutive values of `spread`'s output differ, whatever the runs of
+    copies (up to `rounds` long) and the offset; it is a reordering; none moves far."""
+    rng = random.Random(0)
+    for _ in range(300):
+        rounds, group = rng.randint(1, 6), rng.randint(1, 4)
+        copies = []
+        while len(copies) < rounds * group or rng.random() < 0.9:
+            copies += [len(copies)] * rng.randint(1, rounds)  # value: its first place
+        width = rounds * group
+        out = spread(copies, rounds, width, rng.randrange(width))
+        assert sorted(out) == copies
+        windows = [out[i : i + group] for i in range(len(out) - group + 1)]
+        assert all(len(set(w)) == len(w) for w in windows), (rounds, group, copies, out)
+        assert all(abs(v - i) < 3 * width + rounds for i, v in enumerate(out))
 
 
 @pytest.mark.slow

@@ -666,9 +666,23 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def end_process_group() -> None:
+    """End the torchrun process group that the command's runs shared (`pkd.train.train`
+    keeps it up for the next run in the process: compare, sweep); torch is not imported
+    for a command that did not load it."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
+        end_process_group()
     except PkdError as e:
         print(f"pkd: error: {e}", file=sys.stderr)
         code = 2

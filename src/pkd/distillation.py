@@ -380,7 +380,8 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     plan = plan_distill(cfg, accelerator)
     if dry_run:
         return describe_distill(cfg, plan)
-    start_run(output, cfg, accelerator, ckpt is not None, resolved={"pooling": plan.pooling})
+    resolved = {"pooling": plan.pooling}
+    start_run(output, cfg, accelerator, ckpt is not None, resolved, data=plan.data()[0])
     t0 = time.perf_counter()
     spec = plan.spec
     train_set = plan.training_set(cfg)

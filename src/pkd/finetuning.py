@@ -64,7 +64,7 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     model.config.update({TASK_KEY: spec.name})
     accelerator = make_accelerator(cfg.train, output)
     resolved = {"pooling": pooling, "pooling_reason": pooling_reason}
-    start_run(output, cfg, accelerator, ckpt is not None, resolved=resolved)
+    start_run(output, cfg, accelerator, ckpt is not None, resolved=resolved, data=splits)
     t0 = time.perf_counter()
     result = train(
         model,

@@ -142,10 +142,12 @@ class GeneralHeads(nn.Module):
 
 def build_heads(options, pairs: list, student_config, teacher_config, teacher_mlm=None):
     """`GeneralHeads` for a run (seed first), or None when neither module is needed: a
-    projection when the widths differ; an MLM head with MLM terms, started from
-    `teacher_mlm`'s at the teacher's width."""
+    projection when the widths differ and a term compares states (none with MLM terms
+    alone: DDP refuses a trained module no loss reads); an MLM head with MLM terms, started
+    from `teacher_mlm`'s at the teacher's width."""
     hs, ht = student_config.hidden_size, teacher_config.hidden_size
-    projection = Projection(len(pairs) + 1, hs, ht) if hs != ht else None
+    states = "pt" in options.weights or "top" in options.weights  # a term compares states
+    projection = Projection(len(pairs) + 1, hs, ht) if hs != ht and states else None
     head = None
     if options.uses_mlm:
         c = student_config
@@ -205,6 +207,16 @@ def mlm_head_module(teacher_mlm) -> nn.Module:
             f"--mlm-distill-weight: cannot find the MLM head of {type(teacher_mlm).__name__}"
         )
     return heads[0]
+
+
+def freeze_pooler(student) -> None:
+    """Freeze the student's pooler, if it has one: no pretraining loss reads it, and DDP
+    stops at the second step on a trained parameter that gets no gradient. It stays in the
+    model (model/ loads as before; a `pkd distill` classifier reads [CLS] through it) with
+    the weights it started with, as a single process, where it got no gradient, left it."""
+    pooler = getattr(student, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
 
 
 def online_signals(teacher, tokens: str, mlm: bool) -> Callable:

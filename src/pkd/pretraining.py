@@ -34,6 +34,7 @@ from pkd.general import (
     build_heads,
     cache_extra,
     cached_signals,
+    freeze_pooler,
     heldout_score,
     online_signals,
 )
@@ -121,6 +122,7 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     )
     check_max_length(cfg.text.max_length, init, "student-init", student.config, None)
     warn_wider_student(student.config.hidden_size, t_config.hidden_size)
+    freeze_pooler(student)
     heads = build_heads(o, pairs, student.config, t_config, teacher if o.uses_mlm else None)
     train_texts, held = hold_out(texts, cfg.text.eval_texts)
     encoded = {
@@ -165,7 +167,8 @@ def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     if dry_run:
         return describe_pretrain(cfg, plan)
     accelerator = make_accelerator(cfg.train, output)
-    start_run(output, cfg, accelerator, ckpt is not None, {"student": plan.student_init})
+    resolved = {"student": plan.student_init}
+    start_run(output, cfg, accelerator, ckpt is not None, resolved, data=plan.splits)
     t0 = time.perf_counter()
     plan.teacher.to(accelerator.device)
     signal, cache_info = teacher_signal(cfg, plan, accelerator)

@@ -281,16 +281,31 @@ def open_run(
 # Writing
 
 
-def start_run(path: Path, cfg, accelerator, resuming: bool, resolved: dict | None = None) -> None:
+def start_run(
+    path: Path,
+    cfg,
+    accelerator,
+    resuming: bool,
+    resolved: dict | None = None,
+    data: dict | None = None,
+) -> None:
     """Create the run dir (replacing an old one with cfg.overwrite) and write config.yaml, on
     the main process, once every process has checked --output (`open_run`): under torchrun a
     process that checks after the main one created the directory would refuse it.
 
     resolved: what options such as `--pooling auto` resolved to, recorded under
     `meta.resolved` (the options keep what was asked, so a re-run resolves them again).
+    data: the splits the run trains and evaluates on (`pkd.splits.Split`), whose
+    `data_hashes` go under `meta.data`; resuming in place, they must match those recorded.
+
+    Raises:
+        PkdError: resuming after the data changed (`check_resume_data`), on every process.
     """
-    accelerator.wait_for_everyone()
     keep = resuming and (path / "config.yaml").is_file()  # continuing in place: keep its config
+    hashes = data_hashes(data or {})
+    if keep:
+        check_resume_data(path, hashes, "--resume-from" if cfg.resume_from else "--resume")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process and not keep:
         if cfg.overwrite and path.exists():
             clear_dir(path)
@@ -298,6 +313,8 @@ def start_run(path: Path, cfg, accelerator, resuming: bool, resolved: dict | Non
         meta = provenance()
         if resolved:
             meta["resolved"] = resolved
+        if hashes:
+            meta["data"] = hashes
         C.save(cfg, path / "config.yaml", meta=meta)
     accelerator.wait_for_everyone()
 
@@ -311,6 +328,40 @@ def clear_dir(path: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def data_hashes(splits: dict) -> dict[str, dict[str, str]]:
+    """Each split's source and sha256 (`data_fingerprint`): config.yaml's `meta.data`."""
+    return {
+        name: {"source": str(split.source), "sha256": data_fingerprint(split)}
+        for name, split in splits.items()
+    }
+
+
+def check_resume_data(path: Path, hashes: dict, option: str) -> None:
+    """Refuse to resume a run whose data changed since it started (its config.yaml's
+    `meta.data`; a run from before pkd recorded them is not checked): the run would train
+    on a mixture of both, and record only the new data.
+
+    Raises:
+        PkdError: naming each split that changed, its source and sha256, old -> new.
+    """
+    saved = read_run_config(path).get("meta", {}).get("data")
+    if not isinstance(saved, dict):
+        return
+    changed: dict[str, list[str]] = {}  # "old -> new" -> the splits (pretrain's share a file)
+    for name in [*saved, *(n for n in hashes if n not in saved)]:
+        old, new = saved.get(name) or {}, hashes.get(name) or {}
+        if old.get("sha256") != new.get("sha256"):
+            before = f"{old.get('source', 'none')} sha256 {old.get('sha256', '-')[:12]}"
+            after = f"{new.get('source', 'none')} sha256 {new.get('sha256', '-')[:12]}"
+            changed.setdefault(f"{before} -> {after}", []).append(name)
+    if changed:
+        what = "; ".join(f"{', '.join(names)}: {change}" for change, names in changed.items())
+        raise PkdError(
+            f"{option}: the data of {path} changed since it started ({what}); "
+            "resuming would train on a mixture: restore the data or start a new --output"
+        )
 
 
 def provenance() -> dict:

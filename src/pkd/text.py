@@ -196,6 +196,7 @@ class MaskedText(torch.utils.data.Dataset):
     The masks depend only on (seed, epoch, example): a resumed run masks as an uninterrupted
     one. `fixed` (the held-out set): masked as in epoch 0 at every evaluation, whatever epoch
     accelerate's loader sets (it counts the passes of this process, which a resume restarts).
+    The training loop sets the training set's epoch itself (`pkd.train.epoch_batches`).
     """
 
     def __init__(
@@ -208,7 +209,7 @@ class MaskedText(torch.utils.data.Dataset):
         if self.mask_id is None:
             raise PkdError("--mlm-weight: the teacher's tokenizer has no [MASK] token")
 
-    def set_epoch(self, epoch: int) -> None:  # called by accelerate's loader every pass
+    def set_epoch(self, epoch: int) -> None:  # the training loop's, each epoch (`epoch_batches`)
         if not self.fixed:
             self.epoch = epoch
 

@@ -361,17 +361,18 @@ class Meter:
         return record
 
 
+@dataclass
 class RunStats:
     """What a run saw beyond its loss curve: examples with and without a gold label (a
-    transfer set's), each term's gradient share (mean over logged steps, and over the first
-    epoch), and the last logged CE of the first epoch (`distillation.warn_collapse`)."""
+    transfer set's), each term's gradient share (over logged steps, and over the first
+    epoch), and the last logged CE of the first epoch (`distillation.warn_collapse`). Part of
+    the `LoopState`, so a resumed run reports what the whole run saw."""
 
-    def __init__(self) -> None:
-        self.seen = {"labelled": 0, "transfer": 0}
-        self.shares: dict[str, list[float]] = defaultdict(list)
-        self.first_shares: dict[str, list[float]] = defaultdict(list)
-        self.first_ce: float | None = None
-        self.warned = False
+    seen: dict[str, int] = field(default_factory=lambda: {"labelled": 0, "transfer": 0})
+    shares: dict[str, list[float]] = field(default_factory=dict)
+    first_shares: dict[str, list[float]] = field(default_factory=dict)
+    first_ce: float | None = None
+    warned: bool = False
 
     def add_batch(self, labels: torch.Tensor, processes: int) -> None:
         labelled = labelled_count(labels)
@@ -382,9 +383,9 @@ class RunStats:
         """A log.jsonl record of `epoch` (0-based: the one in progress)."""
         for key, value in record.items():
             if key.startswith("share_"):
-                self.shares[key[6:]].append(value)
+                self.shares.setdefault(key[6:], []).append(value)
                 if epoch == 0:
-                    self.first_shares[key[6:]].append(value)
+                    self.first_shares.setdefault(key[6:], []).append(value)
         if epoch == 0 and "ce" in record:
             self.first_ce = record["ce"]
 
@@ -439,21 +440,29 @@ class LoopState:
     batches_in_epoch: int = 0  # micro-batches of the current pass done (skipped on resume)
     best: dict | None = None  # the history record with the best main metric
     history: list[dict] = field(default_factory=list)  # {step, epoch, metrics} per evaluation
+    stats: RunStats = field(default_factory=RunStats)  # metrics.json's counts and shares
 
     @classmethod
     def load(cls, checkpoint: Path) -> LoopState:
-        """Read a checkpoint's trainer_state.json.
+        """Read a checkpoint's trainer_state.json (one without `stats`, from before pkd kept
+        them, restarts the counts).
 
         Raises:
             ValueError: it is not JSON or lacks a field.
         """
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         missing = [
-            f.name for f in fields(cls) if not isinstance(saved, dict) or f.name not in saved
+            f.name
+            for f in fields(cls)
+            if f.name != "stats" and (not isinstance(saved, dict) or f.name not in saved)
         ]
         if missing:
             raise ValueError(f"{STATE_FILE} lacks {', '.join(missing)}")
-        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+        stats = saved.get("stats", {})
+        if not isinstance(stats, dict) or set(stats) - {f.name for f in fields(RunStats)}:
+            raise ValueError(f"{STATE_FILE}: its stats are not pkd's RunStats")
+        loop = {f.name: saved[f.name] for f in fields(cls) if f.name != "stats"}
+        return cls(**loop, stats=RunStats(**stats))
 
     def save(self, checkpoint: Path) -> None:
         (checkpoint / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -739,8 +748,14 @@ def prepare(
 
 
 def epoch_batches(p: Prepared, state: LoopState):
-    """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume."""
+    """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume.
+
+    The epoch reaches pkd's own datasets (`pkd.transfer.TransferMix`' partners,
+    `pkd.text.MaskedText`'s masks) here, not through the loader: under several processes
+    accelerate's `set_epoch` tells the sampler only."""
     p.train_loader.set_epoch(state.epoch)
+    if hasattr(p.train_loader.dataset, "set_epoch"):
+        p.train_loader.dataset.set_epoch(state.epoch)
     if state.batches_in_epoch:
         return p.accelerator.skip_first_batches(p.train_loader, state.batches_in_epoch)
     return p.train_loader
@@ -824,7 +839,7 @@ def train(
     start_trackers(accelerator, output, cfg, objective)
     state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
     hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
-    log, meter, stats = RunLog(output, accelerator), Meter(), RunStats()
+    log, meter, stats = RunLog(output, accelerator), Meter(), state.stats
     regression = spec is not None and spec.problem_type == REGRESSION
     log_plan(p, len(train_set))
     quiet = cfg.quiet or not accelerator.is_local_main_process
@@ -864,7 +879,10 @@ def train(
             end_of_epoch(p, state, evaluation, tokenizer, output, log, on_evaluate, hooks)
     finally:  # also when a step, a hook or on_evaluate raises: close the trackers, the bar
         bar.close()
-        accelerator.end_training()
+        # not accelerator.end_training(): it also ends the process group, which the next run
+        # in this process (compare, sweep, the API) needs under torchrun
+        for tracker in accelerator.trackers:
+            tracker.finish()
     if not cfg.keep_checkpoints and accelerator.is_main_process:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the best model is in model/
     return {

@@ -11,7 +11,8 @@ rests on this. `pkd distill --transfer-file FILE` reads texts in the task's text
   `--transfer-ratio` r transfer partners, so a batch of b labelled examples holds about r * b
   transfer examples. Partners come from a permutation of the transfer set drawn per epoch
   from (seed, epoch), so batches depend only on (seed, epoch), as the labelled order does,
-  and a resumed run draws the same ones;
+  and a resumed run draws the same ones; a set cycled through several times per epoch
+  never gives one labelled example the same partner twice (`spread`);
 - transfer examples carry the label IGNORE_LABEL (regression: NaN): CE skips them, KD and PT
   use every example (`pkd.losses.ce_loss`).
 """
@@ -141,13 +142,26 @@ class TransferMix(torch.utils.data.Dataset):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's partners (accelerate's loader calls this every epoch)."""
+        """Draw this epoch's partners (the training loop calls this every epoch).
+
+        A transfer set smaller than ratio x labelled is drawn in several rounds (one
+        permutation each), so each transfer example has up to `rounds` copies; sorted by
+        length, the copies would sit side by side and one labelled example would get the
+        same partner several times. `spread` reorders them so that no group of partners
+        repeats one, moving each copy only a few places in length order."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
         need = math.ceil(self.labelled * self.ratio)
         rounds = math.ceil(need / self.transfer)  # a small transfer set is cycled through
         order = [torch.randperm(self.transfer, generator=g) for _ in range(rounds)]
         drawn = torch.cat(order)[:need].tolist()
-        self.order = sorted(drawn, key=lambda j: self.length[self.labelled + j])
+        first = {}  # row -> its first place in the draw: ties in length keep the draw's order
+        for place, j in enumerate(drawn):
+            first.setdefault(j, place)
+        copies = sorted(drawn, key=lambda j: (self.length[self.labelled + j], first[j]))
+        if rounds > 1:
+            width = rounds * math.ceil(self.ratio)
+            copies = spread(copies, rounds, width, int(torch.randint(width, (1,), generator=g)))
+        self.order = copies
 
     def partners(self, i: int) -> list[int]:
         """Transfer example indices (into `combined`) that go with labelled example i."""
@@ -164,6 +178,27 @@ class TransferMix(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         """Tokens of each labelled example (what --group-by-length sorts by)."""
         return self.length[: self.labelled]
+
+
+def spread(copies: list[int], rounds: int, width: int, offset: int) -> list[int]:
+    """`copies` (each value's copies side by side, at most `rounds` of them) reordered so that
+    any width / rounds consecutive values differ, each staying in its block (< 3 x width).
+
+    Cut into blocks of at least `width` (a multiple of `rounds`; the first `offset` longer,
+    which moves the cuts each epoch; the last one takes the rest), each block is read column
+    by column, last column first, as a table of `rounds` columns: neighbours within a column
+    are `rounds` apart in the input, and so never copies of one value. Under 2 x width
+    copies are one block; under `width`, too few to keep apart, they may repeat.
+    """
+    n = len(copies)
+    offset = offset % (n - 2 * width + 1) if n >= 2 * width else 0  # leave room for 2 blocks
+    starts = [0, *range(width + offset, n - width + 1, width)]
+    out = []
+    for start, end in zip(starts, [*starts[1:], n], strict=True):
+        block = copies[start:end]
+        for column in reversed(range(rounds)):
+            out += block[column::rounds]
+    return out
 
 
 def labelled_count(labels: torch.Tensor) -> int:
