@@ -92,7 +92,7 @@ def test_trainer_loss_is_pkds_loss_terms_with_the_same_weights(cached, tiny_teac
     batch = first_batch(trainer)
     assert ("example_index" in batch) is cached  # it survives remove_unused_columns
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
-    assert trainer.objective.pairs == [(2, 1)]  # PKD-Skip, 4 -> 2 layers
+    assert trainer.distill_objective.pairs == [(2, 1)]  # PKD-Skip, 4 -> 2 layers
     trainer.model.train()
     torch.manual_seed(0)  # the same dropout masks in both forward passes
     got = trainer.compute_loss(trainer.model, batch)
@@ -185,3 +185,130 @@ def test_options_pkd_distill_refuses_are_refused(tiny_teacher, tmp_path):
         make_trainer(tiny_teacher, tmp_path, None, method="kd")
     with pytest.raises(PkdError, match=r"^--layer-map: 2-layer student needs 1 teacher layers"):
         make_trainer(tiny_teacher, tmp_path, None, layer_map=[1, 2])
+
+
+def test_a_narrower_student_trains_through_projections_kept_out_of_save_model(
+    tiny_teacher, tmp_path
+):
+    from conftest import make_tiny_bert
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from pkd.models import load_finetuned
+
+    narrow = make_tiny_bert(tmp_path / "narrow", layers=2, hidden=16)  # as `pkd pretrain` makes
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    trainer = make_trainer(
+        tiny_teacher, tmp_path, data, student_init=str(narrow), args={"max_steps": 3}
+    )
+    assert trainer.model.config.hidden_size == 16 and trainer.projection is not None
+    before = [p.detach().clone() for p in trainer.projection.parameters()]
+    trainer.train()  # was: RuntimeError: The size of tensor a (16) must match ... (32)
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in trainer.projection.parameters())  # trained with it
+    after = list(trainer.projection.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "maps" in k or "projection" in k]
+    student = load_finetuned(str(out), "model")
+    assert (student.config.hidden_size, student.config.num_hidden_layers) == (16, 2)
+
+
+def tiny_student(teacher):
+    """A 2-layer student as pkd builds it, for model_init."""
+    from pkd.models import build_student, load_finetuned
+
+    t = load_finetuned(str(teacher))
+    return build_student(str(teacher), 2, t, "classification")
+
+
+@pytest.mark.slow
+def test_model_init_builds_the_student_per_trial_and_hyperparameter_search_runs(
+    tiny_teacher, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))
+    train, dev = data["train"], data["validation"]
+    built = []
+
+    def model_init():
+        built.append(tiny_student(tiny_teacher))
+        return built[-1]
+
+    trainer = make_trainer(tiny_teacher, tmp_path, train, model_init=model_init,
+                           eval_dataset=dev, args={"max_steps": 2})  # fmt: skip
+    assert trainer.distill_objective.pairs == [(2, 1)] and len(built) == 1
+    trainer.train()
+    assert len(built) == 2 and trainer.model is built[-1]  # a fresh student per train()
+
+    def space(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)}
+
+    search = {"direction": "minimize", "backend": "optuna", "hp_space": space}
+    best = trainer.hyperparameter_search(n_trials=2, **search)  # was refused: model_init
+    assert len(built) == 4 and "learning_rate" in best.hyperparameters
+    assert best.objective == pytest.approx(best.objective) and best.objective > 0  # eval_loss
+    # without model_init: pkd's own student is rebuilt for each trial
+    own = make_trainer(tiny_teacher, tmp_path, train, eval_dataset=dev, args={"max_steps": 1})
+    assert own.hyperparameter_search(n_trials=1, **search).objective > 0
+    assert own.model_init == own.new_student
+
+
+def test_distillation_settings_reach_the_trainers_trackers(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+    from transformers.integrations import TensorBoardCallback
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    trainer = make_trainer(tiny_teacher, tmp_path, data, args={"max_steps": 1})
+    trainer.add_callback(TensorBoardCallback)  # report_to reads the model's config, as this
+    config = trainer.model.config.to_dict()  # the dict MLflow/W&B/TensorBoard callbacks log
+    assert {k: config[k] for k in config if k.startswith("pkd_") and k != "pkd_base_model"} == {
+        "pkd_teacher": str(tiny_teacher), "pkd_method": "pkd", "pkd_alpha": 0.5,
+        "pkd_beta": 100.0, "pkd_temperature": 10.0, "pkd_layer_map": [[2, 1]],
+    }  # fmt: skip
+    trainer.train()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {f.parent for f in (tmp_path / "hf").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    acc.Reload()
+    (text,) = acc.Tensors("model_config/text_summary")
+    logged = text.tensor_proto.string_val[0].decode()
+    assert '"pkd_beta": 100.0' in logged and '"pkd_layer_map": [' in logged
+
+
+def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_path):
+    import logging
+
+    import transformers
+
+    from pkd import config as C
+    from pkd.api import distill
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    keep = Keep()
+    before = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # a user's default (the CLI quiets it)
+    logging.getLogger("transformers").addHandler(keep)
+    try:
+        make_trainer(tiny_teacher, tmp_path, None)  # the Trainer path
+        cfg = C.DistillRunConfig(  # the API path
+            teacher=str(tiny_teacher), output=str(tmp_path / "run"),
+            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=C.TrainConfig(batch_size=8, quiet=True),
+            distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+        )  # fmt: skip
+        distill(cfg, dry_run=True)
+        assert transformers.logging.get_verbosity() == transformers.logging.WARNING  # restored
+    finally:
+        logging.getLogger("transformers").removeHandler(keep)
+        transformers.logging.set_verbosity(before)
+    assert not [r for r in records if "LOAD REPORT" in r], records

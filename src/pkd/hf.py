@@ -44,7 +44,7 @@ from pkd import cache as cache_mod
 from pkd import mapping
 from pkd.config import DistillConfig
 from pkd.data import collator
-from pkd.distillation import student_pooling
+from pkd.distillation import patient_projection, student_pooling
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, total_loss
 from pkd.models import (
@@ -174,55 +174,129 @@ class PatientDistillationTrainer(Trainer):
         teacher_mode: str = "auto",
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        model_init=None,
         **kwargs,
     ):
         if teacher_mode not in TEACHER_MODES:
             raise PkdError(
                 f"teacher_mode: {teacher_mode!r} is not one of {', '.join(TEACHER_MODES)}"
             )
-        name = str(teacher) if isinstance(teacher, (str, Path)) else "the teacher"
+        name = str(teacher) if isinstance(teacher, (str, Path)) else None
         if isinstance(teacher, (str, Path)):
             teacher = load_finetuned(str(teacher), "teacher", trust_remote_code)
-        layers = num_layers(model.config) if model is not None else student_layers or 3
-        d = DistillConfig(
-            method=method,
-            student_layers=layers,
-            strategy=strategy,
-            layer_map=layer_map,
-            alpha=alpha,
-            beta=beta,
-            temperature=temperature,
-            kd_loss=kd_loss,
-            pt_loss=pt_loss,
-            pt_normalize=pt_normalize,
-            pt_choices=pt_choices,
-            pooling=pooling if model is None else model_pooling(model.config),
-        )
-        pooling = student_pooling(d.pooling, teacher, name, d.method)
+        self.teacher = teacher
+        self.teacher_name = name or getattr(teacher, "name_or_path", None) or "the teacher"
         self.problem_type = teacher_problem(teacher)
-        if model is None:
-            set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
+        self.options = dict(
+            method=method, strategy=strategy, layer_map=layer_map, alpha=alpha, beta=beta,
+            temperature=temperature, kd_loss=kd_loss, pt_loss=pt_loss,
+            pt_normalize=pt_normalize, pt_choices=pt_choices,
+        )  # fmt: skip
+        self.recipe: tuple | None = None  # (init, layers, pooling, trust): pkd builds the student
+        self.projection: torch.nn.Module | None = None
+        if model is None and model_init is None:
+            layers = student_layers or 3
+            d = DistillConfig(**self.options, student_layers=layers, pooling=pooling)
+            pooling = student_pooling(d.pooling, teacher, self.teacher_name, d.method)
             init = student_init or getattr(teacher.config, BASE_MODEL_KEY, None)
             if not init:
                 raise PkdError(
-                    f"student_init: {name} does not record its pre-trained base model; pass "
-                    "student_init=NAME_OR_DIR, or the student as model="
+                    f"student_init: {self.teacher_name} does not record its pre-trained base "
+                    "model; pass student_init=NAME_OR_DIR, or the student as model="
                 )
-            model = build_student(
-                init, layers, teacher, self.problem_type, trust_remote_code, pooling
-            )
-        n = num_layers(teacher.config)
-        pairs = mapping.layer_map(d.strategy, n, layers, d.layer_map) if "pt" in d.terms else []
-        super().__init__(model=model, args=args, **kwargs)
+            self.recipe = (init, layers, pooling, trust_remote_code)
+            set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
+            model = self.new_student()
+        super().__init__(model=model, args=args, model_init=model_init, **kwargs)
         self.model_accepts_loss_kwargs = False  # it never gets num_items_in_batch (above)
-        self.teacher = teacher.to(self.args.device)
-        self.objective = Objective.from_config(d, pairs, online_teacher(teacher), pooling)
-        self.cached = self.build_cache(teacher_mode, cache_dir) if len(d.terms) > 1 else None
+        self.teacher.to(self.args.device)
+        if self.model_init is None:  # else call_model_init has set the student up
+            self.use_student(self.model)
+        self.cached_signals = None
+        if len(self.settings.terms) > 1:
+            self.cached_signals = self.build_cache(teacher_mode, cache_dir)
         self.term_sums: dict[str, list[float]] = defaultdict(list)
 
-    def build_cache(self, teacher_mode: str, cache_dir: str | None) -> Objective | None:
-        """The objective reading pkd's teacher cache over the training set (built once, by
-        the main process first), or None when the teacher runs online."""
+    def new_student(self):
+        """pkd's student: the first M layers of the init, with a new head for the teacher's
+        labels (`pkd.models.build_student`); the Trainer seeds before each build."""
+        init, layers, pooling, trust = self.recipe
+        return build_student(init, layers, self.teacher, self.problem_type, trust, pooling)
+
+    def call_model_init(self, trial=None):
+        """The Trainer's `model_init` call (once in `__init__`, again per `train`/trial), then
+        the objective for the new student (`use_student`)."""
+        model = super().call_model_init(trial)
+        self.use_student(model)
+        return model
+
+    def use_student(self, model) -> None:
+        """Set the objective up for `model`: its layer map and pooling, projections when it
+        is narrower or wider than the teacher (trained with it, never in `save_model`), and
+        the distillation settings in its config, where `report_to` trackers read them."""
+        d = DistillConfig(
+            **self.options,
+            student_layers=num_layers(model.config),
+            pooling=model_pooling(model.config),
+        )
+        pooling = d.pooling
+        if self.recipe is None:  # a student from outside: pooled as PKD needs?
+            pooling = student_pooling(d.pooling, self.teacher, self.teacher_name, d.method)
+        n = num_layers(self.teacher.config)
+        pairs = (
+            mapping.layer_map(d.strategy, n, d.student_layers, d.layer_map)
+            if "pt" in d.terms
+            else []
+        )
+        projection = patient_projection(d, pairs, model.config, self.teacher.config)
+        if projection is not None:
+            projection.to(self.args.device)
+            if self.accelerator.num_processes > 1:  # its gradients all-reduced, as the model's
+                projection = self.accelerator.prepare_model(projection)
+        self.settings, self.projection = d, projection
+        teacher = online_teacher(self.teacher)
+        self.distill_objective = Objective.from_config(d, pairs, teacher, pooling, projection)
+        model.config.update(self.tracked_settings())
+
+    def tracked_settings(self) -> dict:
+        """What the student learns from, as flat `pkd_*` config keys: the Trainer's trackers
+        (MLflow, W&B, TensorBoard, ...) log the model's config with the run."""
+        d, o = self.settings, self.distill_objective
+        return {
+            "pkd_teacher": self.teacher_name,
+            "pkd_method": d.method,
+            "pkd_alpha": d.alpha,
+            "pkd_beta": d.beta,
+            "pkd_temperature": d.temperature,
+            "pkd_layer_map": [list(p) for p in o.pairs],
+        }
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the projections' parameters (if any) in it too."""
+        optimizer = super().create_optimizer(model)
+        if self.projection is None:
+            return optimizer
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [(n, p) for n, p in self.projection.named_parameters() if id(p) not in held]
+        decay = set(self.get_decay_parameter_names(self.projection))
+        for params, weight_decay in (
+            ([p for n, p in named if n in decay], self.args.weight_decay),
+            ([p for n, p in named if n not in decay], 0.0),
+        ):
+            if params:
+                optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
+        return optimizer
+
+    def hyperparameter_search(self, *args, **kwargs):
+        """The Trainer's search; a student pkd builds is built anew for each trial (no
+        `model_init` needed)."""
+        if self.model_init is None and self.recipe is not None:
+            self.model_init = self.new_student
+        return super().hyperparameter_search(*args, **kwargs)
+
+    def build_cache(self, teacher_mode: str, cache_dir: str | None):
+        """The teacher's signals read from pkd's teacher cache over the training set (built
+        once, by the main process first), or None when the teacher runs online."""
         rows = None
         if teacher_mode != "online" and self.train_dataset is not None:
             if self.processing_class is None:
@@ -251,7 +325,7 @@ class PatientDistillationTrainer(Trainer):
                 not self.args.disable_tqdm,
             )
         self.teacher_cache = cache
-        return dataclasses.replace(self.objective, teacher=cached_teacher(cache))
+        return cached_teacher(cache)
 
     def _set_signature_columns_if_needed(self) -> None:
         # transformers keeps only the columns the model's forward takes (remove_unused_columns);
@@ -268,9 +342,9 @@ class PatientDistillationTrainer(Trainer):
             out = model(**model_inputs(inputs))
             loss = ce_loss(out.logits, inputs["labels"], self.problem_type == REGRESSION)
             return (loss, out) if return_outputs else loss
-        objective = self.objective
-        if self.cached is not None and EXAMPLE_INDEX in inputs:
-            objective = self.cached
+        objective = self.distill_objective
+        if self.cached_signals is not None and EXAMPLE_INDEX in inputs:
+            objective = dataclasses.replace(objective, teacher=self.cached_signals)
         terms = loss_terms(model, inputs, objective, self.problem_type == REGRESSION)
         for key, value in terms.items():
             self.term_sums[key].append(float(value.detach()))
