@@ -271,9 +271,9 @@ class PatientDistillationTrainer(Trainer):
             "pkd_layer_map": [list(p) for p in o.pairs],
         }
 
-    def create_optimizer(self, model=None):
+    def create_optimizer(self, *args, **kwargs):
         """The Trainer's optimizer, with the projections' parameters (if any) in it too."""
-        optimizer = super().create_optimizer(model)
+        optimizer = super().create_optimizer(*args, **kwargs)  # transformers 5.x: (model=None)
         if self.projection is None:
             return optimizer
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
