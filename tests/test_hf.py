@@ -312,3 +312,21 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
         logging.getLogger("transformers").removeHandler(keep)
         transformers.logging.set_verbosity(before)
     assert not [r for r in records if "LOAD REPORT" in r], records
+
+
+@pytest.mark.slow
+def test_trainer_model_card_names_teacher_method_weights_and_map(tiny_teacher, tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData, metadata_load
+
+    trainer = make_trainer(tiny_teacher, tmp_path, None)
+    trainer.create_model_card(language="en", tags="sst2")
+    path = tmp_path / "hf" / "README.md"
+    meta = metadata_load(path)
+    ModelCardData(**meta)  # valid Hub metadata
+    assert {"pkd", "knowledge-distillation", "sst2"} <= set(meta["tags"])
+    assert meta["language"] == ["en"]
+    text = ModelCard.load(path).text
+    assert "| method | patient knowledge distillation (PKD-skip) |" in text
+    assert f"| teacher | `{tiny_teacher.parent.name}/model` |" in text
+    assert "| layer map (teacher → student) | 2 → 1 |" in text
+    assert "| α, β, T | 0.5, 100, 10 |" in text and "| student layers | 2 |" in text

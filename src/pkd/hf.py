@@ -38,10 +38,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from transformers import Trainer, set_seed
 
 from pkd import cache as cache_mod
 from pkd import mapping
+from pkd.card import CARD_FILE, distillation_rows, summary_table
 from pkd.config import DistillConfig
 from pkd.data import collator
 from pkd.distillation import patient_projection, student_pooling
@@ -286,6 +288,26 @@ class PatientDistillationTrainer(Trainer):
             if params:
                 optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
         return optimizer
+
+    def create_model_card(self, *args, tags=None, **kwargs) -> None:
+        """The Trainer's card (output_dir/README.md), tagged `pkd`, `knowledge-distillation`
+        and the method, with a table naming the teacher, method, layer map, alpha, beta and
+        T (`pkd.card.distillation_rows`, as `pkd distill`'s cards)."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        d, pairs = self.settings, self.distill_objective.pairs
+        tags += [t for t in ("pkd", "knowledge-distillation", d.method) if t not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        path = Path(self.args.output_dir) / CARD_FILE
+        rows = distillation_rows(
+            d.method, d.strategy, self.teacher_name, pairs, d.alpha, d.beta, d.temperature
+        )
+        rows.append(("student layers", d.student_layers))
+        card = ModelCard.load(path)
+        section = ["## Distillation (pkd)", "", *summary_table(rows)]
+        card.text = card.text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+        card.save(path)
 
     def hyperparameter_search(self, *args, **kwargs):
         """The Trainer's search; a student pkd builds is built anew for each trial (no
