@@ -48,11 +48,10 @@ def make_trainer(teacher, tmp_path, train, **kw):
 
     from pkd.hf import PatientDistillationTrainer
 
-    args = TrainingArguments(
-        str(tmp_path / "hf"), per_device_train_batch_size=8, learning_rate=3e-3,
-        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
-        **kw.pop("args", {}),
-    )  # fmt: skip
+    args = TrainingArguments(str(tmp_path / "hf"), **{
+        "per_device_train_batch_size": 8, "learning_rate": 3e-3, "report_to": "none",
+        "use_cpu": True, "save_strategy": "no", "disable_tqdm": True, **kw.pop("args", {}),
+    })  # fmt: skip
     options = {"student_layers": 2, "alpha": 0.5, "beta": 100.0, "temperature": 10.0, **kw}
     return PatientDistillationTrainer(
         teacher=str(teacher), args=args, train_dataset=train,
@@ -214,6 +213,32 @@ def test_a_narrower_student_trains_through_projections_kept_out_of_save_model(
         assert not [k for k in f.keys() if "maps" in k or "projection" in k]
     student = load_finetuned(str(out), "model")
     assert (student.config.hidden_size, student.config.num_hidden_layers) == (16, 2)
+
+
+@pytest.mark.slow
+def test_trainer_checkpoints_keep_the_projections_and_resume_restores_them(tiny_teacher, tmp_path):
+    from conftest import make_tiny_bert
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    narrow = make_tiny_bert(tmp_path / "narrow", layers=2, hidden=16)
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    args = {"max_steps": 2, "save_strategy": "steps", "save_steps": 2}
+    first = make_trainer(tiny_teacher, tmp_path, data, student_init=str(narrow), args=args)
+    first.train()
+    checkpoint = tmp_path / "hf" / "checkpoint-2"
+    saved = load_file(checkpoint / "pkd_projection.safetensors")
+    assert saved.keys() == first.projection.state_dict().keys()
+    assert not [f for f in checkpoint.glob("model*.safetensors") if "maps" in str(load_file(f))]
+    again = make_trainer(tiny_teacher, tmp_path, data, student_init=str(narrow), args=args)
+    assert not torch.equal(again.projection.maps[0].weight, saved["maps.0.weight"])  # fresh
+    again.train(resume_from_checkpoint=True)
+    assert torch.equal(again.projection.maps[0].weight, saved["maps.0.weight"])  # restored
+    (checkpoint / "pkd_projection.safetensors").unlink()
+    with pytest.raises(PkdError, match=r"^resume_from_checkpoint: .* has no pkd_projection"):
+        again.train(resume_from_checkpoint=str(checkpoint))
 
 
 def tiny_student(teacher):

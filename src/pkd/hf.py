@@ -39,7 +39,9 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from pkd import cache as cache_mod
 from pkd import mapping
@@ -65,6 +67,7 @@ from pkd.train import Objective, cached_teacher, loss_terms, model_inputs, onlin
 logger = logging.getLogger(__name__)
 
 EXAMPLE_INDEX = "example_index"  # a training row's index into the teacher cache
+PROJECTION_FILE = "pkd_projection.safetensors"  # in each Trainer checkpoint, never in a model
 TEACHER_MODES = ("auto", "cached", "online")  # auto: cached when the rows carry EXAMPLE_INDEX
 
 
@@ -196,6 +199,7 @@ class PatientDistillationTrainer(Trainer):
         )  # fmt: skip
         self.recipe: tuple | None = None  # (init, layers, pooling, trust): pkd builds the student
         self.projection: torch.nn.Module | None = None
+        self.resume_from: str | None = None  # the checkpoint train() resumes from
         if model is None and model_init is None:
             layers = student_layers or 3
             d = DistillConfig(**self.options, student_layers=layers, pooling=pooling)
@@ -287,7 +291,34 @@ class PatientDistillationTrainer(Trainer):
         ):
             if params:
                 optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
+        if self.resume_from is not None:  # the student is built, its optimizer state not read
+            path = Path(self.resume_from) / PROJECTION_FILE
+            if not path.is_file():
+                raise PkdError(
+                    f"resume_from_checkpoint: {self.resume_from} has no {PROJECTION_FILE} (the "
+                    "projections of a student narrower or wider than its teacher)"
+                )
+            unwrapped = self.accelerator.unwrap_model(self.projection)
+            unwrapped.load_state_dict(load_file(path, device=str(self.args.device)))
         return optimizer
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """The Trainer's; resuming also restores the projections (`create_optimizer`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self.resume_from = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The Trainer's checkpoint, and the projections beside it (for resume): they are
+        # the loss's, not the model's, so save_model never writes them.
+        super()._save_checkpoint(model, trial)
+        if self.projection is not None and self.args.should_save:
+            folder = (
+                Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            )
+            state = self.accelerator.unwrap_model(self.projection).state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, folder / PROJECTION_FILE)
 
     def create_model_card(self, *args, tags=None, **kwargs) -> None:
         """The Trainer's card (output_dir/README.md), tagged `pkd`, `knowledge-distillation`
