@@ -14,8 +14,14 @@ DDP, bf16/fp16, `report_to`, `push_to_hub`, callbacks, checkpoints.
     )
 
 - The student is built as `pkd distill` builds it (`pkd.models.build_student`: the first M
-  layers of the pre-trained checkpoint the teacher records, or `student_init`), or passed as
-  `model`.
+  layers of the pre-trained checkpoint the teacher records, or `student_init`), passed as
+  `model`, or made by `model_init` (per `train` and `hyperparameter_search` trial). A student
+  of another width than its teacher (a `pkd pretrain` init) compares its states through
+  learned projections, as in `pkd distill`: trained in the Trainer's optimizer, saved in its
+  checkpoints (for resume), never by `save_model`.
+- The distillation settings (teacher, method, alpha, beta, T, layer map) are written into
+  the student's config as `pkd_*` keys, which `report_to` trackers log with the run;
+  `create_model_card` names them too.
 - Teacher signals come from pkd's teacher cache (built once over the training set, reused
   by any later run with the same teacher and tokens) when the training set carries an
   `example_index` column 0..n-1 (`add_example_index`), from the teacher run on each batch
@@ -146,6 +152,9 @@ class PatientDistillationTrainer(Trainer):
             | online.
         cache_dir: the teacher cache root (default: $PKD_CACHE_DIR or ~/.cache/pkd/teacher).
         trust_remote_code: for loading the teacher and the student init.
+        model_init: instead of `model`, the Trainer's student factory (0 or 1 argument, the
+            trial), called again for each `train` and trial; `hyperparameter_search` without
+            one rebuilds pkd's own student per trial.
         **kwargs: the Trainer's own (train_dataset, eval_dataset, processing_class,
             compute_metrics, callbacks, ...).
 
