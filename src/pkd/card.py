@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 REPO = "YOUR_NAME"  # the placeholder owner of the Hub repository the card is written for
+DATASET_SOURCE = re.compile(r"dataset:(.*)\[([^\]]*)\]")  # a --dataset split: NAME[split]
 PAPER = "https://arxiv.org/abs/1908.09355"  # Sun et al., EMNLP 2019
 TASK_TYPES = {MULTIPLE_CHOICE: "multiple-choice"}  # model-index task type; else classification
 METHOD_NAMES = {"ft": "fine-tuning (FT)", "kd": "knowledge distillation (KD)"}
@@ -69,7 +70,7 @@ def shown_name(name) -> str | None:
 
 def shown_source(source) -> str | None:
     """A split's source as a card shows it: `dataset:NAME[split]` or a file, by `shown_name`."""
-    found = re.fullmatch(r"dataset:(.*)\[([^\]]*)\]", str(source or ""))
+    found = DATASET_SOURCE.fullmatch(str(source or ""))
     if found:
         return f"dataset:{shown_name(found.group(1))}[{found.group(2)}]"
     return shown_name(source)
@@ -81,8 +82,8 @@ def real_split(metrics: dict, split: str, spec) -> str:
     if spec is not None and spec.hf_path:
         return spec.hf_splits.get(split, split)
     source = str(((metrics.get("data") or {}).get(split) or {}).get("source", ""))
-    found = re.fullmatch(r"dataset:.*\[([^\]]*)\]", source)
-    return found.group(1) if found else split
+    found = DATASET_SOURCE.fullmatch(source)
+    return found.group(2) if found else split
 
 
 def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
@@ -94,7 +95,7 @@ def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
     if is_hub_id(data.get("dataset")):
         return data["dataset"], data["dataset"], data.get("dataset_config")
     train = str(((metrics.get("data") or {}).get("train") or {}).get("source", "custom data"))
-    found = re.fullmatch(r"dataset:(.*)\[[^\]]*\]", train)
+    found = DATASET_SOURCE.fullmatch(train)
     return "custom", shown_name(found.group(1) if found else train) or "custom data", None
 
 
