@@ -57,6 +57,13 @@ def test_export_card_is_the_models_with_onnx_files_and_parity(exported, trained)
         f"| fp32 max abs. logit difference | {printed['fp32']['max_abs_diff']:.4g} |" in card.text
     )
     assert f"| int8 label agreement | {printed['int8']['agreement']:.4g} |" in card.text
+    assert not [line for line in card.text.splitlines() if line.startswith(";")]  # one sentence
+    assert f"`pkd export` of `{trained.name}/model` (opset " in card.text
+    assert (
+        "; run it with onnxruntime and the tokenizer here, e.g. `pkd predict --model onnx"
+        in card.text
+    )
+    assert str(out.parent) not in card.text and str(trained) not in card.text  # no local path
 
 
 def torch_logits(model_dir: Path, enc: dict) -> np.ndarray:

@@ -48,11 +48,10 @@ def make_trainer(teacher, tmp_path, train, **kw):
 
     from pkd.hf import PatientDistillationTrainer
 
-    args = TrainingArguments(
-        str(tmp_path / "hf"), per_device_train_batch_size=8, learning_rate=3e-3,
-        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
-        **kw.pop("args", {}),
-    )  # fmt: skip
+    args = TrainingArguments(str(tmp_path / "hf"), **{
+        "per_device_train_batch_size": 8, "learning_rate": 3e-3, "report_to": "none",
+        "use_cpu": True, "save_strategy": "no", "disable_tqdm": True, **kw.pop("args", {}),
+    })  # fmt: skip
     options = {"student_layers": 2, "alpha": 0.5, "beta": 100.0, "temperature": 10.0, **kw}
     return PatientDistillationTrainer(
         teacher=str(teacher), args=args, train_dataset=train,
@@ -92,7 +91,7 @@ def test_trainer_loss_is_pkds_loss_terms_with_the_same_weights(cached, tiny_teac
     batch = first_batch(trainer)
     assert ("example_index" in batch) is cached  # it survives remove_unused_columns
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
-    assert trainer.objective.pairs == [(2, 1)]  # PKD-Skip, 4 -> 2 layers
+    assert trainer.distill_objective.pairs == [(2, 1)]  # PKD-Skip, 4 -> 2 layers
     trainer.model.train()
     torch.manual_seed(0)  # the same dropout masks in both forward passes
     got = trainer.compute_loss(trainer.model, batch)
@@ -208,3 +207,174 @@ def test_the_training_sets_class_labels_must_be_the_teachers(tiny_teacher, tmp_p
         other = data.cast_column("label", ClassLabel(names=names))
         with pytest.raises(PkdError, match=r"^train_dataset: its labels \[.*\] \(column 'label'\) are not the teacher's \['negative', 'positive'\] in order"):  # fmt: skip
             make_trainer(hub, tmp_path, other)
+
+
+def test_a_narrower_student_trains_through_projections_kept_out_of_save_model(
+    tiny_teacher, tmp_path
+):
+    from conftest import make_tiny_bert
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from pkd.models import load_finetuned
+
+    narrow = make_tiny_bert(tmp_path / "narrow", layers=2, hidden=16)  # as `pkd pretrain` makes
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    trainer = make_trainer(
+        tiny_teacher, tmp_path, data, student_init=str(narrow), args={"max_steps": 3}
+    )
+    assert trainer.model.config.hidden_size == 16 and trainer.projection is not None
+    before = [p.detach().clone() for p in trainer.projection.parameters()]
+    trainer.train()  # was: RuntimeError: The size of tensor a (16) must match ... (32)
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in trainer.projection.parameters())  # trained with it
+    after = list(trainer.projection.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "maps" in k or "projection" in k]
+    student = load_finetuned(str(out), "model")
+    assert (student.config.hidden_size, student.config.num_hidden_layers) == (16, 2)
+
+
+@pytest.mark.slow
+def test_trainer_checkpoints_keep_the_projections_and_resume_restores_them(tiny_teacher, tmp_path):
+    from conftest import make_tiny_bert
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    narrow = make_tiny_bert(tmp_path / "narrow", layers=2, hidden=16)
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    args = {"max_steps": 2, "save_strategy": "steps", "save_steps": 2}
+    first = make_trainer(tiny_teacher, tmp_path, data, student_init=str(narrow), args=args)
+    first.train()
+    checkpoint = tmp_path / "hf" / "checkpoint-2"
+    saved = load_file(checkpoint / "pkd_projection.safetensors")
+    assert saved.keys() == first.projection.state_dict().keys()
+    assert not [f for f in checkpoint.glob("model*.safetensors") if "maps" in str(load_file(f))]
+    again = make_trainer(tiny_teacher, tmp_path, data, student_init=str(narrow), args=args)
+    assert not torch.equal(again.projection.maps[0].weight, saved["maps.0.weight"])  # fresh
+    again.train(resume_from_checkpoint=True)
+    assert torch.equal(again.projection.maps[0].weight, saved["maps.0.weight"])  # restored
+    (checkpoint / "pkd_projection.safetensors").unlink()
+    with pytest.raises(PkdError, match=r"^resume_from_checkpoint: .* has no pkd_projection"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def tiny_student(teacher):
+    """A 2-layer student as pkd builds it, for model_init."""
+    from pkd.models import build_student, load_finetuned
+
+    t = load_finetuned(str(teacher))
+    return build_student(str(teacher), 2, t, "classification")
+
+
+@pytest.mark.slow
+def test_model_init_builds_the_student_per_trial_and_hyperparameter_search_runs(
+    tiny_teacher, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))
+    train, dev = data["train"], data["validation"]
+    built = []
+
+    def model_init():
+        built.append(tiny_student(tiny_teacher))
+        return built[-1]
+
+    trainer = make_trainer(tiny_teacher, tmp_path, train, model_init=model_init,
+                           eval_dataset=dev, args={"max_steps": 2})  # fmt: skip
+    assert trainer.distill_objective.pairs == [(2, 1)] and len(built) == 1
+    trainer.train()
+    assert len(built) == 2 and trainer.model is built[-1]  # a fresh student per train()
+
+    def space(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)}
+
+    search = {"direction": "minimize", "backend": "optuna", "hp_space": space}
+    best = trainer.hyperparameter_search(n_trials=2, **search)  # was refused: model_init
+    assert len(built) == 4 and "learning_rate" in best.hyperparameters
+    assert best.objective == pytest.approx(best.objective) and best.objective > 0  # eval_loss
+    # without model_init: pkd's own student is rebuilt for each trial
+    own = make_trainer(tiny_teacher, tmp_path, train, eval_dataset=dev, args={"max_steps": 1})
+    assert own.hyperparameter_search(n_trials=1, **search).objective > 0
+    assert own.model_init == own.new_student
+
+
+def test_distillation_settings_reach_the_trainers_trackers(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+    from transformers.integrations import TensorBoardCallback
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    trainer = make_trainer(tiny_teacher, tmp_path, data, args={"max_steps": 1})
+    trainer.add_callback(TensorBoardCallback)  # report_to reads the model's config, as this
+    config = trainer.model.config.to_dict()  # the dict MLflow/W&B/TensorBoard callbacks log
+    assert {k: config[k] for k in config if k.startswith("pkd_") and k != "pkd_base_model"} == {
+        "pkd_teacher": str(tiny_teacher), "pkd_method": "pkd", "pkd_alpha": 0.5,
+        "pkd_beta": 100.0, "pkd_temperature": 10.0, "pkd_layer_map": [[2, 1]],
+    }  # fmt: skip
+    trainer.train()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {f.parent for f in (tmp_path / "hf").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    acc.Reload()
+    (text,) = acc.Tensors("model_config/text_summary")
+    logged = text.tensor_proto.string_val[0].decode()
+    assert '"pkd_beta": 100.0' in logged and '"pkd_layer_map": [' in logged
+
+
+def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_path):
+    import logging
+
+    import transformers
+
+    from pkd import config as C
+    from pkd.api import distill
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    keep = Keep()
+    before = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # a user's default (the CLI quiets it)
+    logging.getLogger("transformers").addHandler(keep)
+    try:
+        make_trainer(tiny_teacher, tmp_path, None)  # the Trainer path
+        cfg = C.DistillRunConfig(  # the API path
+            teacher=str(tiny_teacher), output=str(tmp_path / "run"),
+            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=C.TrainConfig(batch_size=8, quiet=True),
+            distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+        )  # fmt: skip
+        distill(cfg, dry_run=True)
+        assert transformers.logging.get_verbosity() == transformers.logging.WARNING  # restored
+    finally:
+        logging.getLogger("transformers").removeHandler(keep)
+        transformers.logging.set_verbosity(before)
+    assert not [r for r in records if "LOAD REPORT" in r], records
+
+
+@pytest.mark.slow
+def test_trainer_model_card_names_teacher_method_weights_and_map(tiny_teacher, tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData, metadata_load
+
+    trainer = make_trainer(tiny_teacher, tmp_path, None)
+    trainer.create_model_card(language="en", tags="sst2")
+    path = tmp_path / "hf" / "README.md"
+    meta = metadata_load(path)
+    ModelCardData(**meta)  # valid Hub metadata
+    assert {"pkd", "knowledge-distillation", "sst2"} <= set(meta["tags"])
+    assert meta["language"] == ["en"]
+    text = ModelCard.load(path).text
+    assert "| method | patient knowledge distillation (PKD-skip) |" in text
+    assert f"| teacher | `{tiny_teacher.parent.name}/model` |" in text
+    assert "| layer map (teacher → student) | 2 → 1 |" in text
+    assert "| α, β, T | 0.5, 100, 10 |" in text and "| student layers | 2 |" in text

@@ -57,31 +57,32 @@ def test_distilled_card_names_teacher_method_map_and_weights(runs, tiny_teacher)
     text = card.text
     assert {"pkd", "distill", "knowledge-distillation"} <= set(card.data.tags)
     assert "| method | patient knowledge distillation (PKD-skip) |" in text
-    assert f"| teacher | `{tiny_teacher}` |" in text
+    assert f"| teacher | `{tiny_teacher.parent.name}/model` |" in text  # no local path
     assert "| student layers | 2 |" in text
     assert "| layer map (teacher → student) | 2 → 1 |" in text  # 4 -> 2 layers, skip
     assert "| α, β, T | 0.5, 100, 10 |" in text
     params = metrics["parameters"]["student"]["total"]
     assert f"| size | {params:,} parameters ({params / 1e6:.1f}M), " in text
-    assert f"not measured here (`pkd benchmark --models {tiny_teacher} {run / 'model'}`)" in text
+    assert f"(`pkd benchmark --models {tiny_teacher.parent.name}/model student/model`)" in text
     teacher_dev = metrics["teacher_metrics"]["dev"]["accuracy"]
     assert f"| dev | accuracy | {metrics['best']['metrics']['dev']['accuracy']:.4g} |" in text
     assert f"| {teacher_dev:.4g} |" in text
-    assert f"pkd distill --config {run / 'config.yaml'} --output {run}-rerun" in text
+    assert "pkd distill --config student/config.yaml --output student-rerun" in text
     assert f"Written by pkd {pkd.__version__}" in text
-    assert f"hf upload YOUR_NAME/student {run / 'model'} ." in text
+    assert 'pipeline("text-classification", model="YOUR_NAME/student")' in text
 
 
 def test_finetuned_card_names_its_base_model(runs, tiny_bert):
     card, _ = card_of(runs["teacher"])
-    assert f"| base model | `{tiny_bert}` |" in card.text
+    assert "| base model | `bert` |" in card.text
     assert "finetune" in card.data.tags and "knowledge-distillation" not in card.data.tags
-    assert f"pkd finetune --config {runs['teacher'] / 'config.yaml'}" in card.text
+    assert "pkd finetune --config teacher/config.yaml --output teacher-rerun" in card.text
 
 
 @pytest.mark.slow
-def test_the_cards_command_reruns_the_same_student(runs, pkd_cli):
+def test_the_cards_command_reruns_the_same_student(runs, pkd_cli, monkeypatch):
     run = runs["student"]
+    monkeypatch.chdir(run.parent)  # the card's command names the run relative to its parent
     card, metrics = card_of(run)
     (command,) = [line for line in card.text.splitlines() if line.startswith("pkd distill ")]
     pkd_cli.ok(command.split()[1:] + ["--quiet"])
@@ -112,6 +113,113 @@ def test_finish_run_writes_a_card_for_any_command(tmp_path, tiny_bert):
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.base_model == "bert-base-uncased" and "pretrain" in card.data.tags
     assert card.data.eval_results is None
-    assert "`pkd pretrain`" in card.text and "pkd pretrain --config" in card.text
+    assert "`pkd pretrain`" in card.text and "pkd pretrain --config pre/config.yaml" in card.text
     assert "| size | 5,000,000 parameters (5.0M) |" in card.text
     assert (run / "metrics.json").is_file()
+
+
+def test_cards_read_right_on_the_hub_no_local_path_no_upload_section(runs, tmp_path, caplog):
+    import logging
+
+    from pkd.card import write_model_card
+    from pkd.rundir import read_run_config
+
+    for run in runs.values():
+        text = (run / "model" / "README.md").read_text()
+        assert "/tmp/" not in text and str(run.parent) not in text  # no absolute local path
+        assert "## Upload" not in text and "hf upload" not in text
+        card, _ = card_of(run)
+        assert card.data.language == ["en"]  # a GLUE task
+        assert card.data.license is None  # the tiny base model's card declares none
+        assert f'model="YOUR_NAME/{run.name}"' in card.text
+    # the upload instructions go to the log instead
+    run = runs["student"]
+    with caplog.at_level(logging.INFO, logger="pkd.card"):
+        write_model_card(
+            run / "model", read_run_config(run), json.loads((run / "metrics.json").read_text()),
+            "distill",
+        )  # fmt: skip
+    assert f"publish with `hf upload YOUR_NAME/student {run / 'model'} .`" in caplog.text
+
+
+def synthetic_run(data: dict, sources: dict, task: str = "sst2") -> tuple[dict, dict]:
+    """A distill run's config and metrics as a card reads them, without training."""
+    config = {"teacher": "/local-disk/runs/teacher/model", "data": {"task": task, **data},
+              "distill": {"alpha": 0.5, "beta": 100.0, "temperature": 10.0, "strategy": "skip"}}  # fmt: skip
+    metrics = {
+        "task": task, "method": "pkd", "student_init": "/local-disk/bert", "layer_map": [[2, 1]],
+        "best": {"step": 8, "epoch": 1, "metrics": {"dev": {"accuracy": 0.75}}},
+        "data": {k: {"source": v, "examples": 16, "sha256": "ab"} for k, v in sources.items()},
+    }  # fmt: skip
+    return config, metrics
+
+
+def test_a_partial_run_is_no_model_index_result_on_the_official_split(tmp_path):
+    from pkd.card import model_card
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    sources = {"train": "/local-disk/glue/train.tsv", "dev": "/local-disk/glue/dev.tsv"}
+    for data, why in (
+        ({"max_train_samples": 128}, "trained on the first 128 training examples only"),
+        ({"max_eval_samples": 16}, "scored on the first 16 examples of each split only"),
+        ({"holdout_fraction": 0.1}, "trained on part of the training set"),
+    ):
+        config, metrics = synthetic_run(data, sources)
+        card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+        meta = ModelCard(str(card)).data.to_dict()
+        assert "model-index" not in meta and card.data.eval_results is None, data
+        assert f"Not in this card's metadata (`model-index`): {why}" in card.text
+        assert "| dev | accuracy | 0.75 |" in card.text  # still reported, as what it is
+    config, metrics = synthetic_run({}, sources)  # the whole data: claimed
+    (result,) = model_card(tmp_path / "run" / "model", config, metrics, "distill").data.eval_results
+    assert (result.dataset_type, result.dataset_split) == ("nyu-mll/glue", "validation")
+
+
+def test_a_datasetdict_run_names_its_real_split_and_no_local_path(tmp_path):
+    from pkd.card import model_card
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    sources = {"train": "dataset:/local-disk/data/tweets[train]",
+               "dev": "dataset:/local-disk/data/tweets[validation]"}  # fmt: skip
+    config, metrics = synthetic_run({}, sources, task="custom")
+    card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+    meta = metadata_load_text(str(card))
+    again = ModelCardData(**meta)  # valid Hub metadata, model-index included
+    (result,) = again.eval_results
+    assert (result.dataset_type, result.dataset_name, result.dataset_split) == (
+        "custom",
+        "tweets",
+        "validation",
+    )
+    assert card.data.language is None  # custom data: the language is not known
+    assert "/local-disk" not in str(card)
+    assert "| dev | `dataset:tweets[validation]` | 16 |" in card.text
+
+
+def metadata_load_text(text: str) -> dict:
+    """The YAML block of a card's text as the Hub reads it (`huggingface_hub.metadata_load`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "README.md"
+        path.write_text(text)
+        return metadata_load(path)
+
+
+def test_license_comes_from_the_base_models_card_where_known(tmp_path, tiny_bert):
+    import shutil
+
+    from pkd.card import model_card
+
+    base = tmp_path / "licensed-bert"
+    shutil.copytree(tiny_bert, base)
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a base model\n")
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    config, metrics = synthetic_run({}, {"train": "train.tsv"})
+    metrics["student_init"] = str(base)
+    card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+    assert metadata_load_text(str(card))["license"] == "apache-2.0"
+    metrics["student_init"] = str(tiny_bert)  # no card: no license claimed
+    assert "license" not in metadata_load_text(
+        str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+    )

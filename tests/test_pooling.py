@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import subprocess
@@ -230,6 +231,25 @@ def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir
     assert report["samples"] == 32
     assert report["fp32"]["max_abs_diff"] < 1e-4 and report["fp32"]["agreement"] == 1.0
     assert (tmp_path / "onnx" / "model.onnx").is_file()
+    # its config.json loads without custom code: the encoder's, no auto_map
+    conf = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert "auto_map" not in conf and conf["model_type"] == "bert"
+    assert conf["pkd_pooling"] == "mean" and conf["id2label"] == {"0": "0", "1": "1"}
+    # docs/serving.md's "plain onnxruntime, no pkd" recipe, in a fresh interpreter
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    recipe = docs.split("### Classify with plain onnxruntime")[1].split("```python")[1]
+    recipe = recipe.split("```")[0].replace('"runs/sst2-pkd-onnx"', repr(str(tmp_path / "onnx")))
+    recipe = recipe.replace("model.int8.onnx", "model.onnx")  # exported without int8 here
+    script = (
+        "from transformers import AutoConfig\n"
+        + recipe
+        + (f"\nAutoConfig.from_pretrained({str(tmp_path / 'onnx')!r}, trust_remote_code=False)\n")
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "custom code" not in out.stdout + out.stderr
+    assert set(ast.literal_eval(out.stdout.strip().splitlines()[-1])) <= {"0", "1"}
 
 
 # ---------------------------------------------------------------------------------------------

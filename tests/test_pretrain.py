@@ -357,11 +357,11 @@ def test_pretrained_student_card_is_a_feature_extractor(general, tiny_bert):
     card = ModelCard.load(general / "model" / "README.md")
     assert card.data.pipeline_tag == "feature-extraction"
     assert "general-distillation" in card.data.tags and card.data.eval_results is None
-    assert f"| teacher (pre-trained) | `{tiny_bert}` |" in card.text
+    assert f"| teacher (pre-trained) | `{tiny_bert.name}` |" in card.text  # no local path
     assert "| student shape | 2 layers × hidden 32, " in card.text
     assert "AutoModel.from_pretrained" in card.text and "pipeline(" not in card.text
-    assert f"pkd distill --student-init {general}" in card.text
-    assert f"pkd pretrain --config {general / 'config.yaml'}" in card.text
+    assert f"pkd distill --student-init YOUR_NAME/{general.name}" in card.text
+    assert f"pkd pretrain --config {general.name}/config.yaml" in card.text
 
 
 def test_general_student_is_a_student_init(general, tiny_teacher, sst2_dir, tmp_path, pkd_cli):

@@ -628,3 +628,16 @@ def test_custom_csv_and_jsonl_edge_cases_through_finetune(tiny_bert, tmp_path, p
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["labels"] == ["0", "1"]
     assert metrics["data"]["train"]["examples"] == metrics["data"]["dev"]["examples"] == 22
+
+
+def test_an_older_transformers_is_a_clear_import_error_and_the_floor_is_declared():
+    """`import pkd` checks transformers first (4.x lacks names pkd imports); pyproject.toml
+    declares the same floor, the oldest version the suite passed with."""
+    import pkd
+
+    want = r"^pkd needs transformers>=5.0.0, but 4.57.6 is installed: pip install 'transformers>=5.0.0'$"
+    with pytest.raises(ImportError, match=want):
+        pkd.check_transformers("4.57.6")
+    pkd.check_transformers("5.0.0")
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"transformers>={pkd.MIN_TRANSFORMERS}"' in pyproject

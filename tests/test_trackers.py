@@ -52,6 +52,9 @@ def test_tensorboard_and_mlflow_both_get_every_scalar(
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert history == pytest.approx(steps)  # the same records as log.jsonl
     assert run.data.params["train.lr"] == "0.003" and run.data.params["weight.pt"] == "100.0"
+    params = {k: run.data.params.get(k) for k in ("method", "teacher", "task", "student_layers")}
+    assert params == {"method": "pkd", "teacher": str(tiny_teacher), "task": "sst2",
+                      "student_layers": "2"}  # fmt: skip
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["report_to"] == ["tensorboard", "mlflow"]
 

@@ -5,7 +5,9 @@
 pipeline tag, base model and datasets where they are Hub ids, tags, and the dev metrics as a
 `model-index`) and a Markdown body a person reads: teacher, method, layer map, alpha, beta,
 T, data, size, measured speed-up (where known), the exact command that re-runs the run,
-how to load and upload it, and the pkd version.
+how to load it from the Hub (a placeholder repository id), the license and language where
+known, and the pkd version; no absolute local path. Only a run that trained and scored on
+whole splits gets a `model-index`.
 
 `pkd finetune` and `pkd distill` write it through `pkd.rundir.finish_run` from the run's
 config.yaml and metrics.json (a new command passes its name to `finish_run`: the card reads
@@ -17,15 +19,27 @@ parity check to the card of the export (`export_card`).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import (
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+    metadata_load,
+    try_to_load_from_cache,
+)
 
 from pkd import __version__
 from pkd.fsio import atomic_write
 from pkd.tasks import ALIASES, MULTIPLE_CHOICE, TASKS
 
+logger = logging.getLogger(__name__)
+
 CARD_FILE = "README.md"
+REPO = "YOUR_NAME"  # the placeholder owner of the Hub repository the card is written for
+DATASET_SOURCE = re.compile(r"dataset:(.*)\[([^\]]*)\]")  # a --dataset split: NAME[split]
 PAPER = "https://arxiv.org/abs/1908.09355"  # Sun et al., EMNLP 2019
 TASK_TYPES = {MULTIPLE_CHOICE: "multiple-choice"}  # model-index task type; else classification
 METHOD_NAMES = {"ft": "fine-tuning (FT)", "kd": "knowledge distillation (KD)"}
@@ -45,6 +59,33 @@ def task_spec(config: dict, metrics: dict):
     return TASKS.get(ALIASES.get(name, name))
 
 
+def shown_name(name) -> str | None:
+    """How a card names a model, run or file: a Hub id as it is, a local path by its last part
+    (`run/model` for a run's model/), never as an absolute path on this machine."""
+    if name is None or is_hub_id(str(name)) or str(name).startswith("<"):
+        return None if name is None else str(name)
+    path = Path(str(name))
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+
+
+def shown_source(source) -> str | None:
+    """A split's source as a card shows it: `dataset:NAME[split]` or a file, by `shown_name`."""
+    found = DATASET_SOURCE.fullmatch(str(source or ""))
+    if found:
+        return f"dataset:{shown_name(found.group(1))}[{found.group(2)}]"
+    return shown_name(source)
+
+
+def real_split(metrics: dict, split: str, spec) -> str:
+    """The name the data itself gives pkd's `split`: the Hub's for a registered task, the
+    DatasetDict's (`dataset:NAME[validation]`) for custom data, else pkd's own."""
+    if spec is not None and spec.hf_path:
+        return spec.hf_splits.get(split, split)
+    source = str(((metrics.get("data") or {}).get(split) or {}).get("source", ""))
+    found = DATASET_SOURCE.fullmatch(source)
+    return found.group(2) if found else split
+
+
 def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
     """(dataset id, pretty name, load_dataset config) of a run's data, for the model-index."""
     spec = task_spec(config, metrics)
@@ -53,19 +94,41 @@ def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
         return spec.hf_path, f"{spec.hf_path.split('/')[-1].upper()} {spec.name}", spec.hf_name
     if is_hub_id(data.get("dataset")):
         return data["dataset"], data["dataset"], data.get("dataset_config")
-    train = ((metrics.get("data") or {}).get("train") or {}).get("source", "custom data")
-    return "custom", Path(str(train)).name, None
+    train = str(((metrics.get("data") or {}).get("train") or {}).get("source", "custom data"))
+    found = DATASET_SOURCE.fullmatch(train)
+    return "custom", shown_name(found.group(1) if found else train) or "custom data", None
+
+
+def unclaimed(config: dict) -> str | None:
+    """Why a run's scores are no result on the data's official splits (a model-index entry),
+    or None: it trained on part of the training set, or scored part of a split."""
+    data = config.get("data") or {}
+    if data.get("max_train_samples"):
+        n = data["max_train_samples"]
+        return f"trained on the first {n} training examples only (`--max-train-samples {n}`)"
+    if data.get("max_eval_samples"):
+        n = data["max_eval_samples"]
+        return f"scored on the first {n} examples of each split only (`--max-eval-samples {n}`)"
+    if data.get("holdout_fraction"):
+        f = data["holdout_fraction"]
+        return f"trained on part of the training set (`--holdout-fraction {f}`)"
+    return None
 
 
 def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
-    """The best evaluation's metrics, one EvalResult per split and metric."""
+    """The best evaluation's metrics, one EvalResult per split and metric, named as the data
+    names them; none when the run saw only part of the data (`unclaimed`), and for a
+    registered task none on a split that is not the task's own (a held-out part of train)."""
     best = (metrics.get("best") or {}).get("metrics") or {}
     spec = task_spec(config, metrics)
+    if unclaimed(config):
+        return []
     dataset, pretty, hf_config = dataset_ids(config, metrics)
     task_type = TASK_TYPES.get(getattr(spec, "problem_type", None), "text-classification")
     results = []
     for split, values in best.items():
-        hub_split = spec.hf_splits.get(split, split) if spec is not None else split
+        if spec is not None and spec.hf_path and split not in spec.hf_splits:
+            continue
         for name, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 results.append(
@@ -74,13 +137,31 @@ def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
                         dataset_type=dataset,
                         dataset_name=pretty,
                         dataset_config=hf_config,
-                        dataset_split=hub_split,
+                        dataset_split=real_split(metrics, split, spec),
                         metric_type=name,
                         metric_value=round(float(value), 6),
                         metric_name=f"{name} ({split})",
                     )
                 )
     return results
+
+
+def known_license(names: list) -> str | None:
+    """The license the card of the first of `names` (the models this one derives from) that
+    declares one gives, read without the network: a local model directory's README.md, or a
+    Hub model's card already in the local cache. None where none is known."""
+    for name in names:
+        if not name:
+            continue
+        path = Path(str(name)) / CARD_FILE
+        if not path.is_file() and is_hub_id(str(name)):
+            cached = try_to_load_from_cache(str(name), CARD_FILE)
+            path = Path(cached) if isinstance(cached, str) else path
+        if path.is_file():
+            found = (metadata_load(path) or {}).get("license")
+            if found:
+                return str(found)
+    return None
 
 
 def card_data(name: str, config: dict, metrics: dict, command: str) -> ModelCardData:
@@ -98,8 +179,11 @@ def card_data(name: str, config: dict, metrics: dict, command: str) -> ModelCard
     multiple_choice = getattr(spec, "problem_type", None) == MULTIPLE_CHOICE
     results = eval_results(config, metrics) if command != "pretrain" else []
     pipeline_tag = "feature-extraction" if command == "pretrain" else "text-classification"
+    parents = [config.get("teacher"), base, config.get("model")]
     return ModelCardData(
         model_name=name,
+        language=["en"] if spec is not None and spec.hf_path else None,  # GLUE, RACE
+        license=known_license(parents),
         library_name="transformers",
         pipeline_tag=None if multiple_choice else pipeline_tag,
         base_model=base if is_hub_id(base) else None,
@@ -122,18 +206,15 @@ def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, sho
     rows = [] if general else [("task", metrics.get("task"))]
     rows.append(("command", f"pkd {command}"))
     if command == "distill":
-        method = METHODS.get(metrics.get("method"), metrics.get("method"))
-        pairs = metrics.get("layer_map") or []
+        method, teacher = metrics.get("method"), config.get("teacher")
+        weights = (d.get("alpha"), d.get("beta"), d.get("temperature"))
+        init = f"`{shown_name(metrics.get('student_init'))}` (first M layers)"
         rows += [
-            ("method", method.format(strategy=d.get("strategy"))),
-            ("teacher", f"`{config.get('teacher')}`"),
-            ("student initialised from", f"`{metrics.get('student_init')}` (first M layers)"),
-            ("student layers", metrics.get("student_layers")),
-            ("layer map (teacher → student)", ", ".join(f"{t} → {s}" for t, s in pairs)),
-            (
-                "α, β, T",
-                f"{fmt(d.get('alpha'))}, {fmt(d.get('beta'))}, {fmt(d.get('temperature'))}",
+            *distillation_rows(
+                method, d.get("strategy"), teacher, metrics.get("layer_map"), *weights
             ),
+            ("student initialised from", init),
+            ("student layers", metrics.get("student_layers")),
             ("KD / patient loss forms", f"{d.get('kd_loss')} / {d.get('pt_loss')}"),
         ]
     elif command == "pretrain":
@@ -141,14 +222,14 @@ def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, sho
         shape = f"{student.get('layers')} layers × hidden {student.get('hidden_size')}"
         pairs = metrics.get("layer_map") or []
         rows += [
-            ("teacher (pre-trained)", f"`{config.get('teacher')}`"),
-            ("student initialised from", student.get("init")),
+            ("teacher (pre-trained)", f"`{shown_name(config.get('teacher'))}`"),
+            ("student initialised from", shown_name(student.get("init"))),
             ("student shape", f"{shape}, {student.get('heads')} heads"),
             ("layer map (teacher → student)", ", ".join(f"{t} → {s}" for t, s in pairs)),
             ("patient loss on", f"{student.get('pt_tokens')} tokens"),
         ]
     elif config.get("model"):
-        rows.append(("base model", f"`{config['model']}`"))
+        rows.append(("base model", f"`{shown_name(config['model'])}`"))
     if not general:
         rows.append(("pooling", metrics.get("pooling")))
     rows.append(("size", size(metrics, model_dir)))
@@ -157,6 +238,22 @@ def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, sho
 
 
 METHODS = {**METHOD_NAMES, "pkd": "patient knowledge distillation (PKD-{strategy})"}
+
+
+def distillation_rows(method, strategy, teacher, pairs, alpha, beta, temperature) -> list:
+    """The (label, value) rows that say how a student was distilled: method, teacher, layer
+    map (teacher → student), α, β, T; `pkd distill`'s card and the Trainer's have them."""
+    return [
+        ("method", METHODS.get(method, method).format(strategy=strategy)),
+        ("teacher", f"`{shown_name(teacher)}`"),
+        ("layer map (teacher → student)", ", ".join(f"{t} → {s}" for t, s in pairs or [])),
+        ("α, β, T", f"{fmt(alpha)}, {fmt(beta)}, {fmt(temperature)}"),
+    ]
+
+
+def summary_table(rows: list) -> list[str]:
+    """(label, value) rows as the card's two-column Markdown table."""
+    return ["| | |", "|---|---|", *(f"| {k} | {fmt(v)} |" for k, v in rows)]
 
 
 def size(metrics: dict, model_dir: Path) -> str:
@@ -177,11 +274,13 @@ def speedup(speed: dict | None, config: dict, model_dir: Path, command: str) -> 
         )
     if command != "distill":
         return "—"
-    return f"not measured here (`pkd benchmark --models {config.get('teacher')} {model_dir}`)"
+    teacher, model = shown_name(config.get("teacher")), shown_name(model_dir)
+    return f"not measured here (`pkd benchmark --models {teacher} {model}`)"
 
 
-def results_table(metrics: dict) -> list[str]:
-    """The best evaluation per split, with the majority baseline and the teacher's score."""
+def results_table(config: dict, metrics: dict) -> list[str]:
+    """The best evaluation per split, with the majority baseline and the teacher's score,
+    and why the scores are not in the metadata when they are not (`unclaimed`)."""
     best = metrics.get("best") or {}
     baseline = metrics.get("majority_baseline") or {}
     teacher = metrics.get("teacher_metrics") or {}
@@ -196,6 +295,9 @@ def results_table(metrics: dict) -> list[str]:
             base = fmt(baseline.get(split)) if i == 0 else ""
             t = fmt((teacher.get(split) or {}).get(name))
             lines.append(f"| {split} | {name} | {fmt(value)} | {base} | {t} |")
+    reason = unclaimed(config)
+    if reason and best.get("metrics"):
+        lines += ["", f"Not in this card's metadata (`model-index`): {reason}."]
     return lines
 
 
@@ -203,17 +305,21 @@ def data_table(metrics: dict) -> list[str]:
     lines = ["| split | source | examples | sha256 |", "|---|---|---|---|"]
     for split, d in (metrics.get("data") or {}).items():
         sha = str(d.get("sha256", ""))[:16]
-        lines.append(f"| {split} | `{d.get('source')}` | {d.get('examples')} | `{sha}…` |")
+        lines.append(
+            f"| {split} | `{shown_source(d.get('source'))}` | {d.get('examples')} | `{sha}…` |"
+        )
     return lines
 
 
 def rerun_command(command: str, run_dir: Path, rerun: str | None) -> str:
-    """The command that re-runs the run from its recorded config (every resolved option)."""
-    return rerun or f"pkd {command} --config {run_dir / 'config.yaml'} --output {run_dir}-rerun"
+    """The command that re-runs the run from its recorded config (every resolved option), run
+    from the directory that holds the run."""
+    name = run_dir.name
+    return rerun or f"pkd {command} --config {name}/config.yaml --output {name}-rerun"
 
 
 def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -> str:
-    """The card's Markdown: summary, results, data, re-run, use, upload, provenance; `shown`:
+    """The card's Markdown: summary, results, data, re-run, use, provenance; `shown`:
     the model's path as the text names it."""
     meta = config.get("meta") or {}
     version = meta.get("pkd") or __version__
@@ -228,13 +334,11 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
         f"BERT-family models (Sun et al., EMNLP 2019, {PAPER}).",
         *(["", note] if note else []),
         "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in facts(config, metrics, model_dir, command, speed, shown)),
+        *summary_table(facts(config, metrics, model_dir, command, speed, shown)),
         "",
         "## Results",
         "",
-        *results_table(metrics),
+        *results_table(config, metrics),
         "",
         "## Data",
         "",
@@ -242,17 +346,20 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
         "",
         "## Re-run",
         "",
-        "Every resolved option is in the run's `config.yaml` (paths as they were given):",
+        f"Every resolved option is in the run's `config.yaml` (paths as they were given); from "
+        f"the directory that holds the run `{shown.parent.name}/`:",
         "",
         "```bash",
         rerun_command(command, shown.parent, rerun),
         "```",
     ]
-    use = general_usage(shown) if command == "pretrain" else usage(shown, metrics)
+    repo = f"{REPO}/{name}"
+    use = general_usage(repo) if command == "pretrain" else usage(repo, metrics)
     return "\n".join([*lines, "", *use, "", *provenance(meta, version)])
 
 
-def usage(model_dir: Path, metrics: dict) -> list[str]:
+def usage(repo: str, metrics: dict) -> list[str]:
+    """How the published model is loaded (`repo`: its Hub id, a placeholder owner)."""
     mean = metrics.get("pooling") == "mean"
     load = (
         "import pkd  # registers mean-pooled heads (or pass trust_remote_code=True)\n"
@@ -265,34 +372,28 @@ def usage(model_dir: Path, metrics: dict) -> list[str]:
         "```python",
         f"{load}from transformers import pipeline",
         "",
-        f'classifier = pipeline("text-classification", model="{model_dir}")',
-        "```",
-        "",
-        "## Upload",
-        "",
-        "```bash",
-        "hf auth login",
-        f"hf upload YOUR_NAME/{model_dir.parent.name} {model_dir} .",
+        f'classifier = pipeline("text-classification", model="{repo}")',
         "```",
     ]
 
 
-def general_usage(model_dir: Path) -> list[str]:
-    """How a `pkd pretrain` student is used: as an encoder, or as a task student's init."""
+def general_usage(repo: str) -> list[str]:
+    """How a `pkd pretrain` student is used: as an encoder, or as a task student's init
+    (`repo`: its Hub id, a placeholder owner)."""
     return [
         "## Use",
         "",
         "```python",
         "from transformers import AutoModel, AutoTokenizer",
         "",
-        f'encoder = AutoModel.from_pretrained("{model_dir}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
+        f'encoder = AutoModel.from_pretrained("{repo}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
         "```",
         "",
         "As the initialisation of a task student (`distill`, `compare`, `sweep`):",
         "",
         "```bash",
-        f"pkd distill --student-init {model_dir.parent} --teacher TEACHER --task TASK ...",
+        f"pkd distill --student-init {repo} --teacher TEACHER --task TASK ...",
         "```",
     ]
 
@@ -337,9 +438,19 @@ def model_card(
 
 
 def write_model_card(model_dir: Path, config: dict, metrics: dict, command: str, **kw) -> Path:
-    """Write `model_dir/README.md` (atomically); keywords as `model_card`'s."""
+    """Write `model_dir/README.md` (atomically), and log how to publish it (the card itself
+    is written for the Hub, so it holds no upload instructions); keywords as `model_card`'s."""
     path = Path(model_dir) / CARD_FILE
-    atomic_write(path, str(model_card(model_dir, config, metrics, command, **kw)))
+    card = model_card(model_dir, config, metrics, command, **kw)
+    atomic_write(path, str(card))
+    shown = Path(kw.get("shown") or model_dir)
+    logger.info(
+        "model card: %s; publish with `hf upload %s/%s %s .`",
+        shown / CARD_FILE,
+        REPO,
+        card.data.model_name,
+        shown,
+    )
     return path
 
 
@@ -355,14 +466,14 @@ def export_card(source_dir: Path, export_dir: Path, files: list[str], report: di
         "",
         "## ONNX export",
         "",
-        f"`pkd export` of `{source_dir}` (opset {report.get('opset')}): "
-        + ", ".join(f"`{f}`" for f in files),
-        "; run it with onnxruntime and the tokenizer here, e.g. "
-        f"`pkd predict --model {export_dir} ...`.",
+        f"`pkd export` of `{shown_name(source_dir)}` (opset {report.get('opset')}): "
+        + ", ".join(f"`{f}`" for f in files)
+        + "; run it with onnxruntime and the tokenizer here, e.g. "
+        f"`pkd predict --model {shown_name(export_dir)} ...`.",
         "",
         "| parity with PyTorch | value |",
         "|---|---|",
-        f"| texts | {report.get('samples')} from `{report.get('source')}` |",
+        f"| texts | {report.get('samples')} from `{shown_source(report.get('source'))}` |",
         f"| fp32 max abs. logit difference | {fmt(fp32.get('max_abs_diff'))} |",
     ]
     if int8:

@@ -402,6 +402,13 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         collator(plan.tokenizer),
         resume_from=ckpt,
         on_evaluate=on_evaluate,
+        run_params={
+            "method": d.method,
+            "teacher": cfg.teacher,
+            "task": spec.name,
+            "student_layers": d.student_layers,
+            "student_init": plan.student_init,
+        },
     )
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]

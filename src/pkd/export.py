@@ -66,6 +66,7 @@ import torch
 import transformers
 
 from pkd import config as C
+from pkd import pooling as P
 from pkd.card import CARD_FILE, export_card
 from pkd.config import resolve_model
 from pkd.data import load_split, resolve_task
@@ -241,10 +242,21 @@ def _write_models(
     _export_graph(net, tokenizer, names, directory / FP32_FILE, opset)
     seconds = time.perf_counter() - t0
     tokenizer.save_pretrained(directory)
-    net.config.save_pretrained(directory)
+    export_config(net.config).save_pretrained(directory)
     if quantize == "int8":
         _quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
     return seconds
+
+
+def export_config(config):
+    """The export's config.json, which plain transformers loads without custom code: a
+    mean-pooled model's is its encoder's (labels kept, `pkd_pooling` recording the pooling,
+    which the graph holds), with no `auto_map`; any other model's is its own."""
+    if config.model_type != P.MODEL_TYPE:
+        return config
+    plain = config.encoder_config()
+    plain.update({"pkd_pooling": config.pooling})
+    return plain
 
 
 def _check_options(quantize: str | None, opset: int, parity_samples: int) -> None:

@@ -14,8 +14,14 @@ DDP, bf16/fp16, `report_to`, `push_to_hub`, callbacks, checkpoints.
     )
 
 - The student is built as `pkd distill` builds it (`pkd.models.build_student`: the first M
-  layers of the pre-trained checkpoint the teacher records, or `student_init`), or passed as
-  `model`.
+  layers of the pre-trained checkpoint the teacher records, or `student_init`), passed as
+  `model`, or made by `model_init` (per `train` and `hyperparameter_search` trial). A student
+  of another width than its teacher (a `pkd pretrain` init) compares its states through
+  learned projections, as in `pkd distill`: trained in the Trainer's optimizer, saved in its
+  checkpoints (for resume), never by `save_model`.
+- The distillation settings (teacher, method, alpha, beta, T, layer map) are written into
+  the student's config as `pkd_*` keys, which `report_to` trackers log with the run;
+  `create_model_card` names them too.
 - Teacher signals come from pkd's teacher cache (built once over the training set, reused
   by any later run with the same teacher and tokens) when the training set carries an
   `example_index` column 0..n-1 (`add_example_index`), from the teacher run on each batch
@@ -38,13 +44,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from pkd import cache as cache_mod
 from pkd import mapping
+from pkd.card import CARD_FILE, distillation_rows, summary_table
 from pkd.config import DistillConfig
 from pkd.data import collator
-from pkd.distillation import student_pooling
+from pkd.distillation import patient_projection, student_pooling
 from pkd.errors import PkdError
 from pkd.losses import ce_loss, total_loss
 from pkd.models import (
@@ -63,6 +73,7 @@ from pkd.train import Objective, cached_teacher, loss_terms, model_inputs, onlin
 logger = logging.getLogger(__name__)
 
 EXAMPLE_INDEX = "example_index"  # a training row's index into the teacher cache
+PROJECTION_FILE = "pkd_projection.safetensors"  # in each Trainer checkpoint, never in a model
 TEACHER_MODES = ("auto", "cached", "online")  # auto: cached when the rows carry EXAMPLE_INDEX
 
 
@@ -170,6 +181,9 @@ class PatientDistillationTrainer(Trainer):
             | online.
         cache_dir: the teacher cache root (default: $PKD_CACHE_DIR or ~/.cache/pkd/teacher).
         trust_remote_code: for loading the teacher and the student init.
+        model_init: instead of `model`, the Trainer's student factory (0 or 1 argument, the
+            trial), called again for each `train` and trial; `hyperparameter_search` without
+            one rebuilds pkd's own student per trial.
         **kwargs: the Trainer's own (train_dataset, eval_dataset, processing_class,
             compute_metrics, callbacks, ...).
 
@@ -204,56 +218,178 @@ class PatientDistillationTrainer(Trainer):
         teacher_mode: str = "auto",
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        model_init=None,
         **kwargs,
     ):
         if teacher_mode not in TEACHER_MODES:
             raise PkdError(
                 f"teacher_mode: {teacher_mode!r} is not one of {', '.join(TEACHER_MODES)}"
             )
-        name = str(teacher) if isinstance(teacher, (str, Path)) else "the teacher"
+        name = str(teacher) if isinstance(teacher, (str, Path)) else None
         if isinstance(teacher, (str, Path)):
             teacher = load_finetuned(str(teacher), "teacher", trust_remote_code)
-        layers = num_layers(model.config) if model is not None else student_layers or 3
-        d = DistillConfig(
-            method=method,
-            student_layers=layers,
-            strategy=strategy,
-            layer_map=layer_map,
-            alpha=alpha,
-            beta=beta,
-            temperature=temperature,
-            kd_loss=kd_loss,
-            pt_loss=pt_loss,
-            pt_normalize=pt_normalize,
-            pt_choices=pt_choices,
-            pooling=pooling if model is None else model_pooling(model.config),
-        )
-        pooling = student_pooling(d.pooling, teacher, name, d.method)
+        self.teacher = teacher
+        self.teacher_name = name or getattr(teacher, "name_or_path", None) or "the teacher"
         self.problem_type = teacher_problem(teacher)
-        check_dataset_labels(model_labels(teacher), kwargs.get("train_dataset"), name)
-        if model is None:
-            set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
+        check_dataset_labels(model_labels(teacher), kwargs.get("train_dataset"), self.teacher_name)
+        self.options = dict(
+            method=method, strategy=strategy, layer_map=layer_map, alpha=alpha, beta=beta,
+            temperature=temperature, kd_loss=kd_loss, pt_loss=pt_loss,
+            pt_normalize=pt_normalize, pt_choices=pt_choices,
+        )  # fmt: skip
+        self.recipe: tuple | None = None  # (init, layers, pooling, trust): pkd builds the student
+        self.projection: torch.nn.Module | None = None
+        self.resume_from: str | None = None  # the checkpoint train() resumes from
+        if model is None and model_init is None:
+            layers = student_layers or 3
+            d = DistillConfig(**self.options, student_layers=layers, pooling=pooling)
+            pooling = student_pooling(d.pooling, teacher, self.teacher_name, d.method)
             init = student_init or getattr(teacher.config, BASE_MODEL_KEY, None)
             if not init:
                 raise PkdError(
-                    f"student_init: {name} does not record its pre-trained base model; pass "
-                    "student_init=NAME_OR_DIR, or the student as model="
+                    f"student_init: {self.teacher_name} does not record its pre-trained base "
+                    "model; pass student_init=NAME_OR_DIR, or the student as model="
                 )
-            model = build_student(
-                init, layers, teacher, self.problem_type, trust_remote_code, pooling
-            )
-        n = num_layers(teacher.config)
-        pairs = mapping.layer_map(d.strategy, n, layers, d.layer_map) if "pt" in d.terms else []
-        super().__init__(model=model, args=args, **kwargs)
+            self.recipe = (init, layers, pooling, trust_remote_code)
+            set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
+            model = self.new_student()
+        super().__init__(model=model, args=args, model_init=model_init, **kwargs)
         self.model_accepts_loss_kwargs = False  # it never gets num_items_in_batch (above)
-        self.teacher = teacher.to(self.args.device)
-        self.objective = Objective.from_config(d, pairs, online_teacher(teacher), pooling)
-        self.cached = self.build_cache(teacher_mode, cache_dir) if len(d.terms) > 1 else None
+        self.teacher.to(self.args.device)
+        if self.model_init is None:  # else call_model_init has set the student up
+            self.use_student(self.model)
+        self.cached_signals = None
+        if len(self.settings.terms) > 1:
+            self.cached_signals = self.build_cache(teacher_mode, cache_dir)
         self.term_sums: dict[str, list[float]] = defaultdict(list)
 
-    def build_cache(self, teacher_mode: str, cache_dir: str | None) -> Objective | None:
-        """The objective reading pkd's teacher cache over the training set (built once, by
-        the main process first), or None when the teacher runs online."""
+    def new_student(self):
+        """pkd's student: the first M layers of the init, with a new head for the teacher's
+        labels (`pkd.models.build_student`); the Trainer seeds before each build."""
+        init, layers, pooling, trust = self.recipe
+        return build_student(init, layers, self.teacher, self.problem_type, trust, pooling)
+
+    def call_model_init(self, trial=None):
+        """The Trainer's `model_init` call (once in `__init__`, again per `train`/trial), then
+        the objective for the new student (`use_student`)."""
+        model = super().call_model_init(trial)
+        self.use_student(model)
+        return model
+
+    def use_student(self, model) -> None:
+        """Set the objective up for `model`: its layer map and pooling, projections when it
+        is narrower or wider than the teacher (trained with it, never in `save_model`), and
+        the distillation settings in its config, where `report_to` trackers read them."""
+        d = DistillConfig(
+            **self.options,
+            student_layers=num_layers(model.config),
+            pooling=model_pooling(model.config),
+        )
+        pooling = d.pooling
+        if self.recipe is None:  # a student from outside: pooled as PKD needs?
+            pooling = student_pooling(d.pooling, self.teacher, self.teacher_name, d.method)
+        n = num_layers(self.teacher.config)
+        pairs = (
+            mapping.layer_map(d.strategy, n, d.student_layers, d.layer_map)
+            if "pt" in d.terms
+            else []
+        )
+        projection = patient_projection(d, pairs, model.config, self.teacher.config)
+        if projection is not None:
+            projection.to(self.args.device)
+            if self.accelerator.num_processes > 1:  # its gradients all-reduced, as the model's
+                projection = self.accelerator.prepare_model(projection)
+        self.settings, self.projection = d, projection
+        teacher = online_teacher(self.teacher)
+        self.distill_objective = Objective.from_config(d, pairs, teacher, pooling, projection)
+        model.config.update(self.tracked_settings())
+
+    def tracked_settings(self) -> dict:
+        """What the student learns from, as flat `pkd_*` config keys: the Trainer's trackers
+        (MLflow, W&B, TensorBoard, ...) log the model's config with the run."""
+        d, o = self.settings, self.distill_objective
+        return {
+            "pkd_teacher": self.teacher_name,
+            "pkd_method": d.method,
+            "pkd_alpha": d.alpha,
+            "pkd_beta": d.beta,
+            "pkd_temperature": d.temperature,
+            "pkd_layer_map": [list(p) for p in o.pairs],
+        }
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, with the projections' parameters (if any) in it too."""
+        optimizer = super().create_optimizer(*args, **kwargs)  # transformers 5.x: (model=None)
+        if self.projection is None:
+            return optimizer
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [(n, p) for n, p in self.projection.named_parameters() if id(p) not in held]
+        decay = set(self.get_decay_parameter_names(self.projection))
+        for params, weight_decay in (
+            ([p for n, p in named if n in decay], self.args.weight_decay),
+            ([p for n, p in named if n not in decay], 0.0),
+        ):
+            if params:
+                optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
+        if self.resume_from is not None:  # the student is built, its optimizer state not read
+            path = Path(self.resume_from) / PROJECTION_FILE
+            if not path.is_file():
+                raise PkdError(
+                    f"resume_from_checkpoint: {self.resume_from} has no {PROJECTION_FILE} (the "
+                    "projections of a student narrower or wider than its teacher)"
+                )
+            unwrapped = self.accelerator.unwrap_model(self.projection)
+            unwrapped.load_state_dict(load_file(path, device=str(self.args.device)))
+        return optimizer
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """The Trainer's; resuming also restores the projections (`create_optimizer`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self.resume_from = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The Trainer's checkpoint, and the projections beside it (for resume): they are
+        # the loss's, not the model's, so save_model never writes them.
+        super()._save_checkpoint(model, trial)
+        if self.projection is not None and self.args.should_save:
+            folder = (
+                Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            )
+            state = self.accelerator.unwrap_model(self.projection).state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, folder / PROJECTION_FILE)
+
+    def create_model_card(self, *args, tags=None, **kwargs) -> None:
+        """The Trainer's card (output_dir/README.md), tagged `pkd`, `knowledge-distillation`
+        and the method, with a table naming the teacher, method, layer map, alpha, beta and
+        T (`pkd.card.distillation_rows`, as `pkd distill`'s cards)."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        d, pairs = self.settings, self.distill_objective.pairs
+        tags += [t for t in ("pkd", "knowledge-distillation", d.method) if t not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        path = Path(self.args.output_dir) / CARD_FILE
+        rows = distillation_rows(
+            d.method, d.strategy, self.teacher_name, pairs, d.alpha, d.beta, d.temperature
+        )
+        rows.append(("student layers", d.student_layers))
+        card = ModelCard.load(path)
+        section = ["## Distillation (pkd)", "", *summary_table(rows)]
+        card.text = card.text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+        card.save(path)
+
+    def hyperparameter_search(self, *args, **kwargs):
+        """The Trainer's search; a student pkd builds is built anew for each trial (no
+        `model_init` needed)."""
+        if self.model_init is None and self.recipe is not None:
+            self.model_init = self.new_student
+        return super().hyperparameter_search(*args, **kwargs)
+
+    def build_cache(self, teacher_mode: str, cache_dir: str | None):
+        """The teacher's signals read from pkd's teacher cache over the training set (built
+        once, by the main process first), or None when the teacher runs online."""
         rows = None
         if teacher_mode != "online" and self.train_dataset is not None:
             if self.processing_class is None:
@@ -282,7 +418,7 @@ class PatientDistillationTrainer(Trainer):
                 not self.args.disable_tqdm,
             )
         self.teacher_cache = cache
-        return dataclasses.replace(self.objective, teacher=cached_teacher(cache))
+        return cached_teacher(cache)
 
     def _set_signature_columns_if_needed(self) -> None:
         # transformers keeps only the columns the model's forward takes (remove_unused_columns);
@@ -299,9 +435,9 @@ class PatientDistillationTrainer(Trainer):
             out = model(**model_inputs(inputs))
             loss = ce_loss(out.logits, inputs["labels"], self.problem_type == REGRESSION)
             return (loss, out) if return_outputs else loss
-        objective = self.objective
-        if self.cached is not None and EXAMPLE_INDEX in inputs:
-            objective = self.cached
+        objective = self.distill_objective
+        if self.cached_signals is not None and EXAMPLE_INDEX in inputs:
+            objective = dataclasses.replace(objective, teacher=self.cached_signals)
         terms = loss_terms(model, inputs, objective, self.problem_type == REGRESSION)
         for key, value in terms.items():
             self.term_sums[key].append(float(value.detach()))

@@ -58,6 +58,19 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def quiet_load_report():
+    """transformers 5 logs a LOAD REPORT table (missing and unexpected keys) with every load;
+    for a new head or dropped layers those rows are expected, so loads that make them run at
+    error verbosity, the caller's verbosity restored after."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity(max(level, transformers.logging.ERROR))
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
 def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).exists()
 
@@ -145,12 +158,13 @@ def load_for_finetuning(
     else:
         _check_cls_init(config, name_or_path, option)
         try:
-            model = auto_class(problem_type).from_pretrained(
-                name_or_path,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=_use_safetensors(name_or_path),
-                **kwargs,
-            )
+            with quiet_load_report():  # a new head: its keys are missing by design
+                model = auto_class(problem_type).from_pretrained(
+                    name_or_path,
+                    trust_remote_code=trust_remote_code,
+                    use_safetensors=_use_safetensors(name_or_path),
+                    **kwargs,
+                )
         except (ValueError, OSError) as e:
             raise PkdError(
                 f"--{option}: cannot load {name_or_path} ({str(e).splitlines()[0]})"
@@ -168,7 +182,7 @@ def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False
     cls = AutoModel
     if config.model_type == P.MODEL_TYPE:
         cls = auto_class(MULTIPLE_CHOICE if is_multiple_choice(config) else "")
-    with _load_errors(option, name_or_path):
+    with _load_errors(option, name_or_path), quiet_load_report():  # heads, layers dropped
         model = cls.from_pretrained(
             name_or_path,
             trust_remote_code=trust_remote_code,
@@ -406,7 +420,7 @@ def build_student(
         model = mean_pooled(encoder, problem_type, kwargs)
     else:
         _check_cls_init(config, init, "student-init")
-        with _load_errors("student-init", init):
+        with _load_errors("student-init", init), quiet_load_report():  # new head, M layers
             model = auto_class(problem_type).from_pretrained(
                 init,
                 num_hidden_layers=student_layers,
@@ -630,7 +644,7 @@ def _pretrained_encoder(name_or_path: str, option: str, trust_remote_code: bool,
     config = load_config(name_or_path, option, trust_remote_code)
     if config.model_type == P.MODEL_TYPE:  # a mean-pooled pkd model: its encoder
         return load_encoder(name_or_path, option, trust_remote_code, num_hidden_layers=layers)
-    with _load_errors(option, name_or_path):
+    with _load_errors(option, name_or_path), quiet_load_report():  # layers beyond `layers`
         return AutoModel.from_pretrained(
             name_or_path,
             num_hidden_layers=layers,

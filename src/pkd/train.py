@@ -633,9 +633,12 @@ def mlflow_into_run(output: Path) -> None:
     _MLFLOW_URI[:] = [uri]
 
 
-def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objective) -> None:
+def start_trackers(
+    accelerator, output: Path, cfg: TrainConfig, objective: Objective, run_params: dict | None
+) -> None:
     """Start the run's trackers on the main process: the project `pkd`, the run named after
-    its directory; trackers other than TensorBoard also get the settings as parameters."""
+    its directory; trackers other than TensorBoard also get the settings as parameters, with
+    the command's own `run_params` (e.g. distill's method, teacher, task, student layers)."""
     if not accelerator.is_main_process or not accelerator.log_with:
         return
     run = {"run_name": output.name}
@@ -650,6 +653,7 @@ def start_trackers(accelerator, output: Path, cfg: TrainConfig, objective: Objec
         layer_map=",".join(str(t) for t, _ in objective.pairs),
         pooling=getattr(objective, "pooling", None),  # pkd pretrain's objective has tokens
     )
+    params.update(run_params or {})
     plain = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
     for tracker in accelerator.trackers:
         if tracker.name != "tensorboard":  # its hparams would add a second event directory
@@ -820,6 +824,7 @@ def train(
     resume_from: Path | None = None,
     on_evaluate: Callable[[int, int, dict], None] | None = None,
     evaluation: Evaluation | None = None,
+    run_params: dict | None = None,
 ) -> dict:
     """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
 
@@ -829,6 +834,7 @@ def train(
     process, after that of the hooks installed by `use_hooks`; an exception from it (e.g. a
     sweep's `optuna.TrialPruned`) stops the run. `evaluation`: how epochs are scored (default:
     the task's metrics; `pkd pretrain`, which has no task (spec None), passes its own).
+    `run_params`: what trackers log as parameters besides the settings (`start_trackers`).
     """
 
     set_seed(cfg.seed)
@@ -836,7 +842,7 @@ def train(
     p = prepare(accelerator, model, train_set, eval_sets, cfg, collate, objective.aux)
     if objective.aux is not None:  # the prepared one (DDP-wrapped under several processes)
         objective = dataclasses.replace(objective, aux=p.aux)
-    start_trackers(accelerator, output, cfg, objective)
+    start_trackers(accelerator, output, cfg, objective, run_params)
     state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
     hooks = list(_INSTALLED)  # those of use_hooks blocks around this run
     log, meter, stats = RunLog(output, accelerator), Meter(), state.stats

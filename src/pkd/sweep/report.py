@@ -238,7 +238,7 @@ def best_card(plan: SweepPlan, best: dict, tmp: Path, dst: Path) -> None:
         metrics,
         "distill",
         note=note,
-        rerun=f"pkd distill --config {plan.output / 'best.yaml'}",
+        rerun=f"pkd distill --config {plan.output.name}/best.yaml",
         shown=dst / "model",
     )
 
