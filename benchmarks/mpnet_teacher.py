@@ -215,7 +215,8 @@ def check_model(directory: Path) -> dict:
     if "1_Pooling" not in paths:
         raise PkdError(f"{directory / 'modules.json'}: no 1_Pooling module")
     pooling = read_json(directory / "1_Pooling" / "config.json")
-    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True]
+    flags = pooling.items() if isinstance(pooling, dict) else []
+    modes = [k for k, v in flags if k.startswith("pooling_mode_") and v is True]
     if modes != ["pooling_mode_mean_tokens"]:
         raise PkdError(f"{directory / '1_Pooling' / 'config.json'}: pooling {modes}, expected mean")
     return config
