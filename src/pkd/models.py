@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 BASE_MODEL_KEY = "pkd_base_model"  # the pre-trained checkpoint it was fine-tuned from
 DEV_METRIC_KEY = "pkd_dev_metric"  # {"name", "value", "baseline"} on the dev split
 TASK_KEY = "pkd_task"
+# The attention implementation the model trained with (sdpa; eager where the encoder has no
+# SDPA, e.g. MPNet and DeBERTa-v2): transformers' choice, or `pkd.pooling`'s for mean heads.
+ATTENTION_KEY = "pkd_attention"
 # Encoders whose position ids start at pad_token_id + 1 (RoBERTa's embeddings).
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl")
 
@@ -174,6 +177,7 @@ def load_for_finetuning(
     base = str(Path(name_or_path).resolve()) if is_local(name_or_path) else name_or_path
     # Remember where it came from: the student's default init (`--student-init`).
     model.config.update({BASE_MODEL_KEY: getattr(config, BASE_MODEL_KEY, None) or base})
+    model.config.update({ATTENTION_KEY: model.config._attn_implementation})
     return model
 
 
@@ -465,6 +469,7 @@ def build_student(
                 **kwargs,
             )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
+    model.config.update({ATTENTION_KEY: model.config._attn_implementation})
     return model
 
 
