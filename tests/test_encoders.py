@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, make_tokenizer, write_sst2
+from conftest import WORDS, make_tokenizer, sentiment_rows, write_sst2
 
 VOCAB = 5 + len(WORDS)  # the test tokenizer: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4
 SHAPE = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -134,7 +134,6 @@ def trainer_loss(teacher: Path, out: Path, cached: bool) -> float:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainingArguments
 
-    from conftest import sentiment_rows
     from pkd.hf import PatientDistillationTrainer, add_example_index
 
     tok = AutoTokenizer.from_pretrained(teacher)
