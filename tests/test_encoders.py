@@ -57,6 +57,9 @@ def tiny_config(arch: str, **extra):
             local_attention=8,
         ),  # fmt: skip
         "albert": lambda: T.AlbertConfig(**SHAPE, embedding_size=16),  # one shared layer
+        "camembert": lambda: T.CamembertConfig(**SHAPE, **SPECIALS, type_vocab_size=1),
+        "ernie": lambda: T.ErnieConfig(**SHAPE),
+        "roformer": lambda: T.RoFormerConfig(**SHAPE),  # rotary positions
     }
     config = configs[arch]()
     for key, value in extra.items():
@@ -65,7 +68,7 @@ def tiny_config(arch: str, **extra):
 
 
 ARCHS = ("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert",
-         "modernbert", "albert")  # fmt: skip
+         "modernbert", "albert", "camembert", "ernie", "roformer")  # fmt: skip
 
 
 def make_encoder(path: Path, arch: str, **extra) -> Path:
@@ -210,3 +213,84 @@ def test_whole_chain(arch, pooling, data, tmp_path, pkd_cli):
     assert [m["model"] for m in bench["models"]] == [student.name]
 
     assert math.isfinite(trainer_loss(teacher / "model", tmp_path / "hf", pooling == "cls"))
+
+
+def test_mean_head_reads_distilbert_names():
+    """A pooled config answers the standard names the encoder spells its own way."""
+    from pkd.pooling import PkdPooledConfig
+
+    config = PkdPooledConfig.from_encoder(tiny_config("distilbert"), num_labels=2)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 4, 4)
+    config.num_hidden_layers = 2  # as from_pretrained(num_hidden_layers=2) sets it
+    assert config.n_layers == 2 and "num_hidden_layers" not in config.to_dict()
+    assert config.encoder_config().n_layers == 2
+    with pytest.raises(AttributeError, match="no attribute 'not_a_key'"):
+        _ = config.not_a_key
+
+
+@pytest.mark.parametrize(("arch", "attention"), [("bert", "sdpa"), ("mpnet", "eager"),
+                                                 ("deberta-v2", "eager")])  # fmt: skip
+def test_mean_head_takes_the_attention_its_encoder_has(arch, attention):
+    from pkd.pooling import PkdPooledConfig, PkdPooledForSequenceClassification
+
+    config = PkdPooledConfig.from_encoder(tiny_config(arch), num_labels=2)
+    model = PkdPooledForSequenceClassification(config)
+    assert model.config._attn_implementation == attention
+    assert model.encoder.config._attn_implementation == attention
+
+
+def test_student_cut_keeps_the_first_layer_types():
+    from pkd.models import depth_overrides
+
+    config = tiny_config("modernbert")
+    assert config.layer_types[:3] == ["full_attention", "sliding_attention", "sliding_attention"]
+    assert depth_overrides(config, 3, "student-layers") == {
+        "num_hidden_layers": 3,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+    }
+    assert depth_overrides(tiny_config("bert"), 3, "student-layers") == {"num_hidden_layers": 3}
+
+
+@pytest.mark.parametrize(
+    ("arch", "pad", "limit"),
+    [("bert", 0, 514), ("roberta", 1, 512), ("roberta", 0, 513), ("mpnet", 1, 512),
+     ("camembert", 1, 512)],
+)  # fmt: skip
+def test_max_length_limit_skips_the_position_offset(arch, pad, limit):
+    """RoBERTa numbers positions from pad_token_id + 1, MPNet from 2: a 514-position RoBERTa
+    takes 512 tokens."""
+    from pkd.models import max_length_limit
+    from pkd.pooling import PkdPooledConfig
+
+    config = tiny_config(arch, max_position_embeddings=514, pad_token_id=pad)
+    assert max_length_limit(config, None) == limit
+    assert max_length_limit(PkdPooledConfig.from_encoder(config), None) == limit
+
+
+@pytest.mark.slow
+def test_roberta_max_length_over_its_positions_is_refused(data, tmp_path, pkd_cli):
+    base = make_encoder(tmp_path / "base", "roberta")  # 64 positions, numbered from 1
+    argv = ["finetune", "--model", base, "--output", tmp_path / "run", *train_args(data)]
+    assert pkd_cli.error([*argv, "--max-length", "64"]) == (
+        f"--max-length: 64 is more than the 63 positions of --model {base}; "
+        "pass --max-length 63 or less"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_albert_of_several_layer_groups_is_refused(data, tmp_path, pkd_cli):
+    """Its groups are spread over all its layers: its first M layers are no model."""
+    base = make_encoder(tmp_path / "base", "albert", num_hidden_groups=2)
+    teacher = tmp_path / "teacher"
+    pkd_cli.ok(["finetune", "--model", base, "--output", teacher, *train_args(data)])
+    want = (
+        "--student-layers: ALBERT with num_hidden_groups=2 cannot keep its first 2 layers "
+        "(its groups are spread over all layers); pkd cuts ALBERTs of one shared layer group"
+    )
+    student = ["--output", tmp_path / "student", "--student-layers", "2"]
+    assert pkd_cli.error(["distill", "--teacher", teacher, *student, "--allow-weak-teacher",
+                          *train_args(data)]) == want  # fmt: skip
+    assert pkd_cli.error(["pretrain", "--teacher", base, *student, "--text-file",
+                          data / "train.txt", "--max-length", "16"]) == want  # fmt: skip
+    assert not (tmp_path / "student").exists()
