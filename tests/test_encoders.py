@@ -16,7 +16,7 @@ SHAPE = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4, "num_at
          "intermediate_size": 37, "max_position_embeddings": 64, "pad_token_id": 0}  # fmt: skip
 SPECIALS = {"bos_token_id": 2, "eos_token_id": 3}
 # No SDPA in transformers 5.24: pkd runs these with eager attention.
-EAGER = ("deberta-v2", "mpnet")
+EAGER = ("deberta-v2", "mpnet", "roformer")
 
 
 def tiny_config(arch: str, **extra):
@@ -294,3 +294,24 @@ def test_albert_of_several_layer_groups_is_refused(data, tmp_path, pkd_cli):
     assert pkd_cli.error(["pretrain", "--teacher", base, *student, "--text-file",
                           data / "train.txt", "--max-length", "16"]) == want  # fmt: skip
     assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["distilbert", "modernbert"])
+def test_pretrain_a_narrower_student_of_its_own_names(arch, data, tmp_path, pkd_cli):
+    """A fresh student of another width: DistilBERT's feed-forward is `hidden_dim`,
+    ModernBERT's `layer_types` are cut with its layers."""
+    from transformers import AutoConfig
+
+    base = make_encoder(tmp_path / "base", arch)
+    out = tmp_path / "general"
+    pkd_cli.ok(["pretrain", "--teacher", base, "--text-file", data / "train.txt", "--output", out,
+                "--student-layers", "3", "--student-hidden-size", "16", "--max-length", "16",
+                "--epochs", "1", "--batch-size", "8", "--quiet"])  # fmt: skip
+    config = AutoConfig.from_pretrained(out / "model")
+    assert (config.num_hidden_layers, config.hidden_size) == (3, 16)
+    assert config.pkd_pretrain["init"] == "fresh (random) weights"
+    if arch == "distilbert":
+        assert config.hidden_dim == round(37 * 16 / 32)
+    else:
+        assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]

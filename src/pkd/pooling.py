@@ -48,8 +48,8 @@ ATTENTION_FLAGS = {
 
 
 def supported_attention(encoder_config: PreTrainedConfig, requested: str | None) -> str | None:
-    """`requested` if the encoder's model class has it, else `eager` (MPNet and DeBERTa-v2
-    have no SDPA); None (transformers' choice) stays None."""
+    """`requested` if the encoder's model class has it, else `eager` (MPNet, DeBERTa-v2 and
+    RoFormer have no SDPA); None (transformers' choice) stays None."""
     flag = ATTENTION_FLAGS.get(requested or "")
     if flag is None or type(encoder_config) not in MODEL_MAPPING:
         return requested
