@@ -315,3 +315,13 @@ def test_pretrain_a_narrower_student_of_its_own_names(arch, data, tmp_path, pkd_
         assert config.hidden_dim == round(37 * 16 / 32)
     else:
         assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+
+
+def test_token_positions_of_a_config_json():
+    """What `benchmark` and the ONNX runner read from an export's config.json."""
+    from pkd.models import token_positions
+
+    roberta = {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}
+    assert token_positions(roberta) == 512
+    assert token_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
+    assert token_positions({}) is None

@@ -20,6 +20,7 @@ import copy
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import transformers
@@ -408,13 +409,13 @@ def depth_overrides(config, layers: int, option: str) -> dict:
     """
     overrides = {"num_hidden_layers": layers}
     groups = getattr(config, "num_hidden_groups", 1)
-    if groups != 1:
+    if groups != 1 and layers != num_layers(config):
         raise PkdError(
             f"--{option}: ALBERT with num_hidden_groups={groups} cannot keep its first {layers} "
             "layers (its groups are spread over all layers); pkd cuts ALBERTs of one shared "
             "layer group"
         )
-    if groups == 1 and encoder_type(config) == "albert":
+    if encoder_type(config) == "albert" and groups == 1:
         logger.info(
             "ALBERT: the %d-layer student runs the teacher's one shared layer %d times",
             layers,
@@ -510,11 +511,19 @@ def position_offset(config) -> int:
     return 0
 
 
+def token_positions(config) -> int | None:
+    """The tokens an encoder's position embeddings take: `max_position_embeddings` less the
+    offset of its position ids. config: a model config, or its config.json as a dict."""
+    if isinstance(config, dict):
+        config = SimpleNamespace(**{"model_type": None, **config})
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions - position_offset(config) if positions else None
+
+
 def max_length_limit(config, tokenizer) -> int | None:
     """The longest input a model takes: its position embeddings past their offset (and its
     tokenizer's limit)."""
-    positions = getattr(config, "max_position_embeddings", None)
-    limits = [positions - position_offset(config) if positions else None]
+    limits = [token_positions(config)]
     if tokenizer is not None and tokenizer.model_max_length < 1_000_000:  # else: 'unlimited'
         limits.append(tokenizer.model_max_length)
     return min((n for n in limits if n), default=None)
