@@ -325,3 +325,25 @@ def test_token_positions_of_a_config_json():
     assert token_positions(roberta) == 512
     assert token_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
     assert token_positions({}) is None
+
+
+@pytest.mark.slow
+def test_sentence_transformers_mpnet_trains_with_the_default_pooling(data, tmp_path, pkd_cli):
+    """all-mpnet-base-v2's layout: `--pooling auto` reads mean from 1_Pooling, and the
+    mean-pooled MPNet runs eager (it has no SDPA) instead of crashing."""
+    base = make_encoder(tmp_path / "mpnet", "mpnet")
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]  # fmt: skip
+    (base / "modules.json").write_text(json.dumps(modules))
+    (base / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}
+    (base / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    run = tmp_path / "run"
+    pkd_cli.ok(["finetune", "--model", base, "--output", run, *train_args(data)])
+    config = model_config(run)
+    assert (config["model_type"], config["encoder_type"], config["pooling"]) == (
+        "pkd_pooled", "mpnet", "mean",
+    )  # fmt: skip
+    assert config["pkd_attention"] == "eager"
