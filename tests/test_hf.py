@@ -316,6 +316,7 @@ def test_distillation_settings_reach_the_trainers_trackers(tiny_teacher, tmp_pat
     assert {k: config[k] for k in config if k.startswith("pkd_") and k != "pkd_base_model"} == {
         "pkd_teacher": str(tiny_teacher), "pkd_method": "pkd", "pkd_alpha": 0.5,
         "pkd_beta": 100.0, "pkd_temperature": 10.0, "pkd_layer_map": [[2, 1]],
+        "pkd_attention": "sdpa",
     }  # fmt: skip
     trainer.train()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

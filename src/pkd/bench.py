@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModel
 from pkd.config import resolve_model
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
-from pkd.models import count_parameters, load_finetuned
+from pkd.models import count_parameters, load_finetuned, token_positions
 from pkd.onnx_model import load_onnx
 from pkd.report import markdown_table
 from pkd.rundir import check_creatable
@@ -175,7 +175,7 @@ def _load_torch(name: str, d: Path) -> Loaded:
         count_parameters(model),
         _weights_bytes(d),
         getattr(config, "vocab_size", None),
-        getattr(config, "max_position_embeddings", None),
+        token_positions(config),
         getattr(config, "num_hidden_layers", None),
     )
 
@@ -217,7 +217,7 @@ def _load_onnx(name: str, d: Path, threads: int) -> Loaded:
         parameters,
         size,
         config.get("vocab_size"),
-        config.get("max_position_embeddings"),
+        token_positions(config),
         config.get("num_hidden_layers"),
     )
 

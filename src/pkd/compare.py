@@ -41,7 +41,7 @@ from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
 from pkd.inference import evaluate
 from pkd.mapping import layer_map
-from pkd.models import load_config, load_finetuned, model_labels, num_layers
+from pkd.models import load_config, load_finetuned, model_labels, num_layers, token_positions
 from pkd.presets import apply
 from pkd.rundir import check_not_replaced, read_run_config, run_inputs, run_lock
 from pkd.tasks import readable_labels
@@ -195,7 +195,7 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
     trust = cfg.trust_remote_code
     model = load_finetuned(teacher, "teacher", trust)
     n = num_layers(model.config)
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = token_positions(model.config)
     if bench_seq_length and positions and bench_seq_length > positions:
         raise PkdError(
             f"--bench-seq-length: {bench_seq_length} exceeds the teacher's {positions} positions"

@@ -20,6 +20,7 @@ import copy
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import transformers
@@ -46,6 +47,11 @@ logger = logging.getLogger(__name__)
 BASE_MODEL_KEY = "pkd_base_model"  # the pre-trained checkpoint it was fine-tuned from
 DEV_METRIC_KEY = "pkd_dev_metric"  # {"name", "value", "baseline"} on the dev split
 TASK_KEY = "pkd_task"
+# The attention implementation the model trained with (sdpa; eager where the encoder has no
+# SDPA, e.g. MPNet and DeBERTa-v2): transformers' choice, or `pkd.pooling`'s for mean heads.
+ATTENTION_KEY = "pkd_attention"
+# Encoders whose position ids start at pad_token_id + 1 (RoBERTa's embeddings).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl")
 
 
 def quiet_transformers() -> None:
@@ -172,6 +178,7 @@ def load_for_finetuning(
     base = str(Path(name_or_path).resolve()) if is_local(name_or_path) else name_or_path
     # Remember where it came from: the student's default init (`--student-init`).
     model.config.update({BASE_MODEL_KEY: getattr(config, BASE_MODEL_KEY, None) or base})
+    model.config.update({ATTENTION_KEY: model.config._attn_implementation})
     return model
 
 
@@ -380,9 +387,44 @@ def num_layers(config) -> int:
     if n is None:
         raise PkdError(
             f"architecture {config.model_type!r} has no num_hidden_layers; pkd cannot truncate it "
-            "(supported: BERT-family encoders such as BERT, RoBERTa, ELECTRA, MiniLM)"
+            "(supported: the encoders of docs/encoders.md: BERT, RoBERTa, ELECTRA, ...)"
         )
     return n
+
+
+def feed_forward_size(config) -> int:
+    """The feed-forward width (`intermediate_size`; DistilBERT's `hidden_dim`)."""
+    return getattr(config, "intermediate_size", None) or config.hidden_dim
+
+
+def depth_overrides(config, layers: int, option: str) -> dict:
+    """Config values that keep an encoder's first `layers` layers: `num_hidden_layers` and
+    the per-layer settings cut with it (ModernBERT's `layer_types`, global or local attention).
+
+    ALBERT's layers are one shared layer run `num_hidden_layers` times: a student of M layers
+    runs that same layer M times (the teacher's parameters, M/N of its compute).
+
+    Raises:
+        PkdError: an ALBERT of several layer groups, whose first M layers are not a model.
+    """
+    overrides = {"num_hidden_layers": layers}
+    groups = getattr(config, "num_hidden_groups", 1)
+    if groups != 1 and layers != num_layers(config):
+        raise PkdError(
+            f"--{option}: ALBERT with num_hidden_groups={groups} cannot keep its first {layers} "
+            "layers (its groups are spread over all layers); pkd cuts ALBERTs of one shared "
+            "layer group"
+        )
+    if encoder_type(config) == "albert" and groups == 1:
+        logger.info(
+            "ALBERT: the %d-layer student runs the teacher's one shared layer %d times",
+            layers,
+            layers,
+        )
+    types = getattr(config, "layer_types", None)
+    if isinstance(types, (list, tuple)):
+        overrides["layer_types"] = list(types[:layers])
+    return overrides
 
 
 def build_student(
@@ -413,22 +455,22 @@ def build_student(
             f"{init} (need 1 <= M <= {init_layers})"
         )
     kwargs = _head_kwargs(problem_type, model_labels(teacher))
+    depth = depth_overrides(config, student_layers, "student-layers")
     if pooling == "mean":
-        encoder = load_encoder(
-            init, "student-init", trust_remote_code, num_hidden_layers=student_layers
-        )
+        encoder = load_encoder(init, "student-init", trust_remote_code, **depth)
         model = mean_pooled(encoder, problem_type, kwargs)
     else:
         _check_cls_init(config, init, "student-init")
         with _load_errors("student-init", init), quiet_load_report():  # new head, M layers
             model = auto_class(problem_type).from_pretrained(
                 init,
-                num_hidden_layers=student_layers,
+                **depth,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=_use_safetensors(init),
                 **kwargs,
             )
     model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
+    model.config.update({ATTENTION_KEY: model.config._attn_implementation})
     return model
 
 
@@ -458,9 +500,30 @@ def student_init_name(
     return teacher if student_init == "teacher" else student_init
 
 
+def position_offset(config) -> int:
+    """Positions an encoder's position ids skip: RoBERTa-style embeddings number tokens from
+    padding_idx + 1 (pad_token_id + 1; MPNet: 2), so a 514-position RoBERTa takes 512 tokens."""
+    kind = encoder_type(config)
+    if kind == "mpnet":
+        return 2
+    if kind in OFFSET_POSITIONS:
+        return (getattr(config, "pad_token_id", None) or 0) + 1
+    return 0
+
+
+def token_positions(config) -> int | None:
+    """The tokens an encoder's position embeddings take: `max_position_embeddings` less the
+    offset of its position ids. config: a model config, or its config.json as a dict."""
+    if isinstance(config, dict):
+        config = SimpleNamespace(**{"model_type": None, **config})
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions - position_offset(config) if positions else None
+
+
 def max_length_limit(config, tokenizer) -> int | None:
-    """The longest input a model takes: its position embeddings (and tokenizer's limit)."""
-    limits = [getattr(config, "max_position_embeddings", None)]
+    """The longest input a model takes: its position embeddings past their offset (and its
+    tokenizer's limit)."""
+    limits = [token_positions(config)]
     if tokenizer is not None and tokenizer.model_max_length < 1_000_000:  # else: 'unlimited'
         limits.append(tokenizer.model_max_length)
     return min((n for n in limits if n), default=None)
@@ -570,10 +633,16 @@ def general_student_config(teacher_config, layers: int, hidden, heads, intermedi
     if hidden % heads:
         raise PkdError(f"--student-heads: {heads} heads do not divide the width {hidden}")
     config = copy.deepcopy(t)
-    config.num_hidden_layers = layers
+    for key, value in depth_overrides(t, layers, "student-layers").items():
+        setattr(config, key, value)
     config.hidden_size = hidden
     config.num_attention_heads = heads
-    config.intermediate_size = intermediate or round(t.intermediate_size * hidden / t.hidden_size)
+    feed_forward = "intermediate_size" if hasattr(t, "intermediate_size") else "hidden_dim"
+    setattr(
+        config,
+        feed_forward,
+        intermediate or round(feed_forward_size(t) * hidden / t.hidden_size),
+    )
     config.architectures = None
     return without_pkd_records(config)
 
@@ -642,12 +711,13 @@ def build_general_student(
 def _pretrained_encoder(name_or_path: str, option: str, trust_remote_code: bool, layers: int):
     """The first `layers` layers (and embeddings, and pooler) of a checkpoint as `AutoModel`."""
     config = load_config(name_or_path, option, trust_remote_code)
+    depth = depth_overrides(config, layers, "student-layers")
     if config.model_type == P.MODEL_TYPE:  # a mean-pooled pkd model: its encoder
-        return load_encoder(name_or_path, option, trust_remote_code, num_hidden_layers=layers)
+        return load_encoder(name_or_path, option, trust_remote_code, **depth)
     with _load_errors(option, name_or_path), quiet_load_report():  # layers beyond `layers`
         return AutoModel.from_pretrained(
             name_or_path,
-            num_hidden_layers=layers,
+            **depth,
             trust_remote_code=trust_remote_code,
             use_safetensors=_use_safetensors(name_or_path),
         )

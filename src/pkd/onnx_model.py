@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pkd.errors import PkdError
-from pkd.models import load_tokenizer
+from pkd.models import load_tokenizer, token_positions
 
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 
@@ -136,7 +136,7 @@ def load_onnx(
         labels=_labels(config),
         input_names=[i.name for i in session.get_inputs()],
         num_parameters=n_params,
-        max_length=_max_length(tokenizer, config.get("max_position_embeddings")),
+        max_length=_max_length(tokenizer, token_positions(config)),
         config=config,
     )
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import (
+    CONFIG_MAPPING,
+    MODEL_MAPPING,
     AutoConfig,
     AutoModel,
     AutoModelForMultipleChoice,
@@ -37,6 +39,29 @@ MODEL_TYPE = "pkd_pooled"
 POOLINGS = ("mean",)
 # Keys of the flat config that describe the wrapper, not the encoder.
 OWN_KEYS = ("model_type", "encoder_type", "pooling", "architectures", "auto_map")
+# An attention implementation -> the flag of the model classes that have it.
+ATTENTION_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flash_attention_2": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+}
+
+
+def supported_attention(encoder_config: PreTrainedConfig, requested: str | None) -> str | None:
+    """`requested` if the encoder's model class has it, else `eager` (MPNet, DeBERTa-v2 and
+    RoFormer have no SDPA); None (transformers' choice) stays None."""
+    flag = ATTENTION_FLAGS.get(requested or "")
+    if flag is None or type(encoder_config) not in MODEL_MAPPING:
+        return requested
+    return requested if getattr(MODEL_MAPPING[type(encoder_config)], flag, False) else "eager"
+
+
+def encoder_alias(encoder_type: str | None, key: str) -> str:
+    """The encoder config's own name for a standard one (DistilBERT: hidden_size -> dim,
+    num_hidden_layers -> n_layers), else `key`."""
+    if encoder_type not in CONFIG_MAPPING:
+        return key
+    return CONFIG_MAPPING[encoder_type].attribute_map.get(key, key)
 
 
 def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,12 +80,25 @@ class PkdPooledConfig(PreTrainedConfig):
     encoder_type: str = "bert"
     pooling: str = "mean"
 
+    def __getattr__(self, key: str):
+        """Standard names the encoder spells its own way (`hidden_size` of a DistilBERT)."""
+        alias = encoder_alias(self.__dict__.get("encoder_type"), key)
+        if alias == key:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        return getattr(self, alias)
+
+    def __setattr__(self, key: str, value) -> None:
+        super().__setattr__(encoder_alias(self.__dict__.get("encoder_type"), key), value)
+
     def encoder_config(self) -> PreTrainedConfig:
-        """The encoder's own config (`AutoConfig.for_model(encoder_type, ...)`)."""
+        """The encoder's own config (`AutoConfig.for_model(encoder_type, ...)`), with the
+        attention implementation asked for where the encoder has it, else eager."""
         values = {k: v for k, v in self.to_dict().items() if k not in OWN_KEYS}
         values.pop("transformers_version", None)
         config = AutoConfig.for_model(self.encoder_type, **values)
-        config._attn_implementation = self._attn_implementation_internal
+        config._attn_implementation = supported_attention(
+            config, self._attn_implementation_internal
+        )
         return config
 
     @classmethod
@@ -85,6 +123,7 @@ class PkdPooledPreTrainedModel(PreTrainedModel):
     def __init__(self, config: PkdPooledConfig):
         super().__init__(config)
         self.encoder = AutoModel.from_config(config.encoder_config())
+        config._attn_implementation = self.encoder.config._attn_implementation  # what runs
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # unused: it would only hold dead weights (and break DDP)
         dropout = getattr(config, "classifier_dropout", None)

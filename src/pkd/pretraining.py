@@ -44,6 +44,7 @@ from pkd.models import (
     build_general_student,
     check_max_length,
     count_parameters,
+    feed_forward_size,
     load_pretrained_teacher,
     load_tokenizer,
     num_layers,
@@ -224,7 +225,7 @@ def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:
         "layers": c.num_hidden_layers,
         "hidden_size": c.hidden_size,
         "heads": c.num_attention_heads,
-        "intermediate_size": c.intermediate_size,
+        "intermediate_size": feed_forward_size(c),
         "pt_tokens": cfg.pretrain.pt_tokens,
     }
 
