@@ -492,7 +492,7 @@ def test_run_dir_held_by_a_live_run_is_refused(command, inputs, pkd_cli):
     assert line == (
         f"--output: {run} is in use by another run (pid {other.pid} on {lock['host']}, "
         f"started 2026-01-01T00:00:00+0000: pkd distill --seed 1); wait for it to end or "
-        "choose another --output"
+        f"choose another --output; if no run is writing there, delete {run / '.pkd.lock'}"
     )
     assert sorted(p.name for p in run.iterdir()) == [".pkd.lock"]  # the other run's, kept
 
@@ -507,6 +507,30 @@ def test_stale_lock_of_a_dead_run_is_taken_over(inputs, pkd_cli, caplog):
     assert line.startswith(f"--data-dir: {inputs / 'nodata'}")
     assert f"{run}: took over the lock of a run that is gone (pid {gone.pid} on" in caplog.text
     assert list(run.iterdir()) == []  # the lock is released (the dead run made the dir)
+
+
+def test_lock_of_a_reused_pid_is_stale_and_one_taker_wins(tmp_path):
+    """A restarted container reuses small pids (often the new run's own): the lock records
+    when its process started, so a live pid of another start is stale. Of two processes that
+    read one stale lock, only one takes it over; the other leaves the new lock alone."""
+    from pkd.fsio import is_stale, process_start, take_stale, try_lock
+
+    host, pid = socket.gethostname(), os.getpid()
+    assert process_start(pid) is not None  # Linux /proc
+    assert is_stale({"pid": pid, "host": host, "pid_start": process_start(pid) - 1})
+    assert not is_stale({"pid": pid, "host": host, "pid_start": process_start(pid)})
+    assert not is_stale({"pid": pid, "host": host})  # an older lock without a start: alive
+    assert not is_stale({"pid": 1, "host": "elsewhere", "pid_start": 0})  # never another host's
+    lock = tmp_path / ".pkd.lock"
+    stale = {"pid": pid, "host": host, "pid_start": process_start(pid) - 1}
+    lock.write_text(json.dumps(stale))
+    mine, taken = try_lock(lock)
+    assert (
+        mine and taken == stale and json.loads(lock.read_text())["pid_start"] == process_start(pid)
+    )
+    fresh = lock.read_text()  # a second taker that read the stale record before: refused
+    assert take_stale(lock, stale) is False and lock.read_text() == fresh
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pkd.lock"]
 
 
 def test_lock_is_released_after_a_run(inputs, pkd_cli):

@@ -121,6 +121,12 @@ def test_resume_after_the_data_changed_is_refused(
         "restore the data or start a new --output"
     )
     assert snapshot(out) == before
+    checkpoint = sorted((out / "checkpoints").glob("step-*"))[-1]
+    elsewhere = tmp_path / "elsewhere"  # a checkpoint into a new run: its run's data counts
+    moved = [elsewhere if a == out else a for a in argv]
+    msg = pkd_cli.error([*moved, "--resume-from", checkpoint])
+    assert msg.startswith(f"--resume-from: the data of {out} changed since it started ({splits}: ")
+    assert not elsewhere.exists() and snapshot(out) == before
     corpus.write_bytes(old)
     if command == "distill":
         old_transfer = transfer.read_bytes()

@@ -207,6 +207,25 @@ def test_the_training_sets_class_labels_must_be_the_teachers(tiny_teacher, tmp_p
         other = data.cast_column("label", ClassLabel(names=names))
         with pytest.raises(PkdError, match=r"^train_dataset: its labels \[.*\] \(column 'label'\) are not the teacher's \['negative', 'positive'\] in order"):  # fmt: skip
             make_trainer(hub, tmp_path, other)
+    # the evaluation sets too (scored through compute_metrics with the teacher's label ids)
+    reversed_ = data.cast_column("label", ClassLabel(names=["positive", "negative"]))
+    with pytest.raises(PkdError, match=r"^eval_dataset: its labels \['positive', 'negative'\]"):
+        make_trainer(hub, tmp_path, data, eval_dataset=reversed_)
+    with pytest.raises(PkdError, match=r"^eval_dataset\['mm'\]: its labels"):
+        make_trainer(hub, tmp_path, data, eval_dataset={"m": data, "mm": reversed_})
+
+
+def test_resume_without_a_checkpoint_is_one_line(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pkd.errors import PkdError
+
+    data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
+    trainer = make_trainer(tiny_teacher, tmp_path, data, args={"max_steps": 1})
+    with pytest.raises(
+        PkdError, match=r"^resume_from_checkpoint: no checkpoint in .*hf to resume$"
+    ):
+        trainer.train(resume_from_checkpoint=True)  # was: a fresh start, without a word
 
 
 def test_a_narrower_student_trains_through_projections_kept_out_of_save_model(

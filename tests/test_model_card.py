@@ -223,3 +223,19 @@ def test_license_comes_from_the_base_models_card_where_known(tmp_path, tiny_bert
     assert "license" not in metadata_load_text(
         str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
     )
+    for broken in ("---\n- a list, not a mapping\n---\n", "---\nlicense: [\n---\n", b"\xff\xfe"):
+        write = (
+            (base / "README.md").write_bytes
+            if isinstance(broken, bytes)
+            else (base / "README.md").write_text
+        )
+        write(broken)  # a card that cannot be parsed says nothing; the finished run is kept
+        metrics["student_init"] = str(base)
+        meta = metadata_load_text(
+            str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+        )
+        assert "license" not in meta
+    metrics["student_init"] = "not a/valid hub id"  # try_to_load_from_cache would raise
+    assert "license" not in metadata_load_text(
+        str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+    )

@@ -354,7 +354,7 @@ def test_a_few_dev_inputs_in_the_transfer_set_are_a_warning(
     [
         (["--transfer-ratio", "0.001", "--transfer-file", "{transfer}"],
          "--transfer-ratio: 0.001 x 64 labelled examples draws no transfer example per epoch; "
-         "use at least 0.0156"),
+         "use at least 0.016"),  # rounded up: 0.016 x 64 draws one
         (["--transfer-ratio", "2"],
          "--transfer-ratio: 2 needs --transfer-file (the unlabelled text it draws from)"),
         (["--max-transfer-samples", "10"],

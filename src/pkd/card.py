@@ -23,6 +23,7 @@ import logging
 import re
 from pathlib import Path
 
+import yaml
 from huggingface_hub import (
     EvalResult,
     ModelCard,
@@ -153,14 +154,17 @@ def known_license(names: list) -> str | None:
     for name in names:
         if not name:
             continue
-        path = Path(str(name)) / CARD_FILE
-        if not path.is_file() and is_hub_id(str(name)):
-            cached = try_to_load_from_cache(str(name), CARD_FILE)
-            path = Path(cached) if isinstance(cached, str) else path
-        if path.is_file():
-            found = (metadata_load(path) or {}).get("license")
-            if found:
-                return str(found)
+        try:  # a card that cannot be read or parsed says nothing: never fail a finished run
+            path = Path(str(name)) / CARD_FILE
+            if not path.is_file() and is_hub_id(str(name)):
+                cached = try_to_load_from_cache(str(name), CARD_FILE)
+                path = Path(cached) if isinstance(cached, str) else path
+            found = (metadata_load(path) or {}).get("license") if path.is_file() else None
+        except (OSError, ValueError, yaml.YAMLError) as e:  # HFValidationError is a ValueError
+            logger.debug("no license from %s's card: %s", name, e)
+            continue
+        if found:
+            return str(found)
     return None
 
 

@@ -217,7 +217,11 @@ def fine_tune_teacher(run: Path, data: dict, train: dict, files: list[Path]) -> 
         "demo",
     )  # fmt: skip
     if (run / "metrics.json").is_file():
-        recorded = json.loads((run / "metrics.json").read_text()).get("data", {})
+        try:
+            recorded = json.loads((run / "metrics.json").read_text()).get("data", {})
+        except (OSError, ValueError, AttributeError):  # damaged: fine-tune it again
+            recorded = {}
+        recorded = recorded if isinstance(recorded, dict) else {}
         seen = sorted(str(split.get("sha256")) for split in recorded.values())
         drift = C.config_drift(read_run_config(run), C.to_dict(cfg))
         if not drift and seen == sorted(map(file_sha256, files)):

@@ -173,14 +173,44 @@ def lock_record(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), to tell
+    a reused pid from the one a lock recorded; None where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])  # fields after "(comm)" from 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def is_stale(record: dict) -> bool:
-    """A lock whose holder is gone: a process of this host that no longer runs."""
+    """A lock whose holder is gone: a process of this host that no longer runs, or whose pid
+    now belongs to another process (a restarted container reuses small pids)."""
     pid = record.get("pid")
-    return (
-        record.get("host") == socket.gethostname()
-        and isinstance(pid, int)
-        and not process_alive(pid)
-    )
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if not process_alive(pid):
+        return True
+    started = record.get("pid_start")
+    return started is not None and process_start(pid) not in (None, started)
+
+
+def take_stale(path: Path, stale: dict) -> bool:
+    """Remove the stale lock `path` if it still holds `stale`: moved aside first, so two
+    processes that both read it stale never both remove it (the second would remove the
+    first one's new lock); a fresh lock moved aside by mistake is put back."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # another process removed it: try to create ours
+    if lock_record(aside) == stale:
+        aside.unlink(missing_ok=True)
+        return True
+    with contextlib.suppress(OSError):  # not the stale one: give it back unless replaced
+        os.link(aside, path)
+    aside.unlink(missing_ok=True)
+    return False
 
 
 def try_lock(path: Path) -> tuple[bool, dict]:
@@ -201,10 +231,12 @@ def try_lock(path: Path) -> tuple[bool, dict]:
             if not is_stale(record):
                 return False, record
             stale = record
-            path.unlink(missing_ok=True)
+            if not take_stale(path, record):
+                return False, lock_record(path)
             continue
         mine = {
             "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
             "host": socket.gethostname(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

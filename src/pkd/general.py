@@ -143,8 +143,8 @@ class GeneralHeads(nn.Module):
 def build_heads(options, pairs: list, student_config, teacher_config, teacher_mlm=None):
     """`GeneralHeads` for a run (seed first), or None when neither module is needed: a
     projection when the widths differ and a term compares states (none with MLM terms
-    alone: DDP refuses a trained module no loss reads); an MLM head with MLM terms, started
-    from `teacher_mlm`'s at the teacher's width."""
+    alone: DDP refuses a trained module no loss reads); an MLM head with MLM terms, at the
+    student's width, a copy of `teacher_mlm`'s where the widths are equal."""
     hs, ht = student_config.hidden_size, teacher_config.hidden_size
     states = "pt" in options.weights or "top" in options.weights  # a term compares states
     projection = Projection(len(pairs) + 1, hs, ht) if hs != ht and states else None

@@ -132,7 +132,9 @@ def teacher_problem(teacher) -> str:
     return CLASSIFICATION if model_labels(teacher) else REGRESSION
 
 
-def check_dataset_labels(teacher_labels: tuple[str, ...], dataset, name: str) -> None:
+def check_dataset_labels(
+    teacher_labels: tuple[str, ...], dataset, name: str, option: str = "train_dataset"
+) -> None:
     """A training set's `ClassLabel` names against the teacher's: label id i must be the
     teacher's output i. Accepted: the same names in the same order, or the same number of
     classes where one side names them by id (`0`, `1`, or transformers' LABEL_0..), as a
@@ -152,10 +154,10 @@ def check_dataset_labels(teacher_labels: tuple[str, ...], dataset, name: str) ->
         pairs = ", ".join(
             f"{i}: {a} = {b}" for i, (a, b) in enumerate(zip(names, teacher_labels, strict=True))
         )
-        logger.info("train_dataset's labels are %s's by class id (%s)", name, pairs)
+        logger.info("%s's labels are %s's by class id (%s)", option, name, pairs)
         return
     raise PkdError(
-        f"train_dataset: its labels {list(names)} (column {column!r}) are not the teacher's "
+        f"{option}: its labels {list(names)} (column {column!r}) are not the teacher's "
         f"{list(teacher_labels)} in order; map them with dataset.align_labels_with_mapping"
         "(teacher.config.label2id, ...)"
     )
@@ -231,7 +233,11 @@ class PatientDistillationTrainer(Trainer):
         self.teacher = teacher
         self.teacher_name = name or getattr(teacher, "name_or_path", None) or "the teacher"
         self.problem_type = teacher_problem(teacher)
-        check_dataset_labels(model_labels(teacher), kwargs.get("train_dataset"), self.teacher_name)
+        labels, evals = model_labels(teacher), kwargs.get("eval_dataset")
+        check_dataset_labels(labels, kwargs.get("train_dataset"), self.teacher_name)
+        for key, data in (evals if isinstance(evals, dict) else {"": evals}).items():
+            option = f"eval_dataset[{key!r}]" if key else "eval_dataset"
+            check_dataset_labels(labels, data, self.teacher_name, option)
         self.options = dict(
             method=method, strategy=strategy, layer_map=layer_map, alpha=alpha, beta=beta,
             temperature=temperature, kd_loss=kd_loss, pt_loss=pt_loss,
@@ -346,6 +352,10 @@ class PatientDistillationTrainer(Trainer):
         """The Trainer's; resuming also restores the projections (`create_optimizer`)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:  # the Trainer's own ValueError, as pkd says it
+                raise PkdError(
+                    f"resume_from_checkpoint: no checkpoint in {self.args.output_dir} to resume"
+                )
         self.resume_from = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 

@@ -38,6 +38,7 @@ from pkd.errors import PkdError
 from pkd.fsio import (
     atomic_write,
     file_sha256,
+    lock_record,
     nearest_existing,
     try_lock,
     write_error,
@@ -176,7 +177,7 @@ def run_lock(output: str | Path, option: str = "--output") -> Iterator[Path]:
     except OSError as e:  # e.g. an existing directory that is itself read-only
         raise PkdError(f"{option}: cannot write in {path} ({e.strerror})") from None
     if not mine:
-        hint = f"wait for it to end or choose another {option}"
+        hint = f"wait for it to end or choose another {option}; if no run is writing there, delete {path / LOCK_FILE}"
         if not record or record.get("host") != socket.gethostname():
             hint = f"if no run is writing there, delete {path / LOCK_FILE}"
         raise PkdError(f"{option}: {path} is in use by another run ({holder(record)}); {hint}")
@@ -187,7 +188,8 @@ def run_lock(output: str | Path, option: str = "--output") -> Iterator[Path]:
         yield path
     finally:
         _HELD.discard(key)
-        (path / LOCK_FILE).unlink(missing_ok=True)
+        if lock_record(path / LOCK_FILE).get("pid") in (os.getpid(), None):
+            (path / LOCK_FILE).unlink(missing_ok=True)  # ours (never another run's)
         if created:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only if empty: a run that wrote nothing leaves nothing
@@ -296,15 +298,19 @@ def start_run(
     resolved: what options such as `--pooling auto` resolved to, recorded under
     `meta.resolved` (the options keep what was asked, so a re-run resolves them again).
     data: the splits the run trains and evaluates on (`pkd.splits.Split`), whose
-    `data_hashes` go under `meta.data`; resuming in place, they must match those recorded.
+    `data_hashes` go under `meta.data`; resuming, they must match those the checkpoint's run
+    recorded (in place, or the run a `--resume-from` checkpoint comes from).
 
     Raises:
         PkdError: resuming after the data changed (`check_resume_data`), on every process.
     """
     keep = resuming and (path / "config.yaml").is_file()  # continuing in place: keep its config
     hashes = data_hashes(data or {})
-    if keep:
-        check_resume_data(path, hashes, "--resume-from" if cfg.resume_from else "--resume")
+    started = path if keep else None  # the run the checkpoint comes from: RUN/checkpoints/step-N
+    if resuming and not keep and cfg.resume_from:
+        started = Path(cfg.resume_from).parent.parent
+    if started is not None and (started / "config.yaml").is_file():
+        check_resume_data(started, hashes, "--resume-from" if cfg.resume_from else "--resume")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not keep:
         if cfg.overwrite and path.exists():

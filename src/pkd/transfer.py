@@ -99,7 +99,7 @@ def check_transfer(transfer: Split, splits: dict[str, Split], ratio: float) -> N
     if math.floor(labelled * ratio) == 0:
         raise PkdError(
             f"--transfer-ratio: {ratio:g} x {labelled} labelled examples draws no transfer "
-            f"example per epoch; use at least {1 / labelled:.3g}"
+            f"example per epoch; use at least {math.ceil(1000 / labelled) / 1000:g}"
         )
 
 
