@@ -74,3 +74,17 @@ def test_demo_retrains_a_teacher_of_other_data_and_names_its_own_options(tmp_pat
     assert caplog.text.count("fine-tuning again") == 1  # 30 -> 60; the second 60 reuses it
     assert "reusing the teacher" in caplog.text
     assert not (out / ".pkd.lock").exists()
+
+
+def test_demo_transfer_set_holds_no_dev_tweet(tmp_path):
+    """The corpus repeats some tweets: before, 8 of the default 400 dev tweets were also in
+    the default transfer set, and every KD/PKD run warned that it trained on what it is
+    scored on. The transfer set now skips them and keeps its size."""
+    from pkd.demo import write_slices
+
+    train, dev, transfer = write_slices(tmp_path, 1500, 400, 4500)
+    read = [[json.loads(x) for x in p.read_text().splitlines()] for p in (train, dev, transfer)]
+    assert [len(rows) for rows in read] == [1500, 400, 4500]
+    dev_texts = {r["text"] for r in read[1]}
+    assert not dev_texts & {r["text"] for r in read[2]}
+    assert all(set(r) == {"text"} for r in read[2]) and all("label" in r for r in read[0])

@@ -66,7 +66,9 @@ def write_slices(
     out: Path, n_train: int, n_dev: int, n_transfer: int = 0, seed: int = 0
 ) -> tuple[Path, Path, Path | None]:
     """Shuffle the tweets once (fixed seed) and write disjoint train/dev JSONL files and, with
-    n_transfer, the next tweets without their labels (the transfer set)."""
+    n_transfer, the next tweets without their labels (the transfer set), skipping tweets
+    whose text is a dev tweet's (the corpus repeats some): the student is never distilled on
+    the inputs it is scored on."""
     from pkd.data import load_split  # lazy, as in demo()
     from pkd.tasks import custom_task
 
@@ -78,12 +80,13 @@ def write_slices(
         raise PkdError(
             f"--train-samples/--eval-samples/--transfer-samples: only {len(order)} tweets available"
         )
+    dev = order[n_train : n_train + n_dev]
+    dev_texts = {tweets.text_a[i] for i in dev}
+    rest = [i for i in order[n_train + n_dev :] if tweets.text_a[i] not in dev_texts]
+    if n_transfer > len(rest):
+        raise PkdError(f"--transfer-samples: only {len(rest)} tweets are left after train and dev")
     out.mkdir(parents=True, exist_ok=True)
-    cuts = {
-        "train": order[:n_train],
-        "dev": order[n_train : n_train + n_dev],
-        "transfer": order[n_train + n_dev : n_train + n_dev + n_transfer],
-    }
+    cuts = {"train": order[:n_train], "dev": dev, "transfer": rest[:n_transfer]}
     paths = {}
     for name, idx in cuts.items():
         if not idx:
