@@ -409,11 +409,20 @@ def data_summary(splits: dict, encoded: dict, max_length: int) -> dict:
     }
 
 
+_FILE_HASHES: dict[
+    tuple, str
+] = {}  # (path, size, mtime): a run hashes a file once, not at start and end
+
+
 def data_fingerprint(split) -> str:
     """sha256 of the data file a split was read from (of its examples, for a Hub split)."""
     path = Path(split.source)
     if path.is_file():
-        return file_sha256(path)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = file_sha256(path)
+        return _FILE_HASHES[key]
     rows = [split.ids, split.text_a, split.text_b, split.labels]
     if split.choices is not None:  # a RACE directory or the Hub
         rows += [split.choices, split.levels]
