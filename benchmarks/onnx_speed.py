@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_speed.py --teacher RUN/teacher --student RUN/compare/runs/L3-pkd-last-seed1
 
-Exports teacher and student (`pkd.export.export`, parity-checked, int8 for the student),
+Exports teacher and student (`pkd.deploy.export.export`, parity-checked, int8 for the student),
 scores the int8 and fp32 students on the SST-2 dev set, and times every model at batch 32,
 length 128 (and batch 1, length 32) with the same threads. Writes
 benchmarks/results/onnx_speed.json and onnx_speed.md.
@@ -38,12 +38,12 @@ def main() -> None:
     import torch
 
     from pkd.api import evaluate
-    from pkd.bench import benchmark
     from pkd.cli import configure_logging
-    from pkd.config import DataConfig
-    from pkd.data import load_split
-    from pkd.export import export, load_onnx
-    from pkd.metrics import compute_metrics
+    from pkd.config.options import DataConfig
+    from pkd.data.loading import load_split
+    from pkd.data.metrics import compute_metrics
+    from pkd.deploy.bench import benchmark
+    from pkd.deploy.export import export, load_onnx
     from pkd.tasks import get_task
 
     configure_logging(quiet=True)  # warnings only, as `pkd evaluate`

@@ -2,11 +2,11 @@
 
     python benchmarks/onnx_variants.py --teacher RUN/teacher --student RUN/runs/L3-pkd-last-seed3
 
-1. `pkd.export.export` of the student with the built-in parity sentences (its int8 parity
+1. `pkd.deploy.export.export` of the student with the built-in parity sentences (its int8 parity
    report: strict agreement, agreement beyond near-ties, near-ties).
 2. int8 variants of the same student: graph traced from SDPA or eager attention x weights
    quantised per tensor or per output channel; SST-2 dev accuracy of each and its latency at
-   batch 32 x 128 tokens (`pkd.bench.benchmark`, onnx backend).
+   batch 32 x 128 tokens (`pkd.deploy.bench.benchmark`, onnx backend).
 3. Round-robin timing of teacher fp32, student fp32 and student int8 ONNX sessions in one
    process with onnxruntime's thread spinning on and off.
 Writes benchmarks/results/onnx_variants.json and onnx_variants.md.
@@ -30,12 +30,12 @@ def main() -> None:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from pkd.bench import benchmark, time_forwards
     from pkd.cli import configure_logging
-    from pkd.data import load_split
-    from pkd.export import _export_graph, export, load_onnx
-    from pkd.metrics import compute_metrics
-    from pkd.models import load_finetuned, load_tokenizer
+    from pkd.data.loading import load_split
+    from pkd.data.metrics import compute_metrics
+    from pkd.deploy.bench import benchmark, time_forwards
+    from pkd.deploy.export import _export_graph, export, load_onnx
+    from pkd.models.encoders import load_finetuned, load_tokenizer
     from pkd.tasks import get_task
 
     configure_logging(quiet=True)  # warnings only, as `pkd export`

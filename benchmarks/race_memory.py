@@ -72,9 +72,9 @@ def child(spec: dict) -> dict:
     """One setting in this process: a single optimizer step; returns timings and peak RSS."""
     import torch
 
-    from pkd import config as C
     from pkd.api import distill, finetune
     from pkd.cli import configure_logging
+    from pkd.config import options as C
 
     configure_logging(quiet=True)  # warnings only: stdout carries the RESULT line
     torch.set_num_threads(spec["threads"])
@@ -183,8 +183,8 @@ def main() -> None:
             if role == "teacher" and teacher is None:
                 teacher = str(tmp / f"run{i}" / "model")
 
-    from pkd.bench import cpu_name
-    from pkd.cache import estimate_bytes
+    from pkd.deploy.bench import cpu_name
+    from pkd.objectives.cache import estimate_bytes
 
     full_race_train = 87_866  # questions in RACE's train split (middle + high)
     out = {

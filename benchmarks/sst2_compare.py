@@ -8,7 +8,7 @@
    `--teacher-train-samples` SST-2 training sentences (0: the whole 67k training set; default
    the students' `--train-samples`) -> OUTPUT/teacher (reused when finished; `--teacher-run
    RUN` uses a finished run instead).
-2. `pkd.compare`: 3-layer students initialised from MiniLM's first 3 layers (or from
+2. `pkd.recipes.compare`: 3-layer students initialised from MiniLM's first 3 layers (or from
    `--student-init`, e.g. a `pkd pretrain` run: benchmarks/sst2_pretrain.py), trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
@@ -135,11 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pkd import config as C
     from pkd.api import finetune
     from pkd.cli import configure_logging
-    from pkd.compare import compare
+    from pkd.config import options as C
     from pkd.errors import PkdError
+    from pkd.recipes.compare import compare
 
     args = parse_args(argv)
     configure_logging(args.quiet)  # as `pkd compare` would show it
@@ -250,8 +250,8 @@ def write_transfer(train_tsv: Path, skip: int, out: Path) -> Path:
 def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
     """PKD-Last on the first seed at each --betas value (the compare's own run where its beta
     is one of them): accuracy and each term's gradient share, where the patient term acts."""
-    from pkd import config as C
-    from pkd.distillation import distill
+    from pkd.config import options as C
+    from pkd.recipes.distill import distill
 
     seed, rows = args.seeds[0], []
     for beta in args.betas:

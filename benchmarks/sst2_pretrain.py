@@ -118,9 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_corpus(args, out: Path) -> tuple[Path, dict]:
     """The unlabelled text: SST-2 training sentences and tweets, interleaved (seed 0)."""
-    from pkd import config as C
+    from pkd.config import options as C
+    from pkd.data.text import load_texts, read_passages
     from pkd.demo import tweets_csv
-    from pkd.text import load_texts, read_passages
 
     sst2 = load_texts(C.TextConfig(task="sst2", data_dir=args.data_dir)).text_a
     tweets = read_passages(Path(args.tweets or tweets_csv()), "text", "latin-1")
@@ -134,9 +134,9 @@ def write_corpus(args, out: Path) -> tuple[Path, dict]:
 
 def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
     """`pkd pretrain` into `run` (reused when finished); its metrics.json."""
-    from pkd import config as C
-    from pkd.dryrun import format_plan
-    from pkd.pretraining import pretrain
+    from pkd.config import options as C
+    from pkd.recipes.dryrun import format_plan
+    from pkd.recipes.pretrain import pretrain
 
     if not (run / "metrics.json").is_file():
         o = {"student_layers": 3, "strategy": args.strategy, "pt_tokens": args.pt_tokens}

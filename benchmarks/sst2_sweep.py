@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _teacher(args, data: dict, out: Path) -> tuple[Path, float]:
-    from pkd import config as C
     from pkd.api import finetune
+    from pkd.config import options as C
 
     if args.teacher is not None:
         run = Path(args.teacher)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from pkd.cli import configure_logging
     from pkd.errors import PkdError
     from pkd.fsio import atomic_write, write_json
-    from pkd.sweep import sweep
+    from pkd.recipes.sweep import sweep
 
     args = parse_args(argv)
     configure_logging(args.quiet)  # as `pkd sweep` would show it
@@ -207,7 +207,7 @@ def _rows(sweep_dir: Path) -> list[dict]:
 
 
 def summarize(args, tpe: dict, grid: dict, out: Path, t_teacher: float, total: float) -> dict:
-    from pkd import report as R
+    from pkd.deploy import report as R
 
     split = tpe[next(iter(tpe))]["eval_split"] if tpe else "dev"
     table, per_method = [], {}

@@ -2,7 +2,7 @@
 
 MiniLM-L6 teacher (packaged, with a task head; mean pooling, as `--pooling auto` picks for it)
 -> 3-layer student, real SST-2 sentences, identical batches for every mode, each step the
-training loop's own (`pkd.train.training_step`: with its check, clipping and schedule).
+training loop's own (`pkd.training.loop.training_step`: with its check, clipping and schedule).
 `pkd_cached_logged` is a PKD step on a logged step (`--logging-steps`), which also measures
 each term's gradient share (one extra backward per term). Modes are interleaved round by
 round so that load on the machine affects them alike; the ratios come from one run.
@@ -24,21 +24,21 @@ from pathlib import Path
 
 import torch
 
-from pkd import cache as cache_mod
-from pkd.config import TrainConfig
-from pkd.data import collator, encode, load_split
+from pkd.config.options import TrainConfig
+from pkd.data.loading import collator, encode, load_split
 from pkd.fsio import atomic_write, write_json
-from pkd.mapping import layer_map
-from pkd.models import build_student, load_for_finetuning, load_tokenizer, quiet_transformers
-from pkd.tasks import get_task
-from pkd.train import (
-    Objective,
-    cached_teacher,
-    make_accelerator,
-    online_teacher,
-    prepare,
-    training_step,
+from pkd.models.encoders import (
+    build_student,
+    load_for_finetuning,
+    load_tokenizer,
+    quiet_transformers,
 )
+from pkd.objectives import cache as cache_mod
+from pkd.objectives.mapping import layer_map
+from pkd.objectives.objective import Objective, cached_teacher, online_teacher
+from pkd.tasks import get_task
+from pkd.training.accelerator import make_accelerator
+from pkd.training.loop import prepare, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLING = "mean"  # what `--pooling auto` gives MiniLM-L6 (its sentence-transformers config)
@@ -57,7 +57,7 @@ def cpu_name() -> str:
 def step_fn(
     accelerator, model, data, collate, cfg: TrainConfig, objective: Objective, shares=False
 ):
-    """One optimizer step of the training loop (`pkd.train.training_step`) on a batch; with
+    """One optimizer step of the training loop (`pkd.training.loop.training_step`) on a batch; with
     `shares`, as on a logged step (gradient shares measured)."""
     p = prepare(accelerator, model, data, {}, cfg, collate)
     p.model.train()

@@ -127,7 +127,7 @@ _KILLED_AFTER_CHECKPOINT = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)  # as the in-process runs (_one_thread): the same float sums
-import pkd.train as T
+import pkd.training.hooks as T
 class DieAfterCheckpoint(T.LoopHooks):
     def on_checkpoint(self, state, path):
         if state.step == int(sys.argv[1]):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_tiny_bert, make_tiny_teacher
 
-from pkd.bench import benchmark, make_inputs
+from pkd.deploy.bench import benchmark, make_inputs
 from pkd.errors import PkdError
 
 
@@ -108,7 +108,7 @@ def test_onnx_backend_needs_onnxruntime(tiny_teacher, monkeypatch):
 
 
 def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
-    """The ONNX path through the `pkd.onnx_model.load_onnx` contract (stand-in loader)."""
+    """The ONNX path through the `pkd.deploy.onnx_model.load_onnx` contract (stand-in loader)."""
     export_dir = tmp_path / "onnx"
     export_dir.mkdir()
     (export_dir / "model.onnx").write_bytes(b"\0" * 3000)
@@ -132,7 +132,7 @@ def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
         calls.append({"threads": threads, "spinning": spinning})
         return Session()
 
-    monkeypatch.setattr("pkd.bench.load_onnx", load_onnx)
+    monkeypatch.setattr("pkd.deploy.bench.load_onnx", load_onnx)
     result = benchmark([str(export_dir)], [2], [8], 1, backend="onnx", warmup=1, iterations=3)
     assert result["models"][0]["parameters"] == {"total": 1234, "transformer_layers": None}
     assert result["models"][0]["size_bytes"] == 3000
@@ -145,7 +145,7 @@ def test_onnx_backend_uses_export_loader(tmp_path, monkeypatch):
 
 
 def test_onnx_backend_on_a_real_export(tiny_teacher, tmp_path):
-    from pkd.export import export
+    from pkd.deploy.export import export
 
     export(str(tiny_teacher), str(tmp_path / "onnx"))
     result = benchmark(

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import write_sst2
 
-from pkd import cache as cache_mod
-from pkd.data import collator, encode, load_split
-from pkd.models import load_finetuned, load_tokenizer
+from pkd.data.loading import collator, encode, load_split
+from pkd.models.encoders import load_finetuned, load_tokenizer
+from pkd.objectives import cache as cache_mod
+from pkd.objectives.objective import online_teacher
 from pkd.tasks import get_task
-from pkd.train import online_teacher
 
 SPEC = get_task("sst2")
 LABEL2ID = {"0": 0, "1": 1}
@@ -31,7 +31,7 @@ def encoded(data_dir, tokenizer, max_length=32):
 
 
 def extra(max_length=32):
-    # what pkd.distillation.distill puts in the fingerprint besides weights and token ids
+    # what pkd.recipes.distill.distill puts in the fingerprint besides weights and token ids
     return {"task": "sst2", "labels": ["0", "1"], "max_length": max_length, "truncation": True}
 
 
@@ -73,7 +73,7 @@ def cache_dirs(root):
 
 
 def test_build_then_reuse_without_teacher(teacher, tokenizer, sst2_dir, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pkd.cache")
+    caplog.set_level(logging.INFO, logger="pkd.objectives.cache")
     root = tmp_path / "cache"
     data = encoded(sst2_dir, tokenizer)
     first = build(teacher, data, tokenizer, root)
@@ -319,7 +319,7 @@ def test_damaged_cache_is_rebuilt(teacher, tokenizer, sst2_dir, tmp_path, caplog
 
     teacher.calls = 0
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.cache"):
+    with caplog.at_level(logging.WARNING, logger="pkd.objectives.cache"):
         rebuilt = build(teacher, data, tokenizer, root)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -334,7 +334,7 @@ def test_damaged_cache_is_rebuilt(teacher, tokenizer, sst2_dir, tmp_path, caplog
     # and the rebuilt cache is good: reused silently
     teacher.calls = 0
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.cache"):
+    with caplog.at_level(logging.WARNING, logger="pkd.objectives.cache"):
         assert build(teacher, data, tokenizer, root).manifest["reused"] is True
     assert teacher.calls == 0
     assert not caplog.records

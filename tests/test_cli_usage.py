@@ -14,7 +14,7 @@ import pytest
 from conftest import write_sst2
 
 from pkd.cli import build_parser
-from pkd.config import MODEL_SOURCES
+from pkd.config.options import MODEL_SOURCES
 from pkd.progress import progress
 
 SST2 = ["--task", "sst2", "--max-length", "16"]
@@ -186,7 +186,7 @@ def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch):
     import datasets
     from datasets.utils import are_progress_bars_disabled
 
-    from pkd.splits import hub_dataset
+    from pkd.data.splits import hub_dataset
     from pkd.tasks import get_task
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: "the split")

@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from pkd.compare import compare
 from pkd.errors import PkdError
+from pkd.recipes.compare import compare
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +60,7 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
     caches = [m["teacher_cache"] for m in pkd_metrics]
     assert caches[0]["path"] == caches[1]["path"] and caches[1]["reused"] is True  # one cache
 
-    from pkd.report import collect_runs
+    from pkd.deploy.report import collect_runs
 
     found = collect_runs(runs)
     assert [(r["method"], r["seed"], r["layers"]) for r in found] == [
@@ -199,7 +199,7 @@ def test_compare_cli_dry_run_and_checks(tiny_teacher, sst2_dir, tmp_path, pkd_cl
 
 
 def test_report_helpers(tmp_path):
-    from pkd import report as R
+    from pkd.deploy import report as R
 
     # (2, .8) is beaten by (3, .8); (1.5, .7) by (2, .8): the front is the teacher-like
     # slow/accurate point and the fast one.

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import sentiment_rows, snapshot
 
-from pkd import config as C
 from pkd import fsio
+from pkd.config import options as C
 from pkd.errors import PkdError
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--epochs", "1", "--quiet"]
@@ -179,7 +179,7 @@ def test_method_resolves_weights_and_saved_configs_still_load():
 
 def test_compare_shares_beta_only_with_pkd(tiny_teacher, sst2_dir, tmp_path):
     """`compare --beta 500` (one distill section for every method) plans beta 0 for ft/kd."""
-    from pkd.compare import compare
+    from pkd.recipes.compare import compare
 
     distill = {"beta": 500.0, "alpha": 0.7}
     data = {"task": "sst2", "data_dir": str(sst2_dir), "max_length": 16, "max_train_samples": 16}
@@ -218,7 +218,7 @@ def test_compare_and_sweep_check_seeds_up_front(
     def never(*a, **k):
         raise AssertionError("the teacher is scored before the seeds are checked")
 
-    monkeypatch.setattr("pkd.compare.evaluate_model", never)
+    monkeypatch.setattr("pkd.recipes.compare.evaluate_model", never)
     common = ["--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output", tmp_path / "o",
               "--student-layers", "2", *TINY, "--allow-weak-teacher", "--dry-run"]  # fmt: skip
     argv = ["compare", *common, "--seeds", "1,-1", "--bench-seq-length", "16"]
@@ -287,12 +287,12 @@ def test_run_outputs_are_readable_by_others(
 
 
 def test_tiny_holdout_warns(sst2_dir, caplog):
-    from pkd.data import load_splits
+    from pkd.data.loading import load_splits
 
     def held(fraction: float) -> int:
         data = C.DataConfig(task="sst2", data_dir=str(sst2_dir), holdout_fraction=fraction)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="pkd.data"):
+        with caplog.at_level(logging.WARNING, logger="pkd.data.loading"):
             _, splits = load_splits(
                 C.DataConfig(**{**vars(data), "max_train_samples": 20}), ["train"]
             )

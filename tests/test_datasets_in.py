@@ -161,7 +161,7 @@ def test_predict_reads_the_test_split_of_a_saved_glue_dataset(
 
 def test_python_api_takes_datasetdict_and_dataset_objects(tiny_bert, tmp_path):
     import pkd
-    from pkd.config import DataConfig, FinetuneConfig, TrainConfig
+    from pkd.config.options import DataConfig, FinetuneConfig, TrainConfig
 
     tweets = tweets_like()
     data = DataConfig(
@@ -299,7 +299,7 @@ def test_dataset_errors_are_one_line_and_name_the_option(
 
 
 def test_config_refuses_other_objects_and_a_datasetdict_for_one_split():
-    from pkd.config import DataConfig
+    from pkd.config.options import DataConfig
     from pkd.errors import PkdError
 
     with pytest.raises(PkdError, match=r"^--train-file: expected a path or a `datasets` object"):
@@ -337,7 +337,7 @@ def test_a_bad_label_names_the_split_and_row(tiny_bert, tmp_path):
     from datasets import Dataset
 
     import pkd
-    from pkd.config import DataConfig, FinetuneConfig
+    from pkd.config.options import DataConfig, FinetuneConfig
     from pkd.errors import PkdError
 
     rows = Dataset.from_dict({"sentence": ["good film", "bad film", "a film"], "label": [1, 0, 5]})

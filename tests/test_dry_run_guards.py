@@ -14,12 +14,13 @@ import pytest
 import torch
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
-from pkd import api, distillation
-from pkd import config as C
-from pkd import data as D
-from pkd.data import encode
+from pkd import api
+from pkd.config import options as C
+from pkd.data import loading as D
+from pkd.data.loading import encode
+from pkd.data.splits import Split
 from pkd.errors import PkdError
-from pkd.splits import Split
+from pkd.recipes import distill as distillation
 from pkd.tasks import CLASSIFICATION, TaskSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, caplog, 
         "--teacher: it scores accuracy=0.5625 on dev, not 2 points above the majority "
         "baseline 0.5625; fine-tune it better or pass --allow-weak-teacher"
     )
-    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
+    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
         stdout = pkd_cli.ok([*argv, "--allow-weak-teacher"]).out
     assert "layer map:" in stdout
     assert "baseline 0.5625 (allowed)" in caplog.text
@@ -320,7 +321,7 @@ def test_teacher_with_other_label_names_is_refused(world, tmp_path, pkd_cli):
 
 def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd_cli):
     argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
-    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
+    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
         stdout = pkd_cli.ok([*argv, "--student-init", "teacher"]).out
     assert (
         f"--student-init: the student is initialised from the fine-tuned teacher "
@@ -328,7 +329,7 @@ def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd
     ) in caplog.text
     assert f"student:    3 layers from {world['teacher']}" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
+    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
         pkd_cli.ok(argv)  # default: the teacher's pre-trained base
     assert "initialised from the fine-tuned teacher" not in caplog.text
 
@@ -361,7 +362,7 @@ def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns
     ] * long_rows
     split = Split("train", "mem", [str(i) for i in range(100)], texts, None, ["1"] * 100)
     enc = encode(split, tok, 8, {"0": 0, "1": 1}, show_progress=False)
-    with caplog.at_level(logging.WARNING, logger="pkd.data"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data.loading"):
         frac = D.warn_truncation(enc, 8)
     assert frac == pytest.approx(long_rows / 100)
     expected = f"{long_rows}.0% of training examples reach --max-length 8 and are truncated"
@@ -371,12 +372,12 @@ def test_truncation_warning_above_5_percent_only(world, caplog, long_rows, warns
 def test_truncation_warning_through_the_cli(world, tmp_path, caplog, pkd_cli):
     argv = ["finetune", "--model", world["bert"], "--task", "sst2", "--data-dir", world["data"]]
     argv += ["--output", tmp_path / "ft", "--dry-run", "--quiet"]
-    with caplog.at_level(logging.WARNING, logger="pkd.data"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data.loading"):
         stdout = pkd_cli.ok([*argv, "--max-length", "6"]).out
     assert "100.0% of training examples reach --max-length 6" in caplog.text
     assert "train: 64 examples, 100.0% truncated" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.data"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data.loading"):
         pkd_cli.ok([*argv, "--max-length", "16"])  # sentences are 7 tokens
     assert "truncated" not in caplog.text
 
@@ -391,7 +392,7 @@ def _history(first: float, later: float = 0.9) -> dict:
 
 
 def _dev(ones: int = 18, zeros: int = 14):
-    from pkd.splits import Split
+    from pkd.data.splits import Split
 
     labels = ["1"] * ones + ["0"] * zeros
     return Split(
@@ -421,7 +422,7 @@ def test_collapse_warning(method, first, epoch1, cause, caplog):
     beta = {"beta": 500.0} if method == "pkd" else {}  # the others have no patient loss
     d = C.DistillConfig(method=method, **beta)
     result = {**_history(first), "first_epoch": epoch1}
-    with caplog.at_level(logging.WARNING, logger="pkd.distillation"):
+    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
         distillation.warn_collapse(result, get_task("sst2"), _dev(), d)
     text = caplog.text
     assert ("predicts a single class on dev after the first epoch" in text) is (cause is not None)

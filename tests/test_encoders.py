@@ -115,7 +115,7 @@ def check_student(config: dict, arch: str, pooling: str) -> None:
     implementation the architecture has."""
     from transformers import AutoConfig
 
-    from pkd.models import encoder_type, model_pooling, num_layers
+    from pkd.models.encoders import encoder_type, model_pooling, num_layers
 
     loaded = AutoConfig.for_model(config.pop("model_type"), **config)
     assert (encoder_type(loaded), model_pooling(loaded), num_layers(loaded)) == (arch, pooling, 2)
@@ -217,7 +217,7 @@ def test_whole_chain(arch, pooling, data, tmp_path, pkd_cli):
 
 def test_mean_head_reads_distilbert_names():
     """A pooled config answers the standard names the encoder spells its own way."""
-    from pkd.pooling import PkdPooledConfig
+    from pkd.models.pooling import PkdPooledConfig
 
     config = PkdPooledConfig.from_encoder(tiny_config("distilbert"), num_labels=2)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 4, 4)
@@ -231,7 +231,7 @@ def test_mean_head_reads_distilbert_names():
 @pytest.mark.parametrize(("arch", "attention"), [("bert", "sdpa"), ("mpnet", "eager"),
                                                  ("deberta-v2", "eager")])  # fmt: skip
 def test_mean_head_takes_the_attention_its_encoder_has(arch, attention):
-    from pkd.pooling import PkdPooledConfig, PkdPooledForSequenceClassification
+    from pkd.models.pooling import PkdPooledConfig, PkdPooledForSequenceClassification
 
     config = PkdPooledConfig.from_encoder(tiny_config(arch), num_labels=2)
     model = PkdPooledForSequenceClassification(config)
@@ -240,7 +240,7 @@ def test_mean_head_takes_the_attention_its_encoder_has(arch, attention):
 
 
 def test_student_cut_keeps_the_first_layer_types():
-    from pkd.models import depth_overrides
+    from pkd.models.encoders import depth_overrides
 
     config = tiny_config("modernbert")
     assert config.layer_types[:3] == ["full_attention", "sliding_attention", "sliding_attention"]
@@ -259,8 +259,8 @@ def test_student_cut_keeps_the_first_layer_types():
 def test_max_length_limit_skips_the_position_offset(arch, pad, limit):
     """RoBERTa numbers positions from pad_token_id + 1, MPNet from 2: a 514-position RoBERTa
     takes 512 tokens."""
-    from pkd.models import max_length_limit
-    from pkd.pooling import PkdPooledConfig
+    from pkd.models.encoders import max_length_limit
+    from pkd.models.pooling import PkdPooledConfig
 
     config = tiny_config(arch, max_position_embeddings=514, pad_token_id=pad)
     assert max_length_limit(config, None) == limit
@@ -319,7 +319,7 @@ def test_pretrain_a_narrower_student_of_its_own_names(arch, data, tmp_path, pkd_
 
 def test_token_positions_of_a_config_json():
     """What `benchmark` and the ONNX runner read from an export's config.json."""
-    from pkd.models import token_positions
+    from pkd.models.encoders import token_positions
 
     roberta = {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}
     assert token_positions(roberta) == 512

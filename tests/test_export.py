@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import SHARED_SST2, make_tiny_bert, sentiment_rows
 
-from pkd import export as X
+from pkd.deploy import export as X
 from pkd.errors import PkdError
 
 
@@ -20,8 +20,8 @@ from pkd.errors import PkdError
 def trained(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
     """A `pkd finetune` run on the toy SST-2: predictions that vary, so agreement means
     something (an untrained head predicts one class for every text)."""
-    from pkd import config as C
     from pkd.api import finetune
+    from pkd.config import options as C
 
     run = tmp_path_factory.mktemp("finetune") / "run"
     cfg = C.FinetuneConfig(
@@ -332,7 +332,7 @@ def sst2_dev_sentences(n: int) -> list[str]:
 def test_minilm_student_export_int8(minilm, tmp_path, pkd_cli):
     from transformers import AutoTokenizer
 
-    from pkd.models import build_student, load_for_finetuning
+    from pkd.models.encoders import build_student, load_for_finetuning
     from pkd.tasks import CLASSIFICATION
 
     teacher = load_for_finetuning(str(minilm), CLASSIFICATION, ("0", "1"))

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from pkd import config as C
-from pkd.data import encode, load_split, load_splits
+from pkd.config import options as C
+from pkd.data.loading import encode, load_split, load_splits
 from pkd.errors import PkdError
-from pkd.mapping import layer_map, parse_layer_map
+from pkd.objectives.mapping import layer_map, parse_layer_map
 from pkd.tasks import get_task
 
 FUZZ = settings(

@@ -65,11 +65,11 @@ def first_batch(trainer) -> dict:
 
 
 def reference_loss(trainer, batch, teacher) -> tuple[torch.Tensor, dict]:
-    """pkd.train.loss_terms with pkd's map, weighted by pkd.losses.total_loss, teacher online."""
-    from pkd.losses import total_loss
-    from pkd.mapping import layer_map
-    from pkd.models import load_finetuned
-    from pkd.train import Objective, loss_terms, online_teacher
+    """pkd.objectives.objective.loss_terms with pkd's map, weighted by pkd.objectives.losses.total_loss, teacher online."""
+    from pkd.models.encoders import load_finetuned
+    from pkd.objectives.losses import total_loss
+    from pkd.objectives.mapping import layer_map
+    from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     objective = Objective(
         terms=("ce", "kd", "pt"), alpha=0.5, beta=100.0, temperature=10.0,
@@ -113,7 +113,7 @@ def test_short_run_lowers_the_loss_and_the_student_loads_in_pkd(
     from transformers import AutoTokenizer
 
     from pkd.hf import add_example_index
-    from pkd.models import load_finetuned
+    from pkd.models.encoders import load_finetuned
 
     data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))
     trainer = make_trainer(
@@ -235,7 +235,7 @@ def test_a_narrower_student_trains_through_projections_kept_out_of_save_model(
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
-    from pkd.models import load_finetuned
+    from pkd.models.encoders import load_finetuned
 
     narrow = make_tiny_bert(tmp_path / "narrow", layers=2, hidden=16)  # as `pkd pretrain` makes
     data = tokenised(AutoTokenizer.from_pretrained(tiny_teacher))["train"]
@@ -285,7 +285,7 @@ def test_trainer_checkpoints_keep_the_projections_and_resume_restores_them(tiny_
 
 def tiny_student(teacher):
     """A 2-layer student as pkd builds it, for model_init."""
-    from pkd.models import build_student, load_finetuned
+    from pkd.models.encoders import build_student, load_finetuned
 
     t = load_finetuned(str(teacher))
     return build_student(str(teacher), 2, t, "classification")
@@ -353,8 +353,8 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
 
     import transformers
 
-    from pkd import config as C
     from pkd.api import distill
+    from pkd.config import options as C
 
     records = []
 

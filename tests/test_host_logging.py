@@ -9,8 +9,8 @@ import transformers
 from transformers.utils import logging as hf_logging
 
 import pkd
-from pkd import config as C
 from pkd.cli import run
+from pkd.config import options as C
 
 
 @contextlib.contextmanager

@@ -15,57 +15,32 @@ import pkd
 
 SRC = Path(pkd.__file__).parent
 
-# Lower layers never import higher ones; modules of one layer may import each other
-# (without a cycle). `pkd` itself (the package's __init__) is the public facade and sits
-# above everything; `from pkd import __version__` inside the package is no dependency (the
-# package's __init__ has run before any of its modules).
+# The package's rooms, lowest first: a room imports its own modules and lower rooms only,
+# never a higher one (the layer of a module is its room's). `pkd` itself (the package's
+# __init__) is the public facade and sits above everything; `from pkd import __version__`
+# inside the package is no dependency (the package's __init__ has run before any of its
+# modules). Each room's __init__ docstring says what it owns.
 LAYERS = {
-    # leaves: pure helpers, no other pkd module above errors
+    # leaves: the error type, atomic files and directories, progress bars, the task registry
     "pkd.errors": 0,
-    "pkd.tasks": 0,
-    "pkd.losses": 0,
-    "pkd.mapping": 0,
-    "pkd.metrics": 0,
-    "pkd.progress": 0,
     "pkd.fsio": 0,
-    "pkd.projection": 0,
-    # options
-    "pkd.config": 1,
-    "pkd.presets": 1,
-    # data and models
-    "pkd.splits": 2,
-    "pkd.race": 2,
-    "pkd.data": 2,
-    "pkd.transfer": 2,
-    "pkd.pooling": 2,
-    "pkd.models": 2,
-    "pkd.onnx_model": 2,
-    "pkd.card": 2,
-    "pkd.text": 2,
-    # the teacher cache, the training loop, and a run's plan described and timed
-    "pkd.cache": 3,
-    "pkd.train": 3,
-    "pkd.dryrun": 3,
-    "pkd.general": 3,
-    # the run API
-    "pkd.rundir": 4,
-    "pkd.finetuning": 4,
-    "pkd.distillation": 4,
-    "pkd.inference": 4,
-    "pkd.api": 4,
-    "pkd.hf": 4,
-    "pkd.pretraining": 4,
-    # commands built on runs
-    "pkd.compare": 5,
-    "pkd.sweep": 5,  # and its modules
-    "pkd.export": 5,
-    "pkd.bench": 5,
-    "pkd.report": 5,
+    "pkd.progress": 0,
+    "pkd.tasks": 0,
+    "pkd.config": 1,  # options: dataclasses, YAML, choices, presets
+    "pkd.data": 2,  # readers, encoding, multiple choice, text, transfer sets, metrics
+    "pkd.models": 3,  # encoders, pooling, students, projections, cards
+    "pkd.objectives": 4,  # losses, layer maps, the objectives, teacher signals and cache
+    "pkd.training": 5,  # the loop, accelerator, evaluation, checkpoints, run log, run dirs
+    "pkd.deploy": 6,  # export, ONNX runner, benchmark, report
+    "pkd.recipes": 7,  # finetune, distill, pretrain, inference, dry runs, compare, sweep
     # entry points
-    "pkd.cli": 6,
-    "pkd.demo": 6,
-    "pkd": 7,
+    "pkd.api": 8,
+    "pkd.hf": 8,
+    "pkd.cli": 8,
+    "pkd.demo": 8,
+    "pkd": 9,
 }
+ROOMS = [m for m in LAYERS if m.count(".") == 1 and (SRC / m.split(".")[1]).is_dir()]
 
 
 def module_name(path: Path) -> str:
@@ -79,7 +54,8 @@ def is_module(name: str) -> bool:
 
 
 def home(module: str) -> str | None:
-    """The LAYERS entry of a module: its own, or its sub-package's (pkd.sweep.plan -> pkd.sweep)."""
+    """The LAYERS entry of a module: its own, or its room's (pkd.recipes.sweep.plan ->
+    pkd.recipes)."""
     while module not in LAYERS and module.count(".") > 1:
         module = module.rsplit(".", 1)[0]
     return module if module in LAYERS else None
@@ -198,9 +174,21 @@ def test_imports_form_no_cycle():
     "module, line, expected",
     [
         # an upward import, even inside a function
-        ("pkd.losses", "def f():\n    from pkd.cli import main\n", "pkd.losses:"),
-        ("pkd.config", "import pkd.train\n", "imports pkd.train (layer 3 > 1)"),
-        ("pkd.metrics", "from pkd import distill\n", "imports pkd.distillation (layer 4 > 0)"),
+        (
+            "pkd.objectives.losses",
+            "def f():\n    from pkd.cli import main\n",
+            "pkd.objectives.losses:",
+        ),
+        (
+            "pkd.config.options",
+            "import pkd.training.loop\n",
+            "imports pkd.training.loop (layer 5 > 1)",
+        ),
+        (
+            "pkd.data.metrics",
+            "from pkd import distill\n",
+            "imports pkd.recipes.distill (layer 7 > 2)",
+        ),
     ],
 )
 def test_an_upward_import_is_caught(module, line, expected):
@@ -212,6 +200,19 @@ def test_an_upward_import_is_caught(module, line, expected):
 
 def test_a_cycle_within_one_layer_is_caught():
     sources = package_sources()
-    sources["pkd.rundir"] += "\ndef f():\n    from pkd.finetuning import finetune\n"
+    sources["pkd.recipes.dryrun"] += "\ndef f():\n    from pkd.recipes.finetune import finetune\n"
     assert upward_imports(import_graph(sources)) == []  # same layer: only a cycle
-    assert ["pkd.finetuning", "pkd.rundir"] in cycles(import_graph(sources))
+    assert ["pkd.recipes.dryrun", "pkd.recipes.finetune"] in cycles(import_graph(sources))
+
+
+TOP_LEVEL_MODULES = 8  # pkd/*.py besides the rooms: entry points, API, errors and the like
+
+
+def test_the_package_is_rooms_and_a_few_top_level_modules():
+    top = sorted(p.stem for p in SRC.glob("*.py") if p.stem != "__init__")
+    assert len(top) <= TOP_LEVEL_MODULES, top
+    rooms = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file())
+    assert rooms == sorted(m.split(".")[1] for m in ROOMS)
+    for room in rooms:  # each says what it owns and what it may import
+        doc = ast.get_docstring(ast.parse((SRC / room / "__init__.py").read_text()))
+        assert doc and f"Layer {LAYERS['pkd.' + room]}:" in doc, room

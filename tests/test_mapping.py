@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pkd.config.options import STRATEGIES
 from pkd.errors import PkdError
-from pkd.mapping import STRATEGIES, layer_map, parse_layer_map
+from pkd.objectives.mapping import layer_map, parse_layer_map
 
 
 def teacher_side(pairs):

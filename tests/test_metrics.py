@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pkd.metrics import compute_metrics, majority_baseline
+from pkd.data.metrics import compute_metrics, majority_baseline
 
 # Six binary examples:      i:  0  1  2  3  4  5
 PRED = [1, 0, 1, 1, 0, 1]
@@ -163,9 +163,9 @@ def test_f1_of_a_model_with_reversed_labels_scores_class_1(tiny_bert, tmp_path):
     from conftest import make_tiny_teacher
     from sklearn.metrics import f1_score
 
-    from pkd import config as C
     from pkd.api import evaluate
-    from pkd.distillation import plan_distill
+    from pkd.config import options as C
+    from pkd.recipes.distill import plan_distill
 
     data = _write_mrpc(tmp_path / "MRPC")
     teacher = make_tiny_teacher(tmp_path / "teacher", tiny_bert, labels=("1", "0"))
@@ -199,8 +199,8 @@ def test_positive_label_for_custom_data(tiny_bert, tmp_path):
     from conftest import make_tiny_teacher, sentiment_rows
     from sklearn.metrics import f1_score
 
-    from pkd import config as C
     from pkd.api import evaluate
+    from pkd.config import options as C
     from pkd.errors import PkdError
 
     rows = [(t, "pos" if y == "1" else "neg") for t, y in sentiment_rows(20, seed=4)]

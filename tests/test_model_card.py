@@ -1,4 +1,4 @@
-"""Model cards: every saved model/ has a README.md in the Hub's format (`pkd.card`), checked
+"""Model cards: every saved model/ has a README.md in the Hub's format (`pkd.models.card`), checked
 offline with huggingface_hub (metadata, model-index) and by re-running its command."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_the_cards_command_reruns_the_same_student(runs, pkd_cli, monkeypatch):
 
 
 def test_hub_ids_are_metadata_and_local_paths_are_not():
-    from pkd.card import is_hub_id
+    from pkd.models.card import is_hub_id
 
     assert is_hub_id("bert-base-uncased") and is_hub_id("google/bert_uncased_L-4_H-256_A-4")
     assert not is_hub_id("/tmp/x") and not is_hub_id("./runs/t") and not is_hub_id("a/b/c")
@@ -100,7 +100,7 @@ def test_hub_ids_are_metadata_and_local_paths_are_not():
 
 def test_finish_run_writes_a_card_for_any_command(tmp_path, tiny_bert):
     """The hook a new command (`pkd pretrain`) uses: finish_run(..., command=NAME)."""
-    from pkd.rundir import finish_run
+    from pkd.training.rundir import finish_run
 
     class Main:
         is_main_process = True
@@ -121,8 +121,8 @@ def test_finish_run_writes_a_card_for_any_command(tmp_path, tiny_bert):
 def test_cards_read_right_on_the_hub_no_local_path_no_upload_section(runs, tmp_path, caplog):
     import logging
 
-    from pkd.card import write_model_card
-    from pkd.rundir import read_run_config
+    from pkd.models.card import write_model_card
+    from pkd.training.rundir import read_run_config
 
     for run in runs.values():
         text = (run / "model" / "README.md").read_text()
@@ -134,7 +134,7 @@ def test_cards_read_right_on_the_hub_no_local_path_no_upload_section(runs, tmp_p
         assert f'model="YOUR_NAME/{run.name}"' in card.text
     # the upload instructions go to the log instead
     run = runs["student"]
-    with caplog.at_level(logging.INFO, logger="pkd.card"):
+    with caplog.at_level(logging.INFO, logger="pkd.models.card"):
         write_model_card(
             run / "model", read_run_config(run), json.loads((run / "metrics.json").read_text()),
             "distill",
@@ -155,7 +155,7 @@ def synthetic_run(data: dict, sources: dict, task: str = "sst2") -> tuple[dict, 
 
 
 def test_a_partial_run_is_no_model_index_result_on_the_official_split(tmp_path):
-    from pkd.card import model_card
+    from pkd.models.card import model_card
 
     (tmp_path / "run" / "model").mkdir(parents=True)
     sources = {"train": "/local-disk/glue/train.tsv", "dev": "/local-disk/glue/dev.tsv"}
@@ -176,7 +176,7 @@ def test_a_partial_run_is_no_model_index_result_on_the_official_split(tmp_path):
 
 
 def test_a_datasetdict_run_names_its_real_split_and_no_local_path(tmp_path):
-    from pkd.card import model_card
+    from pkd.models.card import model_card
 
     (tmp_path / "run" / "model").mkdir(parents=True)
     sources = {"train": "dataset:/local-disk/data/tweets[train]",
@@ -209,7 +209,7 @@ def metadata_load_text(text: str) -> dict:
 def test_license_comes_from_the_base_models_card_where_known(tmp_path, tiny_bert):
     import shutil
 
-    from pkd.card import model_card
+    from pkd.models.card import model_card
 
     base = tmp_path / "licensed-bert"
     shutil.copytree(tiny_bert, base)

@@ -7,7 +7,7 @@ import torch
 from conftest import WORDS, make_tiny_bert, make_tiny_teacher
 
 from pkd.errors import PkdError
-from pkd.models import (
+from pkd.models.encoders import (
     BASE_MODEL_KEY,
     build_student,
     layer_states,

@@ -14,10 +14,10 @@ import torch
 import yaml
 from conftest import make_tiny_bert
 
-from pkd import config as C
 from pkd.api import distill, evaluate, finetune
-from pkd.models import checkpoint_pooling, layer_states, load_finetuned, resolve_pooling
-from pkd.pooling import MODEL_TYPE, mean_pool
+from pkd.config import options as C
+from pkd.models.encoders import checkpoint_pooling, layer_states, load_finetuned, resolve_pooling
+from pkd.models.pooling import MODEL_TYPE, mean_pool
 
 DATA = {"task": "sst2", "max_length": 16}
 TRAIN = {"lr": 3e-3, "batch_size": 8, "quiet": True}
@@ -66,7 +66,7 @@ def batch_of(tokenizer, texts, **padding):
 
 
 def test_auto_reads_the_sentence_transformers_pooling_config(tmp_path, st_bert, tiny_bert):
-    from pkd.models import load_config
+    from pkd.models.encoders import load_config
 
     assert checkpoint_pooling(str(st_bert)) == (
         "mean",
@@ -88,10 +88,10 @@ def test_auto_reads_the_sentence_transformers_pooling_config(tmp_path, st_bert, 
 def test_auto_pooling_says_what_it_chose_and_why(tmp_path, st_bert, tiny_bert, caplog):
     """Every --pooling auto choice is logged with its reason; a Hub checkpoint whose
     modules.json cannot be read (offline here) falls back to cls with a warning."""
-    from pkd.models import load_config
+    from pkd.models.encoders import load_config
 
     config = load_config(str(tiny_bert), "model")
-    with caplog.at_level(logging.INFO, logger="pkd.models"):
+    with caplog.at_level(logging.INFO, logger="pkd.models.encoders"):
         assert (
             resolve_pooling("auto", str(st_bert), load_config(str(st_bert), "model"))[0] == "mean"
         )
@@ -219,7 +219,7 @@ def test_saved_model_loads_without_pkd_through_remote_code(mean_teacher):
 @pytest.mark.slow
 def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir, tmp_path):
     pytest.importorskip("onnxruntime")
-    from pkd.export import export
+    from pkd.deploy.export import export
 
     report = export(
         str(mean_teacher),
@@ -260,9 +260,9 @@ def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir
 def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, sst2_dir):
     from transformers import AutoTokenizer
 
-    from pkd.mapping import layer_map
-    from pkd.models import build_student
-    from pkd.train import Objective, loss_terms, online_teacher
+    from pkd.models.encoders import build_student
+    from pkd.objectives.mapping import layer_map
+    from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     teacher = load_finetuned(str(mean_teacher), "teacher")
     student = build_student(
@@ -302,10 +302,10 @@ def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, 
 
 @pytest.mark.slow
 def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_dir, tmp_path):
-    from pkd.cache import build_or_load, cache_extra
-    from pkd.data import collator, encode_all, load_splits
-    from pkd.models import load_tokenizer
-    from pkd.train import online_teacher
+    from pkd.data.loading import collator, encode_all, load_splits
+    from pkd.models.encoders import load_tokenizer
+    from pkd.objectives.cache import build_or_load, cache_extra
+    from pkd.objectives.objective import online_teacher
 
     teacher = load_finetuned(str(mean_teacher), "teacher")
     tok = load_tokenizer(str(mean_teacher), "teacher")

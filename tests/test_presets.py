@@ -15,11 +15,11 @@ import pytest
 import yaml
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
-from pkd import config as C
-from pkd import presets as P
 from pkd.cli import build_parser, resolve
-from pkd.compare import StudentGrid, plan_runs
+from pkd.config import options as C
+from pkd.config import presets as P
 from pkd.errors import PkdError
+from pkd.recipes.compare import StudentGrid, plan_runs
 
 
 def _row(task, method, layers):
@@ -159,7 +159,7 @@ def test_preset_fills_values_and_options_override_it(tmp_path):
 
 
 def test_3layer_pkd_row_serves_both_maps_with_a_note(caplog):
-    with caplog.at_level(logging.INFO, logger="pkd.presets"):
+    with caplog.at_level(logging.INFO, logger="pkd.config.presets"):
         cfg = _distill_cfg("--task", "rte", "--preset", "paper", "--strategy", "last")
     # pkd_3layer_mean.csv, RTE: kd.cls.False, lr 2e-5, T 20, alpha 0.2, beta 10
     assert (cfg.train.lr, cfg.distill.beta, cfg.distill.pt_normalize) == (2e-5, 10.0, False)
@@ -179,9 +179,9 @@ def test_3layer_pkd_row_serves_both_maps_with_a_note(caplog):
     ],
 )
 def test_no_authors_row_falls_back_to_documented_defaults(task, argv, note, caplog):
-    with caplog.at_level(logging.WARNING, logger="pkd.presets"):
+    with caplog.at_level(logging.WARNING, logger="pkd.config.presets"):
         cfg = _distill_cfg("--task", task, "--preset", "paper", "--epochs", "2", *argv)
-    msg = [r.getMessage() for r in caplog.records if r.name == "pkd.presets"]
+    msg = [r.getMessage() for r in caplog.records if r.name == "pkd.config.presets"]
     assert len(msg) == 1, msg
     assert msg[0].startswith(f"--preset paper: {note}")
     assert "using the documented defaults and your options (lr=5e-05, epochs=2," in msg[0]
@@ -200,7 +200,7 @@ def test_unknown_preset_and_unknown_task_are_errors(pkd_cli):
 
 def test_compare_applies_the_preset_per_method_and_depth(tmp_path, caplog):
     base = {"data": {"task": "sst2"}, "distill": {"preset": "paper"}, "train": {"lr": 9e-3}}
-    with caplog.at_level(logging.WARNING, logger="pkd.presets"):
+    with caplog.at_level(logging.WARNING, logger="pkd.config.presets"):
         runs = plan_runs(
             "teacher",
             str(tmp_path / "cmp"),
@@ -220,7 +220,7 @@ def test_compare_applies_the_preset_per_method_and_depth(tmp_path, caplog):
     # No 2-layer rows: documented defaults (and the base's lr), one warning per method, not per seed
     assert by["L2-kd-seed1"].train.lr == 9e-3
     assert by["L2-kd-seed1"].distill.preset_source.startswith("none: ")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pkd.presets"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pkd.config.presets"]
     assert len(warnings) == 3 and all("2-layer student" in w for w in warnings)
 
 

@@ -20,11 +20,12 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from pkd import config as C
-from pkd.general import GeneralObjective, online_signals
-from pkd.losses import IGNORE_LABEL, mlm_distill_loss, mlm_loss, token_state_loss
-from pkd.projection import Projection
-from pkd.text import MaskedText, load_texts, mlm_collator
+from pkd.config import options as C
+from pkd.data.text import MaskedText, load_texts, mlm_collator
+from pkd.models.projection import Projection
+from pkd.objectives.losses import mlm_distill_loss, mlm_loss, token_state_loss
+from pkd.objectives.pretraining import GeneralObjective, online_signals
+from pkd.tasks import IGNORE_LABEL
 
 TRAIN = ["--epochs", "3", "--lr", "3e-3", "--batch-size", "16", "--max-length", "16"]
 TRAIN += ["--eval-texts", "20", "--logging-steps", "4", "--quiet"]
@@ -286,8 +287,8 @@ def test_latin1_text_reads_with_encoding(tiny_bert, tmp_path, pkd_cli):
 def test_masking_depends_on_seed_epoch_and_example_only(tiny_bert):
     from transformers import AutoTokenizer
 
-    from pkd.data import encode
-    from pkd.splits import Split
+    from pkd.data.loading import encode
+    from pkd.data.splits import Split
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     texts = [s for s, _ in sentiment_rows(40)]

@@ -13,12 +13,12 @@ import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer, run_killed_after_checkpoint
 from safetensors.torch import load_file
 
-from pkd import config as C
 from pkd.cli import build_parser, resolve
-from pkd.data import LengthGroupedSampler, collator, encode, load_split
+from pkd.config import options as C
+from pkd.data.loading import LengthGroupedSampler, collator, encode, load_split
+from pkd.data.multiple_choice import level_metrics, pad_choices
 from pkd.errors import PkdError
-from pkd.losses import ce_loss, kd_loss, patient_loss
-from pkd.race import level_metrics, pad_choices
+from pkd.objectives.losses import ce_loss, kd_loss, patient_loss
 from pkd.tasks import MULTIPLE_CHOICE, get_task
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def choice_data(**kw) -> C.DataConfig:
 
 
 def test_custom_jsonl_with_3_and_5_choices(tmp_path, tiny_tokenizer):
-    from pkd.data import resolve_task
+    from pkd.data.loading import resolve_task
 
     three = write_jsonl(
         tmp_path / "three.jsonl",
@@ -239,7 +239,7 @@ def segments(tokenizer, ids, types):
 
 
 def test_encoding_segments_truncate_the_article_never_the_option(tiny_tokenizer, caplog):
-    from pkd.splits import Split
+    from pkd.data.splits import Split
 
     article = " ".join(["the", "movie", "was", "very"] * 10)  # 40 tokens
     split = Split(
@@ -269,7 +269,7 @@ def test_encoding_segments_truncate_the_article_never_the_option(tiny_tokenizer,
     # Question + option longer than max length: no article, the question cut from the left,
     # the option kept whole, and a warning.
     split.text_b[0] = "the plot is very very very very very very not"
-    with caplog.at_level(logging.WARNING, logger="pkd.race"):
+    with caplog.at_level(logging.WARNING, logger="pkd.data.multiple_choice"):
         enc = encode(split, tiny_tokenizer, 10, None, show_progress=False)
     choice = enc.features["input_ids"][0][1], enc.features["token_type_ids"][0][1]
     a, b = segments(tiny_tokenizer, *choice)
@@ -377,15 +377,15 @@ def tiny_args(race_dir: Path) -> list[str]:
 
 
 def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp_path, caplog):
-    from pkd import cache as cache_mod
-    from pkd.models import load_finetuned, load_tokenizer
-    from pkd.train import online_teacher
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.objectives import cache as cache_mod
+    from pkd.objectives.objective import online_teacher
 
     teacher = load_finetuned(str(tiny_mc_teacher / "model"))
     tok = load_tokenizer(str(tiny_mc_teacher / "model"))
     train = encode(load_split(get_task("race"), "train", str(race_dir)), tok, 32, None, False)
     collate = collator(tok)
-    with caplog.at_level(logging.INFO, logger="pkd.cache"):
+    with caplog.at_level(logging.INFO, logger="pkd.objectives.cache"):
         cache = cache_mod.build_or_load(
             teacher, train, collate, "race", {"max_length": 32}, tmp_path, 7, "cpu", False
         )
@@ -410,8 +410,8 @@ def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp
 def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_dir):
     """A distill config's patient loss on RACE: by default the authors' form (each question's
     choices joined into one vector per layer), `pt_choices="each"` per choice; by hand."""
-    from pkd.models import build_student, load_finetuned, load_tokenizer
-    from pkd.train import Objective, loss_terms, online_teacher
+    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     teacher = load_finetuned(str(tiny_mc_teacher / "model")).eval()
     student = build_student(str(tiny_bert), 2, teacher, MULTIPLE_CHOICE).eval()
@@ -595,7 +595,7 @@ def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, pkd_cli):
 
 
 def test_holdout_keeps_choices_aligned(race_dir):
-    from pkd.data import load_splits
+    from pkd.data.loading import load_splits
 
     data = C.DataConfig(task="race", data_dir=str(race_dir), holdout_fraction=0.25)
     _, splits = load_splits(data, ["train", "dev"])

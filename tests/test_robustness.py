@@ -21,8 +21,8 @@ import yaml
 from conftest import WORDS, make_tiny_teacher, snapshot, write_sst2
 from safetensors.torch import load_file
 
-from pkd import config as C
 from pkd.api import finetune
+from pkd.config import options as C
 
 TRAIN = ["--batch-size", "8", "--max-length", "16", "--quiet"]
 
@@ -292,7 +292,7 @@ def test_bad_input_is_refused_before_training(
            "teacher": teacher, "mp": monkeypatch}  # fmt: skip
     extra, expected = check(ctx)
     trained = []
-    monkeypatch.setattr("pkd.distillation.train", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("pkd.recipes.distill.train", lambda *a, **k: trained.append(1))
 
     # a new run directory: never created
     fresh = tmp_path / "run"
@@ -318,7 +318,7 @@ def test_finished_run_is_refused_without_overwrite(finished, teacher, data, pkd_
 
 
 def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, caplog, pkd_cli):
-    caplog.set_level(logging.INFO, logger="pkd.distillation")
+    caplog.set_level(logging.INFO, logger="pkd.recipes.distill")
     pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run"))
     logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]
     assert len(logged) == 1
@@ -352,7 +352,7 @@ def test_config_yaml_numbers_written_as_text(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, pkd_cli):
-    import pkd.train as T
+    import pkd.training.hooks as T
 
     class NanAtStep3(T.LoopHooks):
         def on_loss(self, step, terms):
@@ -371,7 +371,7 @@ def test_non_finite_loss_stops_the_run(teacher, data, tmp_path, pkd_cli):
 
 
 def test_non_finite_loss_without_checkpoint(tiny_bert, data, tmp_path, pkd_cli):
-    import pkd.train as T
+    import pkd.training.hooks as T
 
     class InfCe(T.LoopHooks):
         def on_loss(self, step, terms):

@@ -97,7 +97,7 @@ def test_resumed_run_reports_what_the_whole_run_saw(tiny_teacher, sst2_dir, tmp_
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
-    from pkd.train import checkpoints
+    from pkd.training.checkpoints import checkpoints
 
     root = tmp_path / "checkpoints"
     (root / "step-2").mkdir(parents=True)
@@ -206,7 +206,7 @@ def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_
 NAN_ON_RANK_1 = """
 import os, sys
 import torch
-import pkd.train as T
+import pkd.training.hooks as T
 class NanOnRank1AtStep3(T.LoopHooks):
     def on_loss(self, step, terms):
         if os.environ["RANK"] == "1" and step == 3:
@@ -259,9 +259,9 @@ def test_non_finite_loss_on_one_process_stops_every_process(tiny_bert, sst2_dir,
 def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monkeypatch, pkd_cli):
     """--mixed-precision bf16 on the CPU: the encoder's matmuls really run in bf16 (autocast),
     the losses are finite and fall, the toy task is learnt, the weights are saved in fp32."""
-    import pkd.train
+    import pkd.objectives.objective
 
-    computed, real = set(), pkd.train.loss_terms
+    computed, real = set(), pkd.objectives.objective.loss_terms
 
     def spy(model, *args, **kwargs):  # the dtype of the first Linear's output, every step
         if not computed:
@@ -269,7 +269,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monke
             linear.register_forward_hook(lambda mod, inp, out: computed.add(out.dtype))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(pkd.train, "loss_terms", spy)
+    monkeypatch.setattr(pkd.objectives.objective, "loss_terms", spy)
     out = tmp_path / "bf16"
     args = finetune_args(tiny_bert, sst2_dir, out)
     args += ["--epochs", "5", "--mixed-precision", "bf16", "--logging-steps", "8"]  # 8 steps/epoch
@@ -289,8 +289,8 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monke
 
 def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
     """compare/sweep/API users run several trainings in one Python process."""
-    from pkd.config import TrainConfig
-    from pkd.train import make_accelerator
+    from pkd.config.options import TrainConfig
+    from pkd.training.accelerator import make_accelerator
 
     seen = []
     for precision in ["no", "bf16", "no"]:
@@ -306,17 +306,17 @@ COMMANDS = """
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-import pkd.text
-import pkd.train as T
+import pkd.data.text
+import pkd.training.hooks as T
 from pkd.cli import run
 
 seen = []  # (epoch, example) of each training passage this process masked
-masked = pkd.text.MaskedText.__getitem__
+masked = pkd.data.text.MaskedText.__getitem__
 def spy(self, i):
     if not self.fixed:
         seen.append((self.epoch, i))
     return masked(self, i)
-pkd.text.MaskedText.__getitem__ = spy
+pkd.data.text.MaskedText.__getitem__ = spy
 
 class Stop(Exception):
     pass

@@ -1,5 +1,5 @@
 """The test suite's own rules: the default run keeps the slow tests, commands run through the
-`pkd_cli` fixture, and faults go in through `pkd.train.LoopHooks`, never by replacing a
+`pkd_cli` fixture, and faults go in through `pkd.training.hooks.LoopHooks`, never by replacing a
 private name (a rename would silently turn such a test into a test of nothing)."""
 
 from __future__ import annotations
@@ -96,18 +96,18 @@ def test_no_test_replaces_a_private_name():
         for name, tree in parsed_tests().items()
         if (hits := replaced_private_names(tree))
     }
-    assert found == {}, f"inject faults through pkd.train.LoopHooks: {found}"
+    assert found == {}, f"inject faults through pkd.training.hooks.LoopHooks: {found}"
 
 
 def test_the_private_name_check_sees_the_forms_it_forbids():
     code = """
-import pkd.train as T
-from pkd import export as X
-import pkd.cache
+import pkd.training.loop as T
+from pkd.deploy import export as X
+import pkd.objectives.cache
 T._evaluate_and_keep_best = f
-pkd.cache._write = f
+pkd.objectives.cache._write = f
 monkeypatch.setattr(X, "_check_parity", f)
-monkeypatch.setattr("pkd.train._save", f)
+monkeypatch.setattr("pkd.training.loop._save", f)
 monkeypatch.setattr(T, "loss_terms", f)  # public: allowed
 setattr(model.config, "_name_or_path", "x")  # not a pkd module: allowed
 """

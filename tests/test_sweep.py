@@ -16,8 +16,8 @@ import yaml
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from pkd import sweep as S
 from pkd.errors import PkdError
+from pkd.recipes import sweep as S
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--allow-weak-teacher",
         "--method", "kd", "--student-layers", "2"]  # fmt: skip
@@ -147,7 +147,7 @@ def test_best_yaml_reruns_the_best_trial(grid4, pkd_cli):
 
 KILLER = """
 import os, signal, sys
-import pkd.train as T
+import pkd.training.hooks as T
 class DieInSecondTrial(T.LoopHooks):
     calls = 0
     def on_evaluate(self, state, metrics):
@@ -189,7 +189,7 @@ def test_killed_sweep_resumes_and_runs_every_point_once(tiny_teacher, sst2_dir, 
 
 @pytest.mark.slow
 def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, pkd_cli):
-    import pkd.train as T
+    import pkd.training.hooks as T
 
     class InterruptSecondTrial(T.LoopHooks):
         calls = 0
@@ -214,7 +214,7 @@ def test_interrupted_trial_is_queued_again(tiny_teacher, sst2_dir, tmp_path, pkd
 
 SLOW = """
 import sys, time
-import pkd.train as T
+import pkd.training.hooks as T
 class Slow(T.LoopHooks):
     def on_evaluate(self, state, metrics):
         time.sleep(1.0)  # a trial long enough for the other worker to join meanwhile

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pkd.data import collator, encode, infer_labels, load_split, truncated_fraction
+from pkd.data.loading import collator, encode, infer_labels, load_split, truncated_fraction
 from pkd.errors import PkdError
 from pkd.tasks import (
     CLASSIFICATION,
@@ -459,7 +459,7 @@ def test_extra_tab_inside_a_field_names_the_column_count(tmp_path):
         f"{path}:3: 3 columns, the header has 2 (a comma in an unquoted field?)"
     )
     # a multiple-choice CSV too
-    from pkd.race import choice_task
+    from pkd.data.multiple_choice import choice_task
 
     path.write_text('p,q,c,a\nctx,q,"[""x"", ""y""]",A\nctx,q,["x", "y"],B\n')
     with pytest.raises(PkdError) as e:
@@ -489,7 +489,7 @@ def test_unterminated_quote_names_the_line_where_it_opens(tmp_path, text, line):
 
 
 def test_a_directory_is_not_a_file(tmp_path):
-    from pkd import config as C
+    from pkd.config import options as C
 
     spec = custom_task(("text",), "label")
     for split, option in (("train", "--train-file"), ("dev", "--validation-file"),

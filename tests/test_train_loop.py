@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-import pkd.train as T
-from pkd import config as C
+import pkd.training.hooks as T
 from pkd.api import distill, finetune
+from pkd.config import options as C
+from pkd.training.checkpoints import LoopState
 
 
 def _finetune(tiny_bert, sst2_dir, out, **train):
@@ -90,11 +91,11 @@ def hand_terms(student, teacher, batch, pairs, temperature):
 def test_loss_terms_pair_student_layer_j_with_teacher_layer_i_j(tiny_bert, tiny_teacher, sst2_dir):
     """One batch: loss_terms (online and cached teacher) equals CE, KD and PT computed by hand,
     for the map 1 -> 1, 4 -> 2 of a 4-layer teacher and a 3-layer student."""
-    from pkd.cache import build_or_load
-    from pkd.data import collator, encode, load_split
-    from pkd.models import build_student, load_finetuned, load_tokenizer
+    from pkd.data.loading import collator, encode, load_split
+    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.objectives.cache import build_or_load
+    from pkd.objectives.objective import Objective, cached_teacher, loss_terms, online_teacher
     from pkd.tasks import get_task
-    from pkd.train import Objective, cached_teacher, loss_terms, online_teacher
 
     teacher = load_finetuned(str(tiny_teacher)).eval()
     student = build_student(str(tiny_bert), 3, teacher, "classification").eval()
@@ -148,7 +149,7 @@ class Recorder(T.LoopHooks):
 
     def on_checkpoint(self, state, path):
         # the checkpoint is complete and holds this state
-        self.calls.append(("checkpoint", state.step, path.name, T.LoopState.load(path) == state))
+        self.calls.append(("checkpoint", state.step, path.name, LoopState.load(path) == state))
 
 
 def test_hooks_see_each_micro_batch_evaluation_and_checkpoint(tiny_bert, sst2_dir, tmp_path):

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import sentiment_rows
 
-from pkd import config as C
-from pkd.distillation import distill
-from pkd.finetuning import finetune
-from pkd.losses import IGNORE_LABEL
-from pkd.splits import EncodedSplit, Split
-from pkd.transfer import TransferMix, spread, with_transfer
+from pkd.config import options as C
+from pkd.data.splits import EncodedSplit, Split
+from pkd.data.transfer import TransferMix, spread, with_transfer
+from pkd.recipes.distill import distill
+from pkd.recipes.finetune import finetune
+from pkd.tasks import IGNORE_LABEL
 
 DATA = {"task": "sst2", "max_length": 16}
 
@@ -163,9 +163,9 @@ def test_spread_keeps_copies_apart_in_every_window():
 
 @pytest.mark.slow
 def test_unlabelled_rows_never_reach_the_ce_term(teacher, sst2_dir):
-    from pkd.data import collator
-    from pkd.models import load_finetuned, load_tokenizer
-    from pkd.train import Objective, loss_terms, online_teacher
+    from pkd.data.loading import collator
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     model = load_finetuned(str(teacher), "teacher")
     tok = load_tokenizer(str(teacher), "teacher")
@@ -255,7 +255,7 @@ def test_gradient_shares_and_the_inert_patient_term(
     teacher, sst2_dir, tmp_path, caplog, beta, warns
 ):
     out = tmp_path / "pkd"
-    with caplog.at_level(logging.WARNING, logger="pkd.train"):
+    with caplog.at_level(logging.WARNING, logger="pkd.training.loop"):
         m = distill(distill_cfg(teacher, sst2_dir, out, method="pkd", beta=beta))
     records = _shares(out)
     assert records and all(set(r) == {"share_ce", "share_kd", "share_pt"} for r in records)
@@ -280,7 +280,7 @@ def test_ft_logs_no_shares(teacher, sst2_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compare_gives_the_transfer_set_to_kd_and_pkd_only(teacher, sst2_dir, tmp_path):
-    from pkd.compare import compare
+    from pkd.recipes.compare import compare
 
     transfer = write_transfer(tmp_path / "u.tsv", 40)
     base = {
@@ -341,9 +341,9 @@ def test_a_few_dev_inputs_in_the_transfer_set_are_a_warning(
     dev = (sst2_dir / "dev.tsv").read_text().splitlines()[1:4]
     extra = [f"{40 + i}\t{line.split(chr(9))[0]}" for i, line in enumerate(dev)]
     transfer.write_text(transfer.read_text() + "\n".join(extra) + "\n")
-    caplog.set_level(logging.WARNING, logger="pkd.transfer")
+    caplog.set_level(logging.WARNING, logger="pkd.data.transfer")
     pkd_cli.ok(_distill_argv(tiny_teacher, sst2_dir, tmp_path, "--transfer-file", transfer))
-    assert [r.getMessage() for r in caplog.records if r.name == "pkd.transfer"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "pkd.data.transfer"] == [
         f"--transfer-file: {transfer} holds 3 of the 32 inputs of {sst2_dir / 'dev.tsv'} (dev): "
         "the student is distilled on them and scored on them"
     ]

@@ -25,8 +25,8 @@ check_transformers(importlib.metadata.version("transformers"))
 # Registers pkd's mean-pooling heads (model_type `pkd_pooled`) with transformers' Auto classes,
 # so `AutoModelForSequenceClassification.from_pretrained(run/model)` and `pipeline(...)` load
 # a mean-pooled student after `import pkd` (imports torch and transformers).
-from pkd import pooling  # noqa: E402, F401
 from pkd.errors import PkdError  # noqa: E402
+from pkd.models import pooling  # noqa: E402, F401
 
 
 def __getattr__(name: str):

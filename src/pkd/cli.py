@@ -13,11 +13,11 @@ import json
 import logging
 import sys
 
-from pkd import config as C
+from pkd.config import options as C
+from pkd.config.presets import apply, format_table
 from pkd.demo import DEFAULTS as DEMO
 from pkd.errors import PkdError
-from pkd.models import quiet_transformers
-from pkd.presets import apply, format_table
+from pkd.models.encoders import quiet_transformers
 
 SECTION_OPTIONS = {
     "finetune": ("data", "train"),
@@ -494,7 +494,7 @@ QUIET_COMMANDS = ("evaluate", "predict", "benchmark", "export", "presets")  # wa
 
 def _finetune(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import finetune
-    from pkd.dryrun import format_plan
+    from pkd.recipes.dryrun import format_plan
 
     cfg = resolve(args, C.FinetuneConfig)
     if args.dry_run:
@@ -518,7 +518,7 @@ def _pretrain(args: argparse.Namespace, quiet: bool) -> None:
 
 def _run_or_plan(args: argparse.Namespace, cls, command) -> None:
     """`command(cfg)` for the resolved config: its best metrics, or with --dry-run its plan."""
-    from pkd.dryrun import format_plan
+    from pkd.recipes.dryrun import format_plan
 
     cfg = resolve(args, cls)
     result = command(cfg, dry_run=args.dry_run)
@@ -543,7 +543,7 @@ def _predict(args: argparse.Namespace, quiet: bool) -> None:
 
 
 def _benchmark(args: argparse.Namespace, quiet: bool) -> None:
-    from pkd.bench import benchmark
+    from pkd.deploy.bench import benchmark
 
     result = benchmark(
         args.models,
@@ -559,7 +559,7 @@ def _benchmark(args: argparse.Namespace, quiet: bool) -> None:
 
 
 def _compare(args: argparse.Namespace, quiet: bool) -> None:
-    from pkd.compare import compare
+    from pkd.recipes.compare import compare
 
     result = compare(
         args.teacher,
@@ -580,7 +580,7 @@ def _compare(args: argparse.Namespace, quiet: bool) -> None:
 
 
 def _sweep(args: argparse.Namespace, quiet: bool) -> None:
-    from pkd.sweep import SweepOptions, run_sweep
+    from pkd.recipes.sweep import SweepOptions, run_sweep
 
     options = SweepOptions(
         teacher=args.teacher,
@@ -609,7 +609,7 @@ def _presets(args: argparse.Namespace, quiet: bool) -> None:
 
 
 def _export(args: argparse.Namespace, quiet: bool) -> None:
-    from pkd.export import export
+    from pkd.deploy.export import export
 
     parity = export(
         args.model,
@@ -667,7 +667,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def end_process_group() -> None:
-    """End the torchrun process group that the command's runs shared (`pkd.train.train`
+    """End the torchrun process group that the command's runs shared (`pkd.training.loop.train`
     keeps it up for the next run in the process: compare, sweep); torch is not imported
     for a command that did not load it."""
     torch = sys.modules.get("torch")

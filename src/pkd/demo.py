@@ -8,7 +8,7 @@
    fine-tuned with `pkd.finetune` (mean pooling, as its sentence-transformers config says).
 3. Students: 3-layer FT (labelled tweets only: it cannot use unlabelled text), KD, PKD-Skip
    and PKD-Last (labelled tweets + the transfer set, which the teacher labels), one seed
-   each, with `pkd.compare` (one shared teacher cache), which also benchmarks them against
+   each, with `pkd.recipes.compare` (one shared teacher cache), which also benchmarks them against
    the teacher and logs each loss term's share of the gradient.
 4. What distillation bought over FT, and whether PKD beat KD here, said plainly.
 Only the public API is used; it is the same as `pkd finetune` + `pkd compare`.
@@ -23,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from pkd import config as C
+from pkd.config import options as C
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, file_sha256
 
@@ -69,7 +69,7 @@ def write_slices(
     n_transfer, the next tweets without their labels (the transfer set), skipping tweets
     whose text is a dev tweet's (the corpus repeats some): the student is never distilled on
     the inputs it is scored on."""
-    from pkd.data import load_split  # lazy, as in demo()
+    from pkd.data.loading import load_split  # lazy, as in demo()
     from pkd.tasks import custom_task
 
     spec = custom_task(("text",), "sentiment")
@@ -113,10 +113,10 @@ def demo(
 ) -> dict:
     """Run the whole quickstart and print the comparison table and what it says. Returns
     compare's result. Options left None take DEFAULTS; every option is checked before
-    anything is written, and the run holds `output` (`pkd.rundir.run_lock`)."""
+    anything is written, and the run holds `output` (`pkd.training.rundir.run_lock`)."""
     # Imported when the demo runs: `pkd.cli` imports this module for DEFAULTS (its --help),
     # and the run API would add seconds to every `pkd --help`.
-    from pkd.rundir import run_lock
+    from pkd.training.rundir import run_lock
 
     sizes = check_options(train_samples, eval_samples, transfer_samples, epochs)
     teacher_path()  # installed, before anything is written
@@ -145,8 +145,8 @@ def check_options(
 
 def _demo(out: Path, sizes: dict, quiet: bool) -> dict:
     """The demo in `out` once its options are checked: data, teacher, compare, verdict."""
-    from pkd.compare import compare
-    from pkd.distillation import WeakTeacher
+    from pkd.recipes.compare import compare
+    from pkd.recipes.distill import WeakTeacher
 
     t0 = time.perf_counter()
     n_train, n_dev = sizes["train_samples"], sizes["eval_samples"]
@@ -210,8 +210,8 @@ def fine_tune_teacher(run: Path, data: dict, train: dict, files: list[Path]) -> 
     """Fine-tune MiniLM into `run`, unless `run` holds a teacher fine-tuned with these settings
     (`config.config_drift`) on data files with these contents (their sha256): re-running the
     demo reuses its teacher, changing its data or epochs trains it again."""
-    from pkd.finetuning import finetune
-    from pkd.rundir import read_run_config
+    from pkd.recipes.finetune import finetune
+    from pkd.training.rundir import read_run_config
 
     cfg = C.build(
         C.FinetuneConfig,

@@ -1,8 +1,8 @@
 """PKD in a `transformers.Trainer` script: `PatientDistillationTrainer`.
 
 A Trainer whose `compute_loss` is pkd's Eq. (5), (1 - alpha) CE + alpha KD + beta PT, from the
-same functions `pkd distill` trains with (`pkd.train.loss_terms`, `pkd.losses.total_loss`),
-with pkd's layer maps (`pkd.mapping`) and pooled layer states (`pkd.models.layer_states`,
+same functions `pkd distill` trains with (`pkd.objectives.objective.loss_terms`, `pkd.objectives.losses.total_loss`),
+with pkd's layer maps (`pkd.objectives.mapping`) and pooled layer states (`pkd.models.encoders.layer_states`,
 [CLS] or mean as the models pool). Everything else is the Trainer's: `TrainingArguments`,
 DDP, bf16/fp16, `report_to`, `push_to_hub`, callbacks, checkpoints.
 
@@ -13,7 +13,7 @@ DDP, bf16/fp16, `report_to`, `push_to_hub`, callbacks, checkpoints.
         eval_dataset=dev, processing_class=tokenizer,
     )
 
-- The student is built as `pkd distill` builds it (`pkd.models.build_student`: the first M
+- The student is built as `pkd distill` builds it (`pkd.models.encoders.build_student`: the first M
   layers of the pre-trained checkpoint the teacher records, or `student_init`), passed as
   `model`, or made by `model_init` (per `train` and `hyperparameter_search` trial). A student
   of another width than its teacher (a `pkd pretrain` init) compares its states through
@@ -49,15 +49,12 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pkd import cache as cache_mod
-from pkd import mapping
-from pkd.card import CARD_FILE, distillation_rows, summary_table
-from pkd.config import DistillConfig
-from pkd.data import collator
-from pkd.distillation import patient_projection, student_pooling
+from pkd.config.options import DistillConfig
+from pkd.data.loading import collator
+from pkd.data.splits import EncodedSplit
 from pkd.errors import PkdError
-from pkd.losses import ce_loss, total_loss
-from pkd.models import (
+from pkd.models.card import CARD_FILE, distillation_rows, summary_table
+from pkd.models.encoders import (
     BASE_MODEL_KEY,
     build_student,
     is_multiple_choice,
@@ -66,9 +63,18 @@ from pkd.models import (
     model_pooling,
     num_layers,
 )
-from pkd.splits import EncodedSplit
+from pkd.objectives import cache as cache_mod
+from pkd.objectives import mapping
+from pkd.objectives.losses import ce_loss, total_loss
+from pkd.objectives.objective import (
+    Objective,
+    cached_teacher,
+    loss_terms,
+    model_inputs,
+    online_teacher,
+)
+from pkd.recipes.distill import patient_projection, student_pooling
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, generic_labels
-from pkd.train import Objective, cached_teacher, loss_terms, model_inputs, online_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +277,7 @@ class PatientDistillationTrainer(Trainer):
 
     def new_student(self):
         """pkd's student: the first M layers of the init, with a new head for the teacher's
-        labels (`pkd.models.build_student`); the Trainer seeds before each build."""
+        labels (`pkd.models.encoders.build_student`); the Trainer seeds before each build."""
         init, layers, pooling, trust = self.recipe
         return build_student(init, layers, self.teacher, self.problem_type, trust, pooling)
 
@@ -373,7 +379,7 @@ class PatientDistillationTrainer(Trainer):
     def create_model_card(self, *args, tags=None, **kwargs) -> None:
         """The Trainer's card (output_dir/README.md), tagged `pkd`, `knowledge-distillation`
         and the method, with a table naming the teacher, method, layer map, alpha, beta and
-        T (`pkd.card.distillation_rows`, as `pkd distill`'s cards)."""
+        T (`pkd.models.card.distillation_rows`, as `pkd distill`'s cards)."""
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         d, pairs = self.settings, self.distill_objective.pairs
         tags += [t for t in ("pkd", "knowledge-distillation", d.method) if t not in tags]
@@ -438,7 +444,7 @@ class PatientDistillationTrainer(Trainer):
             self._signature_columns.append(EXAMPLE_INDEX)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Training: Eq. (5) over `pkd.train.loss_terms`, weighted by `pkd.losses.total_loss`,
+        """Training: Eq. (5) over `pkd.objectives.objective.loss_terms`, weighted by `pkd.objectives.losses.total_loss`,
         with teacher signals from the cache when the batch carries `example_index`, else
         online. Evaluation: the student's task loss (CE; MSE for regression)."""
         if not model.training:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from pkd.errors import PkdError
 
+IGNORE_LABEL = -100  # an example without a gold label (a transfer set's); NaN for regression
+
 logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "single_label_classification"
@@ -31,7 +33,7 @@ class TaskSpec:
             they are inferred from the training file.
         text_columns: one or two text columns (single sentence or sentence pair).
         label_column: column of the gold label.
-        metrics: metric names, see `pkd.metrics`; the first is the main one.
+        metrics: metric names, see `pkd.data.metrics`; the first is the main one.
         splits: split name -> file name inside the task's data directory.
         header: whether the files start with a header row (GLUE test files always do).
         test_text_columns / id_column: columns in the unlabelled test file.
@@ -302,7 +304,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
 
 def _race(name: str, levels: tuple[str, ...], hub_name: str) -> TaskSpec:
     """RACE (Lai et al. 2017): 4-way multiple choice over an article, read from the original
-    release's `DIR/{train,dev,test}/{middle,high}/*.txt` (see `pkd.race`)."""
+    release's `DIR/{train,dev,test}/{middle,high}/*.txt` (see `pkd.data.multiple_choice`)."""
     return TaskSpec(
         name=name,
         problem_type=MULTIPLE_CHOICE,

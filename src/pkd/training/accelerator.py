@@ -1,0 +1,129 @@
+"""The run's Accelerator and its trackers (--report-to: TensorBoard by default, MLflow's
+store in the run directory)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.tracking import TensorBoardTracker, get_available_trackers
+from accelerate.utils import DataLoaderConfiguration
+
+from pkd.config.options import TRACKERS, TrainConfig
+from pkd.errors import PkdError
+from pkd.objectives.objective import (
+    Objective,
+)
+
+logger = logging.getLogger(__name__)
+
+
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: TensorBoard's event files
+
+
+PROJECT = "pkd"  # the project (MLflow experiment, W&B project) of trackers that have one
+
+
+PIP_NAMES = {"comet_ml": "comet-ml"}  # --report-to name -> its package, where they differ
+
+
+def trackers(names: list[str]) -> list[str]:
+    """The trackers `--report-to` names (`pkd.config.options.check_trackers`), `all` resolved to
+    those installed; none for `none`.
+
+    Raises:
+        PkdError: a named tracker whose package is not installed.
+    """
+    available = [str(t) for t in get_available_trackers()]
+    if names == ["all"]:
+        return [t for t in TRACKERS if t in available]
+    chosen = [n for n in names if n != "none"]
+    for name in chosen:
+        if name not in available:
+            raise PkdError(
+                f"--report-to: {name} is not installed (pip install {PIP_NAMES.get(name, name)}); "
+                f"installed: {', '.join(t for t in TRACKERS if t in available) or 'none'}"
+            )
+    return chosen
+
+
+def make_accelerator(cfg: TrainConfig, output: Path | None = None):
+    """The run's Accelerator; with `output`, logging to the trackers of `--report-to`
+    (TensorBoard's files under output/tensorboard)."""
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise PkdError("--mixed-precision: fp16 needs a GPU; use bf16 (or no) on the CPU")
+    names = trackers(cfg.report_to)
+    log_with = None
+    if output is not None and names:
+        log_with = [
+            TensorBoardTracker(TENSORBOARD_DIR, str(output)) if n == "tensorboard" else n
+            for n in names
+        ]
+    # AcceleratorState is a process-wide singleton that refuses a second mixed-precision
+    # setting; each run in one Python process (compare, sweep, API calls) brings its own.
+    # The process group (PartialState) is kept, so this is safe under torchrun too.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        # Without a GPU, say so: accelerate only sets up multi-process CPU (gloo) training
+        # under torchrun/accelerate launch when cpu=True.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # The loop steps the scheduler once per optimizer step itself: accelerate's wrapper
+        # would step it once per process (N times per step under N processes).
+        step_scheduler_with_optimizer=False,
+        log_with=log_with,
+        project_dir=str(output) if output is not None else None,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+_MLFLOW_URI: list[str] = []  # the tracking URI pkd last set (a later run replaces it)
+
+
+def mlflow_into_run(output: Path) -> None:
+    """MLflow's store in the run (RUN/mlflow.db) rather than MLflow 3's default, mlflow.db
+    in the current directory; a tracking URI the user set (MLFLOW_TRACKING_URI or
+    `mlflow.set_tracking_uri`) is kept."""
+    import mlflow
+
+    ours = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() in _MLFLOW_URI
+    if mlflow.is_tracking_uri_set() and not ours:
+        return
+    # the environment's, once set, wins over the one pkd set for an earlier run
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    _MLFLOW_URI[:] = [uri]
+
+
+def start_trackers(
+    accelerator, output: Path, cfg: TrainConfig, objective: Objective, run_params: dict | None
+) -> None:
+    """Start the run's trackers on the main process: the project `pkd`, the run named after
+    its directory; trackers other than TensorBoard also get the settings as parameters, with
+    the command's own `run_params` (e.g. distill's method, teacher, task, student layers)."""
+    if not accelerator.is_main_process or not accelerator.log_with:
+        return
+    run = {"run_name": output.name}
+    if any(str(getattr(t, "value", t)) == "mlflow" for t in accelerator.log_with):
+        mlflow_into_run(output)
+    accelerator.init_trackers(PROJECT, init_kwargs={"mlflow": run, "wandb": {"name": output.name}})
+    params = {f"train.{f.name}": getattr(cfg, f.name) for f in fields(cfg)}
+    params.update({f"weight.{term}": w for term, w in objective.weights().items()})
+    params.update(
+        terms=",".join(objective.terms),
+        temperature=objective.temperature,
+        layer_map=",".join(str(t) for t, _ in objective.pairs),
+        pooling=getattr(objective, "pooling", None),  # pkd pretrain's objective has tokens
+    )
+    params.update(run_params or {})
+    plain = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+    for tracker in accelerator.trackers:
+        if tracker.name != "tensorboard":  # its hparams would add a second event directory
+            tracker.store_init_configuration(plain)
