@@ -17,7 +17,7 @@ from pkd.data.splits import EncodedSplit, Split
 from pkd.data.transfer import TransferMix, spread, with_transfer
 from pkd.recipes.distill import distill
 from pkd.recipes.finetune import finetune
-from pkd.tasks import IGNORE_LABEL
+from pkd.tasks import CLASSIFICATION, IGNORE_LABEL
 
 DATA = {"task": "sst2", "max_length": 16}
 
@@ -68,7 +68,7 @@ def _encoded(n: int, offset: int = 0, labelled: bool = True) -> EncodedSplit:
 @pytest.mark.parametrize("ratio, transfer", [(1.0, 50), (0.5, 50), (3.0, 7)])
 def test_each_labelled_example_brings_its_transfer_partners(ratio, transfer):
     labelled = 20
-    combined = with_transfer(_encoded(labelled), _encoded(transfer, 100, False), "x")
+    combined = with_transfer(_encoded(labelled), _encoded(transfer, 100, False), CLASSIFICATION)
     assert len(combined) == labelled + transfer
     assert combined.labels[labelled:] == [IGNORE_LABEL] * transfer
     mix = TransferMix(combined, labelled, ratio, seed=3)
@@ -106,7 +106,7 @@ def test_partners_are_matched_by_length():
     short examples is not padded to a long partner."""
     labelled = [30, 4, 17, 9, 25, 12]
     transfer = [5, 28, 11, 19, 8, 31, 14, 22, 6, 26]
-    combined = with_transfer(_varied(labelled), _varied(transfer, False), "x")
+    combined = with_transfer(_varied(labelled), _varied(transfer, False), CLASSIFICATION)
     mix = TransferMix(combined, len(labelled), 1.0, seed=0)
     lengths = combined.lengths()
     pairs = sorted((lengths[i], lengths[mix.partners(i)[0]]) for i in range(len(labelled)))
@@ -128,7 +128,7 @@ def test_a_reused_transfer_set_never_repeats_a_partner(ratio, transfer, closer):
     rng = random.Random(0)
     labelled = [rng.randint(4, 30) for _ in range(40)]
     rows = [rng.randint(4, 30) for _ in range(transfer)]
-    combined = with_transfer(_varied(labelled), _varied(rows, False), "x")
+    combined = with_transfer(_varied(labelled), _varied(rows, False), CLASSIFICATION)
     mix = TransferMix(combined, len(labelled), ratio, seed=1)
     lengths = combined.lengths()
     epochs = []

@@ -476,13 +476,23 @@ def _data_config(args) -> C.DataConfig:
 
 def configure_logging(quiet: bool) -> None:
     """How `pkd` shows its progress: pkd's log lines as plain messages (INFO, or WARNING with
-    --quiet), transformers' load reports and download bars off, accelerate's per-file lines
-    off. Only the CLI (or a script, as the host) calls this: the library leaves the host's
-    logging alone."""
+    --quiet), transformers' load reports and download bars off, `datasets`' bars off where
+    stderr is not a terminal (a log file), accelerate's per-file lines off. Only the CLI (or a
+    script, as the host) calls this: the library leaves the host's logging alone."""
     quiet_transformers()
+    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
+        quiet_datasets()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+def quiet_datasets() -> None:
+    """`datasets`' progress bars off (its import, about 0.5 s, only where stderr is not a
+    terminal)."""
+    import datasets  # pkd imports it only for data from the Hub or --dataset
+
+    datasets.disable_progress_bars()
 
 
 QUIET_COMMANDS = ("evaluate", "predict", "benchmark", "export", "presets")  # warnings only

@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 CLASSIFICATION = "single_label_classification"
 REGRESSION = "regression"
 MULTIPLE_CHOICE = "multiple_choice"
-PROBLEM_TYPES = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE)
+PAIR_SCORES = "pair_scores"  # sentence pairs with a float score (STS-B-like), for embeddings
+PROBLEM_TYPES = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE, PAIR_SCORES)
+SCORE_TYPES = (REGRESSION, PAIR_SCORES)  # a float score per example, one output
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,8 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
-        """Outputs per example: 1 (regression), classes, or choices (multiple choice)."""
-        return 1 if self.problem_type == REGRESSION else len(self.labels)
+        """Outputs per example: 1 (a score), classes, or choices (multiple choice)."""
+        return 1 if self.problem_type in SCORE_TYPES else len(self.labels)
 
     def positive_index(self) -> int | None:
         """The label id of `positive_label` in `labels` (the model's order); None without one.

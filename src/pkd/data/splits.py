@@ -3,8 +3,10 @@
 `Split` holds a split's raw texts and label names, `EncodedSplit` its token ids; the
 readers turn CSV/TSV (GLUE's unquoted files and the user's quoted ones) and JSONL into rows,
 naming file:line on bad input, `hub_dataset` loads a split from the Hub and `open_dataset`
-the user's `datasets` dataset (--dataset). `pkd.data.loading`
-(single texts and pairs) and `pkd.data.multiple_choice` (multiple choice) build on these.
+the user's `datasets` dataset (--dataset); both leave `datasets`' progress bars as the host
+set them (`pkd.cli.configure_logging` turns them off where stderr is not a terminal).
+`pkd.data.readers` (single texts and pairs) and `pkd.data.multiple_choice` (multiple
+choice) build on these.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,8 +203,6 @@ def hub_dataset(spec: TaskSpec, split: str, what: str):
     hub_split = spec.hf_splits.get(split)
     if hub_split is None:
         raise PkdError(f"--split: task {spec.name} has no split {split!r}")
-    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
-        datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(spec.hf_path, spec.hf_name, split=hub_split)
     except Exception as e:  # offline, or the Hub refused: say what to do instead
@@ -224,8 +223,6 @@ def open_dataset(name: str, config: str | None = None):
     """
     import datasets  # only for data from `datasets` (files need none of it)
 
-    if not sys.stderr.isatty():  # as pkd's own bars: none in log files
-        datasets.disable_progress_bars()
     path = Path(name)
     if path.is_file():
         raise PkdError(

@@ -5,7 +5,7 @@ Sources (`pkd.config.options.TextConfig`), read in this order and joined into on
 - `--text-file`: plain-text files, one passage a line (blank lines skipped), or JSONL,
   CSV and TSV files whose `--text-column` holds the passage; several files or a glob;
 - `--task` with `--data-dir`: every sentence of a GLUE task's `--glue-splits` (both
-  sentences of a pair task, each on its own), read by `pkd.data.loading`; labels are ignored;
+  sentences of a pair task, each on its own), read by `pkd.data.readers`; labels are ignored;
 - `--dataset`: a `save_to_disk` directory (memory-mapped) or a `datasets` Hub name (streamed,
   so `--max-texts` rows are all that is read), its `--text-column` (default `text`).
 
@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 
 from pkd.config import options as C
-from pkd.data.loading import collator, load_split, read_table_split, split_holdout
+from pkd.data.kinds import task_kind
+from pkd.data.loading import collator, load_split, split_holdout
+from pkd.data.readers import read_table_split
 from pkd.data.splits import EncodedSplit, Split, input_file, read_jsonl, read_text
 from pkd.errors import PkdError
-from pkd.tasks import IGNORE_LABEL, MULTIPLE_CHOICE, custom_task, get_task
+from pkd.tasks import IGNORE_LABEL, custom_task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def read_passages(path: Path, column: str | None, encoding: str) -> list[str]:
 def task_sentences(cfg: C.TextConfig) -> list[str]:
     """Every sentence of a GLUE task's `--glue-splits` (labels ignored; pairs: both)."""
     spec = get_task(cfg.task)
-    if spec.problem_type == MULTIPLE_CHOICE:
+    if not task_kind(spec).plain_text:
         raise PkdError(f"--task: {cfg.task} is multiple choice; pass its texts as --text-file")
     unknown = [name for name in cfg.glue_splits if name not in spec.splits]
     if unknown:

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from pkd.config import options as C
-from pkd.data.loading import TRANSFER, read_dataset, read_table_split
+from pkd.data.kinds import task_kind
+from pkd.data.readers import TRANSFER, read_dataset, read_table_split
 from pkd.data.splits import EncodedSplit, Split, input_file
 from pkd.errors import PkdError
-from pkd.tasks import IGNORE_LABEL, MULTIPLE_CHOICE, REGRESSION, TaskSpec
+from pkd.tasks import IGNORE_LABEL, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
     """
     if not data.transfer_file:
         return None
-    if spec.problem_type == MULTIPLE_CHOICE:
+    if not task_kind(spec).plain_text:
         raise PkdError("--transfer-file: not supported for multiple-choice tasks")
     parts = []
     for name in data.transfer_file:
@@ -105,7 +106,7 @@ def check_transfer(transfer: Split, splits: dict[str, Split], ratio: float) -> N
 def with_transfer(labelled: EncodedSplit, transfer: EncodedSplit, problem_type: str):
     """One EncodedSplit of the labelled examples (0..n-1) then the transfer ones (n..), whose
     labels are IGNORE_LABEL (NaN for regression): what the teacher cache is built over."""
-    ignore = math.nan if problem_type == REGRESSION else IGNORE_LABEL
+    ignore = task_kind(problem_type).no_label
     features = {k: labelled.features[k] + transfer.features[k] for k in labelled.features}
     a, t = labelled.split, transfer.split
     pairs = a.text_b is not None and t.text_b is not None

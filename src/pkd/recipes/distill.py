@@ -23,7 +23,6 @@ from accelerate.utils import set_seed
 
 from pkd.config import options as C
 from pkd.data.loading import (
-    TRANSFER,
     check_label_sets,
     collator,
     encode,
@@ -34,6 +33,7 @@ from pkd.data.loading import (
     warn_truncation,
 )
 from pkd.data.multiple_choice import num_choices
+from pkd.data.readers import TRANSFER
 from pkd.data.splits import EncodedSplit
 from pkd.data.transfer import TransferMix, check_transfer, load_transfer, with_transfer
 from pkd.errors import PkdError

@@ -16,17 +16,17 @@ from accelerate import Accelerator
 
 from pkd.config import options as C
 from pkd.config.options import resolve_model
+from pkd.data.kinds import task_kind
 from pkd.data.loading import (
     check_label_sets,
     collator,
     encode,
     file_for,
-    file_option,
     load_data_split,
     load_split,
     resolve_task,
 )
-from pkd.data.multiple_choice import choice_letter
+from pkd.data.readers import file_option
 from pkd.data.splits import read_jsonl, read_rows
 from pkd.deploy.onnx_model import load_onnx
 from pkd.errors import PkdError
@@ -34,14 +34,12 @@ from pkd.fsio import atomic_write, write_json
 from pkd.models.encoders import load_finetuned, load_tokenizer, max_length_limit, model_labels
 from pkd.tasks import (
     CLASSIFICATION,
-    MULTIPLE_CHOICE,
-    REGRESSION,
     TaskSpec,
     align_labels,
     readable_labels,
     with_positive_label,
 )
-from pkd.training.evaluation import predict_logits, predictions, score
+from pkd.training.evaluation import predict_logits, score
 from pkd.training.rundir import check_not_input, check_writable, data_inputs
 
 logger = logging.getLogger(__name__)
@@ -239,13 +237,8 @@ def predict(
             torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
         )
         logits, _ = predict_logits(net, loader, acc)
-        preds = predictions(logits, spec.problem_type)
-        labels = spec.labels  # the data's names (GLUE: the submission's ids)
-        regression = spec.problem_type == REGRESSION
-        if spec.problem_type == MULTIPLE_CHOICE:  # the chosen option as a letter
-            names = [choice_letter(p) for p in preds]
-        else:
-            names = [f"{p:.3f}" if regression else labels[int(p)] for p in preds]
+        kind = task_kind(spec)  # label names (GLUE: the submission's ids), scores or letters
+        names = kind.prediction_names(kind.predictions(logits), spec.labels)
     lines = ["index\tprediction"] + [f"{i}\t{n}" for i, n in zip(raw.ids, names, strict=True)]
     try:
         atomic_write(out, "\n".join(lines) + "\n")

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pkd.data.metrics import compute_metrics
-from pkd.data.multiple_choice import level_metrics
+from pkd.data.kinds import task_kind
 from pkd.objectives.objective import (
     model_inputs,
 )
-from pkd.tasks import REGRESSION, TaskSpec
+from pkd.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +37,16 @@ def predict_logits(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray |
     return np.concatenate(all_logits), labels
 
 
-def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
-    return logits.reshape(-1) if problem_type == REGRESSION else logits.argmax(-1)
-
-
 def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
-    """The task's metrics of a model on a prepared, labelled loader.
+    """The task's metrics of a model on a prepared, labelled loader (RACE: also accuracy per
+    level; eval loaders keep the dataset's order, so predictions line up with its examples).
 
     spec.labels must be in the model's output order: F1 scores `spec.positive_label` by name.
     """
     logits, labels = predict_logits(model, loader, accelerator)
-    preds = predictions(logits, spec.problem_type)
-    if spec.problem_type != REGRESSION:
-        labels = labels.astype(np.int64)
-    metrics = compute_metrics(spec.metrics, preds, labels, spec.positive_index())
-    # RACE: accuracy per level (RACE-M, RACE-H) when the split holds both; eval loaders
-    # keep the dataset's order, so predictions line up with its examples.
-    metrics.update(level_metrics(getattr(loader.dataset, "split", None), preds, labels))
-    return metrics
+    kind = task_kind(spec)
+    split = getattr(loader.dataset, "split", None)
+    return kind.metrics(spec, kind.predictions(logits), labels, split)
 
 
 @dataclass
