@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,9 @@ from pkd.errors import PkdError
 from pkd.tasks import (
     CLASSIFICATION,
     GLUE_TASKS,
+    MULTIPLE_CHOICE,
+    PAIR_SCORES,
+    PROBLEM_TYPES,
     REGRESSION,
     align_labels,
     custom_task,
@@ -676,3 +680,63 @@ def test_collator_pads_each_batch_to_its_longest(tmp_path, tokenizer):
             n = enc.lengths()[i]
             assert b["input_ids"][row, :n].tolist() == enc[i]["input_ids"]
             assert b["labels"][row].item() == enc.labels[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Task kinds
+
+
+def test_every_problem_type_has_a_kind():
+    from pkd.data.kinds import KINDS, task_kind
+
+    assert set(KINDS) == set(PROBLEM_TYPES)
+    assert task_kind(get_task("sst2")).name == CLASSIFICATION
+    assert task_kind(get_task("stsb")).name == REGRESSION
+    assert task_kind(get_task("race")).name == MULTIPLE_CHOICE
+    assert task_kind(PAIR_SCORES).name == PAIR_SCORES
+
+
+def test_each_kind_turns_logits_into_predictions_names_and_metrics():
+    from pkd.data.kinds import task_kind
+
+    logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.3, 0.4]], dtype=np.float32)
+    gold = np.array([1.0, 0.0, 0.0], dtype=np.float32)  # as gathered: floats
+    sst2 = task_kind(CLASSIFICATION)
+    assert sst2.predictions(logits).tolist() == [1, 0, 1]
+    assert sst2.prediction_names(sst2.predictions(logits), ("neg", "pos")) == ["pos", "neg", "pos"]
+    assert sst2.metrics(get_task("sst2"), sst2.predictions(logits), gold) == {"accuracy": 2 / 3}
+    race = task_kind(MULTIPLE_CHOICE)
+    assert race.prediction_names(race.predictions(logits), ()) == ["B", "A", "B"]
+    scores = task_kind(REGRESSION)
+    assert scores.predictions(logits[:, :1]).tolist() == pytest.approx([0.1, 2.0, 0.3])
+    assert scores.prediction_names(np.array([0.1234, 4.0]), ()) == ["0.123", "4.000"]
+
+
+def test_pair_scores_read_encode_and_score_as_regression(tmp_path, tokenizer):
+    """Sentence pairs with a float score (STS-B-like, for embeddings) share regression's code."""
+    import dataclasses
+
+    from pkd.data.kinds import task_kind
+
+    rows = [("0", "a man", "a person", "4.5"), ("1", "a cat", "a car", "0.5")]
+    write_tsv(tmp_path / "dev.tsv", rows, header=tab("index", "sentence1", "sentence2", "score"))
+    spec = dataclasses.replace(get_task("stsb"), problem_type=PAIR_SCORES)
+    assert spec.num_labels == 1 and spec.label2id() is None
+    dev = load_split(spec, "dev", data_dir=str(tmp_path))
+    assert dev.labels == [4.5, 0.5] and dev.text_b == ["a person", "a car"]
+    kind, regression = task_kind(spec), task_kind(REGRESSION)
+    enc = kind.encode(dev, tokenizer, 16, None, show_progress=False)
+    assert enc.labels == [4.5, 0.5]
+    assert enc.features == encode(dev, tokenizer, 16, None, show_progress=False).features
+    logits = np.array([[4.0], [1.0]], dtype=np.float32)
+    gold = np.array(dev.labels, dtype=np.float32)
+    assert kind.metrics(spec, kind.predictions(logits), gold) == regression.metrics(
+        get_task("stsb"), regression.predictions(logits), gold
+    )
+    write_tsv(
+        tmp_path / "train.tsv",
+        [("0", "a", "b", "5.5")],
+        header=tab("index", "sentence1", "sentence2", "score"),
+    )
+    with pytest.raises(PkdError, match=r"train.tsv:2: score '5.5' is outside stsb's range 0 to 5"):
+        load_split(spec, "train", data_dir=str(tmp_path))

@@ -62,33 +62,19 @@ class TaskKind:
     plain_text = True  # examples are texts on their own (transfer sets, pretraining text)
     no_label = IGNORE_LABEL  # the label of an example without one (a transfer example's)
 
-    def read(
-        self,
-        spec: TaskSpec,
-        split: str,
-        data_dir: str | None,
-        file: str | None,
-        encoding: str,
-        labelled: bool,
-    ) -> Split:
-        """One split: a file, the task's directory, or the Hub."""
-        return read_text_split(spec, split, data_dir, file, encoding, labelled)
+    # One split: (spec, split, data_dir, file, encoding, labelled) -> Split, from a file, the
+    # task's directory, or the Hub.
+    read = staticmethod(read_text_split)
 
     def read_dataset(self, spec: TaskSpec, ds, split: str, source: str, labelled: bool) -> Split:
         """One split from a `datasets.Dataset` (`pkd.data.readers.read_dataset`)."""
         return read_dataset(spec, ds, split, source, labelled)
 
     def encode(
-        self,
-        split: Split,
-        tokenizer,
-        max_length: int,
-        label2id: dict[str, int] | None,
-        show_progress: bool = True,
-        chunk: int = 4096,
+        self, split: Split, tokenizer, max_length: int, label2id, show_progress: bool = True
     ) -> EncodedSplit:
-        """Tokenise a split once, truncating to max_length; labels mapped by name."""
-        features = encode_texts(split, tokenizer, max_length, show_progress, chunk)
+        """Tokenise a split once, truncating to max_length; labels as `label_ids` gives them."""
+        features = encode_texts(split, tokenizer, max_length, show_progress)
         return EncodedSplit(split, features, self.label_ids(split, label2id))
 
     def label_ids(self, split: Split, label2id: dict[str, int] | None) -> list | None:
@@ -98,10 +84,6 @@ class TaskKind:
     def collator(self, tokenizer):
         """Pads a batch of encoded examples to its longest sequence (dynamic padding)."""
         return DataCollatorWithPadding(tokenizer, padding="longest")
-
-    def num_choices(self, split: Split) -> int:
-        """Choices per example (0: not multiple choice)."""
-        return 0
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
         """Predictions from a model's logits: label ids."""
@@ -122,8 +104,8 @@ class TaskKind:
         raise NotImplementedError
 
     def check_labels(self, spec: TaskSpec, split: Split) -> None:
-        """Refuse a split whose labels are not the task's (labels read as the kind's own
-        were checked by its readers)."""
+        """Refuse a split whose labels are not the task's; scores and answer letters were
+        checked by their readers."""
         return None
 
     def majority_baseline(self, spec: TaskSpec, labels: list) -> float:
@@ -204,17 +186,7 @@ class MultipleChoice(TaskKind):
     name = MULTIPLE_CHOICE
     plain_text = False
 
-    def read(
-        self,
-        spec: TaskSpec,
-        split: str,
-        data_dir: str | None,
-        file: str | None,
-        encoding: str,
-        labelled: bool,
-    ) -> Split:
-        """A file, a RACE-layout directory, or the Hub."""
-        return mc.load_choice_split(spec, split, data_dir, file, encoding, labelled)
+    read = staticmethod(mc.load_choice_split)  # a file, a RACE-layout directory, or the Hub
 
     def read_dataset(self, spec: TaskSpec, ds, split: str, source: str, labelled: bool) -> Split:
         raise PkdError(
@@ -223,23 +195,15 @@ class MultipleChoice(TaskKind):
         )
 
     def encode(
-        self,
-        split: Split,
-        tokenizer,
-        max_length: int,
-        label2id: dict[str, int] | None,
-        show_progress: bool = True,
-        chunk: int = 512,
+        self, split: Split, tokenizer, max_length: int, label2id, show_progress: bool = True
     ) -> EncodedSplit:
-        """Per choice, truncating the context only (`pkd.data.multiple_choice.encode_choices`)."""
-        return mc.encode_choices(split, tokenizer, max_length, show_progress, chunk)
+        """Per choice, truncating the context only (`pkd.data.multiple_choice.encode_choices`);
+        the answers are letters, label2id is not used."""
+        return mc.encode_choices(split, tokenizer, max_length, show_progress)
 
     def collator(self, tokenizer):
         """Pads a batch to (B, choices, T) (`pkd.data.multiple_choice.pad_choices`)."""
         return lambda items: mc.pad_choices(items, tokenizer)
-
-    def num_choices(self, split: Split) -> int:
-        return mc.num_choices(split)
 
     def metrics(
         self, spec: TaskSpec, predictions, labels: np.ndarray, split: Split | None = None

@@ -99,7 +99,6 @@ def encode(
     max_length: int,
     label2id: dict[str, int] | None,
     show_progress: bool = True,
-    chunk: int = 4096,
 ) -> EncodedSplit:
     """Tokenise a split once (fast tokenizer, batched), truncating to max_length.
 
@@ -110,7 +109,7 @@ def encode(
     if split.choices is not None:
         return KINDS[MULTIPLE_CHOICE].encode(split, tokenizer, max_length, None, show_progress)
     kind = KINDS[REGRESSION if label2id is None else CLASSIFICATION]
-    return kind.encode(split, tokenizer, max_length, label2id, show_progress, chunk)
+    return kind.encode(split, tokenizer, max_length, label2id, show_progress)
 
 
 def truncated_fraction(encoded: EncodedSplit, max_length: int) -> float:

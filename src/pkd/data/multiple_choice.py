@@ -1,4 +1,5 @@
-"""Multiple choice: RACE and the user's own multiple-choice files.
+"""Multiple choice: RACE and the user's own multiple-choice files; what the multiple-choice
+kind (`pkd.data.kinds.MultipleChoice`) reads, encodes, pads and scores with.
 
 Readers turn each question into one example of a `pkd.data.splits.Split` whose text_a is the
 context (the article), text_b the question, `choices` the options and labels the answer

@@ -165,10 +165,10 @@ def file_option(split: str) -> str:
 def read_text_split(
     spec: TaskSpec,
     split: str,
-    data_dir: str | None,
-    file: str | None,
-    encoding: str,
-    labelled: bool,
+    data_dir: str | None = None,
+    file: str | None = None,
+    encoding: str = "utf-8",
+    labelled: bool = True,
 ) -> Split:
     """One split of a single-text or text-pair task: a file, a GLUE task directory, or the Hub."""
     if file is not None:

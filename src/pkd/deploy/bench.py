@@ -33,7 +33,12 @@ from pkd.deploy.onnx_model import load_onnx
 from pkd.deploy.report import markdown_table
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
-from pkd.models.encoders import count_parameters, load_finetuned, token_positions
+from pkd.models.encoders import (
+    count_parameters,
+    is_multiple_choice,
+    load_finetuned,
+    token_positions,
+)
 from pkd.training.rundir import check_creatable
 
 logger = logging.getLogger(__name__)
@@ -152,7 +157,7 @@ def _load_torch(name: str, d: Path) -> Loaded:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PkdError(f"--models: cannot load a model config from {d} ({first})") from None
     archs = getattr(config, "architectures", None) or []
-    multiple_choice = any(a.endswith("ForMultipleChoice") for a in archs)
+    multiple_choice = is_multiple_choice(config)
     if any(a.endswith(("ForSequenceClassification", "ForMultipleChoice")) for a in archs):
         model = load_finetuned(str(d), "models")
     else:  # a bare pre-trained encoder: time the encoder itself
