@@ -5,7 +5,7 @@
 Exports teacher and student (`pkd.deploy.export.export`, parity-checked, int8 for the student),
 scores the int8 and fp32 students on the SST-2 dev set, and times every model at batch 32,
 length 128 (and batch 1, length 32) with the same threads. Writes
-benchmarks/results/onnx_speed.json and onnx_speed.md.
+benchmarks/results/onnx_speed/onnx_speed.json and onnx_speed.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pkd.fsio import atomic_write, write_json
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(
+    description: str, output: Path = ROOT / "benchmarks" / "results"
+) -> argparse.Namespace:
     """Options shared with onnx_variants.py: a teacher and a student run, SST-2, threads."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--teacher", required=True, help="teacher run dir (or its model/)")
@@ -28,12 +30,12 @@ def parse_args(description: str) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--output", default=str(output))
     return ap.parse_args()
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], ROOT / "benchmarks" / "results" / "onnx_speed")
 
     import torch
 

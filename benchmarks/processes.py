@@ -5,7 +5,7 @@
 The same PKD-Skip run (3-layer student, SST-2 slice, 1 epoch) under
 `torchrun --nproc_per_node 1` with 2 threads and `--nproc_per_node 2` with 1 thread each, so
 both use the machine's 2 cores. The teacher cache is built beforehand, so only training is
-timed. Writes benchmarks/results/processes.json and processes.md.
+timed. Writes benchmarks/results/processes/processes.json and processes.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--teacher", required=True, help="fine-tuned teacher run dir (or model/)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"))
     ap.add_argument("--examples", type=int, default=2000)
-    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "processes"))
     args = ap.parse_args()
     teacher = Path(args.teacher)
     teacher = teacher / "model" if (teacher / "model").is_dir() else teacher

@@ -13,7 +13,7 @@
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
    Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},
-   and copies them with each run's config, metrics and log (no weights) to `--results`
+   and copies them with each run's config, metrics and gzipped log (no weights) to `--results`
    (default benchmarks/results/sst2_compare).
 
 Hyper-parameters come from the paper's grid (Sun et al. 2019, Sec. 4.1: T in {5,10,20},
@@ -32,6 +32,7 @@ are reused. Reference points measured on this setup (SPEC.md): teacher ~88% dev 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import sys
@@ -294,13 +295,23 @@ def copy_results(out: Path, results: Path, teacher_run: Path | None = None) -> N
         if (out / name).is_file():
             shutil.copy2(out / name, results / name)
     for name in RUN_FILES:
-        shutil.copy2((teacher_run or out / "teacher") / name, results / f"teacher_{name}")
+        copy_run_file((teacher_run or out / "teacher") / name, results / f"teacher_{name}")
     betas = sorted((out / "betas").iterdir()) if (out / "betas").is_dir() else []
     for run in [*sorted((out / "runs").iterdir()), *betas]:
         dst = results / run.parent.name / run.name
         dst.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
-            shutil.copy2(run / name, dst / name)
+            copy_run_file(run / name, dst / name)
+
+
+def copy_run_file(src: Path, dst: Path) -> None:
+    """Copy one run file; a log (.jsonl) is gzipped on the way (dst + ".gz"): run logs are
+    data for `zcat`, not pages to read."""
+    if src.suffix != ".jsonl":
+        shutil.copy2(src, dst)
+        return
+    with src.open("rb") as f, gzip.open(f"{dst}.gz", "wb", mtime=0) as g:
+        shutil.copyfileobj(f, g)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from sst2_compare import DEFAULT_DATA, REPO, RUN_FILES
+from sst2_compare import DEFAULT_DATA, REPO, RUN_FILES, copy_run_file
 from sst2_compare import main as compare_main
 
 from pkd.fsio import atomic_write, write_json
@@ -352,7 +352,7 @@ def copy_results(out: Path, results: Path, general: list[str]) -> None:
         run, dst = out / f"general-{key}", results / f"general-{key}"
         dst.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
-            shutil.copy2(run / name, dst / name)
+            copy_run_file(run / name, dst / name)
         plan = out / f"general-{key}.plan.txt"
         if plan.is_file():
             shutil.copy2(plan, dst / "plan.txt")

@@ -1,7 +1,7 @@
 """SST-2: the paper's hyper-parameter search with `pkd sweep`, cheaper than the full grid.
 
     python benchmarks/sst2_sweep.py --teacher RUN/teacher --epochs 2 --budget 8
-                                  # the committed run: 79 min on 2 CPU cores (README)
+                                  # the committed run: 79 min on 2 CPU cores (docs/results.md)
     python benchmarks/sst2_sweep.py --train-samples 64 --eval-samples 32 --epochs 1 \
         --budget 3 --grid-trials 4 --seeds 1 --max-length 32 --allow-weak-teacher \
         --output /tmp/sst2_sweep_smoke                        # smoke run, a few minutes

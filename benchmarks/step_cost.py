@@ -9,7 +9,7 @@ round so that load on the machine affects them alike; the ratios come from one r
 
     python benchmarks/step_cost.py [--data-dir ../shared/data/glue/SST-2] [--examples 1024]
 
-Writes benchmarks/results/step_cost.json and step_cost.md.
+Writes benchmarks/results/step_cost/step_cost.json and step_cost.md.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12, help="timed steps per mode")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "step_cost"))
     args = ap.parse_args()
     quiet_transformers()
     torch.set_num_threads(args.threads)

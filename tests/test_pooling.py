@@ -198,7 +198,6 @@ def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_saved_model_loads_without_pkd_through_remote_code(mean_teacher):
     """`pooling.py` next to the weights needs nothing from pkd (trust_remote_code=True)."""
     code = (

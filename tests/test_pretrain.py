@@ -402,8 +402,14 @@ def test_narrower_student_trains_through_projections_saved_only_in_checkpoints(
     out = tmp_path / "narrow"
     pkd_cli.ok(pretrain_args(tiny_bert, corpus, out, "--student-hidden-size", "16",
                              "--keep-checkpoints"))  # fmt: skip
-    held = [r["heldout/loss"] for r in log_rows(out) if "heldout/loss" in r]
-    assert held[-1] < held[0]
+    rows = log_rows(out)
+    held = [r["heldout/loss"] for r in rows if "heldout/loss" in r]
+    train = [r["loss"] for r in rows if "loss" in r]
+    # It learns by far more than one run's luck: over seeds 1-8 the held-out loss fell every
+    # epoch, to 0.48-0.58 of its first value, and the mean of the last 3 logged training losses
+    # was 0.35-0.43 of the first 3's.
+    assert all(b < a for a, b in zip(held, held[1:], strict=False)) and held[-1] < 0.75 * held[0]
+    assert sum(train[-3:]) < 0.6 * sum(train[:3])
     saved = load_file(out / "model" / "model.safetensors")
     assert saved["embeddings.word_embeddings.weight"].shape == (27, 16)
     assert not [k for k in saved if "maps" in k or "projection" in k]
@@ -449,7 +455,8 @@ def test_mlm_terms_learn_with_an_mlm_teacher(tiny_mlm_teacher, corpus, tmp_path,
     pkd_cli.ok(pretrain_args(tiny_mlm_teacher, corpus, out, "--beta", "0", "--top-weight", "0",
                              "--mlm-distill-weight", "1", "--mask-probability", "0.3"))  # fmt: skip
     rows = [r for r in log_rows(out) if "mlm_kd" in r]
-    assert rows[-1]["mlm_kd"] < rows[0]["mlm_kd"]
+    kd = [r["mlm_kd"] for r in rows]
+    assert sum(kd[-3:]) < 0.75 * sum(kd[:3])  # seeds 1-5: 0.43-0.52
     assert "pt" not in rows[0] and "share_mlm_kd" not in rows[0]  # one term: no shares
 
 
