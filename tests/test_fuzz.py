@@ -7,6 +7,7 @@ test_mapping.py; here are the inputs users type: explicit maps, --layer-map text
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -16,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from pkd.cli import build_parser
 from pkd.config import options as C
 from pkd.data.loading import encode, load_split, load_splits
 from pkd.errors import PkdError
-from pkd.objectives.mapping import layer_map, parse_layer_map
+from pkd.objectives.mapping import layer_map
 from pkd.tasks import get_task
 
 FUZZ = settings(
@@ -274,12 +276,17 @@ def test_any_map_request_is_a_valid_map_or_an_error(n, m, explicit, strategy):
 @FUZZ
 @given(text=TEXT)
 def test_layer_map_text(text):
+    err = io.StringIO()
     try:
-        values = parse_layer_map(text)
-    except PkdError as e:
-        assert _one_line_error(e).startswith("--layer-map:")
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(["distill", f"--layer-map={text}"])
+    except SystemExit as e:
+        assert e.code == 2
+        assert (
+            err.getvalue().splitlines()[-1].startswith("pkd distill: error: argument --layer-map:")
+        )
         return
-    assert all(isinstance(v, int) for v in values)
+    assert all(isinstance(v, int) for v in vars(args)["distill.layer_map"])
 
 
 YAML_VALUE = (

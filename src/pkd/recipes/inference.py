@@ -26,7 +26,7 @@ from pkd.data.loading import (
     load_split,
     resolve_task,
 )
-from pkd.data.multiple_choice import choice_letter
+from pkd.data.multiple_choice import choice_letter, level_metrics
 from pkd.data.splits import read_jsonl, read_rows
 from pkd.deploy.onnx_model import load_onnx
 from pkd.errors import PkdError
@@ -172,7 +172,7 @@ def evaluate(
         "split": split,
         "examples": len(raw),
         "source": raw.source,
-        **score(net, loader, spec, acc),
+        **score(net, loader, spec, acc, level_metrics),
     }
     if out is not None:
         try:

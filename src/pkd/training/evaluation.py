@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from pkd.data.metrics import compute_metrics
-from pkd.data.multiple_choice import level_metrics
 from pkd.objectives.objective import (
     model_inputs,
 )
@@ -42,8 +41,15 @@ def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
     return logits.reshape(-1) if problem_type == REGRESSION else logits.argmax(-1)
 
 
-def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
-    """The task's metrics of a model on a prepared, labelled loader.
+# More metrics of a split, from (the loader's `split` or None, predictions, gold labels):
+# RACE's accuracy per level (`pkd.data.multiple_choice.level_metrics`), given by the recipes.
+SplitMetrics = Callable[[object, np.ndarray, np.ndarray], dict[str, float]]
+
+
+def score(
+    model, loader, spec: TaskSpec, accelerator, more: SplitMetrics | None = None
+) -> dict[str, float]:
+    """The task's metrics of a model on a prepared, labelled loader, and `more`'s.
 
     spec.labels must be in the model's output order: F1 scores `spec.positive_label` by name.
     """
@@ -52,9 +58,8 @@ def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
     if spec.problem_type != REGRESSION:
         labels = labels.astype(np.int64)
     metrics = compute_metrics(spec.metrics, preds, labels, spec.positive_index())
-    # RACE: accuracy per level (RACE-M, RACE-H) when the split holds both; eval loaders
-    # keep the dataset's order, so predictions line up with its examples.
-    metrics.update(level_metrics(getattr(loader.dataset, "split", None), preds, labels))
+    if more is not None:  # eval loaders keep the dataset's order: predictions line up with it
+        metrics.update(more(getattr(loader.dataset, "split", None), preds, labels))
     return metrics
 
 
@@ -70,8 +75,11 @@ class Evaluation:
     higher_is_better: bool = True
 
     @classmethod
-    def of_task(cls, spec: TaskSpec) -> Evaluation:
-        return cls(lambda model, loader, acc: score(model, loader, spec, acc), spec.main_metric)
+    def of_task(cls, spec: TaskSpec, more: SplitMetrics | None = None) -> Evaluation:
+        """The task's metrics (and `more`'s), its main metric selecting the best model."""
+        return cls(
+            lambda model, loader, acc: score(model, loader, spec, acc, more), spec.main_metric
+        )
 
     def better(self, value: float, best: float) -> bool:
         return value > best if self.higher_is_better else value < best
