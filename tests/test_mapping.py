@@ -90,12 +90,10 @@ def test_layer_map_option_parses_integers():
 
 
 @pytest.mark.parametrize("text", ["2;4", "a,b", "2,4.5", "two"])
-def test_layer_map_option_errors(text, capsys):
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["distill", f"--layer-map={text}"])
-    assert e.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (
+def test_layer_map_option_errors(text, pkd_cli):
+    code, out, err = pkd_cli(["distill", f"--layer-map={text}"])
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == (
         f"pkd distill: error: argument --layer-map: expected comma-separated ints, got {text!r}"
     )
 

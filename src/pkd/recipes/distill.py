@@ -399,34 +399,30 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     t_cache = time.perf_counter() - t0
     objective = Objective.from_config(d, plan.pairs, signal, plan.pooling, plan.projection)
     plan.student.config.update({TASK_KEY: spec.name})
-    result = train(
-        Run(
-            plan.student,
-            plan.tokenizer,
-            train_set,
-            {k: v for k, v in plan.encoded.items() if k != "train"},
-            spec,
-            cfg.train,
-            objective,
-            output,
-            accelerator,
-            collator(plan.tokenizer),
-            resume_from=ckpt,
-            on_evaluate=on_evaluate,
-            evaluation=Evaluation.of_task(spec, level_metrics),
-            run_params={
-                "method": d.method,
-                "teacher": cfg.teacher,
-                "task": spec.name,
-                "student_layers": d.student_layers,
-                "student_init": plan.student_init,
-            },
-            hooks=[
-                LabelCounts(labelled_count, accelerator.num_processes),
-                PatientShareCheck(objective.beta),
-            ],
-        )
+    run = Run(
+        plan.student,
+        plan.tokenizer,
+        train_set,
+        {k: v for k, v in plan.encoded.items() if k != "train"},
+        spec,
+        cfg.train,
+        objective,
+        output,
+        accelerator,
+        collator(plan.tokenizer),
+        resume_from=ckpt,
+        on_evaluate=on_evaluate,
+        evaluation=Evaluation.of_task(spec, level_metrics),
+        run_params={
+            "method": d.method,
+            "teacher": cfg.teacher,
+            "task": spec.name,
+            "student_layers": d.student_layers,
+            "student_init": plan.student_init,
+        },
+        hooks=[LabelCounts(labelled_count, accelerator.num_processes), PatientShareCheck(d.beta)],
     )
+    result = train(run)
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]
     teacher_main = plan.teacher_metrics[split][spec.main_metric]
