@@ -17,7 +17,7 @@ A student of another width compares through a learned projection per matched lay
 (`pkd.models.projection.Projection`, student H -> teacher H). The projections and the student's MLM
 head are the objective's `aux` modules: trained with the student and kept in checkpoints,
 never in its `model/`. `GeneralObjective` has the interface `pkd.training.loop.training_step` calls
-(`loss_terms`, `weights`, `aux`), so pretraining runs through the one training loop.
+(`loss_terms`, `weights`, `total`, `aux`), so pretraining runs through the one training loop.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class GeneralObjective:
 
     @property
     def beta(self) -> float:
-        """The patient term's weight (named in `pkd.training.runlog.RunStats`' warning)."""
+        """The patient term's weight (named in `pkd.training.hooks.PatientShareCheck`'s warning)."""
         return self.weights_by_term.get("pt", 0.0)
 
     @property
