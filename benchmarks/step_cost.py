@@ -37,8 +37,8 @@ from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.objective import Objective, cached_teacher, online_teacher
 from pkd.tasks import get_task
-from pkd.training.accelerator import make_accelerator
-from pkd.training.loop import prepare, training_step
+from pkd.training.accelerator import make_accelerator, prepare
+from pkd.training.loop import training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLING = "mean"  # what `--pooling auto` gives MiniLM-L6 (its sentence-transformers config)

@@ -65,9 +65,8 @@ def first_batch(trainer) -> dict:
 
 
 def reference_loss(trainer, batch, teacher) -> tuple[torch.Tensor, dict]:
-    """pkd.objectives.objective.loss_terms with pkd's map, weighted by pkd.objectives.losses.total_loss, teacher online."""
+    """pkd.objectives.objective.loss_terms with pkd's map, weighted by Objective.total, teacher online."""
     from pkd.models.encoders import load_finetuned
-    from pkd.objectives.losses import total_loss
     from pkd.objectives.mapping import layer_map
     from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
@@ -76,7 +75,7 @@ def reference_loss(trainer, batch, teacher) -> tuple[torch.Tensor, dict]:
         pairs=layer_map("skip", 4, 2), teacher=online_teacher(load_finetuned(str(teacher))),
     )  # fmt: skip
     terms = loss_terms(trainer.model, batch, objective, regression=False)
-    return total_loss(terms, 0.5, 100.0), terms
+    return objective.total(terms), terms
 
 
 @pytest.mark.parametrize("cached", [False, True])

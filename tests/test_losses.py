@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pkd.config.options import KD_FORMS, PT_FORMS
-from pkd.objectives.losses import ce_loss, kd_loss, patient_loss, total_loss
+from pkd.objectives.losses import ce_loss, kd_loss, patient_loss, term_weights, total_loss
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -250,10 +250,24 @@ def test_patient_loss_unknown_form():
         patient_loss(S_CLS, T_CLS, form="max")
 
 
-def test_patient_loss_gradient_flows_to_student():
+def test_patient_loss_gradient_is_the_analytic_one():
+    """d/ds of mean((s/|s| - t/|t|)^2) over n entries: with u = s/|s| and g = 2 (u - t^) / n,
+    the gradient is (g - (g . u) u) / |s| (the part of g across u, over the norm): it reaches
+    the student, and a small step against it lowers the loss."""
     s = S_CLS.clone().requires_grad_(True)
-    patient_loss(s, T_CLS).backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
+    loss = patient_loss(s, T_CLS)
+    loss.backward()
+    norm = S_CLS.norm(dim=-1, keepdim=True)
+    u, t = S_CLS / norm, T_CLS / T_CLS.norm(dim=-1, keepdim=True)
+    g = 2 * (u - t) / S_CLS.numel()
+    expected = (g - (g * u).sum(-1, keepdim=True) * u) / norm
+    assert torch.allclose(s.grad, expected, rtol=1e-4, atol=1e-9)
+    step = 1e-2 / s.grad.norm()
+    lower = patient_loss(S_CLS - step * s.grad, T_CLS)
+    assert lower < loss
+    # to first order the drop is the step's length times |grad|
+    drop = 1e-2 * float(s.grad.norm())
+    assert close(loss.detach() - lower, drop, 0.01 * drop)
 
 
 def test_paper_beta_grid_keeps_pt_comparable_to_ce():
@@ -294,19 +308,19 @@ def test_paper_beta_grid_keeps_pt_comparable_to_ce():
 def test_total_loss_weighting():
     terms = {"ce": torch.tensor(1.0), "kd": torch.tensor(2.0), "pt": torch.tensor(3.0)}
     # (1 - 0.3) * 1 + 0.3 * 2 + 10 * 3 = 0.7 + 0.6 + 30 = 31.3
-    assert close(total_loss(terms, alpha=0.3, beta=10.0), 31.3, 1e-5)
+    assert close(total_loss(terms, term_weights(0.3, 10.0)), 31.3, 1e-5)
     # KD only: (1 - 0.5) * 1 + 0.5 * 2 = 1.5 (beta unused without a PT term)
     kd_terms = {"ce": terms["ce"], "kd": terms["kd"]}
-    assert close(total_loss(kd_terms, alpha=0.5, beta=100.0), 1.5)
+    assert close(total_loss(kd_terms, term_weights(0.5, 100.0)), 1.5)
     # FT: alpha = beta = 0 -> CE
-    assert close(total_loss({"ce": terms["ce"]}, alpha=0.0, beta=0.0), 1.0)
+    assert close(total_loss({"ce": terms["ce"]}, term_weights(0.0, 0.0)), 1.0)
     # alpha = 1: no CE at all
-    assert close(total_loss(terms, alpha=1.0, beta=0.0), 2.0)
+    assert close(total_loss(terms, term_weights(1.0, 0.0)), 2.0)
 
 
 def test_total_loss_backpropagates_each_term():
     w = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
     terms = {"ce": w[0] * 2, "kd": w[1] * 3, "pt": w[2] * 5}
-    total_loss(terms, alpha=0.2, beta=100.0).backward()
+    total_loss(terms, term_weights(0.2, 100.0)).backward()
     # d/dw = ((1 - 0.2) * 2, 0.2 * 3, 100 * 5)
     assert torch.allclose(w.grad, torch.tensor([1.6, 0.6, 500.0]))

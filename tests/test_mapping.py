@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pkd.cli import build_parser
 from pkd.config.options import STRATEGIES
 from pkd.errors import PkdError
-from pkd.objectives.mapping import layer_map, parse_layer_map
+from pkd.objectives.mapping import layer_map
 
 
 def teacher_side(pairs):
@@ -79,18 +80,22 @@ def test_unknown_strategy_names_option_and_choices():
         layer_map(None, 12, 6)
 
 
-def test_parse_layer_map():
-    assert parse_layer_map("2,4") == [2, 4]
-    assert parse_layer_map(" 7, 8 ,9 ") == [7, 8, 9]
-    assert parse_layer_map("5") == [5]
-    assert parse_layer_map("") == []
+def test_layer_map_option_parses_integers():
+    """--layer-map text as the command line reads it (`pkd.cli`), before `layer_map` checks it."""
+    parser = build_parser()
+    for text, expected in (("2,4", [2, 4]), (" 7, 8 ,9 ", [7, 8, 9]), ("5", [5]), ("", [])):
+        assert vars(parser.parse_args(["distill", f"--layer-map={text}"]))["distill.layer_map"] == (
+            expected
+        )
 
 
 @pytest.mark.parametrize("text", ["2;4", "a,b", "2,4.5", "two"])
-def test_parse_layer_map_errors(text):
-    with pytest.raises(PkdError) as e:
-        parse_layer_map(text)
-    assert str(e.value) == f"--layer-map: expected comma-separated integers, got {text!r}"
+def test_layer_map_option_errors(text, pkd_cli):
+    code, out, err = pkd_cli(["distill", f"--layer-map={text}"])
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == (
+        f"pkd distill: error: argument --layer-map: expected comma-separated ints, got {text!r}"
+    )
 
 
 @given(

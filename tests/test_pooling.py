@@ -313,7 +313,12 @@ def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_di
     enc = encode_all(splits, tok, 16, dict(teacher.config.label2id), True)["train"]
     cfg = C.DistillRunConfig(teacher=str(mean_teacher), output=str(tmp_path / "x"), data=data)
     cache = build_or_load(
-        teacher, enc, collator(tok), "sst2", cache_extra(spec, cfg), tmp_path / "c"
+        teacher,
+        enc,
+        collator(tok),
+        "sst2",
+        cache_extra(spec.name, cfg.data.max_length, spec.labels),
+        tmp_path / "c",
     )
     assert cache.manifest["pooling"] == "mean"
     batch = collator(tok)([enc[i] for i in (5, 0, 17, 3)])

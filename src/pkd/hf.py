@@ -65,7 +65,7 @@ from pkd.models.encoders import (
 )
 from pkd.objectives import cache as cache_mod
 from pkd.objectives import mapping
-from pkd.objectives.losses import ce_loss, total_loss
+from pkd.objectives.losses import ce_loss
 from pkd.objectives.objective import (
     Objective,
     cached_teacher,
@@ -444,7 +444,7 @@ class PatientDistillationTrainer(Trainer):
             self._signature_columns.append(EXAMPLE_INDEX)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Training: Eq. (5) over `pkd.objectives.objective.loss_terms`, weighted by `pkd.objectives.losses.total_loss`,
+        """Training: Eq. (5) over `pkd.objectives.objective.loss_terms`, weighted by `Objective.total`,
         with teacher signals from the cache when the batch carries `example_index`, else
         online. Evaluation: the student's task loss (CE; MSE for regression)."""
         if not model.training:
@@ -457,7 +457,7 @@ class PatientDistillationTrainer(Trainer):
         terms = loss_terms(model, inputs, objective, self.problem_type == REGRESSION)
         for key, value in terms.items():
             self.term_sums[key].append(float(value.detach()))
-        loss = total_loss(terms, objective.alpha, objective.beta)
+        loss = objective.total(terms)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

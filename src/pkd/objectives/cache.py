@@ -28,18 +28,18 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pkd.config.options import DistillRunConfig
 from pkd.errors import PkdError
 from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error
-from pkd.models.encoders import layer_states, model_pooling
+from pkd.models.encoders import model_pooling
+from pkd.objectives.objective import teacher_signals
 from pkd.progress import progress
-from pkd.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +111,13 @@ def attention_kernel(teacher) -> str | None:
     return getattr(teacher.base_model.config, "_attn_implementation", None)
 
 
-def cache_extra(spec: TaskSpec, cfg: DistillRunConfig) -> dict:
-    """What besides teacher weights and token ids decides the teacher cache's content."""
-    return {
-        "task": spec.name,
-        "labels": list(spec.labels),
-        "max_length": cfg.data.max_length,
-        "truncation": True,
-    }
+def cache_extra(task: str, max_length: int, labels: Sequence[str] | None = None) -> dict:
+    """What besides teacher weights and token ids decides the teacher cache's content: the
+    task (`pkd pretrain`'s: `pretrain`), its label order (a task's), the max length."""
+    extra: dict = {"task": task}
+    if labels is not None:
+        extra["labels"] = list(labels)
+    return {**extra, "max_length": max_length, "truncation": True}
 
 
 def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
@@ -229,11 +228,9 @@ def _run_teacher(teacher, dataset, collate, batch_size: int, device, show_progre
     bar = progress(len(order), "teacher cache", "ex", quiet=not show_progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate([dataset[int(i)] for i in idx])
-        inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "example_index")}
-        out = teacher(**inputs, output_hidden_states=True)
+        batch = {k: v.to(device) for k, v in collate([dataset[int(i)] for i in idx]).items()}
         # (B, [choices,] N+1, H), pooled as the teacher pools
-        states = layer_states(out.hidden_states, inputs["attention_mask"], out.logits, pooling)
+        out, states = teacher_signals(teacher, batch, None, pooling)
         yield idx, out.logits.float().cpu().numpy(), states.cpu().numpy()
         bar.update(len(idx))
     bar.close()

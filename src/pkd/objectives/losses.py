@@ -133,9 +133,9 @@ def term_weights(alpha: float, beta: float) -> dict[str, float]:
     return {"ce": 1.0 - alpha, "kd": alpha, "pt": beta}
 
 
-def total_loss(terms: dict[str, torch.Tensor], alpha: float, beta: float) -> torch.Tensor:
-    """Eq. (5): (1 - alpha) * CE + alpha * KD + beta * PT, over the terms present."""
-    weights = term_weights(alpha, beta)
+def total_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The loss a run trains on: each term times its weight, summed over the terms present.
+    With `term_weights(alpha, beta)`, Eq. (5): (1 - alpha) * CE + alpha * KD + beta * PT."""
     return sum(weights[name] * value for name, value in terms.items())
 
 

@@ -53,11 +53,3 @@ def layer_map(
     else:
         raise PkdError(f"--strategy: unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     return [(t, j) for j, t in enumerate(teacher, start=1)]
-
-
-def parse_layer_map(text: str) -> list[int]:
-    """'2,4' -> [2, 4] (the --layer-map option)."""
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise PkdError(f"--layer-map: expected comma-separated integers, got {text!r}") from None

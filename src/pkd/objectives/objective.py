@@ -19,6 +19,7 @@ from pkd.objectives.losses import (
     patient_loss,
     pt_text,
     term_weights,
+    total_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Objective:
     def weights(self) -> dict[str, float]:
         """Each term's weight in the total (Eq. 5)."""
         return term_weights(self.alpha, self.beta)
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Eq. (5): the terms weighted by `weights` and summed (`total_loss`)."""
+        return total_loss(terms, self.weights())
 
     def describe(self, regression: bool) -> str:
         """Eq. (5) as `loss_terms` computes it for this objective (the dry run's plan), e.g.
@@ -164,17 +169,38 @@ def cached_teacher(cache) -> Callable:
     return lambda batch, layers: cache.targets(batch["example_index"], layers)
 
 
+@torch.no_grad()
+def teacher_signals(
+    teacher, batch: dict, layers: list[int] | None = None, pooling: str | None = "cls"
+):
+    """One forward pass of a frozen teacher on a batch: its output and its states at `layers`.
+
+    Args:
+        layers: teacher layers (0 = embeddings); all of them when None.
+        pooling: `cls` or `mean` gives each layer's pooled state (`layer_states`), (B, [C,]
+            L, H); None gives every token's state, (B, L, T, H) (`pkd pretrain`).
+
+    Returns:
+        The teacher's output (`logits`, `hidden_states`) and the states as float32.
+    """
+    out = teacher(**model_inputs(batch), output_hidden_states=True)
+    if pooling is None:
+        hidden = out.hidden_states if layers is None else [out.hidden_states[i] for i in layers]
+        return out, torch.stack(list(hidden), dim=1).float()
+    states = layer_states(out.hidden_states, batch["attention_mask"], out.logits, pooling)
+    return out, (states if layers is None else states[..., layers, :]).float()
+
+
 def online_teacher(teacher) -> Callable:
-    """Teacher signals from a forward pass of the (frozen) teacher on each batch."""
+    """Teacher signals from a forward pass of the (frozen) teacher on each batch: its logits
+    and pooled states at the given layers (all when None), float32 (`teacher_signals`)."""
     teacher.eval()
     teacher.requires_grad_(False)
     pooling = model_pooling(teacher.config)
 
-    @torch.no_grad()
     def signals(batch, layers):
-        out = teacher(**model_inputs(batch), output_hidden_states=True)
-        states = layer_states(out.hidden_states, batch["attention_mask"], out.logits, pooling)
-        return out.logits.float(), states[..., layers, :].float()
+        out, states = teacher_signals(teacher, batch, layers, pooling)
+        return out.logits.float(), states
 
     return signals
 

@@ -17,7 +17,7 @@ A student of another width compares through a learned projection per matched lay
 (`pkd.models.projection.Projection`, student H -> teacher H). The projections and the student's MLM
 head are the objective's `aux` modules: trained with the student and kept in checkpoints,
 never in its `model/`. `GeneralObjective` has the interface `pkd.training.loop.training_step` calls
-(`loss_terms`, `weights`, `aux`), so pretraining runs through the one training loop.
+(`loss_terms`, `weights`, `total`, `aux`), so pretraining runs through the one training loop.
 """
 
 from __future__ import annotations
@@ -32,17 +32,12 @@ from transformers.activations import ACT2FN
 
 from pkd.errors import PkdError
 from pkd.models.projection import Projection
-from pkd.objectives.losses import mlm_distill_loss, mlm_loss, token_state_loss
-from pkd.objectives.objective import batch_examples, model_inputs
+from pkd.objectives.losses import mlm_distill_loss, mlm_loss, token_state_loss, total_loss
+from pkd.objectives.objective import batch_examples, model_inputs, teacher_signals
 from pkd.tasks import IGNORE_LABEL
 
 CLS_TOKENS = 1  # --pt-tokens cls: only the first token's state is compared
 CACHE_NAME = "pretrain"  # the teacher cache's directory prefix (`pkd.objectives.cache`)
-
-
-def cache_extra(max_length: int) -> dict:
-    """What besides teacher weights and token ids decides a pretraining teacher cache."""
-    return {"task": CACHE_NAME, "max_length": max_length, "truncation": True}
 
 
 @dataclass
@@ -70,7 +65,7 @@ class GeneralObjective:
 
     @property
     def beta(self) -> float:
-        """The patient term's weight (named in `pkd.training.runlog.RunStats`' warning)."""
+        """The patient term's weight (named in `pkd.training.hooks.PatientShareCheck`'s warning)."""
         return self.weights_by_term.get("pt", 0.0)
 
     @property
@@ -79,6 +74,10 @@ class GeneralObjective:
 
     def weights(self) -> dict[str, float]:
         return dict(self.weights_by_term)
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of the terms (`total_loss`)."""
+        return total_loss(terms, self.weights_by_term)
 
     def teacher_layers(self) -> list[int]:
         return [t for t, _ in self.pairs] + [self.top[0]]
@@ -228,8 +227,7 @@ def online_signals(teacher, tokens: str, mlm: bool) -> Callable:
 
     @torch.no_grad()
     def signals(batch: dict, layers: list[int]) -> dict:
-        out = encoder(**model_inputs(batch), output_hidden_states=True)
-        states = torch.stack([out.hidden_states[i] for i in layers], dim=1).float()
+        out, states = teacher_signals(encoder, batch, layers, pooling=None)  # (B, L, T, H)
         result = {"states": states[:, :, :CLS_TOKENS] if tokens == "cls" else states}
         if head is not None:
             masked = batch["mlm_labels"] != IGNORE_LABEL
@@ -280,7 +278,7 @@ def heldout_score(objective: GeneralObjective) -> Callable:
         for batch in loader:
             terms = objective.loss_terms(model, batch)
             n = batch_examples(batch)
-            total = sum(objective.weights_by_term[k] * terms[k] for k in names)
+            total = objective.total(terms)
             values = torch.stack([total, *(terms[k] for k in names)]).float() * n
             sums += torch.cat([values, values.new_tensor([n])])
         model.train()

@@ -35,7 +35,13 @@ from pkd.data.loading import (
 from pkd.data.multiple_choice import num_choices
 from pkd.data.readers import TRANSFER
 from pkd.data.splits import EncodedSplit
-from pkd.data.transfer import TransferMix, check_transfer, load_transfer, with_transfer
+from pkd.data.transfer import (
+    TransferMix,
+    check_transfer,
+    labelled_count,
+    load_transfer,
+    with_transfer,
+)
 from pkd.errors import PkdError
 from pkd.models.encoders import (
     BASE_MODEL_KEY,
@@ -59,8 +65,9 @@ from pkd.objectives.objective import Objective, cached_teacher, online_teacher
 from pkd.recipes.dryrun import describe_distill, human_bytes
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels, readable_labels
 from pkd.training.accelerator import make_accelerator
-from pkd.training.evaluation import score
-from pkd.training.loop import train
+from pkd.training.evaluation import Evaluation, score
+from pkd.training.hooks import LabelCounts, PatientShareCheck
+from pkd.training.loop import Run, train
 from pkd.training.rundir import data_summary, finish_run, locks_output, open_run, start_run
 
 logger = logging.getLogger(__name__)
@@ -392,7 +399,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
     t_cache = time.perf_counter() - t0
     objective = Objective.from_config(d, plan.pairs, signal, plan.pooling, plan.projection)
     plan.student.config.update({TASK_KEY: spec.name})
-    result = train(
+    run = Run(
         plan.student,
         plan.tokenizer,
         train_set,
@@ -405,6 +412,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         collator(plan.tokenizer),
         resume_from=ckpt,
         on_evaluate=on_evaluate,
+        evaluation=Evaluation.of_task(spec),
         run_params={
             "method": d.method,
             "teacher": cfg.teacher,
@@ -412,7 +420,9 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
             "student_layers": d.student_layers,
             "student_init": plan.student_init,
         },
+        hooks=[LabelCounts(labelled_count, accelerator.num_processes), PatientShareCheck(d.beta)],
     )
+    result = train(run)
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]
     teacher_main = plan.teacher_metrics[split][spec.main_metric]
@@ -472,7 +482,7 @@ def teacher_signal(
             getattr(train_set, "combined", train_set),  # a TransferMix: all its examples
             collator(plan.tokenizer),
             plan.spec.name,
-            cache_mod.cache_extra(plan.spec, cfg),
+            cache_mod.cache_extra(plan.spec.name, cfg.data.max_length, plan.spec.labels),
             d.cache_dir,
             cfg.train.eval_batch_size,
             accelerator.device,

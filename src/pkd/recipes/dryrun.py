@@ -22,16 +22,15 @@ from pkd.models.encoders import (
     count_parameters,
     encoder_type,
     feed_forward_size,
-    layer_states,
     model_pooling,
     num_layers,
 )
 from pkd.objectives import cache as cache_mod
-from pkd.objectives.objective import Objective, model_inputs
-from pkd.objectives.pretraining import CACHE_NAME, CacheableTeacher, cache_extra, online_signals
+from pkd.objectives.objective import Objective, model_inputs, online_teacher
+from pkd.objectives.pretraining import CACHE_NAME, CacheableTeacher, online_signals
 from pkd.tasks import CLASSIFICATION, REGRESSION
-from pkd.training.accelerator import make_accelerator
-from pkd.training.loop import prepare, training_step
+from pkd.training.accelerator import make_accelerator, prepare
+from pkd.training.loop import training_step
 
 TIMED_STEPS = 3  # optimizer steps timed after one untimed warm-up step
 
@@ -85,22 +84,14 @@ def time_steps(
     counted = p.micro_batch * steps
     teacher_out, teacher_s = [], 0.0
     if teacher is not None:
-        teacher.eval().to(device)
-        with torch.no_grad():
-            for i, batch in enumerate(batches):
-                _sync(device)
-                t0 = time.perf_counter()
-                out = teacher(**model_inputs(batch), output_hidden_states=True)
-                states = layer_states(
-                    out.hidden_states,
-                    batch["attention_mask"],
-                    out.logits,
-                    model_pooling(teacher.config),
-                )
-                teacher_out.append((out.logits.float(), states))
-                _sync(device)
-                if i:
-                    teacher_s += time.perf_counter() - t0
+        signals = online_teacher(teacher.to(device))
+        for i, batch in enumerate(batches):
+            _sync(device)
+            t0 = time.perf_counter()
+            teacher_out.append(signals(batch, None))  # logits, every layer's pooled states
+            _sync(device)
+            if i:
+                teacher_s += time.perf_counter() - t0
     p.model.train()
     regression = problem_type == REGRESSION
     step_s = 0.0
@@ -267,7 +258,9 @@ def teacher_cache(cfg, plan) -> dict:
         }
     root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
     fp = cache_mod.fingerprint(
-        plan.teacher, dataset.features, cache_mod.cache_extra(plan.spec, cfg)
+        plan.teacher,
+        dataset.features,
+        cache_mod.cache_extra(plan.spec.name, cfg.data.max_length, plan.spec.labels),
     )
     return cached_plan(n, size, root / f"{plan.spec.name}-{fp[:16]}")  # build_or_load's layout
 
@@ -380,7 +373,7 @@ def pretrain_cache(cfg, plan) -> dict:
     t, n = plan.teacher.config, len(plan.encoded["train"])
     size = cache_mod.estimate_bytes(n, (1,), (t.num_hidden_layers + 1, t.hidden_size))
     root = Path(o.cache_dir) if o.cache_dir else cache_mod.default_root()
-    extra = cache_extra(cfg.text.max_length)
+    extra = cache_mod.cache_extra(CACHE_NAME, cfg.text.max_length)
     fp = cache_mod.fingerprint(
         CacheableTeacher(plan.teacher), plan.encoded["train"].features, extra
     )

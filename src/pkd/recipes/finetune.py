@@ -21,6 +21,7 @@ from pkd.data.loading import (
     resolve_task,
     warn_truncation,
 )
+from pkd.data.transfer import labelled_count
 from pkd.models.encoders import (
     TASK_KEY,
     check_max_length,
@@ -34,7 +35,9 @@ from pkd.objectives.objective import Objective
 from pkd.recipes.dryrun import describe_finetune
 from pkd.tasks import CLASSIFICATION
 from pkd.training.accelerator import make_accelerator
-from pkd.training.loop import train
+from pkd.training.evaluation import Evaluation
+from pkd.training.hooks import LabelCounts
+from pkd.training.loop import Run, train
 from pkd.training.rundir import data_summary, finish_run, locks_output, open_run, start_run
 
 
@@ -69,17 +72,21 @@ def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
     start_run(output, cfg, accelerator, ckpt is not None, resolved=resolved, data=splits)
     t0 = time.perf_counter()
     result = train(
-        model,
-        tokenizer,
-        encoded["train"],
-        {k: v for k, v in encoded.items() if k != "train"},
-        spec,
-        cfg.train,
-        Objective(),
-        output,
-        accelerator,
-        collator(tokenizer),
-        resume_from=ckpt,
+        Run(
+            model,
+            tokenizer,
+            encoded["train"],
+            {k: v for k, v in encoded.items() if k != "train"},
+            spec,
+            cfg.train,
+            Objective(),
+            output,
+            accelerator,
+            collator(tokenizer),
+            resume_from=ckpt,
+            evaluation=Evaluation.of_task(spec),
+            hooks=[LabelCounts(labelled_count, accelerator.num_processes)],
+        )
     )
     metrics = {
         "task": spec.name,

@@ -42,7 +42,6 @@ from pkd.objectives.pretraining import (
     CacheableTeacher,
     GeneralObjective,
     build_heads,
-    cache_extra,
     cached_signals,
     freeze_pooler,
     heldout_score,
@@ -52,7 +51,8 @@ from pkd.recipes.distill import check_same_tokenizer
 from pkd.recipes.dryrun import describe_pretrain
 from pkd.training.accelerator import make_accelerator
 from pkd.training.evaluation import Evaluation
-from pkd.training.loop import train
+from pkd.training.hooks import PatientShareCheck
+from pkd.training.loop import Run, train
 from pkd.training.rundir import data_summary, finish_run, locks_output, open_run, start_run
 
 logger = logging.getLogger(__name__)
@@ -178,19 +178,23 @@ def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     online = online_signals(plan.teacher, cfg.pretrain.pt_tokens, cfg.pretrain.uses_mlm)
     train_set, held, collate = plan.datasets(cfg)
     plan.student.config.update({PRETRAIN_KEY: provenance(cfg, plan)})
+    objective = plan.objective(cfg, signal)
     result = train(
-        plan.student,
-        plan.tokenizer,
-        train_set,
-        {HELD_OUT: held},
-        None,
-        cfg.train,
-        plan.objective(cfg, signal),
-        output,
-        accelerator,
-        collate,
-        resume_from=ckpt,
-        evaluation=Evaluation(heldout_score(plan.objective(cfg, online)), "loss", False),
+        Run(
+            plan.student,
+            plan.tokenizer,
+            train_set,
+            {HELD_OUT: held},
+            None,
+            cfg.train,
+            objective,
+            output,
+            accelerator,
+            collate,
+            resume_from=ckpt,
+            evaluation=Evaluation(heldout_score(plan.objective(cfg, online)), "loss", False),
+            hooks=[PatientShareCheck(objective.beta)],
+        )
     )
     metrics = {
         "teacher": cfg.teacher,
@@ -245,7 +249,7 @@ def teacher_signal(cfg: C.PretrainConfig, plan: PretrainPlan, accelerator):
             plan.encoded["train"],
             collator(plan.tokenizer),
             CACHE_NAME,
-            cache_extra(cfg.text.max_length),
+            cache_mod.cache_extra(CACHE_NAME, cfg.text.max_length),
             Path(o.cache_dir) if o.cache_dir else None,
             cfg.train.eval_batch_size,
             accelerator.device,

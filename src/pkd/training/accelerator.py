@@ -1,11 +1,13 @@
-"""The run's Accelerator and its trackers (--report-to: TensorBoard by default, MLflow's
-store in the run directory)."""
+"""The run's Accelerator, what it prepares for a run (`prepare`: loaders, AdamW and its
+schedule), and its trackers (--report-to: TensorBoard by default, MLflow's store in the run
+directory)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -13,8 +15,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import TensorBoardTracker, get_available_trackers
 from accelerate.utils import DataLoaderConfiguration
+from transformers import get_linear_schedule_with_warmup
 
 from pkd.config.options import TRACKERS, TrainConfig
+from pkd.data.loading import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.objectives.objective import (
     Objective,
@@ -81,6 +85,97 @@ def make_accelerator(cfg: TrainConfig, output: Path | None = None):
         log_with=log_with,
         project_dir=str(output) if output is not None else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+@dataclass
+class Prepared:
+    """A run's accelerator, what it prepared, and the settings the step reads (`prepare`)."""
+
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: torch.utils.data.DataLoader
+    eval_loaders: dict[str, torch.utils.data.DataLoader]
+    micro_batch: int  # examples per process per micro-batch
+    total_steps: int  # optimizer steps of the whole run
+    cfg: TrainConfig
+    aux: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
+
+
+def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, aux=None):
+    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
+    over the student's parameters and those of `aux` (projections)."""
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = [*model.named_parameters(), *(aux.named_parameters() if aux is not None else ())]
+    groups = [
+        {
+            "params": [p for n, p in named if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def prepare(
+    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, aux=None
+) -> Prepared:
+    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `aux`
+    (an objective's projections) is prepared beside the model and trained with it.
+
+    Raises:
+        PkdError: --batch-size does not split into micro-batches over accumulation x processes.
+    """
+    world = accelerator.num_processes
+    micro = cfg.batch_size // (cfg.gradient_accumulation_steps * world)
+    if micro < 1 or micro * cfg.gradient_accumulation_steps * world != cfg.batch_size:
+        raise PkdError(
+            f"--batch-size: {cfg.batch_size} is not divisible by gradient accumulation "
+            f"({cfg.gradient_accumulation_steps}) x processes ({world})"
+        )
+    # Its own generator: creating a loader iterator (e.g. on resume) must not draw from the
+    # global RNG, or dropout masks after a resume would differ from an uninterrupted run.
+    # --group-by-length: similar lengths per batch, in an order fixed by (seed, epoch).
+    sampler = None
+    if cfg.group_by_length:
+        sampler = LengthGroupedSampler(train_set.lengths(), micro, cfg.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=micro,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    eval_loaders = {
+        name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        for name, ds in eval_sets.items()
+    }
+    steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, aux)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler
+    )
+    if aux is not None:  # its own model_1 in checkpoints, after the student's model
+        aux = accelerator.prepare(aux)
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    return Prepared(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_loaders,
+        micro,
+        total_steps,
+        cfg,
+        aux,
     )
 
 

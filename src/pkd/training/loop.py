@@ -1,12 +1,14 @@
 """The one training loop: fine-tuning and every distillation mode (FT, KD, PKD).
 
 Fine-tuning is distillation with only the CE term. `train` reads top-down like nanoGPT's
-train.py: `prepare` (loaders, optimizer, schedule, accelerate) -> resume the `LoopState` ->
-for each micro-batch `training_step` (loss terms -> check -> backward -> clip -> step), a
-`Meter` for the log records, a checkpoint every --save-steps -> each epoch `end_of_epoch`
-(evaluate, keep the best model, hooks, checkpoint). Devices, DDP and mixed precision are
-accelerate's; the loop never touches them directly. `LoopHooks` let a caller watch or stop
-a run (tests inject faults through them).
+train.py: one `Run` bundle in -> `prepare` (loaders, optimizer, schedule, accelerate:
+`pkd.training.accelerator`) -> resume the `LoopState` -> for each micro-batch
+`training_step` (loss terms -> check -> backward -> clip -> step), a `Meter` for the log
+records, a checkpoint every --save-steps -> each epoch `end_of_epoch` (evaluate, keep the
+best model, hooks, checkpoint). Devices, DDP and mixed precision are accelerate's; the loop
+never touches them directly. What a task knows beyond its loss (transfer counts, the patient
+term's share) comes in as `LoopHooks` its recipe installs; callers watch or stop a run
+through them too (tests inject faults through them).
 """
 
 from __future__ import annotations
@@ -23,22 +25,14 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from transformers import get_linear_schedule_with_warmup
 
 from pkd.config.options import TrainConfig
-from pkd.data.loading import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.models.encoders import DEV_METRIC_KEY
-from pkd.objectives.objective import (
-    Objective,
-    batch_examples,
-    gradient_shares,
-)
+from pkd.objectives.objective import batch_examples, gradient_shares
 from pkd.progress import progress
 from pkd.tasks import REGRESSION, TaskSpec
-from pkd.training.accelerator import (
-    start_trackers,
-)
+from pkd.training.accelerator import Prepared, prepare, start_trackers
 from pkd.training.checkpoints import (
     LoopState,
     checkpoints,
@@ -88,97 +82,6 @@ def checked_terms(
     return dict(zip(names, every[accelerator.process_index].tolist(), strict=True))
 
 
-@dataclass
-class Prepared:
-    """A run's accelerator, what it prepared, and the settings the step reads (`prepare`)."""
-
-    accelerator: object
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: torch.utils.data.DataLoader
-    eval_loaders: dict[str, torch.utils.data.DataLoader]
-    micro_batch: int  # examples per process per micro-batch
-    total_steps: int  # optimizer steps of the whole run
-    cfg: TrainConfig
-    aux: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
-
-
-def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, aux=None):
-    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
-    over the student's parameters and those of `aux` (projections)."""
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    named = [*model.named_parameters(), *(aux.named_parameters() if aux is not None else ())]
-    groups = [
-        {
-            "params": [p for n, p in named if not n.endswith(no_decay)],
-            "weight_decay": cfg.weight_decay,
-        },
-        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    warmup = int(cfg.warmup_ratio * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def prepare(
-    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, aux=None
-) -> Prepared:
-    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `aux`
-    (an objective's projections) is prepared beside the model and trained with it.
-
-    Raises:
-        PkdError: --batch-size does not split into micro-batches over accumulation x processes.
-    """
-    world = accelerator.num_processes
-    micro = cfg.batch_size // (cfg.gradient_accumulation_steps * world)
-    if micro < 1 or micro * cfg.gradient_accumulation_steps * world != cfg.batch_size:
-        raise PkdError(
-            f"--batch-size: {cfg.batch_size} is not divisible by gradient accumulation "
-            f"({cfg.gradient_accumulation_steps}) x processes ({world})"
-        )
-    # Its own generator: creating a loader iterator (e.g. on resume) must not draw from the
-    # global RNG, or dropout masks after a resume would differ from an uninterrupted run.
-    # --group-by-length: similar lengths per batch, in an order fixed by (seed, epoch).
-    sampler = None
-    if cfg.group_by_length:
-        sampler = LengthGroupedSampler(train_set.lengths(), micro, cfg.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=micro,
-        shuffle=sampler is None,
-        sampler=sampler,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    eval_loaders = {
-        name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
-        for name, ds in eval_sets.items()
-    }
-    steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, aux)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, scheduler
-    )
-    if aux is not None:  # its own model_1 in checkpoints, after the student's model
-        aux = accelerator.prepare(aux)
-    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
-    return Prepared(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        eval_loaders,
-        micro,
-        total_steps,
-        cfg,
-        aux,
-    )
-
-
 def epoch_batches(p: Prepared, state: LoopState):
     """This epoch's micro-batches in their (seed, epoch) order, less those done before a resume.
 
@@ -209,8 +112,8 @@ def training_step(
     gradient accumulation. `step` is the optimizer step the batch belongs to, as numbered in
     log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names. With
     `shares` (logged steps of a run with several terms), each term's `gradient_shares` too.
-    `objective`: an `Objective`, or any object with its `loss_terms`, `weights` and `aux`
-    (`pkd.objectives.pretraining.GeneralObjective`).
+    `objective`: an `Objective`, or any object with its `loss_terms`, `weights`, `total` and
+    `aux` (`pkd.objectives.pretraining.GeneralObjective`).
 
     Returns:
         This process's loss terms and total (and shares) as floats, and the step's lr.
@@ -220,8 +123,7 @@ def training_step(
         terms = objective.loss_terms(model, batch, regression)
         for h in hooks:
             h.on_loss(step, terms)
-        weights = objective.weights()
-        loss = sum(weights[name] * value for name, value in terms.items())
+        loss = objective.total(terms)
         values = checked_terms(accelerator, terms, loss, step, output)
         if shares and len(terms) > 1:
             values.update(gradient_shares(model, terms, objective))
@@ -238,44 +140,58 @@ def training_step(
     return values, lr
 
 
-def train(
-    model,
-    tokenizer,
-    train_set,
-    eval_sets: dict,
-    spec: TaskSpec | None,
-    cfg: TrainConfig,
-    objective: Objective,
-    output: Path,
-    accelerator,
-    collate,
-    resume_from: Path | None = None,
-    on_evaluate: Callable[[int, int, dict], None] | None = None,
-    evaluation: Evaluation | None = None,
-    run_params: dict | None = None,
-) -> dict:
-    """Train `model` on `train_set`, evaluate on `eval_sets` each epoch, keep the best.
+@dataclass
+class Run:
+    """Everything one run of `train` needs.
 
-    Writes into `output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
-    checkpoints/step-N/. Returns the best and final metrics, history and timings.
-    `on_evaluate(step, epoch, metrics)`, if given, runs after each evaluation on every
-    process, after that of the hooks installed by `use_hooks`; an exception from it (e.g. a
-    sweep's `optuna.TrialPruned`) stops the run. `evaluation`: how epochs are scored (default:
-    the task's metrics; `pkd pretrain`, which has no task (spec None), passes its own).
-    `run_params`: what trackers log as parameters besides the settings (`start_trackers`).
+    `spec`: the task (None for `pkd pretrain`, which has no labels). `objective`: an
+    `Objective`, or any object with its `loss_terms`, `weights`, `total` and `aux`
+    (`pkd.objectives.pretraining.GeneralObjective`). `evaluation`: how epochs are scored
+    (default: the task's metrics). `on_evaluate(step, epoch, metrics)` runs after each
+    evaluation on every process, after the hooks'; an exception from it (a sweep's
+    `optuna.TrialPruned`) stops the run. `run_params`: what trackers log as parameters
+    besides the settings (`start_trackers`). `hooks`: the recipe's (`pkd.training.hooks`),
+    run before those of `use_hooks` blocks.
     """
 
+    model: torch.nn.Module
+    tokenizer: object
+    train_set: torch.utils.data.Dataset
+    eval_sets: dict[str, torch.utils.data.Dataset]
+    spec: TaskSpec | None
+    cfg: TrainConfig
+    objective: object
+    output: Path
+    accelerator: object
+    collate: Callable
+    resume_from: Path | None = None
+    on_evaluate: Callable[[int, int, dict], None] | None = None
+    evaluation: Evaluation | None = None
+    run_params: dict | None = None
+    hooks: Sequence[LoopHooks] = ()
+
+
+def train(run: Run) -> dict:
+    """Train `run.model` on `run.train_set`, evaluate on `run.eval_sets` each epoch, keep the
+    best.
+
+    Writes into `run.output`: model/ (best, save_pretrained), log.jsonl, tensorboard/,
+    checkpoints/step-N/. Returns the best and final metrics, history and timings.
+    """
+    cfg, accelerator, output, objective = run.cfg, run.accelerator, run.output, run.objective
     set_seed(cfg.seed)
-    evaluation = evaluation or Evaluation.of_task(spec)
-    p = prepare(accelerator, model, train_set, eval_sets, cfg, collate, objective.aux)
+    evaluation = run.evaluation or Evaluation.of_task(run.spec)
+    p = prepare(
+        accelerator, run.model, run.train_set, run.eval_sets, cfg, run.collate, objective.aux
+    )
     if objective.aux is not None:  # the prepared one (DDP-wrapped under several processes)
         objective = dataclasses.replace(objective, aux=p.aux)
-    start_trackers(accelerator, output, cfg, objective, run_params)
-    state = resume(accelerator, resume_from) if resume_from is not None else LoopState()
-    hooks = installed()  # those of use_hooks blocks around this run
-    log, meter, stats = RunLog(output, accelerator), Meter(), state.stats
-    regression = spec is not None and spec.problem_type == REGRESSION
-    log_plan(p, len(train_set))
+    start_trackers(accelerator, output, cfg, objective, run.run_params)
+    state = resume(accelerator, run.resume_from) if run.resume_from is not None else LoopState()
+    hooks = [*run.hooks, *installed()]  # the recipe's, then those of use_hooks blocks
+    log, meter = RunLog(output, accelerator), Meter()
+    regression = run.spec is not None and run.spec.problem_type == REGRESSION
+    log_plan(p, len(run.train_set))
     quiet = cfg.quiet or not accelerator.is_local_main_process
     bar = progress(p.total_steps, "train", "step", quiet=quiet, initial=state.step)
     t_start = time.perf_counter()
@@ -290,14 +206,14 @@ def train(
                 )
                 state.batches_in_epoch += 1
                 meter.add(values, batch_examples(batch) * accelerator.num_processes)
-                if "labels" in batch:
-                    stats.add_batch(batch["labels"], accelerator.num_processes)
+                for h in hooks:
+                    h.on_batch(state, batch)
                 if not accelerator.sync_gradients:
                     continue  # more micro-batches to accumulate before this step's update
                 state.step += 1
                 bar.update(1)
                 if logged:
-                    record = log.write_step(meter, stats, state, lr, len(p.train_loader))
+                    record = log.write_step(meter, state.stats, state, lr, len(p.train_loader))
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
                     )
@@ -308,9 +224,9 @@ def train(
             # a whole pass is an epoch; --max-steps may stop mid-pass
             if state.step < p.total_steps or state.batches_in_epoch >= len(p.train_loader):
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-            if state.epoch == 1:
-                stats.check_patient_share(objective)
-            end_of_epoch(p, state, evaluation, tokenizer, output, log, on_evaluate, hooks)
+            for h in hooks:
+                h.on_epoch_end(state)
+            end_of_epoch(p, run, state, evaluation, log, hooks)
     finally:  # also when a step, a hook or on_evaluate raises: close the trackers, the bar
         bar.close()
         # not accelerator.end_training(): it also ends the process group, which the next run
@@ -325,7 +241,7 @@ def train(
         "history": state.history,
         "steps": state.step,
         "train_seconds": round(time.perf_counter() - t_start, 2),
-        **stats.summary(),
+        **state.stats.summary(),
     }
 
 
@@ -343,12 +259,10 @@ def log_plan(p: Prepared, examples: int) -> None:
 
 def end_of_epoch(
     p: Prepared,
+    run: Run,
     state: LoopState,
     evaluation: Evaluation,
-    tokenizer,
-    output: Path,
     log: RunLog,
-    on_evaluate: Callable[[int, int, dict], None] | None,
     hooks: Sequence[LoopHooks],
 ) -> None:
     """Evaluate on every eval split, keep the best model (by the first split's main metric)
@@ -372,10 +286,10 @@ def end_of_epoch(
             unwrapped.config.update(
                 {DEV_METRIC_KEY: {"split": select, "name": name, "value": main}}
             )
-            save_model(unwrapped, tokenizer, output / "model")
+            save_model(unwrapped, run.tokenizer, run.output / "model")
     accelerator.wait_for_everyone()
     for h in hooks:
         h.on_evaluate(state, metrics)
-    if on_evaluate is not None:
-        on_evaluate(state.step, state.epoch, metrics)
-    save_checkpoint(accelerator, output, state, p.cfg.save_total_limit, hooks)
+    if run.on_evaluate is not None:
+        run.on_evaluate(state.step, state.epoch, metrics)
+    save_checkpoint(accelerator, run.output, state, p.cfg.save_total_limit, hooks)

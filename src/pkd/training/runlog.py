@@ -10,13 +10,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from pkd.data.transfer import labelled_count
-from pkd.objectives.objective import (
-    Objective,
-)
-
 logger = logging.getLogger(__name__)
 
 
@@ -78,8 +71,9 @@ class Meter:
 class RunStats:
     """What a run saw beyond its loss curve: examples with and without a gold label (a
     transfer set's), each term's gradient share (over logged steps, and over the first
-    epoch), and the last logged CE of the first epoch (`distillation.warn_collapse`). Part of
-    the `LoopState`, so a resumed run reports what the whole run saw."""
+    epoch), the last logged CE of the first epoch (`distillation.warn_collapse`), and whether
+    `pkd.training.hooks.PatientShareCheck` has warned. Part of the `LoopState`, so a resumed
+    run reports what the whole run saw."""
 
     seen: dict[str, int] = field(default_factory=lambda: {"labelled": 0, "transfer": 0})
     shares: dict[str, list[float]] = field(default_factory=dict)
@@ -87,10 +81,10 @@ class RunStats:
     first_ce: float | None = None
     warned: bool = False
 
-    def add_batch(self, labels: torch.Tensor, processes: int) -> None:
-        labelled = labelled_count(labels)
+    def add_batch(self, labelled: int, examples: int, processes: int) -> None:
+        """A micro-batch of `examples` per process, `labelled` of them with a gold label."""
         self.seen["labelled"] += labelled * processes
-        self.seen["transfer"] += (len(labels) - labelled) * processes
+        self.seen["transfer"] += (examples - labelled) * processes
 
     def add_record(self, record: dict, epoch: int) -> None:
         """A log.jsonl record of `epoch` (0-based: the one in progress)."""
@@ -102,22 +96,6 @@ class RunStats:
         if epoch == 0 and "ce" in record:
             self.first_ce = record["ce"]
 
-    def check_patient_share(self, objective: Objective) -> None:
-        """Warn once when the patient term's gradient share stayed under 1% all first epoch."""
-        pt = self.first_shares.get("pt")
-        if self.warned or not pt or max(pt) >= PT_SHARE_FLOOR:
-            return
-        self.warned = True
-        logger.warning(
-            "the patient loss's share of the gradient stayed under %.0f%% through the first "
-            "epoch (at most %.2f%% at beta=%g): it barely moves the student; try a larger "
-            "--beta (e.g. %g) and watch share_pt in log.jsonl",
-            100 * PT_SHARE_FLOOR,
-            100 * max(pt),
-            objective.beta,
-            objective.beta * 10,
-        )
-
     def summary(self) -> dict:
         def mean(d: dict[str, list[float]]) -> dict[str, float]:
             return {k: round(sum(v) / len(v), 6) for k, v in d.items() if v}
@@ -128,6 +106,3 @@ class RunStats:
             "gradient_shares": mean(self.shares),
             "first_epoch": first if self.first_ce is not None else None,
         }
-
-
-PT_SHARE_FLOOR = 0.01  # a patient term under this share of the gradient all epoch 1: warned
