@@ -3,14 +3,16 @@
 Teacher vs FT / KD / PKD-Skip / PKD-Last students at one or more depths and seeds:
 
 1. check everything up front (methods, depths against the teacher, the student init, the
-   data, finished runs' settings) and score the teacher on the dev split(s);
+   data, finished runs' settings; the runs are planned in `compare_plan`) and score the
+   teacher on the dev split(s);
 2. run each student with `pkd.recipes.distill.distill` into `OUTPUT/runs/L{layers}-{method}-seed{seed}`;
    all runs share one teacher cache (same teacher, data and max length -> same fingerprint),
    built by the first run that needs it. A run dir with metrics.json is finished and reused;
    an unfinished one is replaced;
 3. evaluate every saved model on the dev split(s) and benchmark it against the teacher on
    identical inputs (`pkd.deploy.bench`);
-4. write results.json, results.md, results.csv (via `pkd.deploy.report`) and pareto.png.
+4. write results.json, results.md, results.csv and pareto.png (`compare_report`, with the
+   tables of `pkd.deploy.report`), each student's results read as a `RunResult`.
 """
 
 from __future__ import annotations
