@@ -324,12 +324,12 @@ def run_seeds(plan: SweepPlan, best: dict, quiet: bool) -> dict:
             if not quiet:
                 print(f"seed {seed}: re-running trial {best['trial']}'s config", file=sys.stderr)
             distill(plan.config(best["params"], path, seed=seed))
-        best = RunResult.load(path).best
+        saved = RunResult.load(path).best
         runs.append(
             {
                 "seed": seed,
-                plan.eval_split: best.score(plan.eval_split, plan.metric),
-                "holdout": best.metrics.get("holdout", {}).get(plan.metric),
+                plan.eval_split: saved.score(plan.eval_split, plan.metric),
+                "holdout": saved.metrics.get("holdout", {}).get(plan.metric),
                 "path": str(path),
             }
         )
