@@ -135,7 +135,6 @@ def write_corpus(args, out: Path) -> tuple[Path, dict]:
 def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
     """`pkd pretrain` into `run` (reused when finished); its metrics.json."""
     from pkd.config import options as C
-    from pkd.recipes.dryrun import format_plan
     from pkd.recipes.pretrain import pretrain
 
     if not (run / "metrics.json").is_file():
@@ -159,7 +158,7 @@ def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
         }
         cfg = C.build(C.PretrainConfig, values, "sst2_pretrain")
         plan = pretrain(cfg, dry_run=True)
-        text = format_plan(plan)
+        text = plan.describe()
         step_s = plan["estimate"]["seconds_per_step"]
         if (
             args.pretrain_minutes

@@ -69,6 +69,9 @@ def test_compare_tables_plot_and_reuse(tiny_teacher, sst2_dir, tmp_path):
         ("pkd-skip", 1, 2),
         ("pkd-skip", 2, 2),
     ]
+    recorded = [r["result"] for r in found]  # metrics.json, typed
+    assert [(r.method, r.layer_map) for r in recorded] == [("ft", [])] * 2 + [("pkd", [[2, 1]])] * 2
+    assert [r.teacher_cache.get("path") for r in recorded[2:]] == [caches[0]["path"]] * 2
 
     # results.json: teacher + one row per method x seed, with scores and speeds.
     data = json.loads((out / "results.json").read_text())

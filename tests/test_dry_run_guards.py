@@ -120,6 +120,10 @@ def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, pkd
     assert plan["layer_map"] == [[3, 1]]
     assert plan["cache_bytes"] == plan["teacher_cache"]["bytes"] == 64 * (2 * 4 + 5 * 32 * 2)
     assert plan["estimate"]["steps"] == 16 and plan["estimate"]["total_seconds"] > 0
+    text = plan.describe()  # what --dry-run prints, from the same plan
+    assert text.startswith("pkd distill (dry run): nothing trained, nothing written\n")
+    assert "layer map:  teacher->student 3->1 (+ logits of the last layer)" in text
+    assert "32 steps x " not in text and "16 steps x " in text
     assert not out.exists()
 
 

@@ -10,6 +10,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
 import pkd
+from pkd.models.results import RunResult
 
 TRAIN = ["--epochs", "1", "--lr", "3e-3", "--batch-size", "8", "--max-length", "16", "--quiet"]
 
@@ -136,8 +137,7 @@ def test_cards_read_right_on_the_hub_no_local_path_no_upload_section(runs, tmp_p
     run = runs["student"]
     with caplog.at_level(logging.INFO, logger="pkd.models.card"):
         write_model_card(
-            run / "model", read_run_config(run), json.loads((run / "metrics.json").read_text()),
-            "distill",
+            run / "model", read_run_config(run), RunResult.load(run), "distill",
         )  # fmt: skip
     assert f"publish with `hf upload YOUR_NAME/student {run / 'model'} .`" in caplog.text
 
@@ -165,13 +165,15 @@ def test_a_partial_run_is_no_model_index_result_on_the_official_split(tmp_path):
         ({"holdout_fraction": 0.1}, "trained on part of the training set"),
     ):
         config, metrics = synthetic_run(data, sources)
-        card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+        card = model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill")
         meta = ModelCard(str(card)).data.to_dict()
         assert "model-index" not in meta and card.data.eval_results is None, data
         assert f"Not in this card's metadata (`model-index`): {why}" in card.text
         assert "| dev | accuracy | 0.75 |" in card.text  # still reported, as what it is
     config, metrics = synthetic_run({}, sources)  # the whole data: claimed
-    (result,) = model_card(tmp_path / "run" / "model", config, metrics, "distill").data.eval_results
+    (result,) = model_card(
+        tmp_path / "run" / "model", config, RunResult.of(metrics), "distill"
+    ).data.eval_results
     assert (result.dataset_type, result.dataset_split) == ("nyu-mll/glue", "validation")
 
 
@@ -182,7 +184,7 @@ def test_a_datasetdict_run_names_its_real_split_and_no_local_path(tmp_path):
     sources = {"train": "dataset:/local-disk/data/tweets[train]",
                "dev": "dataset:/local-disk/data/tweets[validation]"}  # fmt: skip
     config, metrics = synthetic_run({}, sources, task="custom")
-    card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+    card = model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill")
     meta = metadata_load_text(str(card))
     again = ModelCardData(**meta)  # valid Hub metadata, model-index included
     (result,) = again.eval_results
@@ -217,11 +219,11 @@ def test_license_comes_from_the_base_models_card_where_known(tmp_path, tiny_bert
     (tmp_path / "run" / "model").mkdir(parents=True)
     config, metrics = synthetic_run({}, {"train": "train.tsv"})
     metrics["student_init"] = str(base)
-    card = model_card(tmp_path / "run" / "model", config, metrics, "distill")
+    card = model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill")
     assert metadata_load_text(str(card))["license"] == "apache-2.0"
     metrics["student_init"] = str(tiny_bert)  # no card: no license claimed
     assert "license" not in metadata_load_text(
-        str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+        str(model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill"))
     )
     for broken in ("---\n- a list, not a mapping\n---\n", "---\nlicense: [\n---\n", b"\xff\xfe"):
         write = (
@@ -232,10 +234,10 @@ def test_license_comes_from_the_base_models_card_where_known(tmp_path, tiny_bert
         write(broken)  # a card that cannot be parsed says nothing; the finished run is kept
         metrics["student_init"] = str(base)
         meta = metadata_load_text(
-            str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+            str(model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill"))
         )
         assert "license" not in meta
     metrics["student_init"] = "not a/valid hub id"  # try_to_load_from_cache would raise
     assert "license" not in metadata_load_text(
-        str(model_card(tmp_path / "run" / "model", config, metrics, "distill"))
+        str(model_card(tmp_path / "run" / "model", config, RunResult.of(metrics), "distill"))
     )

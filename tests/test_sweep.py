@@ -522,8 +522,37 @@ def test_missing_optuna_is_a_clear_error(monkeypatch, tmp_path, pkd_cli):
     assert not (tmp_path / "o").exists()
 
 
-def test_sweep_help_lists_the_options(pkd_cli):
-    text = pkd_cli.ok(["sweep", "--help"]).out
-    for option in ("--grid", "--space", "--pruner", "--storage", "--selection-split", "--seeds",
-                   "--holdout-fraction", "--lr", "--temperature"):  # fmt: skip
-        assert option in text
+def sweep_options(monkeypatch, pkd_cli, argv) -> S.SweepOptions:
+    """The SweepOptions `pkd sweep ARGV` builds (the sweep itself is not run)."""
+    got = []
+    monkeypatch.setattr(S, "run_sweep", lambda o, **kw: got.append(o) or {"markdown": ""})
+    pkd_cli.ok(argv)
+    return got[0]
+
+
+def test_sweep_options_reach_the_plan(tiny_teacher, sst2_dir, tmp_path, monkeypatch, pkd_cli):
+    """--grid, --pruner, --storage, --selection-split, --holdout-fraction and --seeds as the
+    plan of the study uses them."""
+    argv = ["sweep", "--teacher", tiny_teacher, "--data-dir", sst2_dir, "--output",
+            tmp_path / "o", *TINY, "--grid", "paper", "--pruner", "hyperband", "--storage",
+            tmp_path / "s.journal", "--selection-split", "holdout", "--holdout-fraction", "0.2",
+            "--seeds", "1,2"]  # fmt: skip
+    plan = S.plan_sweep(sweep_options(monkeypatch, pkd_cli, argv))
+    assert set(plan.space) == {"temperature", "alpha", "lr"} and len(plan.points) == 27  # kd
+    assert (plan.pruner, plan.storage) == ("hyperband", str(tmp_path / "s.journal"))
+    assert (plan.select, plan.base["data"]["holdout_fraction"]) == ("holdout", 0.2)
+    assert plan.seeds == [1, 2]
+
+
+def test_sweep_fixed_options_and_the_space(tiny_teacher, sst2_dir, tmp_path, monkeypatch, pkd_cli):
+    """--space varies its parameters; --temperature fixes T for every trial; --lr is refused
+    when the space varies lr."""
+    space = write(tmp_path / "s.yaml", "lr: [1e-3, 2e-3]\n")
+    argv = sweep_args(tiny_teacher, sst2_dir, tmp_path / "o", space, "--temperature", "5")
+    plan = S.plan_sweep(sweep_options(monkeypatch, pkd_cli, argv))
+    assert {n: p.choices for n, p in plan.space.items()} == {"lr": [1e-3, 2e-3]}
+    assert plan.base["distill"]["temperature"] == 5
+    assert sorted(plan.config(p, tmp_path / "t").train.lr for p in plan.points) == [1e-3, 2e-3]
+    assert plan.config(plan.points[0], tmp_path / "t").distill.temperature == 5
+    with pytest.raises(PkdError, match="--lr: also varied by the search space"):
+        S.plan_sweep(sweep_options(monkeypatch, pkd_cli, [*argv, "--lr", "1e-4"]))

@@ -504,11 +504,10 @@ QUIET_COMMANDS = ("evaluate", "predict", "benchmark", "export", "presets")  # wa
 
 def _finetune(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import finetune
-    from pkd.recipes.dryrun import format_plan
 
     cfg = resolve(args, C.FinetuneConfig)
     if args.dry_run:
-        print(format_plan(finetune(cfg, dry_run=True)))
+        print(finetune(cfg, dry_run=True).describe())
         return
     metrics = finetune(cfg)
     print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
@@ -528,12 +527,10 @@ def _pretrain(args: argparse.Namespace, quiet: bool) -> None:
 
 def _run_or_plan(args: argparse.Namespace, cls, command) -> None:
     """`command(cfg)` for the resolved config: its best metrics, or with --dry-run its plan."""
-    from pkd.recipes.dryrun import format_plan
-
     cfg = resolve(args, cls)
     result = command(cfg, dry_run=args.dry_run)
     if args.dry_run:
-        print(format_plan(result))
+        print(result.describe())
     else:
         print(json.dumps({"output": cfg.output, "best": result["best"]}, indent=2))
 

@@ -146,7 +146,7 @@ def check_options(
 def _demo(out: Path, sizes: dict, quiet: bool) -> dict:
     """The demo in `out` once its options are checked: data, teacher, compare, verdict."""
     from pkd.recipes.compare import compare
-    from pkd.recipes.distill import WeakTeacher
+    from pkd.recipes.distill_checks import WeakTeacher
 
     t0 = time.perf_counter()
     n_train, n_dev = sizes["train_samples"], sizes["eval_samples"]

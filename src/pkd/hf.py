@@ -73,7 +73,8 @@ from pkd.objectives.objective import (
     model_inputs,
     online_teacher,
 )
-from pkd.recipes.distill import patient_projection, student_pooling
+from pkd.recipes.distill import patient_projection
+from pkd.recipes.distill_checks import student_pooling
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, generic_labels
 
 logger = logging.getLogger(__name__)

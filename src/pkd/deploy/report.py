@@ -1,7 +1,8 @@
 """Run directories -> tables and plots. Read-only: nothing here trains or evaluates.
 
 A comparison names its runs `L{layers}-{method}-seed{seed}` (see `run_name`); a finished run
-is a directory holding metrics.json, which `pkd distill` writes last. Metrics in tables are
+is a directory holding metrics.json, which `pkd distill` writes last (read as a
+`pkd.models.results.RunResult`). Metrics in tables are
 shown in percent (x100), as GLUE reports them.
 """
 
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import statistics
 from pathlib import Path
 
-from pkd.errors import PkdError
 from pkd.fsio import atomic_file
+from pkd.models.results import RunResult
 
 RUN_NAME = re.compile(r"^L(?P<layers>\d+)-(?P<method>[a-z][a-z0-9-]*)-seed(?P<seed>-?\d+)$")
 
@@ -32,30 +32,13 @@ def parse_run_name(name: str) -> dict | None:
     return {"layers": int(m["layers"]), "method": m["method"], "seed": int(m["seed"])}
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / "metrics.json").is_file()
-
-
-def read_metrics(run_dir: Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PkdError(f"{path}: cannot read metrics ({e})") from None
-
-
-def best_metric(metrics: dict, split: str, name: str) -> float:
-    """The model-selection metric of the best epoch (the saved model) on `split`."""
-    return metrics["best"]["metrics"][split][name]
-
-
 def collect_runs(runs_dir: Path) -> list[dict]:
     """Finished runs under `runs_dir` named L{layers}-{method}-seed{seed}, sorted by name parts."""
     out = []
     for d in sorted(Path(runs_dir).iterdir()) if Path(runs_dir).is_dir() else []:
         parsed = parse_run_name(d.name)
-        if parsed and is_finished(d):
-            out.append({"name": d.name, "path": str(d), **parsed, "metrics_json": read_metrics(d)})
+        if parsed and RunResult.exists(d):
+            out.append({"name": d.name, "path": str(d), **parsed, "result": RunResult.load(d)})
     return sorted(out, key=lambda r: (r["layers"], r["method"], r["seed"]))
 
 

@@ -1,6 +1,6 @@
 """Model cards: the README.md of every model pkd saves, in the Hub's model-card format.
 
-`write_model_card(model_dir, config, metrics, command)` writes `model_dir/README.md` with
+`write_model_card(model_dir, config, result, command)` writes `model_dir/README.md` with
 `huggingface_hub`'s `ModelCard`/`ModelCardData`: YAML metadata the Hub reads (library,
 pipeline tag, base model and datasets where they are Hub ids, tags, and the dev metrics as a
 `model-index`) and a Markdown body a person reads: teacher, method, layer map, alpha, beta,
@@ -10,8 +10,8 @@ known, and the pkd version; no absolute local path. Only a run that trained and 
 whole splits gets a `model-index`.
 
 `pkd finetune` and `pkd distill` write it through `pkd.training.rundir.finish_run` from the run's
-config.yaml and metrics.json (a new command passes its name to `finish_run`: the card reads
-whatever of these facts the run records). `pkd compare` rewrites its students' cards with the
+config.yaml and metrics.json (a `pkd.models.results.RunResult`; a new command passes its name
+to `finish_run`: the card reads whatever of these facts the run records). `pkd compare` rewrites its students' cards with the
 speed it measured, `pkd sweep` its best run's, and `pkd export` adds the ONNX files and
 parity check to the card of the export (`export_card`).
 """
@@ -34,6 +34,7 @@ from huggingface_hub import (
 
 from pkd import __version__
 from pkd.fsio import atomic_write
+from pkd.models.results import Evaluation, RunResult
 from pkd.tasks import ALIASES, MULTIPLE_CHOICE, TASKS
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ def is_hub_id(name: str | None) -> bool:
     return name.count("/") <= 1
 
 
-def task_spec(config: dict, metrics: dict):
+def task_spec(config: dict, result: RunResult):
     """The registered task (GLUE, RACE) of a run, or None for custom data."""
-    name = str(metrics.get("task") or (config.get("data") or {}).get("task") or "").lower()
+    name = str(result.task or (config.get("data") or {}).get("task") or "").lower()
     return TASKS.get(ALIASES.get(name, name))
 
 
@@ -77,25 +78,25 @@ def shown_source(source) -> str | None:
     return shown_name(source)
 
 
-def real_split(metrics: dict, split: str, spec) -> str:
+def real_split(result: RunResult, split: str, spec) -> str:
     """The name the data itself gives pkd's `split`: the Hub's for a registered task, the
     DatasetDict's (`dataset:NAME[validation]`) for custom data, else pkd's own."""
     if spec is not None and spec.hf_path:
         return spec.hf_splits.get(split, split)
-    source = str(((metrics.get("data") or {}).get(split) or {}).get("source", ""))
+    source = str((result.data.get(split) or {}).get("source", ""))
     found = DATASET_SOURCE.fullmatch(source)
     return found.group(2) if found else split
 
 
-def dataset_ids(config: dict, metrics: dict) -> tuple[str, str, str | None]:
+def dataset_ids(config: dict, result: RunResult) -> tuple[str, str, str | None]:
     """(dataset id, pretty name, load_dataset config) of a run's data, for the model-index."""
-    spec = task_spec(config, metrics)
+    spec = task_spec(config, result)
     data = config.get("data") or {}
     if spec is not None and spec.hf_path:
         return spec.hf_path, f"{spec.hf_path.split('/')[-1].upper()} {spec.name}", spec.hf_name
     if is_hub_id(data.get("dataset")):
         return data["dataset"], data["dataset"], data.get("dataset_config")
-    train = str(((metrics.get("data") or {}).get("train") or {}).get("source", "custom data"))
+    train = str((result.data.get("train") or {}).get("source", "custom data"))
     found = DATASET_SOURCE.fullmatch(train)
     return "custom", shown_name(found.group(1) if found else train) or "custom data", None
 
@@ -116,15 +117,15 @@ def unclaimed(config: dict) -> str | None:
     return None
 
 
-def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
+def eval_results(config: dict, result: RunResult) -> list[EvalResult]:
     """The best evaluation's metrics, one EvalResult per split and metric, named as the data
     names them; none when the run saw only part of the data (`unclaimed`), and for a
     registered task none on a split that is not the task's own (a held-out part of train)."""
-    best = (metrics.get("best") or {}).get("metrics") or {}
-    spec = task_spec(config, metrics)
+    best = result.best.metrics if result.best else {}
+    spec = task_spec(config, result)
     if unclaimed(config):
         return []
-    dataset, pretty, hf_config = dataset_ids(config, metrics)
+    dataset, pretty, hf_config = dataset_ids(config, result)
     task_type = TASK_TYPES.get(getattr(spec, "problem_type", None), "text-classification")
     results = []
     for split, values in best.items():
@@ -138,7 +139,7 @@ def eval_results(config: dict, metrics: dict) -> list[EvalResult]:
                         dataset_type=dataset,
                         dataset_name=pretty,
                         dataset_config=hf_config,
-                        dataset_split=real_split(metrics, split, spec),
+                        dataset_split=real_split(result, split, spec),
                         metric_type=name,
                         metric_value=round(float(value), 6),
                         metric_name=f"{name} ({split})",
@@ -168,20 +169,20 @@ def known_license(names: list) -> str | None:
     return None
 
 
-def card_data(name: str, config: dict, metrics: dict, command: str) -> ModelCardData:
+def card_data(name: str, config: dict, result: RunResult, command: str) -> ModelCardData:
     """The card's YAML metadata."""
-    spec = task_spec(config, metrics)
-    base = {"distill": metrics.get("student_init"), "pretrain": config.get("teacher")}.get(
+    spec = task_spec(config, result)
+    base = {"distill": result.student_init, "pretrain": config.get("teacher")}.get(
         command, config.get("model")
     )
-    dataset, _, _ = dataset_ids(config, metrics)
+    dataset, _, _ = dataset_ids(config, result)
     tags = ["pkd", command]
     if command == "distill":
-        tags += ["knowledge-distillation", str(metrics.get("method", ""))]
+        tags += ["knowledge-distillation", str(result.method or "")]
     if command == "pretrain":  # a general student: no task head, no task metrics
         tags += ["knowledge-distillation", "general-distillation"]
     multiple_choice = getattr(spec, "problem_type", None) == MULTIPLE_CHOICE
-    results = eval_results(config, metrics) if command != "pretrain" else []
+    results = eval_results(config, result) if command != "pretrain" else []
     pipeline_tag = "feature-extraction" if command == "pretrain" else "text-classification"
     parents = [config.get("teacher"), base, config.get("model")]
     return ModelCardData(
@@ -203,28 +204,26 @@ def fmt(value) -> str:
     return "—" if value in (None, "", []) else str(value)
 
 
-def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, shown: Path):
+def facts(config: dict, result: RunResult, model_dir: Path, command: str, speed, shown: Path):
     """(label, value) rows of the card's summary table."""
     d = config.get("distill") or {}
     general = command == "pretrain"  # no task, no head, no pooling
-    rows = [] if general else [("task", metrics.get("task"))]
+    rows = [] if general else [("task", result.task)]
     rows.append(("command", f"pkd {command}"))
     if command == "distill":
-        method, teacher = metrics.get("method"), config.get("teacher")
+        method, teacher = result.method, config.get("teacher")
         weights = (d.get("alpha"), d.get("beta"), d.get("temperature"))
-        init = f"`{shown_name(metrics.get('student_init'))}` (first M layers)"
+        init = f"`{shown_name(result.student_init)}` (first M layers)"
         rows += [
-            *distillation_rows(
-                method, d.get("strategy"), teacher, metrics.get("layer_map"), *weights
-            ),
+            *distillation_rows(method, d.get("strategy"), teacher, result.layer_map, *weights),
             ("student initialised from", init),
-            ("student layers", metrics.get("student_layers")),
+            ("student layers", result.student_layers),
             ("KD / patient loss forms", f"{d.get('kd_loss')} / {d.get('pt_loss')}"),
         ]
     elif command == "pretrain":
-        student = metrics.get("student") or {}
+        student = result.student
         shape = f"{student.get('layers')} layers × hidden {student.get('hidden_size')}"
-        pairs = metrics.get("layer_map") or []
+        pairs = result.layer_map
         rows += [
             ("teacher (pre-trained)", f"`{shown_name(config.get('teacher'))}`"),
             ("student initialised from", shown_name(student.get("init"))),
@@ -235,8 +234,8 @@ def facts(config: dict, metrics: dict, model_dir: Path, command: str, speed, sho
     elif config.get("model"):
         rows.append(("base model", f"`{shown_name(config['model'])}`"))
     if not general:
-        rows.append(("pooling", metrics.get("pooling")))
-    rows.append(("size", size(metrics, model_dir)))
+        rows.append(("pooling", result.pooling))
+    rows.append(("size", size(result, model_dir)))
     rows.append(("speed-up over the teacher", speedup(speed, config, shown, command)))
     return [(k, fmt(v)) for k, v in rows]
 
@@ -260,10 +259,9 @@ def summary_table(rows: list) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {fmt(v)} |" for k, v in rows)]
 
 
-def size(metrics: dict, model_dir: Path) -> str:
+def size(result: RunResult, model_dir: Path) -> str:
     """Parameters and the weights' size on disk."""
-    params = metrics.get("parameters") or {}
-    total = (params.get("student") or params).get("total")
+    total = result.parameters
     weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     shown = f"{total:,} parameters ({total / 1e6:.1f}M)" if total else "—"
     return f"{shown}, {weights / 2**20:.1f} MB of weights" if weights else shown
@@ -282,32 +280,31 @@ def speedup(speed: dict | None, config: dict, model_dir: Path, command: str) -> 
     return f"not measured here (`pkd benchmark --models {teacher} {model}`)"
 
 
-def results_table(config: dict, metrics: dict) -> list[str]:
+def results_table(config: dict, result: RunResult) -> list[str]:
     """The best evaluation per split, with the majority baseline and the teacher's score,
     and why the scores are not in the metadata when they are not (`unclaimed`)."""
-    best = metrics.get("best") or {}
-    baseline = metrics.get("majority_baseline") or {}
-    teacher = metrics.get("teacher_metrics") or {}
+    best = result.best or Evaluation(None, None, {})
+    baseline, teacher = result.majority_baseline, result.teacher_metrics
     lines = [
-        f"Best evaluation (step {best.get('step')}, epoch {best.get('epoch')}):",
+        f"Best evaluation (step {best.step}, epoch {best.epoch}):",
         "",
         "| split | metric | value | majority baseline | teacher |",
         "|---|---|---|---|---|",
     ]
-    for split, values in (best.get("metrics") or {}).items():
+    for split, values in best.metrics.items():
         for i, (name, value) in enumerate(values.items()):
             base = fmt(baseline.get(split)) if i == 0 else ""
             t = fmt((teacher.get(split) or {}).get(name))
             lines.append(f"| {split} | {name} | {fmt(value)} | {base} | {t} |")
     reason = unclaimed(config)
-    if reason and best.get("metrics"):
+    if reason and best.metrics:
         lines += ["", f"Not in this card's metadata (`model-index`): {reason}."]
     return lines
 
 
-def data_table(metrics: dict) -> list[str]:
+def data_table(result: RunResult) -> list[str]:
     lines = ["| split | source | examples | sha256 |", "|---|---|---|---|"]
-    for split, d in (metrics.get("data") or {}).items():
+    for split, d in result.data.items():
         sha = str(d.get("sha256", ""))[:16]
         lines.append(
             f"| {split} | `{shown_source(d.get('source'))}` | {d.get('examples')} | `{sha}…` |"
@@ -322,7 +319,7 @@ def rerun_command(command: str, run_dir: Path, rerun: str | None) -> str:
     return rerun or f"pkd {command} --config {name}/config.yaml --output {name}-rerun"
 
 
-def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -> str:
+def body(name, config, result, model_dir, command, speed, note, rerun, shown) -> str:
     """The card's Markdown: summary, results, data, re-run, use, provenance; `shown`:
     the model's path as the text names it."""
     meta = config.get("meta") or {}
@@ -338,15 +335,15 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
         f"BERT-family models (Sun et al., EMNLP 2019, {PAPER}).",
         *(["", note] if note else []),
         "",
-        *summary_table(facts(config, metrics, model_dir, command, speed, shown)),
+        *summary_table(facts(config, result, model_dir, command, speed, shown)),
         "",
         "## Results",
         "",
-        *results_table(config, metrics),
+        *results_table(config, result),
         "",
         "## Data",
         "",
-        *data_table(metrics),
+        *data_table(result),
         "",
         "## Re-run",
         "",
@@ -358,13 +355,13 @@ def body(name, config, metrics, model_dir, command, speed, note, rerun, shown) -
         "```",
     ]
     repo = f"{REPO}/{name}"
-    use = general_usage(repo) if command == "pretrain" else usage(repo, metrics)
+    use = general_usage(repo) if command == "pretrain" else usage(repo, result)
     return "\n".join([*lines, "", *use, "", *provenance(meta, version)])
 
 
-def usage(repo: str, metrics: dict) -> list[str]:
+def usage(repo: str, result: RunResult) -> list[str]:
     """How the published model is loaded (`repo`: its Hub id, a placeholder owner)."""
-    mean = metrics.get("pooling") == "mean"
+    mean = result.pooling == "mean"
     load = (
         "import pkd  # registers mean-pooled heads (or pass trust_remote_code=True)\n"
         if mean
@@ -413,7 +410,7 @@ def provenance(meta: dict, version: str) -> list[str]:
 def model_card(
     model_dir: Path,
     config: dict,
-    metrics: dict,
+    result: RunResult,
     command: str,
     speed: dict | None = None,
     note: str | None = None,
@@ -424,7 +421,7 @@ def model_card(
 
     Args:
         model_dir: the run's model/ directory (its weights give the size on disk).
-        config, metrics: the run's config.yaml and metrics.json contents.
+        config, result: the run's config.yaml and metrics.json contents.
         command: the pkd command that trained it (finetune, distill, ...).
         speed: measured speed against the teacher (speedup, throughput, latency_ms_p50,
             setting), where known.
@@ -436,16 +433,16 @@ def model_card(
     model_dir = Path(model_dir)
     shown = Path(shown or model_dir)
     name = shown.parent.name if shown.name == "model" else shown.name
-    data = card_data(name, config, metrics, command)
-    text = body(name, config, metrics, model_dir, command, speed, note, rerun, shown)
+    data = card_data(name, config, result, command)
+    text = body(name, config, result, model_dir, command, speed, note, rerun, shown)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}\n")
 
 
-def write_model_card(model_dir: Path, config: dict, metrics: dict, command: str, **kw) -> Path:
+def write_model_card(model_dir: Path, config: dict, result: RunResult, command: str, **kw) -> Path:
     """Write `model_dir/README.md` (atomically), and log how to publish it (the card itself
     is written for the Hub, so it holds no upload instructions); keywords as `model_card`'s."""
     path = Path(model_dir) / CARD_FILE
-    card = model_card(model_dir, config, metrics, command, **kw)
+    card = model_card(model_dir, config, result, command, **kw)
     atomic_write(path, str(card))
     shown = Path(kw.get("shown") or model_dir)
     logger.info(

@@ -1,24 +1,19 @@
 """`pkd distill`: distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
 
-`plan_distill` runs every up-front check and loads teacher, student and data into a
-`DistillPlan` (what `--dry-run` describes, and what `compare` reuses per student depth);
-`distill` then writes the run directory, builds or reuses the teacher cache, trains, and
-writes metrics.json last.
+`plan_distill` runs every up-front check (`pkd.recipes.distill_checks`) and loads teacher,
+student and data into a `DistillPlan` (what `--dry-run` describes, and what `compare` reuses
+per student depth); `run_distill` builds or reuses the teacher cache, trains, and returns
+metrics.json's content (a recipe: `pkd.recipes.recipe`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pkd.config import options as C
@@ -42,38 +37,58 @@ from pkd.data.transfer import (
     load_transfer,
     with_transfer,
 )
-from pkd.errors import PkdError
 from pkd.models.encoders import (
-    BASE_MODEL_KEY,
+    DEV_METRIC_KEY,
     TASK_KEY,
     build_student,
     check_max_length,
     count_parameters,
-    is_multiple_choice,
-    load_config,
     load_finetuned,
     load_tokenizer,
     model_labels,
     model_pooling,
     num_layers,
-    student_init_name,
 )
 from pkd.models.projection import Projection
+from pkd.models.results import RunResult
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.objective import Objective, cached_teacher, online_teacher
-from pkd.recipes.dryrun import describe_distill, human_bytes
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels, readable_labels
-from pkd.training.accelerator import make_accelerator
-from pkd.training.evaluation import Evaluation, score
+from pkd.recipes.distill_checks import (
+    check_cache_space,
+    check_same_tokenizer,
+    check_teacher_strength,
+    student_init,
+    student_pooling,
+    teacher_scores,
+    teacher_task,
+    warn_collapse,
+)
+from pkd.recipes.dryrun import (
+    POOLING_TEXT,
+    cache_line,
+    cached_plan,
+    estimate,
+    eval_examples,
+    num,
+    plan_text,
+    scores_text,
+    split_summary,
+    time_steps,
+    train_summary,
+)
+from pkd.recipes.recipe import Recipe, RunContext, evaluations, run_recipe
+from pkd.tasks import (
+    REGRESSION,
+    TaskSpec,
+    readable_labels,
+)
+from pkd.training.evaluation import Evaluation
 from pkd.training.hooks import LabelCounts, PatientShareCheck
 from pkd.training.loop import Run, train
-from pkd.training.rundir import data_summary, finish_run, locks_output, open_run, start_run
+from pkd.training.rundir import data_summary, locks_output
 
 logger = logging.getLogger(__name__)
-
-WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
-TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +99,7 @@ TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, acc
 class DistillPlan:
     """Everything `distill` resolved before training: shown by --dry-run, used by the run."""
 
+    cfg: C.DistillRunConfig
     spec: TaskSpec
     teacher: object
     tokenizer: object
@@ -117,6 +133,153 @@ class DistillPlan:
             {**self.splits, TRANSFER: self.transfer.split},
             {**self.encoded, TRANSFER: self.transfer},
         )
+
+    def resolved(self) -> dict:
+        return {"pooling": self.pooling}
+
+    def run_data(self) -> dict:
+        return self.data()[0]
+
+    def recorded_baseline(self) -> float:
+        return self.baseline[self.spec.eval_splits[0]]
+
+    def summary(self) -> dict:
+        """The plan of `pkd distill` (what --dry-run returns)."""
+        cfg, d, t = self.cfg, self.cfg.distill, self.teacher.config
+        cache = self.teacher_cache()
+        pt = "pt" in d.terms
+        objective = Objective.from_config(d, self.pairs, pooling=self.pooling, aux=self.projection)
+        out = {
+            "command": "distill",
+            "output": str(cfg.output),
+            "preset": {"name": d.preset, "source": d.preset_source} if d.preset else None,
+            "teacher": {
+                "path": str(cfg.teacher),
+                "layers": num_layers(t),
+                "hidden_size": t.hidden_size,
+                "parameters": count_parameters(self.teacher)["total"],
+                "pooling": model_pooling(t),
+                "labels": list(self.spec.labels),
+                "recorded_dev": getattr(t, DEV_METRIC_KEY, None),
+                "dev": self.teacher_metrics,
+                "majority_baseline": self.baseline,
+            },
+            "student": {
+                "layers": d.student_layers,
+                "hidden_size": self.student.config.hidden_size,
+                "init": str(self.student_init),
+                "parameters": count_parameters(self.student)["total"],
+                "pooling": self.pooling,
+                "projection": self.projection is not None,
+            },
+            "method": d.method + (f"-{d.strategy}" if pt and not d.layer_map else ""),
+            "layer_map": [[a, b] for a, b in self.pairs] if pt else [],
+            "layer_map_text": [f"teacher {a} -> student {b}" for a, b in self.pairs] if pt else [],
+            "loss": {
+                "formula": objective.describe(self.spec.problem_type == REGRESSION),
+                "alpha": d.alpha,
+                "beta": d.beta,
+                "temperature": d.temperature,
+                "kd_form": d.kd_loss,
+                "pt_form": d.pt_loss,
+                "pt_normalize": d.pt_normalize,
+                "pt_choices": d.pt_choices,
+            },
+            "data": split_summary(*self.data(), cfg.data.max_length),
+            "transfer_ratio": d.transfer_ratio if self.transfer is not None else None,
+            "max_length": cfg.data.max_length,
+            "train": train_summary(cfg.train),
+            "teacher_cache": cache,
+            "cache_bytes": cache["bytes"],
+        }
+        needs_teacher = len(d.terms) > 1
+        timing = time_steps(
+            self.student,
+            self.training_set(cfg),  # with its transfer partners: the batches the run sees
+            collator(self.tokenizer),
+            cfg.train,
+            objective,
+            self.spec.problem_type,
+            teacher=self.teacher,  # also scored before training: always timed
+        )
+        n_train = len(self.encoded["train"])
+        builds = needs_teacher and d.teacher_mode == "cached" and not cache["exists"]
+        out["estimate"] = estimate(
+            timing,
+            cfg.train,
+            n_train,
+            eval_examples(self.encoded),
+            teacher_cache_examples=cache.get("examples", n_train) if builds else 0,
+            online_teacher=needs_teacher and d.teacher_mode == "online",
+            teacher_eval_examples=eval_examples(self.encoded),
+        )
+        return out
+
+    def teacher_cache(self) -> dict:
+        """Where the teacher cache of this run lives, its size, and whether it already exists."""
+        d = self.cfg.distill
+        if len(d.terms) == 1:
+            return {"mode": "not needed (FT uses labels only)", "bytes": 0, "exists": None}
+        t = self.teacher.config
+        dataset = self.encoded["train"]  # with a transfer set: the teacher labels it too
+        if self.transfer is not None:
+            dataset = with_transfer(dataset, self.transfer, self.spec.problem_type)
+        n = len(dataset)
+        choices = num_choices(self.splits["train"])  # multiple choice: (n, C), (n, C, N+1, H)
+        size = cache_mod.estimate_bytes(n, *cache_mod.teacher_shapes(t, choices))
+        if d.teacher_mode == "online":
+            return {
+                "mode": "online (no cache; the teacher runs every step)",
+                "bytes": 0,
+                "exists": None,
+            }
+        root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
+        fp = cache_mod.fingerprint(
+            self.teacher,
+            dataset.features,
+            cache_mod.cache_extra(self.spec.name, self.cfg.data.max_length, self.spec.labels),
+        )
+        return cached_plan(n, size, root / f"{self.spec.name}-{fp[:16]}")  # build_or_load's
+
+    def describe(self, summary: dict | None = None) -> str:
+        """The dry run's text: teacher, student, method, layer map, loss, cache, data, estimate."""
+        plan = summary or self.summary()
+        t, s = plan["teacher"], plan["student"]
+        lines = []
+        if plan.get("preset"):
+            lines.append(f"preset:     {plan['preset']['name']} ({plan['preset']['source']})")
+        lines += [
+            f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
+            f"{t['parameters'] / 1e6:.2f}M parameters, {t['pooling']} pooling)",
+            f"            labels {', '.join(t['labels']) or '(regression)'}",
+            f"            scores {scores_text(t['dev'])}",
+        ]
+        rec = t.get("recorded_dev")
+        if rec:
+            lines.append(
+                f"            recorded at fine-tuning: {rec.get('name')} {num(rec.get('value'))} "
+                f"on {rec.get('split')}"
+            )
+        lines += [
+            "            majority baseline "
+            + ", ".join(f"{k} {v:.4f}" for k, v in t["majority_baseline"].items()),
+            f"student:    {s['layers']} layers from {s['init']} ({s['parameters'] / 1e6:.2f}M "
+            "parameters)",
+            f"pooling:    {POOLING_TEXT[s['pooling']]}, head and patient loss",
+            f"method:     {plan['method']}",
+        ]
+        if plan["layer_map"]:
+            pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"])
+            lines.append(f"layer map:  teacher->student {pairs} (+ logits of the last layer)")
+            if s.get("projection"):
+                lines.append(
+                    f"            student width {s['hidden_size']} -> teacher {t['hidden_size']} "
+                    "through a learned projection per layer (not saved in model/)"
+                )
+        else:
+            lines.append("layer map:  none (no patient loss)")
+        lines += [f"loss:       {plan['loss']['formula']}", cache_line(plan["teacher_cache"])]
+        return plan_text(plan, lines)
 
 
 def plan_distill(
@@ -172,6 +335,7 @@ def plan_distill(
         teacher_metrics = teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
     check_teacher_strength(spec, teacher_metrics, baseline, d.allow_weak_teacher)
     return DistillPlan(
+        cfg,
         spec,
         teacher,
         tokenizer,
@@ -201,205 +365,23 @@ def patient_projection(d: C.DistillConfig, pairs, student_config, teacher_config
     return Projection(len(pairs), hs, ht)
 
 
-def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
-    """The task with the teacher's label order, after checking that the teacher fits it: the
-    same kind of head, and the data's label names (by name, or by class id for the Hub's
-    GLUE names and LABEL_0.., `pkd.tasks.align_labels`)."""
-    teacher_labels = model_labels(teacher)
-    if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
-        kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
-        raise PkdError(
-            f"--teacher: {teacher_name} is a {kind} classifier but task {spec.name} is "
-            f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
-        )
-    if spec.problem_type == CLASSIFICATION:
-        return align_labels(spec, teacher_labels, "--teacher")  # in the teacher's order
-    if teacher_labels:
-        raise PkdError(
-            f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
-        )
-    return spec
-
-
-def student_init(cfg: C.DistillRunConfig) -> str:
-    """The checkpoint the student starts from (see `models.student_init_name`); a warning
-    when it is the fine-tuned teacher, an error when the teacher records no base model."""
-    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
-    if not init:
-        raise PkdError(
-            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
-            "pass --student-init NAME_OR_DIR (or 'teacher')"
-        )
-    if init == cfg.teacher or (
-        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
-    ):
-        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
-        base = getattr(teacher_config, BASE_MODEL_KEY, None)
-        logger.warning(
-            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
-            "the pre-trained %s; the paper initialises from the pre-trained model",
-            cfg.teacher,
-            base or "checkpoint it was fine-tuned from",
-        )
-        init = cfg.teacher
-    return init
-
-
-def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
-    """The student's pooling: `--pooling`, or the teacher's for auto.
-
-    PKD matches each model's pooled layer states, so a student that pools otherwise than its
-    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
-    """
-    theirs = model_pooling(teacher.config)
-    pooling = theirs if requested == "auto" else requested
-    if pooling != theirs:
-        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
-        if method == "pkd":
-            raise PkdError(
-                f"{msg}; the patient loss compares the states each model reads, so both must "
-                "pool alike (drop --pooling, or use --method kd)"
-            )
-        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
-    return pooling
-
-
-def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
-    """The student reads the teacher's token ids, so its init must tokenise identically."""
-    try:
-        theirs = load_tokenizer(init, "student-init", trust_remote_code)
-    except PkdError:
-        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
-        return
-    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
-    if ours != other:
-        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
-            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
-            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
-        )
-    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
-    if a != b:
-        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
-            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
-            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
-            "student and teacher must share one tokenizer"
-        )
-
-
-def check_cache_space(
-    cache_dir: str | None,
-    task: str,
-    teacher_config,
-    examples: int,
-    max_length: int,
-    choices: int = 0,
-) -> int:
-    """Estimate the teacher cache, log it, and refuse to start when the disk cannot hold it.
-
-    Returns the estimate in bytes. A cache that may already exist for these inputs (same task,
-    examples, max length and teacher shape) skips the space check: it would be reused.
-    choices: multiple choice: choices per example (logits (n, C), states (n, C, N+1, H)).
-    """
-    t = teacher_config
-    size = cache_mod.estimate_bytes(examples, *cache_mod.teacher_shapes(t, choices))
-    root, existing = cache_mod.check_cache_dir(cache_dir)
-    free = shutil.disk_usage(existing).free
-    logger.info(
-        "teacher cache: about %s for %d examples under %s (%s free)",
-        human_bytes(size),
-        examples,
-        root,
-        human_bytes(free),
-    )
-    if free >= size * 1.1:
-        return size
-    for manifest in root.glob(f"{task}-*/manifest.json"):
-        try:
-            m = json.loads(manifest.read_text())
-            if (m["examples"], m["max_length"], m["teacher_layers"], m["hidden_size"]) == (
-                examples,
-                max_length,
-                t.num_hidden_layers,
-                t.hidden_size,
-            ):
-                return size  # probably reusable; the build re-checks space if it is not
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    raise PkdError(
-        f"--cache-dir: the teacher cache needs about {human_bytes(size)} but {existing} has "
-        f"{human_bytes(free)} free; free some space or pass --cache-dir on a larger disk"
-    )
-
-
-def teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator=None) -> dict:
-    """The teacher's metrics on each eval split (on the CPU when no accelerator is given)."""
-    acc = accelerator or Accelerator(cpu=True)
-    teacher.to(acc.device)
-    out = {}
-    for name in spec.eval_splits:
-        loader = torch.utils.data.DataLoader(
-            encoded[name], batch_size=cfg.train.eval_batch_size, collate_fn=collator(tokenizer)
-        )
-        out[name] = score(teacher, acc.prepare(loader), spec, acc)
-    return out
-
-
-class WeakTeacher(PkdError):
-    """A teacher that does not beat the majority baseline by WEAK_TEACHER_MARGIN; `score`
-    says by how much (a command with other options words its own hint)."""
-
-    def __init__(self, score: str, hint: str) -> None:
-        super().__init__(f"--teacher: it {score}; {hint}")
-        self.score = score
-
-
-def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None:
-    """A teacher must beat the majority baseline by WEAK_TEACHER_MARGIN on the first eval
-    split; else a WeakTeacher error, or a warning with --allow-weak-teacher."""
-    split = spec.eval_splits[0]
-    value, base = teacher_metrics[split][spec.main_metric], baseline[split]
-    if value < base + WEAK_TEACHER_MARGIN:
-        score = (
-            f"scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
-            f"majority baseline {base:.4f}"
-        )
-        if not allow:
-            raise WeakTeacher(score, "fine-tune it better or pass --allow-weak-teacher")
-        logger.warning("--teacher: it %s (allowed)", score)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
 
-@locks_output
-def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
-    """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
+def run_distill(plan: DistillPlan, run: RunContext, on_evaluate=None) -> RunResult:
+    """Build or reuse the teacher cache and train the planned student; metrics.json's content.
 
     `on_evaluate(step, epoch, metrics)` is called after each epoch's evaluation (see
     `pkd.training.loop.train`); if it raises, the run stops and metrics.json is not written.
-    Returns the contents of metrics.json (or the plan, with dry_run).
     """
-    d = cfg.distill
-    output, ckpt = open_run(cfg)
-    accelerator = make_accelerator(cfg.train, output) if not dry_run else None
-    plan = plan_distill(cfg, accelerator)
-    if dry_run:
-        return describe_distill(cfg, plan)
-    resolved = {"pooling": plan.pooling}
-    start_run(output, cfg, accelerator, ckpt is not None, resolved, data=plan.data()[0])
-    t0 = time.perf_counter()
-    spec = plan.spec
+    cfg, d, spec, accelerator = plan.cfg, plan.cfg.distill, plan.spec, run.accelerator
     train_set = plan.training_set(cfg)
     signal, cache_info = teacher_signal(cfg, plan, accelerator, train_set)
-    t_cache = time.perf_counter() - t0
+    t_cache = time.perf_counter() - run.started
     objective = Objective.from_config(d, plan.pairs, signal, plan.pooling, plan.projection)
     plan.student.config.update({TASK_KEY: spec.name})
-    run = Run(
+    loop = Run(
         plan.student,
         plan.tokenizer,
         train_set,
@@ -407,10 +389,10 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         spec,
         cfg.train,
         objective,
-        output,
+        run.output,
         accelerator,
         collator(plan.tokenizer),
-        resume_from=ckpt,
+        resume_from=run.resume_from,
         on_evaluate=on_evaluate,
         evaluation=Evaluation.of_task(spec),
         run_params={
@@ -422,7 +404,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         },
         hooks=[LabelCounts(labelled_count, accelerator.num_processes), PatientShareCheck(d.beta)],
     )
-    result = train(run)
+    result = train(loop)
     split = spec.eval_splits[0]
     best = result["best"]["metrics"][split][spec.main_metric]
     teacher_main = plan.teacher_metrics[split][spec.main_metric]
@@ -437,9 +419,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         "pooling": plan.pooling,
         "layer_map": [list(p) for p in plan.pairs] if "pt" in d.terms else [],
         "labels": list(spec.labels),
-        "best": result["best"],
-        "final": result["final"],
-        "history": result["history"],
+        **evaluations(result),
         "teacher_metrics": plan.teacher_metrics,
         "fraction_of_teacher": best / teacher_main if teacher_main else None,
         "majority_baseline": plan.baseline,
@@ -452,15 +432,24 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
         "examples_seen": result["examples_seen"],
         "gradient_shares": result["gradient_shares"],
         "teacher_cache": cache_info,
-        "wall_seconds": {
-            "teacher_cache": round(t_cache, 2),
-            "train": result["train_seconds"],
-            "total": round(time.perf_counter() - t0, 2),
-        },
+        "wall_seconds": run.wall_seconds(result["train_seconds"], teacher_cache=round(t_cache, 2)),
     }
     warn_collapse(result, spec, plan.splits[split], d)
-    finish_run(output, metrics, plan.baseline[split], accelerator, command="distill")
-    return metrics
+    return RunResult.of(metrics)
+
+
+DISTILL = Recipe("distill", plan_distill, run_distill, plan_on_device=True)
+
+
+@locks_output
+def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
+    """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
+
+    `on_evaluate`: see `run_distill`. Returns the contents of metrics.json (or the plan, with
+    dry_run: every check is run and a few steps are timed, nothing is written; its text is
+    `.describe()`).
+    """
+    return run_recipe(DISTILL, cfg, dry_run, on_evaluate=on_evaluate)
 
 
 def teacher_signal(
@@ -489,45 +478,3 @@ def teacher_signal(
             not cfg.train.quiet,
         )
     return cached_teacher(cache), cache.record()
-
-
-def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:
-    """A student that predicts one class for all of dev after epoch 1 (its accuracy is one
-    class's share): say why, from what the first epoch logged. Blame beta only when the
-    patient term's gradient share says so; a cross-entropy still at log(C), a uniform guess,
-    is a plateau (too few steps, lr, warm-up), not the loss weights."""
-    if not result["history"] or spec.problem_type != CLASSIFICATION or not dev.labels:
-        return
-    split = spec.eval_splits[0]
-    first = result["history"][0]["metrics"][split].get("accuracy")
-    shares_of_classes = {dev.labels.count(c) / len(dev.labels) for c in set(dev.labels)}
-    if first is None or not any(abs(first - s) < 1e-9 for s in shares_of_classes):
-        return
-    epoch = result.get("first_epoch") or {}
-    ce, shares = epoch.get("ce"), epoch.get("gradient_shares", {})
-    uniform = math.log(len(spec.labels))
-    if d.method == "pkd" and shares.get("pt", 0.0) >= DOMINANT_SHARE:
-        cause = (
-            f"the patient loss dominates the gradient ({shares['pt']:.0%} of it at "
-            f"beta={d.beta:g}): lower --beta"
-        )
-    elif ce is not None and abs(ce - uniform) <= PLATEAU_TOLERANCE * uniform:
-        cause = (
-            f"its cross-entropy is still {ce:.3f}, about log({len(spec.labels)}) = {uniform:.3f}, "
-            "a uniform guess: it has not started to learn yet (a plateau, not the loss weights); "
-            "train longer (--epochs), raise --lr or shorten --warmup-ratio"
-        )
-    else:
-        got = ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "not logged"
-        cause = f"gradient shares in epoch 1: {got}; it may need more steps or another --lr"
-    logger.warning(
-        "the student predicts a single class on %s after the first epoch (%s %.4f); %s",
-        split,
-        spec.main_metric,
-        first,
-        cause,
-    )
-
-
-DOMINANT_SHARE = 0.5  # a term with this share of the gradient or more drives the student
-PLATEAU_TOLERANCE = 0.05  # CE within 5% of log(C) after an epoch: it has not moved

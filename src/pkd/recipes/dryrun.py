@@ -1,8 +1,10 @@
-"""`--dry-run`: the resolved plan of a run, and its wall time estimated from timed steps.
+"""`--dry-run`: a run's wall time estimated from timed steps, and what every plan shows.
 
 A dry run has already passed every up-front check of the real command (it runs the same
-planning code); this module only describes what was resolved and times a few training
-steps on copies of real batches. It writes nothing: no run directory, no teacher cache.
+planning code); each recipe's `Plan` describes what it resolved (`summary`, `describe`),
+with the parts here: the timed training steps on copies of real batches (`time_steps`,
+`estimate`), the data and training summaries, and the text every plan shares (`plan_text`).
+It writes nothing: no run directory, no teacher cache.
 """
 
 from __future__ import annotations
@@ -14,21 +16,9 @@ from pathlib import Path
 
 import torch
 
-from pkd.data.loading import collator, truncated_fraction
-from pkd.data.multiple_choice import num_choices
-from pkd.data.transfer import with_transfer
-from pkd.models.encoders import (
-    DEV_METRIC_KEY,
-    count_parameters,
-    encoder_type,
-    feed_forward_size,
-    model_pooling,
-    num_layers,
-)
-from pkd.objectives import cache as cache_mod
-from pkd.objectives.objective import Objective, model_inputs, online_teacher
-from pkd.objectives.pretraining import CACHE_NAME, CacheableTeacher, online_signals
-from pkd.tasks import CLASSIFICATION, REGRESSION
+from pkd.data.loading import truncated_fraction
+from pkd.objectives.objective import model_inputs, online_teacher
+from pkd.tasks import REGRESSION
 from pkd.training.accelerator import make_accelerator, prepare
 from pkd.training.loop import training_step
 
@@ -179,10 +169,11 @@ def _threads() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plans
+# Plans: the parts every recipe's plan shows
 
 
-def _data(splits: dict, encoded: dict, max_length: int) -> dict:
+def split_summary(splits: dict, encoded: dict, max_length: int) -> dict:
+    """Per split: where it comes from, its examples and truncated share."""
     return {
         name: {
             "source": s.source,
@@ -193,41 +184,11 @@ def _data(splits: dict, encoded: dict, max_length: int) -> dict:
     }
 
 
-def _eval_examples(encoded: dict) -> int:
+def eval_examples(encoded: dict) -> int:
     return sum(len(v) for k, v in encoded.items() if k != "train")
 
 
-def describe_finetune(cfg, spec, model, tokenizer, splits, encoded, baseline, resume_from) -> dict:
-    """The plan of `pkd finetune` (what --dry-run prints)."""
-    c = model.config
-    timing = time_steps(
-        model, encoded["train"], collator(tokenizer), cfg.train, Objective(), spec.problem_type
-    )
-    return {
-        "command": "finetune",
-        "output": str(cfg.output),
-        "resume_from": str(resume_from) if resume_from else None,
-        "model": {
-            "path": cfg.model,
-            "type": encoder_type(c),
-            "layers": num_layers(c),
-            "hidden_size": c.hidden_size,
-            "parameters": count_parameters(model)["total"],
-            "pooling": model_pooling(c),
-        },
-        "task": spec.name,
-        "problem_type": spec.problem_type,
-        "labels": list(spec.labels) if spec.problem_type == CLASSIFICATION else [],
-        "metric": f"{spec.main_metric} on {spec.eval_splits[0]}",
-        "majority_baseline": baseline,
-        "data": _data(splits, encoded, cfg.data.max_length),
-        "max_length": cfg.data.max_length,
-        "train": _train_summary(cfg.train),
-        "estimate": estimate(timing, cfg.train, len(encoded["train"]), _eval_examples(encoded)),
-    }
-
-
-def _train_summary(t) -> dict:
+def train_summary(t) -> dict:
     return {
         "epochs": t.epochs,
         "max_steps": t.max_steps,
@@ -236,33 +197,6 @@ def _train_summary(t) -> dict:
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "seed": t.seed,
     }
-
-
-def teacher_cache(cfg, plan) -> dict:
-    """Where the teacher cache of this run lives, its size, and whether it already exists."""
-    d = cfg.distill
-    if len(d.terms) == 1:
-        return {"mode": "not needed (FT uses labels only)", "bytes": 0, "exists": None}
-    t = plan.teacher.config
-    dataset = plan.encoded["train"]  # with a transfer set: the teacher labels it too
-    if plan.transfer is not None:
-        dataset = with_transfer(dataset, plan.transfer, plan.spec.problem_type)
-    n = len(dataset)
-    choices = num_choices(plan.splits["train"])  # multiple choice: (n, C) and (n, C, N+1, H)
-    size = cache_mod.estimate_bytes(n, *cache_mod.teacher_shapes(t, choices))
-    if d.teacher_mode == "online":
-        return {
-            "mode": "online (no cache; the teacher runs every step)",
-            "bytes": 0,
-            "exists": None,
-        }
-    root = Path(d.cache_dir) if d.cache_dir else cache_mod.default_root()
-    fp = cache_mod.fingerprint(
-        plan.teacher,
-        dataset.features,
-        cache_mod.cache_extra(plan.spec.name, cfg.data.max_length, plan.spec.labels),
-    )
-    return cached_plan(n, size, root / f"{plan.spec.name}-{fp[:16]}")  # build_or_load's layout
 
 
 def cached_plan(examples: int, size: int, path: Path) -> dict:
@@ -275,180 +209,6 @@ def cached_plan(examples: int, size: int, path: Path) -> dict:
         "path": str(path),
         "exists": exists,
     }
-
-
-def describe_distill(cfg, plan, timed: bool = True) -> dict:
-    """The plan of `pkd distill` (what --dry-run prints)."""
-    d = cfg.distill
-    t = plan.teacher.config
-    cache = teacher_cache(cfg, plan)
-    pt = "pt" in d.terms
-    objective = Objective.from_config(d, plan.pairs, pooling=plan.pooling, aux=plan.projection)
-    out = {
-        "command": "distill",
-        "output": str(cfg.output),
-        "preset": {"name": d.preset, "source": d.preset_source} if d.preset else None,
-        "teacher": {
-            "path": str(cfg.teacher),
-            "layers": num_layers(t),
-            "hidden_size": t.hidden_size,
-            "parameters": count_parameters(plan.teacher)["total"],
-            "pooling": model_pooling(t),
-            "labels": list(plan.spec.labels),
-            "recorded_dev": getattr(t, DEV_METRIC_KEY, None),
-            "dev": plan.teacher_metrics,
-            "majority_baseline": plan.baseline,
-        },
-        "student": {
-            "layers": d.student_layers,
-            "hidden_size": plan.student.config.hidden_size,
-            "init": str(plan.student_init),
-            "parameters": count_parameters(plan.student)["total"],
-            "pooling": plan.pooling,
-            "projection": plan.projection is not None,
-        },
-        "method": d.method + (f"-{d.strategy}" if pt and not d.layer_map else ""),
-        "layer_map": [[a, b] for a, b in plan.pairs] if pt else [],
-        "layer_map_text": [f"teacher {a} -> student {b}" for a, b in plan.pairs] if pt else [],
-        "loss": {
-            "formula": objective.describe(plan.spec.problem_type == REGRESSION),
-            "alpha": d.alpha,
-            "beta": d.beta,
-            "temperature": d.temperature,
-            "kd_form": d.kd_loss,
-            "pt_form": d.pt_loss,
-            "pt_normalize": d.pt_normalize,
-            "pt_choices": d.pt_choices,
-        },
-        "data": _data(*plan.data(), cfg.data.max_length),
-        "transfer_ratio": d.transfer_ratio if plan.transfer is not None else None,
-        "max_length": cfg.data.max_length,
-        "train": _train_summary(cfg.train),
-        "teacher_cache": cache,
-        "cache_bytes": cache["bytes"],
-    }
-    if timed:
-        needs_teacher = len(d.terms) > 1
-        timing = time_steps(
-            plan.student,
-            plan.training_set(cfg),  # with its transfer partners: the batches the run sees
-            collator(plan.tokenizer),
-            cfg.train,
-            objective,
-            plan.spec.problem_type,
-            teacher=plan.teacher,  # also scored before training: always timed
-        )
-        n_train = len(plan.encoded["train"])
-        builds = needs_teacher and d.teacher_mode == "cached" and not cache["exists"]
-        out["estimate"] = estimate(
-            timing,
-            cfg.train,
-            n_train,
-            _eval_examples(plan.encoded),
-            teacher_cache_examples=cache.get("examples", n_train) if builds else 0,
-            online_teacher=needs_teacher and d.teacher_mode == "online",
-            teacher_eval_examples=_eval_examples(plan.encoded),
-        )
-    return out
-
-
-def pretrain_formula(o) -> str:
-    """`pkd pretrain`'s loss with this run's weights, e.g. `1*PT(all tokens) + 1*TOP(...)`."""
-    tokens = "every token" if o.pt_tokens == "all" else "[CLS]"
-    shown = {
-        "pt": f"PT(mapped layers, {tokens})",
-        "top": f"TOP(top layers, {tokens})",
-        "mlm_kd": f"MLM-KD(T={o.temperature:g})",
-        "mlm": "MLM(masked tokens)",
-    }
-    return " + ".join(f"{w:g}*{shown[k]}" for k, w in o.weights.items())
-
-
-def pretrain_cache(cfg, plan) -> dict:
-    """Where `pkd pretrain`'s teacher cache ([CLS] states of every teacher layer) would
-    live, its size, and whether it exists; the teacher runs online otherwise."""
-    o = cfg.pretrain
-    if o.teacher_mode == "online":
-        return {"mode": "online (no cache; the teacher runs every step)", "bytes": 0}
-    t, n = plan.teacher.config, len(plan.encoded["train"])
-    size = cache_mod.estimate_bytes(n, (1,), (t.num_hidden_layers + 1, t.hidden_size))
-    root = Path(o.cache_dir) if o.cache_dir else cache_mod.default_root()
-    extra = cache_mod.cache_extra(CACHE_NAME, cfg.text.max_length)
-    fp = cache_mod.fingerprint(
-        CacheableTeacher(plan.teacher), plan.encoded["train"].features, extra
-    )
-    return cached_plan(n, size, root / f"{CACHE_NAME}-{fp[:16]}")
-
-
-def describe_pretrain(cfg, plan, timed: bool = True) -> dict:
-    """The plan of `pkd pretrain` (what --dry-run prints): teacher, student, map, loss, text,
-    the cache asked for, and the run's steps and time from timed steps (the teacher online)."""
-    o, t, s = cfg.pretrain, plan.teacher.config, plan.student.config
-    heads = plan.heads
-    cache = pretrain_cache(cfg, plan)
-    out = {
-        "command": "pretrain",
-        "output": str(cfg.output),
-        "teacher": {
-            "path": str(cfg.teacher),
-            "layers": num_layers(t),
-            "hidden_size": t.hidden_size,
-            "parameters": count_parameters(plan.teacher.base_model)["total"],
-            "mlm_head": o.uses_mlm,
-        },
-        "student": {
-            "layers": s.num_hidden_layers,
-            "hidden_size": s.hidden_size,
-            "heads": s.num_attention_heads,
-            "intermediate_size": feed_forward_size(s),
-            "init": plan.student_init,
-            "parameters": count_parameters(plan.student)["total"],
-            "projection": heads is not None and heads.projection is not None,
-        },
-        "layer_map": [[a, b] for a, b in plan.pairs],
-        "top": list(plan.top),
-        "loss": {"formula": pretrain_formula(o), "weights": o.weights, "normalize": o.pt_normalize},
-        "data": _data(plan.splits, plan.encoded, cfg.text.max_length),
-        "max_length": cfg.text.max_length,
-        "train": _train_summary(cfg.train),
-        "teacher_cache": cache,
-        "cache_bytes": cache["bytes"],
-    }
-    if timed:
-        plan.teacher.to("cuda" if torch.cuda.is_available() else "cpu")  # the accelerator's
-        objective = plan.objective(cfg, online_signals(plan.teacher, o.pt_tokens, o.uses_mlm))
-        train_set, held, collate = plan.datasets(cfg)
-        timing = time_steps(plan.student, train_set, collate, cfg.train, objective, "pretrain")
-        out["estimate"] = estimate(timing, cfg.train, len(train_set), len(held))
-    return out
-
-
-def sweep_lines(checked: dict, trials: int | None) -> list[str]:
-    """Markdown lines for `pkd sweep --dry-run` from the plan of its first trial."""
-    pairs = " ".join(f"{a}->{b}" for a, b in checked["layer_map"]) or "none (no patient loss)"
-    cache = checked["teacher_cache"]
-    lines = [
-        "",
-        f"First trial: teacher->student map {pairs}; loss {checked['loss']['formula']}.",
-    ]
-    if cache["mode"] == "cached":
-        state = "exists, reused" if cache["exists"] else "built once, shared by all trials"
-        lines.append(
-            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
-        )
-    else:
-        lines.append(f"Teacher cache: {cache['mode']}.")
-    e = checked.get("estimate")
-    if e:
-        s = e["seconds"]
-        per_trial = s["train"] + s["evaluation"]
-        total = (trials or 1) * per_trial + s["teacher_cache"] + s["teacher_evaluation"]
-        lines.append(
-            f"Estimate: about {human_seconds(per_trial)} per trial like the first "
-            f"({e['steps']} steps x {e['seconds_per_step']:.3g} s), about {human_seconds(total)} "
-            f"for {trials or 1} trials without pruning; from {e['from']}."
-        )
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,13 +235,14 @@ def _pct(v) -> str:
     return f"{100 * v:.1f}%"
 
 
-def _num(v) -> str:
+def num(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _scores(metrics: dict) -> str:
+def scores_text(metrics: dict) -> str:
+    """Per split, each metric's value: `accuracy 0.8125, ... on dev`."""
     return "; ".join(
-        ", ".join(f"{k} {_num(v)}" for k, v in m.items() if k != "examples") + f" on {split}"
+        ", ".join(f"{k} {num(v)}" for k, v in m.items() if k != "examples") + f" on {split}"
         for split, m in metrics.items()
     )
 
@@ -515,87 +276,19 @@ def _data_lines(plan: dict) -> list[str]:
 POOLING_TEXT = {"cls": "cls ([CLS] state through the pooler)", "mean": "mean (masked token mean)"}
 
 
-def _pretrain_lines(plan: dict) -> list[str]:
-    t, s, c = plan["teacher"], plan["student"], plan["teacher_cache"]
-    pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"]) or "none"
-    width = f"hidden {s['hidden_size']}, {s['heads']} heads, feed-forward {s['intermediate_size']}"
-    lines = [
-        f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
-        f"{t['parameters'] / 1e6:.2f}M parameters{', MLM head' if t['mlm_head'] else ''})",
-        f"student:    {s['layers']} layers, {width}, {s['parameters'] / 1e6:.2f}M parameters; "
-        f"from {s['init']}",
-        f"layer map:  teacher->student {pairs}; top {plan['top'][0]}->{plan['top'][1]}"
-        + ("; through learned projections (not saved in model/)" if s["projection"] else ""),
-        f"loss:       {plan['loss']['formula']}",
-    ]
+def cache_line(c: dict) -> str:
+    """The teacher cache of a plan, as its `cache:` line."""
     if c["mode"] == "cached":
         state = "exists, reused" if c["exists"] else "to build"
-        lines.append(f"cache:      {human_bytes(c['bytes'])} on disk at {c['path']} ({state})")
-    else:
-        lines.append(f"cache:      {c['mode']}")
-    return lines
+        return f"cache:      {human_bytes(c['bytes'])} on disk at {c['path']} ({state})"
+    return f"cache:      {c['mode']}"
 
 
-def format_plan(plan: dict) -> str:
-    """A dry-run plan (from describe_finetune/describe_distill) as readable text."""
-    lines = [f"pkd {plan['command']} (dry run): nothing trained, nothing written", ""]
-    if plan["command"] == "finetune":
-        m = plan["model"]
-        lines.append(
-            f"model:      {m['path']} ({m['type']}, {m['layers']} layers, hidden {m['hidden_size']}, "
-            f"{m['parameters'] / 1e6:.2f}M parameters)"
-        )
-        lines.append(f"pooling:    {POOLING_TEXT[m['pooling']]}")
-        labels = ", ".join(plan["labels"]) or "(regression)"
-        lines.append(f"task:       {plan['task']}, labels {labels}; selects on {plan['metric']}")
-        lines.append(
-            "baseline:   majority class "
-            + ", ".join(f"{k} {v:.4f}" for k, v in plan["majority_baseline"].items())
-        )
-    elif plan["command"] == "pretrain":
-        lines += _pretrain_lines(plan)
-    else:
-        t, s = plan["teacher"], plan["student"]
-        if plan.get("preset"):
-            lines.append(f"preset:     {plan['preset']['name']} ({plan['preset']['source']})")
-        lines.append(
-            f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
-            f"{t['parameters'] / 1e6:.2f}M parameters, {t['pooling']} pooling)"
-        )
-        lines.append(f"            labels {', '.join(t['labels']) or '(regression)'}")
-        lines.append(f"            scores {_scores(t['dev'])}")
-        rec = t.get("recorded_dev")
-        if rec:
-            lines.append(
-                f"            recorded at fine-tuning: {rec.get('name')} {_num(rec.get('value'))} "
-                f"on {rec.get('split')}"
-            )
-        lines.append(
-            "            majority baseline "
-            + ", ".join(f"{k} {v:.4f}" for k, v in t["majority_baseline"].items())
-        )
-        lines.append(
-            f"student:    {s['layers']} layers from {s['init']} ({s['parameters'] / 1e6:.2f}M parameters)"
-        )
-        lines.append(f"pooling:    {POOLING_TEXT[s['pooling']]}, head and patient loss")
-        lines.append(f"method:     {plan['method']}")
-        if plan["layer_map"]:
-            pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"])
-            lines.append(f"layer map:  teacher->student {pairs} (+ logits of the last layer)")
-            if s.get("projection"):
-                lines.append(
-                    f"            student width {s['hidden_size']} -> teacher {t['hidden_size']} "
-                    "through a learned projection per layer (not saved in model/)"
-                )
-        else:
-            lines.append("layer map:  none (no patient loss)")
-        lines.append(f"loss:       {plan['loss']['formula']}")
-        c = plan["teacher_cache"]
-        if c["mode"] == "cached":
-            state = "exists, reused" if c["exists"] else "to build"
-            lines.append(f"cache:      {human_bytes(c['bytes'])} on disk at {c['path']} ({state})")
-        else:
-            lines.append(f"cache:      {c['mode']}")
+def plan_text(plan: dict, lines: list[str]) -> str:
+    """A dry-run plan as readable text: its command's own `lines` (model, teacher, student,
+    loss, cache) between the title and what every plan shows (data, training, output,
+    estimate)."""
+    lines = [f"pkd {plan['command']} (dry run): nothing trained, nothing written", "", *lines]
     lines += _data_lines(plan)
     if plan.get("transfer_ratio"):
         lines.append(

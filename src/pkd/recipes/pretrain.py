@@ -4,9 +4,10 @@ The paper's future work (Sun et al. 2019, Sec. 5): a student made of a pre-train
 first M layers has an initialisation mismatch (its layer j was trained to feed layer j+1 of
 the full model); distil the student on unlabelled text first, with the patient loss acting
 during this general stage. `plan_pretrain` runs every up-front check and loads teacher,
-student and text into a `PretrainPlan` (what `--dry-run` describes); `pretrain` writes the
-run directory and trains through the one training loop (`pkd.training.loop.train`), with the
-objective of `pkd.objectives.pretraining`, selecting epochs by the distillation loss on held-out text.
+student and text into a `PretrainPlan` (what `--dry-run` describes); `run_pretrain` trains
+it through the one training loop (`pkd.training.loop.train`), with the objective of
+`pkd.objectives.pretraining`, selecting epochs by the distillation loss on held-out text (a
+recipe: `pkd.recipes.recipe`).
 
 The run's `model/` is the student encoder alone (`AutoModel.from_pretrained` loads it, with
 the teacher's tokenizer beside it): a `--student-init` for `pkd distill`, `compare` and
@@ -16,10 +17,10 @@ the teacher's tokenizer beside it): a `--student-init` for `pkd distill`, `compa
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 
 from pkd.config import options as C
@@ -35,6 +36,7 @@ from pkd.models.encoders import (
     load_tokenizer,
     num_layers,
 )
+from pkd.models.results import RunResult
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.pretraining import (
@@ -47,13 +49,21 @@ from pkd.objectives.pretraining import (
     heldout_score,
     online_signals,
 )
-from pkd.recipes.distill import check_same_tokenizer
-from pkd.recipes.dryrun import describe_pretrain
-from pkd.training.accelerator import make_accelerator
+from pkd.recipes.distill_checks import check_same_tokenizer
+from pkd.recipes.dryrun import (
+    cache_line,
+    cached_plan,
+    estimate,
+    plan_text,
+    split_summary,
+    time_steps,
+    train_summary,
+)
+from pkd.recipes.recipe import Recipe, RunContext, evaluations, run_recipe
 from pkd.training.evaluation import Evaluation
 from pkd.training.hooks import PatientShareCheck
 from pkd.training.loop import Run, train
-from pkd.training.rundir import data_summary, finish_run, locks_output, open_run, start_run
+from pkd.training.rundir import data_summary, locks_output
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +72,7 @@ logger = logging.getLogger(__name__)
 class PretrainPlan:
     """Everything `pretrain` resolved before training: shown by --dry-run, used by the run."""
 
+    cfg: C.PretrainConfig
     teacher: object  # the encoder, or its AutoModelForMaskedLM with MLM terms
     tokenizer: object
     student: object  # AutoModel
@@ -99,6 +110,105 @@ class PretrainPlan:
             self.heads,
         )
 
+    def resolved(self) -> dict:
+        return {"student": self.student_init}
+
+    def run_data(self) -> dict:
+        return self.splits
+
+    def recorded_baseline(self) -> None:
+        return None  # no task
+
+    def summary(self) -> dict:
+        """The plan of `pkd pretrain` (what --dry-run returns): teacher, student, map, loss,
+        text, the cache asked for, and the run's steps and time from timed steps (the
+        teacher online)."""
+        cfg = self.cfg
+        o, t, s = cfg.pretrain, self.teacher.config, self.student.config
+        heads = self.heads
+        cache = self.teacher_cache()
+        out = {
+            "command": "pretrain",
+            "output": str(cfg.output),
+            "teacher": {
+                "path": str(cfg.teacher),
+                "layers": num_layers(t),
+                "hidden_size": t.hidden_size,
+                "parameters": count_parameters(self.teacher.base_model)["total"],
+                "mlm_head": o.uses_mlm,
+            },
+            "student": {
+                "layers": s.num_hidden_layers,
+                "hidden_size": s.hidden_size,
+                "heads": s.num_attention_heads,
+                "intermediate_size": feed_forward_size(s),
+                "init": self.student_init,
+                "parameters": count_parameters(self.student)["total"],
+                "projection": heads is not None and heads.projection is not None,
+            },
+            "layer_map": [[a, b] for a, b in self.pairs],
+            "top": list(self.top),
+            "loss": {"formula": formula(o), "weights": o.weights, "normalize": o.pt_normalize},
+            "data": split_summary(self.splits, self.encoded, cfg.text.max_length),
+            "max_length": cfg.text.max_length,
+            "train": train_summary(cfg.train),
+            "teacher_cache": cache,
+            "cache_bytes": cache["bytes"],
+        }
+        self.teacher.to("cuda" if torch.cuda.is_available() else "cpu")  # the accelerator's
+        objective = self.objective(cfg, online_signals(self.teacher, o.pt_tokens, o.uses_mlm))
+        train_set, held, collate = self.datasets(cfg)
+        timing = time_steps(self.student, train_set, collate, cfg.train, objective, "pretrain")
+        out["estimate"] = estimate(timing, cfg.train, len(train_set), len(held))
+        return out
+
+    def teacher_cache(self) -> dict:
+        """Where the teacher cache ([CLS] states of every teacher layer) would live, its
+        size, and whether it exists; the teacher runs online otherwise."""
+        o = self.cfg.pretrain
+        if o.teacher_mode == "online":
+            return {"mode": "online (no cache; the teacher runs every step)", "bytes": 0}
+        t, n = self.teacher.config, len(self.encoded["train"])
+        size = cache_mod.estimate_bytes(n, (1,), (t.num_hidden_layers + 1, t.hidden_size))
+        root = Path(o.cache_dir) if o.cache_dir else cache_mod.default_root()
+        extra = cache_mod.cache_extra(CACHE_NAME, self.cfg.text.max_length)
+        fp = cache_mod.fingerprint(
+            CacheableTeacher(self.teacher), self.encoded["train"].features, extra
+        )
+        return cached_plan(n, size, root / f"{CACHE_NAME}-{fp[:16]}")
+
+    def describe(self, summary: dict | None = None) -> str:
+        """The dry run's text: teacher, student, layer map, loss, cache, data, estimate."""
+        plan = summary or self.summary()
+        t, s = plan["teacher"], plan["student"]
+        pairs = ", ".join(f"{a}->{b}" for a, b in plan["layer_map"]) or "none"
+        width = (
+            f"hidden {s['hidden_size']}, {s['heads']} heads, feed-forward {s['intermediate_size']}"
+        )
+        lines = [
+            f"teacher:    {t['path']} ({t['layers']} layers, hidden {t['hidden_size']}, "
+            f"{t['parameters'] / 1e6:.2f}M parameters{', MLM head' if t['mlm_head'] else ''})",
+            f"student:    {s['layers']} layers, {width}, {s['parameters'] / 1e6:.2f}M parameters; "
+            f"from {s['init']}",
+            f"layer map:  teacher->student {pairs}; top {plan['top'][0]}->{plan['top'][1]}"
+            + ("; through learned projections (not saved in model/)" if s["projection"] else ""),
+            f"loss:       {plan['loss']['formula']}",
+            cache_line(plan["teacher_cache"]),
+        ]
+        return plan_text(plan, lines)
+
+
+def formula(o: C.PretrainOptions) -> str:
+    """`pkd pretrain`'s loss with this run's weights, e.g. `1*PT(all tokens) + 1*TOP(...)`."""
+    tokens = "every token" if o.pt_tokens == "all" else "[CLS]"
+    shown = {
+        "pt": f"PT(mapped layers, {tokens})",
+        "top": f"TOP(top layers, {tokens})",
+        "mlm_kd": f"MLM-KD(T={o.temperature:g})",
+        "mlm": "MLM(masked tokens)",
+    }
+    return " + ".join(f"{w:g}*{shown[k]}" for k, w in o.weights.items())
+
 
 def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     """Every up-front check of `pkd pretrain`, and the loaded teacher, student and text."""
@@ -134,6 +244,7 @@ def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
     }
     trunc = warn_truncation(encoded["train"], cfg.text.max_length)
     return PretrainPlan(
+        cfg,
         teacher,
         tokenizer,
         student,
@@ -158,21 +269,9 @@ def warn_wider_student(student_width: int, teacher_width: int) -> None:
         )
 
 
-@locks_output
-def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
-    """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text.
-
-    Returns the contents of metrics.json (or, with dry_run, the plan: every check is run
-    and a few steps are timed, nothing is written).
-    """
-    output, ckpt = open_run(cfg)
-    plan = plan_pretrain(cfg)
-    if dry_run:
-        return describe_pretrain(cfg, plan)
-    accelerator = make_accelerator(cfg.train, output)
-    resolved = {"student": plan.student_init}
-    start_run(output, cfg, accelerator, ckpt is not None, resolved, data=plan.splits)
-    t0 = time.perf_counter()
+def run_pretrain(plan: PretrainPlan, run: RunContext) -> RunResult:
+    """Train the planned student on the planned text; metrics.json's content."""
+    cfg, accelerator = plan.cfg, run.accelerator
     plan.teacher.to(accelerator.device)
     signal, cache_info = teacher_signal(cfg, plan, accelerator)
     online = online_signals(plan.teacher, cfg.pretrain.pt_tokens, cfg.pretrain.uses_mlm)
@@ -188,38 +287,43 @@ def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
             None,
             cfg.train,
             objective,
-            output,
+            run.output,
             accelerator,
             collate,
-            resume_from=ckpt,
+            resume_from=run.resume_from,
             evaluation=Evaluation(heldout_score(plan.objective(cfg, online)), "loss", False),
             hooks=[PatientShareCheck(objective.beta)],
         )
     )
-    metrics = {
-        "teacher": cfg.teacher,
-        "student": {
-            **provenance(cfg, plan),
-            "parameters": count_parameters(plan.student),
-            "teacher_parameters": count_parameters(plan.teacher.base_model),
-        },
-        "layer_map": [list(p) for p in plan.pairs],
-        "top": list(plan.top),
-        "loss_weights": cfg.pretrain.weights,
-        "best": result["best"],
-        "final": result["final"],
-        "history": result["history"],
-        "steps": result["steps"],
-        "data": data_summary(plan.splits, plan.encoded, cfg.text.max_length),
-        "gradient_shares": result["gradient_shares"],
-        "teacher_cache": cache_info,
-        "wall_seconds": {
-            "train": result["train_seconds"],
-            "total": round(time.perf_counter() - t0, 2),
-        },
-    }
-    finish_run(output, metrics, None, accelerator, command="pretrain")
-    return metrics
+    return RunResult.of(
+        {
+            "teacher": cfg.teacher,
+            "student": {
+                **provenance(cfg, plan),
+                "parameters": count_parameters(plan.student),
+                "teacher_parameters": count_parameters(plan.teacher.base_model),
+            },
+            "layer_map": [list(p) for p in plan.pairs],
+            "top": list(plan.top),
+            "loss_weights": cfg.pretrain.weights,
+            **evaluations(result),
+            "steps": result["steps"],
+            "data": data_summary(plan.splits, plan.encoded, cfg.text.max_length),
+            "gradient_shares": result["gradient_shares"],
+            "teacher_cache": cache_info,
+            "wall_seconds": run.wall_seconds(result["train_seconds"]),
+        }
+    )
+
+
+PRETRAIN = Recipe("pretrain", plan_pretrain, run_pretrain)
+
+
+@locks_output
+def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
+    """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text:
+    metrics.json's content, or with dry_run the plan (as `finetune`'s)."""
+    return run_recipe(PRETRAIN, cfg, dry_run)
 
 
 def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:

@@ -41,10 +41,10 @@ from pkd.fsio import (
     nearest_existing,
     try_lock,
     write_error,
-    write_json,
 )
 from pkd.models.card import write_model_card
 from pkd.models.encoders import DEV_METRIC_KEY, student_init_name
+from pkd.models.results import RunResult
 from pkd.training.checkpoints import checkpoints
 
 Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
@@ -452,8 +452,9 @@ def finish_run(
             record_in_model(output / "model", {"baseline": baseline})
         config = read_run_config(output)
         command = command or ("distill" if "teacher" in config else "finetune")
-        write_model_card(output / "model", config, metrics, command)
-        write_json(output / "metrics.json", metrics)
+        result = RunResult.of(metrics)
+        write_model_card(output / "model", config, result, command)
+        result.write(output)
 
 
 def read_run_config(output: Path) -> dict:

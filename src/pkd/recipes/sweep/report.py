@@ -15,7 +15,8 @@ from pkd.data.loading import HOLDOUT, HOLDOUT_SEED, load_splits
 from pkd.deploy import report as R
 from pkd.fsio import atomic_write, staged_dir, write_json
 from pkd.models.card import write_model_card
-from pkd.recipes.dryrun import sweep_lines
+from pkd.models.results import RunResult
+from pkd.recipes.dryrun import human_bytes, human_seconds
 from pkd.recipes.sweep import plots
 from pkd.recipes.sweep.plan import SweepPlan
 from pkd.recipes.sweep.study import (
@@ -227,7 +228,7 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
 def best_card(plan: SweepPlan, best: dict, tmp: Path, dst: Path) -> None:
     """best/model/README.md: the trial's model card, saying it is the study's best and
     re-running through best.yaml (`tmp`: best/ while it is staged, `dst`: its place)."""
-    metrics = R.read_metrics(tmp)
+    result = RunResult.load(tmp)
     note = (
         f"The best trial ({best['trial']}: {fmt_params(best['params'])}) of the `pkd sweep` "
         f"study {plan.study_name}, selected on {plan.select} {plan.metric}."
@@ -235,7 +236,7 @@ def best_card(plan: SweepPlan, best: dict, tmp: Path, dst: Path) -> None:
     write_model_card(
         tmp / "model",
         read_run_config(tmp),
-        metrics,
+        result,
         "distill",
         note=note,
         rerun=f"pkd distill --config {plan.output.name}/best.yaml",
@@ -393,7 +394,7 @@ def describe(plan: SweepPlan, checked: dict) -> dict:
             ["parameter", "values"], [[k, p.describe()] for k, p in plan.space.items()]
         ),
     ]
-    lines += sweep_lines(checked, plan.trials)  # map, loss, cache and timed estimate of a trial
+    lines += first_trial_lines(checked, plan.trials)  # map, loss, cache, timed estimate
     return {
         "dry_run": True,
         "plan": {k: checked.get(k) for k in ("layer_map", "loss", "teacher_cache", "estimate")},
@@ -404,3 +405,31 @@ def describe(plan: SweepPlan, checked: dict) -> dict:
         "selection_split": plan.select,
         "markdown": "\n".join(lines),
     }
+
+
+def first_trial_lines(checked: dict, trials: int | None) -> list[str]:
+    """Markdown lines for `pkd sweep --dry-run` from the plan of its first trial."""
+    pairs = " ".join(f"{a}->{b}" for a, b in checked["layer_map"]) or "none (no patient loss)"
+    cache = checked["teacher_cache"]
+    lines = [
+        "",
+        f"First trial: teacher->student map {pairs}; loss {checked['loss']['formula']}.",
+    ]
+    if cache["mode"] == "cached":
+        state = "exists, reused" if cache["exists"] else "built once, shared by all trials"
+        lines.append(
+            f"Teacher cache: {human_bytes(cache['bytes'])} on disk at {cache['path']} ({state})."
+        )
+    else:
+        lines.append(f"Teacher cache: {cache['mode']}.")
+    e = checked.get("estimate")
+    if e:
+        s = e["seconds"]
+        per_trial = s["train"] + s["evaluation"]
+        total = (trials or 1) * per_trial + s["teacher_cache"] + s["teacher_evaluation"]
+        lines.append(
+            f"Estimate: about {human_seconds(per_trial)} per trial like the first "
+            f"({e['steps']} steps x {e['seconds_per_step']:.3g} s), about {human_seconds(total)} "
+            f"for {trials or 1} trials without pruning; from {e['from']}."
+        )
+    return lines

@@ -187,9 +187,10 @@ def recover_stale(
 ) -> list[tuple[int, int]]:
     """Fail stale RUNNING trials and enqueue their parameters again: [(failed, retry)].
 
-    Several workers may find the same stale trial; the storage lets exactly one of them move
-    it from RUNNING to FAIL (the others get UpdateFinishedTrialError), and only that one
-    enqueues the retry, so the point is run again exactly once.
+    Several workers may find the same stale trial; `Study.tell` and the storage let exactly
+    one of them move it from RUNNING to FAIL (the others get a ValueError, or the storage's
+    UpdateFinishedTrialError), and only that one enqueues the retry, so the point is run
+    again exactly once.
     """
     optuna = require_optuna()
     from optuna.trial import TrialState
@@ -198,11 +199,9 @@ def recover_stale(
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not is_stale(t, stale_after):
             continue
-        try:
-            # Optuna's own fail_stale_trials does this through the storage as well.
-            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        try:  # ValueError: another worker failed it first (tell checks the state)
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue
         user = {RETRY_OF: t.number}
         params = dict(t.params)  # may be incomplete if it died at once

@@ -18,6 +18,7 @@ import torch
 
 from pkd.deploy import report as R
 from pkd.errors import PkdError
+from pkd.models.results import RunResult
 from pkd.progress import progress as progress_bar
 from pkd.recipes.distill import distill
 from pkd.recipes.sweep import report
@@ -179,7 +180,9 @@ def _train(trial, study, plan: SweepPlan, params: dict) -> float:
     t0 = time.perf_counter()
     try:
         with _Heartbeat(trial):
-            metrics = distill(cfg, on_evaluate=_pruning_hook(trial, plan, params, epochs))
+            result = RunResult.of(
+                distill(cfg, on_evaluate=_pruning_hook(trial, plan, params, epochs))
+            )
     except optuna.TrialPruned:
         trial.set_user_attr(WALL, round(time.perf_counter() - t0, 2))
         mark(run_dir, "pruned.json", {"trial": trial.number, "params": params, "epochs": epochs})
@@ -200,16 +203,16 @@ def _train(trial, study, plan: SweepPlan, params: dict) -> float:
         if run_dir.is_dir():
             mark(run_dir, "failed.json", {"trial": trial.number, "error": message})
         raise
-    return _record_result(trial, plan, metrics, time.perf_counter() - t0)
+    return _record_result(trial, plan, result, time.perf_counter() - t0)
 
 
-def _record_result(trial, plan: SweepPlan, metrics: dict, seconds: float) -> float:
+def _record_result(trial, plan: SweepPlan, result: RunResult, seconds: float) -> float:
     """Store a finished trial's scores, wall time and teacher cache; returns its value."""
-    best = metrics["best"]["metrics"]
-    trial.set_user_attr(SCORES, {split: m[plan.metric] for split, m in best.items()})
+    best = result.best
+    trial.set_user_attr(SCORES, {split: m[plan.metric] for split, m in best.metrics.items()})
     trial.set_user_attr(WALL, round(seconds, 2))
-    trial.set_user_attr(SHARES, metrics.get("gradient_shares") or {})
-    cache = metrics.get("teacher_cache") or {}
+    trial.set_user_attr(SHARES, result.gradient_shares)
+    cache = result.teacher_cache
     if cache:
         trial.set_user_attr(
             CACHE,
@@ -219,7 +222,7 @@ def _record_result(trial, plan: SweepPlan, metrics: dict, seconds: float) -> flo
                 "path": cache.get("path"),
             },
         )
-    return best[plan.select][plan.metric]
+    return best.score(plan.select, plan.metric)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,16 +320,16 @@ def run_seeds(plan: SweepPlan, best: dict, quiet: bool) -> dict:
     runs = []
     for seed in plan.seeds:
         path = plan.output / "seeds" / f"trial-{best['trial']}-seed{seed}"
-        if not R.is_finished(path):
+        if not RunResult.exists(path):
             if not quiet:
                 print(f"seed {seed}: re-running trial {best['trial']}'s config", file=sys.stderr)
             distill(plan.config(best["params"], path, seed=seed))
-        m = R.read_metrics(path)["best"]["metrics"]
+        saved = RunResult.load(path).best
         runs.append(
             {
                 "seed": seed,
-                plan.eval_split: m[plan.eval_split][plan.metric],
-                "holdout": m.get("holdout", {}).get(plan.metric),
+                plan.eval_split: saved.score(plan.eval_split, plan.metric),
+                "holdout": saved.metrics.get("holdout", {}).get(plan.metric),
                 "path": str(path),
             }
         )

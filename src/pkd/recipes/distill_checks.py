@@ -1,0 +1,252 @@
+"""The checks of `pkd distill` (also `compare`'s, `sweep`'s and `pretrain`'s): a teacher that
+fits the task and beats its majority baseline, a student init that shares its tokenizer,
+pooling, room for the teacher cache; and after the first epoch, the collapse guard-rail.
+
+They log as `pkd distill` (its logger), so that a sweep quiets them with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from pkd.config import options as C
+from pkd.data.loading import collator
+from pkd.errors import PkdError
+from pkd.models.encoders import (
+    BASE_MODEL_KEY,
+    is_multiple_choice,
+    load_config,
+    load_tokenizer,
+    model_labels,
+    model_pooling,
+    student_init_name,
+)
+from pkd.objectives import cache as cache_mod
+from pkd.recipes.dryrun import human_bytes
+from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels
+from pkd.training.evaluation import score
+
+logger = logging.getLogger("pkd.recipes.distill")
+
+WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
+TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
+
+
+def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
+    """The task with the teacher's label order, after checking that the teacher fits it: the
+    same kind of head, and the data's label names (by name, or by class id for the Hub's
+    GLUE names and LABEL_0.., `pkd.tasks.align_labels`)."""
+    teacher_labels = model_labels(teacher)
+    if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
+        kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
+        raise PkdError(
+            f"--teacher: {teacher_name} is a {kind} classifier but task {spec.name} is "
+            f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
+        )
+    if spec.problem_type == CLASSIFICATION:
+        return align_labels(spec, teacher_labels, "--teacher")  # in the teacher's order
+    if teacher_labels:
+        raise PkdError(
+            f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
+        )
+    return spec
+
+
+def student_init(cfg: C.DistillRunConfig) -> str:
+    """The checkpoint the student starts from (see `models.student_init_name`); a warning
+    when it is the fine-tuned teacher, an error when the teacher records no base model."""
+    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
+    if not init:
+        raise PkdError(
+            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
+            "pass --student-init NAME_OR_DIR (or 'teacher')"
+        )
+    if init == cfg.teacher or (
+        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
+    ):
+        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
+        base = getattr(teacher_config, BASE_MODEL_KEY, None)
+        logger.warning(
+            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
+            "the pre-trained %s; the paper initialises from the pre-trained model",
+            cfg.teacher,
+            base or "checkpoint it was fine-tuned from",
+        )
+        init = cfg.teacher
+    return init
+
+
+def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
+    """The student's pooling: `--pooling`, or the teacher's for auto.
+
+    PKD matches each model's pooled layer states, so a student that pools otherwise than its
+    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
+    """
+    theirs = model_pooling(teacher.config)
+    pooling = theirs if requested == "auto" else requested
+    if pooling != theirs:
+        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
+        if method == "pkd":
+            raise PkdError(
+                f"{msg}; the patient loss compares the states each model reads, so both must "
+                "pool alike (drop --pooling, or use --method kd)"
+            )
+        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
+    return pooling
+
+
+def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
+    """The student reads the teacher's token ids, so its init must tokenise identically."""
+    try:
+        theirs = load_tokenizer(init, "student-init", trust_remote_code)
+    except PkdError:
+        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
+        return
+    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
+    if ours != other:
+        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
+            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
+            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
+        )
+    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
+    if a != b:
+        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
+        raise PkdError(
+            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
+            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
+            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
+            "student and teacher must share one tokenizer"
+        )
+
+
+def check_cache_space(
+    cache_dir: str | None,
+    task: str,
+    teacher_config,
+    examples: int,
+    max_length: int,
+    choices: int = 0,
+) -> int:
+    """Estimate the teacher cache, log it, and refuse to start when the disk cannot hold it.
+
+    Returns the estimate in bytes. A cache that may already exist for these inputs (same task,
+    examples, max length and teacher shape) skips the space check: it would be reused.
+    choices: multiple choice: choices per example (logits (n, C), states (n, C, N+1, H)).
+    """
+    t = teacher_config
+    size = cache_mod.estimate_bytes(examples, *cache_mod.teacher_shapes(t, choices))
+    root, existing = cache_mod.check_cache_dir(cache_dir)
+    free = shutil.disk_usage(existing).free
+    logger.info(
+        "teacher cache: about %s for %d examples under %s (%s free)",
+        human_bytes(size),
+        examples,
+        root,
+        human_bytes(free),
+    )
+    if free >= size * 1.1:
+        return size
+    for manifest in root.glob(f"{task}-*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+            if (m["examples"], m["max_length"], m["teacher_layers"], m["hidden_size"]) == (
+                examples,
+                max_length,
+                t.num_hidden_layers,
+                t.hidden_size,
+            ):
+                return size  # probably reusable; the build re-checks space if it is not
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise PkdError(
+        f"--cache-dir: the teacher cache needs about {human_bytes(size)} but {existing} has "
+        f"{human_bytes(free)} free; free some space or pass --cache-dir on a larger disk"
+    )
+
+
+def teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator=None) -> dict:
+    """The teacher's metrics on each eval split (on the CPU when no accelerator is given)."""
+    acc = accelerator or Accelerator(cpu=True)
+    teacher.to(acc.device)
+    out = {}
+    for name in spec.eval_splits:
+        loader = torch.utils.data.DataLoader(
+            encoded[name], batch_size=cfg.train.eval_batch_size, collate_fn=collator(tokenizer)
+        )
+        out[name] = score(teacher, acc.prepare(loader), spec, acc)
+    return out
+
+
+class WeakTeacher(PkdError):
+    """A teacher that does not beat the majority baseline by WEAK_TEACHER_MARGIN; `score`
+    says by how much (a command with other options words its own hint)."""
+
+    def __init__(self, score: str, hint: str) -> None:
+        super().__init__(f"--teacher: it {score}; {hint}")
+        self.score = score
+
+
+def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None:
+    """A teacher must beat the majority baseline by WEAK_TEACHER_MARGIN on the first eval
+    split; else a WeakTeacher error, or a warning with --allow-weak-teacher."""
+    split = spec.eval_splits[0]
+    value, base = teacher_metrics[split][spec.main_metric], baseline[split]
+    if value < base + WEAK_TEACHER_MARGIN:
+        score = (
+            f"scores {spec.main_metric}={value:.4f} on {split}, not 2 points above the "
+            f"majority baseline {base:.4f}"
+        )
+        if not allow:
+            raise WeakTeacher(score, "fine-tune it better or pass --allow-weak-teacher")
+        logger.warning("--teacher: it %s (allowed)", score)
+
+
+def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:
+    """A student that predicts one class for all of dev after epoch 1 (its accuracy is one
+    class's share): say why, from what the first epoch logged. Blame beta only when the
+    patient term's gradient share says so; a cross-entropy still at log(C), a uniform guess,
+    is a plateau (too few steps, lr, warm-up), not the loss weights."""
+    if not result["history"] or spec.problem_type != CLASSIFICATION or not dev.labels:
+        return
+    split = spec.eval_splits[0]
+    first = result["history"][0]["metrics"][split].get("accuracy")
+    shares_of_classes = {dev.labels.count(c) / len(dev.labels) for c in set(dev.labels)}
+    if first is None or not any(abs(first - s) < 1e-9 for s in shares_of_classes):
+        return
+    epoch = result.get("first_epoch") or {}
+    ce, shares = epoch.get("ce"), epoch.get("gradient_shares", {})
+    uniform = math.log(len(spec.labels))
+    if d.method == "pkd" and shares.get("pt", 0.0) >= DOMINANT_SHARE:
+        cause = (
+            f"the patient loss dominates the gradient ({shares['pt']:.0%} of it at "
+            f"beta={d.beta:g}): lower --beta"
+        )
+    elif ce is not None and abs(ce - uniform) <= PLATEAU_TOLERANCE * uniform:
+        cause = (
+            f"its cross-entropy is still {ce:.3f}, about log({len(spec.labels)}) = {uniform:.3f}, "
+            "a uniform guess: it has not started to learn yet (a plateau, not the loss weights); "
+            "train longer (--epochs), raise --lr or shorten --warmup-ratio"
+        )
+    else:
+        got = ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "not logged"
+        cause = f"gradient shares in epoch 1: {got}; it may need more steps or another --lr"
+    logger.warning(
+        "the student predicts a single class on %s after the first epoch (%s %.4f); %s",
+        split,
+        spec.main_metric,
+        first,
+        cause,
+    )
+
+
+DOMINANT_SHARE = 0.5  # a term with this share of the gradient or more drives the student
+PLATEAU_TOLERANCE = 0.05  # CE within 5% of log(C) after an epoch: it has not moved
