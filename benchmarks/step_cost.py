@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pkd.config.options import TrainConfig
+from pkd.config.sections import TrainConfig
 from pkd.data.loading import collator, encode, load_split
 from pkd.fsio import atomic_write, write_json
 from pkd.models.encoders import (

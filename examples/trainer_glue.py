@@ -14,7 +14,7 @@ from pathlib import Path
 from datasets import load_dataset, load_from_disk
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
-from pkd.config.options import resolve_model
+from pkd.config.runs import resolve_model
 from pkd.hf import PatientDistillationTrainer, add_example_index
 from pkd.tasks import get_task
 

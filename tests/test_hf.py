@@ -354,7 +354,8 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
     import transformers
 
     from pkd.api import distill
-    from pkd.config import options as C
+    from pkd.config.runs import DistillRunConfig
+    from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 
     records = []
 
@@ -368,11 +369,11 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
     logging.getLogger("transformers").addHandler(keep)
     try:
         make_trainer(tiny_teacher, tmp_path, None)  # the Trainer path
-        cfg = C.DistillRunConfig(  # the API path
+        cfg = DistillRunConfig(  # the API path
             teacher=str(tiny_teacher), output=str(tmp_path / "run"),
-            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-            train=C.TrainConfig(batch_size=8, quiet=True),
-            distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+            data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=TrainConfig(batch_size=8, quiet=True),
+            distill=DistillConfig(student_layers=2, allow_weak_teacher=True),
         )  # fmt: skip
         distill(cfg, dry_run=True)
         assert transformers.logging.get_verbosity() == transformers.logging.WARNING  # restored

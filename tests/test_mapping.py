@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pkd.config.options import STRATEGIES
+from pkd.config.choices import STRATEGIES
 from pkd.errors import PkdError
 from pkd.objectives.mapping import layer_map, parse_layer_map
 

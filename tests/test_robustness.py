@@ -22,7 +22,8 @@ from conftest import WORDS, make_tiny_teacher, snapshot, write_sst2
 from safetensors.torch import load_file
 
 from pkd.api import finetune
-from pkd.config import options as C
+from pkd.config.runs import FinetuneRunConfig
+from pkd.config.sections import DataConfig, TrainConfig
 
 TRAIN = ["--batch-size", "8", "--max-length", "16", "--quiet"]
 
@@ -51,11 +52,11 @@ def teacher(root, data, tiny_bert) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
         m = finetune(
-            C.FinetuneConfig(
+            FinetuneRunConfig(
                 model=str(tiny_bert),
                 output=str(root / "teacher"),
-                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
-                train=C.TrainConfig(
+                data=DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=TrainConfig(
                     epochs=8, lr=3e-3, batch_size=8, quiet=True, keep_checkpoints=True
                 ),
             )
@@ -342,7 +343,7 @@ def test_config_yaml_numbers_written_as_text(tmp_path):
     f.write_text("train:\n  lr: 1e-5\n  epochs: 2\ndata:\n  max_length: '64'\n")
     args = build_parser().parse_args(["finetune", "--config", str(f), "--model", "m",
                                       "--output", str(tmp_path / "r")])  # fmt: skip
-    cfg = resolve(args, C.FinetuneConfig)
+    cfg = resolve(args, FinetuneRunConfig)
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 2.0 and cfg.data.max_length == 64
 
@@ -398,11 +399,11 @@ def _encoder_change(run: Path, init: Path) -> float:
 def test_max_grad_norm_clips(tiny_bert, data, tmp_path):
     def run(name, norm):
         finetune(
-            C.FinetuneConfig(
+            FinetuneRunConfig(
                 model=str(tiny_bert),
                 output=str(tmp_path / name),
-                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
-                train=C.TrainConfig(
+                data=DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=TrainConfig(
                     epochs=1,
                     lr=0.05,
                     batch_size=8,

@@ -7,16 +7,17 @@ import torch
 
 import pkd.training.hooks as T
 from pkd.api import distill, finetune
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.training.checkpoints import LoopState
 
 
 def _finetune(tiny_bert, sst2_dir, out, **train):
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(out),
-        data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-        train=C.TrainConfig(
+        data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+        train=TrainConfig(
             epochs=train.pop("epochs", 3), lr=3e-3, batch_size=8, quiet=True, **train
         ),
     )
@@ -44,12 +45,12 @@ def test_distill_methods_log_their_terms(tiny_bert, sst2_dir, tmp_path):
     _finetune(tiny_bert, sst2_dir, tmp_path / "teacher", epochs=8)
     expected = {"ft": {"ce"}, "kd": {"ce", "kd"}, "pkd": {"ce", "kd", "pt"}}
     for method, terms in expected.items():
-        cfg = C.DistillRunConfig(
+        cfg = DistillRunConfig(
             teacher=str(tmp_path / "teacher" / "model"),
             output=str(tmp_path / method),
-            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-            train=C.TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True),
-            distill=C.DistillConfig(method=method, student_layers=2),
+            data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True),
+            distill=DistillConfig(method=method, student_layers=2),
         )
         m = distill(cfg)
         rows = [

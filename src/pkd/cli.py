@@ -13,8 +13,16 @@ import json
 import logging
 import sys
 
-from pkd.config import options as C
+from pkd.config.choices import POOLINGS
+from pkd.config.files import SECTIONS, build, load_yaml, merge
 from pkd.config.presets import apply, format_table
+from pkd.config.runs import (
+    TRAINING_DATA_OPTIONS,
+    DistillRunConfig,
+    FinetuneRunConfig,
+    PretrainRunConfig,
+)
+from pkd.config.sections import DataConfig
 from pkd.demo import DEFAULTS as DEMO
 from pkd.errors import PkdError
 from pkd.models.encoders import quiet_transformers
@@ -74,7 +82,7 @@ class HelpFormatter(argparse.HelpFormatter):
 def _section_defaults(config_cls, section: str):
     """The section's defaults as a command sees them (distill's lr differs from finetune's)."""
     if config_cls is None:
-        return C.SECTIONS[section]()
+        return SECTIONS[section]()
     f = {f.name: f for f in dataclasses.fields(config_cls)}[section]
     return f.default_factory()
 
@@ -83,13 +91,13 @@ def _add_section(
     parser: argparse.ArgumentParser,
     section: str,
     skip: tuple[str, ...] = (),
-    config_cls=C.DistillRunConfig,
+    config_cls=DistillRunConfig,
 ) -> None:
     """One option per field of a config section, defaulting to 'not given' (so --config and
     --preset can supply it); the help shows the field's default for this command."""
     group = parser.add_argument_group(section)
     defaults = _section_defaults(config_cls, section)
-    for f in dataclasses.fields(C.SECTIONS[section]):
+    for f in dataclasses.fields(SECTIONS[section]):
         if f.name in skip or f.name in NOT_OPTIONS:
             continue
         text = f.metadata.get("help") or f.name.replace("_", " ")
@@ -144,7 +152,7 @@ def _add_run_options(p: argparse.ArgumentParser, model_flag: str, what: str) -> 
 
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     """Options to pick a task and data for evaluate/predict (no training options)."""
-    _add_section(p, "data", skip=C.TRAINING_DATA_OPTIONS, config_cls=None)
+    _add_section(p, "data", skip=TRAINING_DATA_OPTIONS, config_cls=None)
     p.add_argument("--model", required=True, help=f"the fine-tuned model: {MODEL_HELP}")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -175,14 +183,14 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p, "--model", "the pre-trained encoder to fine-tune")
     p.add_argument(
         "--pooling",
-        choices=C.POOLINGS,
+        choices=POOLINGS,
         default=argparse.SUPPRESS,
         help="how the head reads the tokens: auto (mean for a sentence-transformers checkpoint "
         "trained with mean pooling, else cls)|cls ([CLS] through the pooler)|mean (masked "
         "token mean) (default: auto)",
     )
     for s in SECTION_OPTIONS["finetune"]:
-        _add_section(p, s, config_cls=C.FinetuneConfig)
+        _add_section(p, s, config_cls=FinetuneRunConfig)
 
 
 def _distill_options(p: argparse.ArgumentParser) -> None:
@@ -194,7 +202,7 @@ def _distill_options(p: argparse.ArgumentParser) -> None:
 def _pretrain_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p, "--teacher", "the pre-trained encoder to distil (not fine-tuned)")
     for s in SECTION_OPTIONS["pretrain"]:
-        _add_section(p, s, config_cls=C.PretrainConfig)
+        _add_section(p, s, config_cls=PretrainRunConfig)
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -432,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace, cls):
     """defaults < --config YAML < command-line options -> a validated config dataclass."""
-    values = C.load_yaml(args.config) if args.config else {}
+    values = load_yaml(args.config) if args.config else {}
     source = args.config or "options"
     given: dict = {}
     for key, value in vars(args).items():
@@ -443,20 +451,20 @@ def resolve(args: argparse.Namespace, cls):
             given.setdefault(section, {})[name] = value
         else:
             given[key] = value
-    if cls is C.DistillRunConfig:  # defaults < YAML < --preset < options
-        return C.build(cls, apply(values, given), source)
-    return C.build(cls, C.merge(values, given), source)
+    if cls is DistillRunConfig:  # defaults < YAML < --preset < options
+        return build(cls, apply(values, given), source)
+    return build(cls, merge(values, given), source)
 
 
 def resolve_sections(args: argparse.Namespace) -> dict:
     """--config YAML merged with the section options given: a nested dict for `compare`."""
-    values = C.load_yaml(args.config) if args.config else {}
+    values = load_yaml(args.config) if args.config else {}
     given: dict = {}
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".", 1)
             given.setdefault(section, {})[name] = value
-    return C.merge(values, given)
+    return merge(values, given)
 
 
 def _given_sections(args: argparse.Namespace) -> dict:
@@ -469,9 +477,9 @@ def _given_sections(args: argparse.Namespace) -> dict:
     return given
 
 
-def _data_config(args) -> C.DataConfig:
+def _data_config(args) -> DataConfig:
     values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("data.")}
-    return C.DataConfig(**values)
+    return DataConfig(**values)
 
 
 def configure_logging(quiet: bool) -> None:
@@ -496,7 +504,7 @@ def _finetune(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import finetune
     from pkd.recipes.dryrun import format_plan
 
-    cfg = resolve(args, C.FinetuneConfig)
+    cfg = resolve(args, FinetuneRunConfig)
     if args.dry_run:
         print(format_plan(finetune(cfg, dry_run=True)))
         return
@@ -507,13 +515,13 @@ def _finetune(args: argparse.Namespace, quiet: bool) -> None:
 def _distill(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import distill
 
-    _run_or_plan(args, C.DistillRunConfig, distill)
+    _run_or_plan(args, DistillRunConfig, distill)
 
 
 def _pretrain(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import pretrain
 
-    _run_or_plan(args, C.PretrainConfig, pretrain)
+    _run_or_plan(args, PretrainRunConfig, pretrain)
 
 
 def _run_or_plan(args: argparse.Namespace, cls, command) -> None:

@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pkd.config.options import DistillConfig
+from pkd.config.sections import DistillConfig
 from pkd.data.loading import collator
 from pkd.data.splits import EncodedSplit
 from pkd.errors import PkdError

@@ -36,7 +36,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from pkd.config.options import MODEL_SOURCES, resolve_model
+from pkd.config.runs import MODEL_SOURCES, resolve_model
 from pkd.errors import PkdError
 from pkd.models import pooling as P
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION

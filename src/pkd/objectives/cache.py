@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkd.config.options import DistillRunConfig
+from pkd.config.runs import DistillRunConfig
 from pkd.errors import PkdError
 from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error
 from pkd.models.encoders import layer_states, model_pooling

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from pkd.config import options as C
-from pkd.config.options import resolve_model
+from pkd.config.choices import check_seed
+from pkd.config.files import build, merge, to_dict
+from pkd.config.files import config_drift as settings_drift
 from pkd.config.presets import apply
+from pkd.config.runs import DistillRunConfig, for_method, inference_data, resolve_model
 from pkd.data.loading import check_label_sets, load_splits, majority_baselines, resolve_task
 from pkd.deploy import report as R
 from pkd.deploy.bench import benchmark, check_bench_options, describe_device
@@ -72,7 +74,7 @@ class Run:
     method: str
     seed: int
     path: Path
-    cfg: C.DistillRunConfig
+    cfg: DistillRunConfig
     status: str  # train | reuse (finished) | replace (unfinished, overwritten)
 
 
@@ -104,7 +106,7 @@ class StudentGrid:
             if len(set(values)) != len(values):
                 raise PkdError(f"--{option}: repeated values in {values}")
         for seed in self.seeds:
-            C.check_seed("seeds", seed)
+            check_seed("seeds", seed)
 
 
 def _clean_base(base: dict) -> dict:
@@ -154,7 +156,7 @@ def plan_runs(
                 finished = R.is_finished(path)
                 unfinished = path.exists() and not finished
                 kind, strategy = METHODS[method]
-                shared = C.for_method(base, kind)  # alpha/beta, a transfer set: where they act
+                shared = for_method(base, kind)  # alpha/beta, a transfer set: where they act
                 values = {
                     "teacher": teacher,
                     "output": str(path),
@@ -171,9 +173,9 @@ def plan_runs(
                 }
                 own = {"method": kind, "strategy": strategy, "student_layers": layers}
                 forced = {"train": {"seed": seed}, "distill": own}
-                given = C.for_method(options, kind)
-                values = apply(values, C.merge(given, forced), warned)
-                cfg = C.build(C.DistillRunConfig, values, "compare")
+                given = for_method(options, kind)
+                values = apply(values, merge(given, forced), warned)
+                cfg = build(DistillRunConfig, values, "compare")
                 status = "reuse" if finished else ("replace" if unfinished else "train")
                 runs.append(Run(name, layers, method, seed, path, cfg, status))
     return runs
@@ -185,7 +187,7 @@ def config_drift(run: Run) -> list[str]:
     if not path.is_file():
         logger.warning("%s has no config.yaml; reusing it unchecked", run.path)
         return []
-    return C.config_drift(yaml.safe_load(path.read_text()) or {}, C.to_dict(run.cfg))
+    return settings_drift(yaml.safe_load(path.read_text()) or {}, to_dict(run.cfg))
 
 
 @dataclass
@@ -237,10 +239,10 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
     return Checked(spec, n, teacher_eval)
 
 
-def evaluate_model(model_dir: str | Path, cfg: C.DistillRunConfig, spec) -> dict:
+def evaluate_model(model_dir: str | Path, cfg: DistillRunConfig, spec) -> dict:
     out = {}
     for split in spec.eval_splits:
-        m = evaluate(str(model_dir), C.inference_data(cfg.data), split, cfg.train.eval_batch_size)
+        m = evaluate(str(model_dir), inference_data(cfg.data), split, cfg.train.eval_batch_size)
         out[split] = {k: v for k, v in m.items() if k not in ("task", "split", "source")}
     return out
 

@@ -21,7 +21,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig
+from pkd.config.sections import DistillConfig
 from pkd.data.loading import (
     TRANSFER,
     check_label_sets,
@@ -93,7 +94,7 @@ class DistillPlan:
     # PKD into a student of another width: its states reach the teacher's through these
     projection: Projection | None = None
 
-    def training_set(self, cfg: C.DistillRunConfig):
+    def training_set(self, cfg: DistillRunConfig):
         """The labelled training set; with a transfer set, each labelled example together
         with its --transfer-ratio transfer partners (`pkd.data.transfer.TransferMix`)."""
         labelled = self.encoded["train"]
@@ -113,7 +114,7 @@ class DistillPlan:
 
 
 def plan_distill(
-    cfg: C.DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
+    cfg: DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
 ) -> DistillPlan:
     """Every up-front check of `pkd distill`, and the loaded teacher, student and data.
 
@@ -182,7 +183,7 @@ def plan_distill(
     )
 
 
-def patient_projection(d: C.DistillConfig, pairs, student_config, teacher_config):
+def patient_projection(d: DistillConfig, pairs, student_config, teacher_config):
     """PKD into a student of another width (a `pkd pretrain` student as --student-init):
     a learned projection per mapped layer, student H -> teacher H, trained with the student
     and never saved in its model/ (seeded: build it right after the student). None when
@@ -214,7 +215,7 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
     return spec
 
 
-def student_init(cfg: C.DistillRunConfig) -> str:
+def student_init(cfg: DistillRunConfig) -> str:
     """The checkpoint the student starts from (see `models.student_init_name`); a warning
     when it is the fine-tuned teacher, an error when the teacher records no base model."""
     init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
@@ -370,7 +371,7 @@ def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None
 
 
 @locks_output
-def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
+def distill(cfg: DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
     """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
 
     `on_evaluate(step, epoch, metrics)` is called after each epoch's evaluation (see
@@ -454,7 +455,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
 
 
 def teacher_signal(
-    cfg: C.DistillRunConfig, plan: DistillPlan, accelerator, train_set
+    cfg: DistillRunConfig, plan: DistillPlan, accelerator, train_set
 ) -> tuple[Callable | None, dict | None]:
     """What the student learns from besides labels: the teacher cache (built once, by the
     main process, or reused) over the training set (and its transfer set) or the teacher run
@@ -481,7 +482,7 @@ def teacher_signal(
     return cached_teacher(cache), cache.record()
 
 
-def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:
+def warn_collapse(result: dict, spec: TaskSpec, dev, d: DistillConfig) -> None:
     """A student that predicts one class for all of dev after epoch 1 (its accuracy is one
     class's share): say why, from what the first epoch logged. Blame beta only when the
     patient term's gradient share says so; a cross-entropy still at log(C), a uniform guess,

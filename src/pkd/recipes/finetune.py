@@ -11,7 +11,7 @@ import time
 
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import FinetuneRunConfig
 from pkd.data.loading import (
     check_label_sets,
     collator,
@@ -39,7 +39,7 @@ from pkd.training.rundir import data_summary, finish_run, locks_output, open_run
 
 
 @locks_output
-def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
+def finetune(cfg: FinetuneRunConfig, dry_run: bool = False) -> dict:
     """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
 
     Returns the contents of metrics.json (or, with dry_run, the plan: every check is run

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import PretrainRunConfig
 from pkd.data.loading import collator, encode, warn_truncation
 from pkd.data.text import HELD_OUT, MaskedText, hold_out, load_texts, mlm_collator
 from pkd.models.encoders import (
@@ -73,7 +73,7 @@ class PretrainPlan:
     encoded: dict  # train, heldout: tokenised
     truncated: float
 
-    def datasets(self, cfg: C.PretrainConfig) -> tuple[object, object, object]:
+    def datasets(self, cfg: PretrainRunConfig) -> tuple[object, object, object]:
         """(training set, held-out set, collate): masked for MLM when asked for."""
         train_set, held = self.encoded["train"], self.encoded[HELD_OUT]
         o = cfg.pretrain
@@ -86,7 +86,7 @@ class PretrainPlan:
             mlm_collator(self.tokenizer),
         )
 
-    def objective(self, cfg: C.PretrainConfig, teacher=None) -> GeneralObjective:
+    def objective(self, cfg: PretrainRunConfig, teacher=None) -> GeneralObjective:
         o = cfg.pretrain
         return GeneralObjective(
             o.weights,
@@ -100,7 +100,7 @@ class PretrainPlan:
         )
 
 
-def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
+def plan_pretrain(cfg: PretrainRunConfig) -> PretrainPlan:
     """Every up-front check of `pkd pretrain`, and the loaded teacher, student and text."""
     o, quiet = cfg.pretrain, cfg.train.quiet
     texts = load_texts(cfg.text)  # bad text fails first, before any model loads
@@ -159,7 +159,7 @@ def warn_wider_student(student_width: int, teacher_width: int) -> None:
 
 
 @locks_output
-def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
+def pretrain(cfg: PretrainRunConfig, dry_run: bool = False) -> dict:
     """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text.
 
     Returns the contents of metrics.json (or, with dry_run, the plan: every check is run
@@ -218,7 +218,7 @@ def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
     return metrics
 
 
-def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:
+def provenance(cfg: PretrainRunConfig, plan: PretrainPlan) -> dict:
     """What the student is and where it came from (its config.json's `pkd_pretrain`)."""
     c = plan.student.config
     return {
@@ -232,7 +232,7 @@ def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:
     }
 
 
-def teacher_signal(cfg: C.PretrainConfig, plan: PretrainPlan, accelerator):
+def teacher_signal(cfg: PretrainRunConfig, plan: PretrainPlan, accelerator):
     """The teacher's signals for training: online (its forward on each batch), or with
     --teacher-mode cached its [CLS] states read from a teacher cache built once by the main
     process (`pkd.objectives.cache`). Also the cache's record for metrics.json (None when online)."""

@@ -14,7 +14,8 @@ from accelerate.state import AcceleratorState
 from accelerate.tracking import TensorBoardTracker, get_available_trackers
 from accelerate.utils import DataLoaderConfiguration
 
-from pkd.config.options import TRACKERS, TrainConfig
+from pkd.config.choices import TRACKERS
+from pkd.config.sections import TrainConfig
 from pkd.errors import PkdError
 from pkd.objectives.objective import (
     Objective,
@@ -33,7 +34,7 @@ PIP_NAMES = {"comet_ml": "comet-ml"}  # --report-to name -> its package, where t
 
 
 def trackers(names: list[str]) -> list[str]:
-    """The trackers `--report-to` names (`pkd.config.options.check_trackers`), `all` resolved to
+    """The trackers `--report-to` names (`pkd.config.choices.check_trackers`), `all` resolved to
     those installed; none for `none`.
 
     Raises:

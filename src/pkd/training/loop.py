@@ -25,7 +25,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import get_linear_schedule_with_warmup
 
-from pkd.config.options import TrainConfig
+from pkd.config.sections import TrainConfig
 from pkd.data.loading import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.models.encoders import DEV_METRIC_KEY
