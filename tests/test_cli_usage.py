@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import write_sst2
 
-from pkd.cli import build_parser
+from pkd.cli.parser import build_parser
 from pkd.config.runs import MODEL_SOURCES
 from pkd.progress import progress
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
-from pkd.cli import build_parser, resolve
+from pkd.cli.commands import resolve
+from pkd.cli.parser import build_parser
 from pkd.config import presets as P
 from pkd.config.files import save
 from pkd.config.runs import DistillRunConfig

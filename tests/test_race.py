@@ -13,7 +13,8 @@ import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer, run_killed_after_checkpoint
 from safetensors.torch import load_file
 
-from pkd.cli import build_parser, resolve
+from pkd.cli.commands import resolve
+from pkd.cli.parser import build_parser
 from pkd.config.files import save
 from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
 from pkd.config.sections import DataConfig, DistillConfig

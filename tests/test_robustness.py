@@ -336,7 +336,8 @@ def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, mo
 
 
 def test_config_yaml_numbers_written_as_text(tmp_path):
-    from pkd.cli import build_parser, resolve
+    from pkd.cli.commands import resolve
+    from pkd.cli.parser import build_parser
 
     # YAML 1.1 reads `lr: 1e-5` (no dot) as the string '1e-5'
     f = tmp_path / "c.yaml"
