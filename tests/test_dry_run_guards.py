@@ -323,7 +323,7 @@ def test_teacher_with_other_label_names_is_refused(world, tmp_path, pkd_cli):
 
 def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd_cli):
     argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
-    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
+    with caplog.at_level(logging.WARNING, logger="pkd.models.students"):
         stdout = pkd_cli.ok([*argv, "--student-init", "teacher"]).out
     assert (
         f"--student-init: the student is initialised from the fine-tuned teacher "
@@ -331,7 +331,7 @@ def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd
     ) in caplog.text
     assert f"student:    3 layers from {world['teacher']}" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
+    with caplog.at_level(logging.WARNING, logger="pkd.models.students"):
         pkd_cli.ok(argv)  # default: the teacher's pre-trained base
     assert "initialised from the fine-tuned teacher" not in caplog.text
 

@@ -333,7 +333,8 @@ def sst2_dev_sentences(n: int) -> list[str]:
 def test_minilm_student_export_int8(minilm, tmp_path, pkd_cli):
     from transformers import AutoTokenizer
 
-    from pkd.models.encoders import build_student, load_for_finetuning
+    from pkd.models.encoders import load_for_finetuning
+    from pkd.models.students import build_student
     from pkd.tasks import CLASSIFICATION
 
     teacher = load_for_finetuning(str(minilm), CLASSIFICATION, ("0", "1"))

@@ -261,7 +261,7 @@ def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir
 def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, sst2_dir):
     from transformers import AutoTokenizer
 
-    from pkd.models.encoders import build_student
+    from pkd.models.students import build_student
     from pkd.objectives.mapping import layer_map
     from pkd.objectives.objective import Objective, loss_terms, online_teacher
 

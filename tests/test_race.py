@@ -413,7 +413,8 @@ def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp
 def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_dir):
     """A distill config's patient loss on RACE: by default the authors' form (each question's
     choices joined into one vector per layer), `pt_choices="each"` per choice; by hand."""
-    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.models.students import build_student
     from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     teacher = load_finetuned(str(tiny_mc_teacher / "model")).eval()

@@ -93,7 +93,8 @@ def test_loss_terms_pair_student_layer_j_with_teacher_layer_i_j(tiny_bert, tiny_
     """One batch: loss_terms (online and cached teacher) equals CE, KD and PT computed by hand,
     for the map 1 -> 1, 4 -> 2 of a 4-layer teacher and a 3-layer student."""
     from pkd.data.loading import collator, encode, load_split
-    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.models.students import build_student
     from pkd.objectives.cache import build_or_load
     from pkd.objectives.objective import Objective, cached_teacher, loss_terms, online_teacher
     from pkd.tasks import get_task

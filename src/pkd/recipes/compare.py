@@ -41,14 +41,9 @@ from pkd.models.encoders import (
     num_layers,
     token_positions,
 )
+from pkd.models.students import student_init
 from pkd.objectives.mapping import layer_map
-from pkd.recipes.distill import (
-    check_teacher_strength,
-    distill,
-    plan_distill,
-    student_init,
-    teacher_task,
-)
+from pkd.recipes.distill import check_teacher_strength, distill, plan_distill, teacher_task
 from pkd.recipes.dryrun import describe_distill, human_bytes, human_seconds
 from pkd.recipes.inference import evaluate
 from pkd.tasks import readable_labels
@@ -210,7 +205,7 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
         )
     for run in runs:
         layer_map(run.cfg.distill.strategy, n, run.layers)  # 1 <= M < N for every method
-    init = student_init(cfg)
+    init = student_init(cfg.teacher, model.config, cfg.distill.student_init)
     init_layers = num_layers(load_config(init, "student-init", trust))
     deepest = max(r.layers for r in runs)
     if deepest > init_layers:

@@ -15,7 +15,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -39,21 +38,23 @@ from pkd.data.splits import EncodedSplit
 from pkd.data.transfer import TransferMix, check_transfer, load_transfer, with_transfer
 from pkd.errors import PkdError
 from pkd.models.encoders import (
-    BASE_MODEL_KEY,
     TASK_KEY,
-    build_student,
-    check_max_length,
     count_parameters,
     is_multiple_choice,
-    load_config,
     load_finetuned,
     load_tokenizer,
     model_labels,
-    model_pooling,
     num_layers,
-    student_init_name,
 )
 from pkd.models.projection import Projection
+from pkd.models.students import (
+    build_student,
+    check_max_length,
+    check_same_tokenizer,
+    patient_projection,
+    student_init,
+    student_pooling,
+)
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.objective import Objective, cached_teacher, online_teacher
@@ -67,7 +68,6 @@ from pkd.training.rundir import data_summary, finish_run, locks_output, open_run
 logger = logging.getLogger(__name__)
 
 WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
-TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def plan_distill(
             cfg.data.max_length,
             num_choices(splits["train"]),
         )
-    init = student_init(cfg)
+    init = student_init(cfg.teacher, teacher.config, d.student_init)
     tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
     check_max_length(cfg.data.max_length, cfg.teacher, "teacher", teacher.config, tokenizer)
     if init != cfg.teacher:
@@ -183,18 +183,6 @@ def plan_distill(
     )
 
 
-def patient_projection(d: DistillConfig, pairs, student_config, teacher_config):
-    """PKD into a student of another width (a `pkd pretrain` student as --student-init):
-    a learned projection per mapped layer, student H -> teacher H, trained with the student
-    and never saved in its model/ (seeded: build it right after the student). None when
-    the widths agree or the method has no patient loss."""
-    hs, ht = student_config.hidden_size, teacher_config.hidden_size
-    if "pt" not in d.terms or hs == ht:
-        return None
-    logger.info("student width %d, teacher %d: the patient loss goes through projections", hs, ht)
-    return Projection(len(pairs), hs, ht)
-
-
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
     """The task with the teacher's label order, after checking that the teacher fits it: the
     same kind of head, and the data's label names (by name, or by class id for the Hub's
@@ -213,75 +201,6 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
             f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
         )
     return spec
-
-
-def student_init(cfg: DistillRunConfig) -> str:
-    """The checkpoint the student starts from (see `models.student_init_name`); a warning
-    when it is the fine-tuned teacher, an error when the teacher records no base model."""
-    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
-    if not init:
-        raise PkdError(
-            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
-            "pass --student-init NAME_OR_DIR (or 'teacher')"
-        )
-    if init == cfg.teacher or (
-        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
-    ):
-        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
-        base = getattr(teacher_config, BASE_MODEL_KEY, None)
-        logger.warning(
-            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
-            "the pre-trained %s; the paper initialises from the pre-trained model",
-            cfg.teacher,
-            base or "checkpoint it was fine-tuned from",
-        )
-        init = cfg.teacher
-    return init
-
-
-def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
-    """The student's pooling: `--pooling`, or the teacher's for auto.
-
-    PKD matches each model's pooled layer states, so a student that pools otherwise than its
-    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
-    """
-    theirs = model_pooling(teacher.config)
-    pooling = theirs if requested == "auto" else requested
-    if pooling != theirs:
-        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
-        if method == "pkd":
-            raise PkdError(
-                f"{msg}; the patient loss compares the states each model reads, so both must "
-                "pool alike (drop --pooling, or use --method kd)"
-            )
-        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
-    return pooling
-
-
-def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
-    """The student reads the teacher's token ids, so its init must tokenise identically."""
-    try:
-        theirs = load_tokenizer(init, "student-init", trust_remote_code)
-    except PkdError:
-        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
-        return
-    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
-    if ours != other:
-        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
-            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
-            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
-        )
-    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
-    if a != b:
-        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
-            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
-            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
-            "student and teacher must share one tokenizer"
-        )
 
 
 def check_cache_space(

@@ -23,13 +23,13 @@ from pkd.data.loading import (
 )
 from pkd.models.encoders import (
     TASK_KEY,
-    check_max_length,
     count_parameters,
     load_config,
     load_for_finetuning,
     load_tokenizer,
     resolve_pooling,
 )
+from pkd.models.students import check_max_length
 from pkd.objectives.objective import Objective
 from pkd.recipes.dryrun import describe_finetune
 from pkd.tasks import CLASSIFICATION

@@ -27,14 +27,13 @@ from pkd.data.loading import collator, encode, warn_truncation
 from pkd.data.text import HELD_OUT, MaskedText, hold_out, load_texts, mlm_collator
 from pkd.models.encoders import (
     PRETRAIN_KEY,
-    build_general_student,
-    check_max_length,
     count_parameters,
     feed_forward_size,
     load_pretrained_teacher,
     load_tokenizer,
     num_layers,
 )
+from pkd.models.students import build_general_student, check_max_length, check_same_tokenizer
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.pretraining import (
@@ -48,7 +47,6 @@ from pkd.objectives.pretraining import (
     heldout_score,
     online_signals,
 )
-from pkd.recipes.distill import check_same_tokenizer
 from pkd.recipes.dryrun import describe_pretrain
 from pkd.training.accelerator import make_accelerator
 from pkd.training.evaluation import Evaluation

@@ -46,7 +46,8 @@ from pkd.fsio import (
     write_json,
 )
 from pkd.models.card import write_model_card
-from pkd.models.encoders import DEV_METRIC_KEY, student_init_name
+from pkd.models.encoders import DEV_METRIC_KEY
+from pkd.models.students import student_init_name
 from pkd.training.checkpoints import checkpoints
 
 Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
