@@ -327,12 +327,31 @@ def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, caplo
     assert not (tmp_path / "run").exists()  # --dry-run writes nothing
 
 
-def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, monkeypatch, pkd_cli):
+def test_existing_cache_needs_no_new_space(
+    finished, teacher, data, tmp_path, monkeypatch, caplog, pkd_cli
+):
     # the finished run's cache lies under PKD_CACHE_DIR=root/cache: a rerun reuses it
-    monkeypatch.setenv("PKD_CACHE_DIR", str(finished.parent / "cache"))
+    cache = finished.parent / "cache"
+    monkeypatch.setenv("PKD_CACHE_DIR", str(cache))
     free = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
-    pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run"))
+    before = {"run": snapshot(finished), "cache": snapshot(cache)}
+    caplog.set_level(logging.INFO, logger="pkd.recipes.distill")
+    stdout = pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run")).out
+    logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]
+    assert logged == [f"teacher cache: about 21.0 kB for 64 examples under {cache} (1.0 kB free)"]
+    assert "layer map:" in stdout  # the plan, not a refusal
+    # the earlier run and the cache it would reuse are left exactly as they were
+    assert {"run": snapshot(finished), "cache": snapshot(cache)} == before
+    assert not (tmp_path / "run").exists()
+    # without that cache, the same free space is refused in one line, and nothing is written
+    monkeypatch.setenv("PKD_CACHE_DIR", str(tmp_path / "empty-cache"))
+    assert pkd_cli.error(distill_argv(teacher, data, tmp_path / "run", "--dry-run")) == (
+        "--cache-dir: the teacher cache needs about 21.0 kB but "
+        f"{tmp_path} has 1.0 kB free; free some space or pass --cache-dir on a larger disk"
+    )
+    assert {"run": snapshot(finished), "cache": snapshot(cache)} == before
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_yaml_numbers_written_as_text(tmp_path):
