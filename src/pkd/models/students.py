@@ -51,7 +51,9 @@ TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, acc
 # Trainer's argument (`pkd.hf.PatientDistillationTrainer`).
 PASS_INIT = {
     "--student-init": "pass --student-init NAME_OR_DIR (or 'teacher')",
-    "student_init": "pass distill=DistillConfig(student_init=NAME_OR_DIR), or the student as model=",
+    "student_init": (
+        "pass distill=DistillConfig(student_init=NAME_OR_DIR), or the student as model="
+    ),
 }
 
 
