@@ -41,7 +41,7 @@ def main() -> None:
 
     from pkd.api import evaluate
     from pkd.cli import configure_logging
-    from pkd.config.options import DataConfig
+    from pkd.config.sections import DataConfig
     from pkd.data.loading import load_split
     from pkd.data.metrics import compute_metrics
     from pkd.deploy.bench import benchmark

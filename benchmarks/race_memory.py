@@ -74,13 +74,14 @@ def child(spec: dict) -> dict:
 
     from pkd.api import distill, finetune
     from pkd.cli import configure_logging
-    from pkd.config import options as C
+    from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+    from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 
     configure_logging(quiet=True)  # warnings only: stdout carries the RESULT line
     torch.set_num_threads(spec["threads"])
     micro, batch = spec["micro"], spec["batch"]
-    data = C.DataConfig(task="race", data_dir=spec["data"], max_length=512)
-    train = C.TrainConfig(
+    data = DataConfig(task="race", data_dir=spec["data"], max_length=512)
+    train = TrainConfig(
         batch_size=batch,
         gradient_accumulation_steps=batch // micro,
         max_steps=1,
@@ -92,19 +93,19 @@ def child(spec: dict) -> dict:
     )
     t0 = time.perf_counter()
     if spec["role"] == "teacher":
-        cfg = C.FinetuneConfig(
+        cfg = FinetuneRunConfig(
             model=spec["model"], output=spec["output"], overwrite=True, data=data, train=train
         )
         metrics = finetune(cfg)
         cache_s = 0.0
     else:
-        cfg = C.DistillRunConfig(
+        cfg = DistillRunConfig(
             teacher=spec["teacher"],
             output=spec["output"],
             overwrite=True,
             data=data,
             train=train,
-            distill=C.DistillConfig(
+            distill=DistillConfig(
                 method="pkd", strategy="skip", student_layers=3, allow_weak_teacher=True
             ),
         )

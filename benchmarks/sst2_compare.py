@@ -138,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from pkd.api import finetune
     from pkd.cli import configure_logging
-    from pkd.config import options as C
+    from pkd.config.files import build
+    from pkd.config.runs import FinetuneRunConfig
     from pkd.errors import PkdError
     from pkd.recipes.compare import compare
 
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.teacher_run and not (teacher_run / "metrics.json").is_file():
             raise PkdError(f"--teacher-run: {teacher_run} is not a finished run (no metrics.json)")
         if not (teacher_run / "metrics.json").is_file():  # finished teachers are reused
-            cfg = C.build(
-                C.FinetuneConfig,
+            cfg = build(
+                FinetuneRunConfig,
                 {
                     "model": teacher_model,
                     "output": str(teacher_run),
@@ -251,7 +252,8 @@ def write_transfer(train_tsv: Path, skip: int, out: Path) -> Path:
 def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
     """PKD-Last on the first seed at each --betas value (the compare's own run where its beta
     is one of them): accuracy and each term's gradient share, where the patient term acts."""
-    from pkd.config import options as C
+    from pkd.config.files import build, merge
+    from pkd.config.runs import DistillRunConfig
     from pkd.recipes.distill import distill
 
     seed, rows = args.seeds[0], []
@@ -260,11 +262,11 @@ def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
         if beta != args.beta:
             run = out / "betas" / f"beta{beta:g}"
         if not (run / "metrics.json").is_file():
-            values = C.merge(base, {"teacher": teacher, "output": str(run), "overwrite": True})
+            values = merge(base, {"teacher": teacher, "output": str(run), "overwrite": True})
             values["train"] = {**values["train"], "seed": seed}
             values["distill"] = {**values["distill"], "method": "pkd", "strategy": "last",
                                  "beta": beta, "student_layers": args.student_layers}  # fmt: skip
-            distill(C.build(C.DistillRunConfig, values, "sst2_compare"))
+            distill(build(DistillRunConfig, values, "sst2_compare"))
         m = json.loads((run / "metrics.json").read_text())
         rows.append(
             {

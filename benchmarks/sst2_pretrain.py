@@ -118,11 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_corpus(args, out: Path) -> tuple[Path, dict]:
     """The unlabelled text: SST-2 training sentences and tweets, interleaved (seed 0)."""
-    from pkd.config import options as C
+    from pkd.config.sections import TextConfig
     from pkd.data.text import load_texts, read_passages
     from pkd.demo import tweets_csv
 
-    sst2 = load_texts(C.TextConfig(task="sst2", data_dir=args.data_dir)).text_a
+    sst2 = load_texts(TextConfig(task="sst2", data_dir=args.data_dir)).text_a
     tweets = read_passages(Path(args.tweets or tweets_csv()), "text", "latin-1")
     passages = sst2 + tweets
     random.Random(0).shuffle(passages)
@@ -134,7 +134,8 @@ def write_corpus(args, out: Path) -> tuple[Path, dict]:
 
 def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
     """`pkd pretrain` into `run` (reused when finished); its metrics.json."""
-    from pkd.config import options as C
+    from pkd.config.files import build
+    from pkd.config.runs import PretrainRunConfig
     from pkd.recipes.pretrain import pretrain
 
     if not (run / "metrics.json").is_file():
@@ -156,7 +157,7 @@ def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
             "train": {**train, "batch_size": args.pretrain_batch_size, "quiet": args.quiet},
             "pretrain": o,
         }
-        cfg = C.build(C.PretrainConfig, values, "sst2_pretrain")
+        cfg = build(PretrainRunConfig, values, "sst2_pretrain")
         plan = pretrain(cfg, dry_run=True)
         text = plan.describe()
         step_s = plan["estimate"]["seconds_per_step"]
@@ -166,7 +167,7 @@ def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
         ):
             steps = max(1, int(60 * args.pretrain_minutes / step_s))
             values["train"]["max_steps"] = steps
-            cfg = C.build(C.PretrainConfig, values, "sst2_pretrain")
+            cfg = build(PretrainRunConfig, values, "sst2_pretrain")
             text += f"\n--pretrain-minutes {args.pretrain_minutes:g}: capped at {steps} steps"
         atomic_write(run.with_name(run.name + ".plan.txt"), text + "\n")
         print(text, flush=True)

@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _teacher(args, data: dict, out: Path) -> tuple[Path, float]:
     from pkd.api import finetune
-    from pkd.config import options as C
+    from pkd.config.files import build
+    from pkd.config.runs import FinetuneRunConfig
 
     if args.teacher is not None:
         run = Path(args.teacher)
@@ -104,7 +105,7 @@ def _teacher(args, data: dict, out: Path) -> tuple[Path, float]:
                  "quiet": args.quiet}  # fmt: skip
         values = {"model": model, "output": str(run), "overwrite": True, "data": data,
                   "train": train}  # fmt: skip
-        finetune(C.build(C.FinetuneConfig, values, "sst2_sweep"))
+        finetune(build(FinetuneRunConfig, values, "sst2_sweep"))
     return run / "model", time.perf_counter() - t0
 
 

@@ -24,15 +24,11 @@ from pathlib import Path
 
 import torch
 
-from pkd.config.options import TrainConfig
+from pkd.config.sections import TrainConfig
 from pkd.data.loading import collator, encode, load_split
 from pkd.fsio import atomic_write, write_json
-from pkd.models.encoders import (
-    build_student,
-    load_for_finetuning,
-    load_tokenizer,
-    quiet_transformers,
-)
+from pkd.models.encoders import load_for_finetuning, load_tokenizer, quiet_transformers
+from pkd.models.students import build_student
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.objective import Objective, cached_teacher, online_teacher

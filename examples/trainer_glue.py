@@ -14,7 +14,8 @@ from pathlib import Path
 from datasets import load_dataset, load_from_disk
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
-from pkd.config.options import resolve_model
+from pkd.config.runs import resolve_model
+from pkd.config.sections import DistillConfig
 from pkd.hf import PatientDistillationTrainer, add_example_index
 from pkd.tasks import get_task
 
@@ -55,8 +56,8 @@ def main(argv=None):
         logging_steps=10, report_to=a.report_to,
     )  # fmt: skip
     trainer = PatientDistillationTrainer(
-        teacher=teacher, student_layers=a.student_layers, strategy="skip",
-        alpha=0.5, beta=100.0, temperature=10.0,  # pkd distill's defaults
+        teacher=teacher,  # pkd distill's defaults: alpha 0.5, beta 100, T 10
+        distill=DistillConfig(student_layers=a.student_layers, strategy="skip"),
         args=args, train_dataset=add_example_index(data["train"]),  # the teacher cache's rows
         eval_dataset=data[task.hf_splits[task.eval_splits[0]]], processing_class=tokenizer,
         compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},

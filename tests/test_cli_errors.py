@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import sentiment_rows, snapshot, write_sst2
 
-from pkd.config.options import MODEL_SOURCES
+from pkd.config.runs import MODEL_SOURCES
 
 # Tiny models on a shared 2-core machine: several torch threads per process fight over the
 # cores and make each step ~40x slower than one thread.

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import write_sst2
 
-from pkd.cli import build_parser
-from pkd.config.options import MODEL_SOURCES
+from pkd.cli.parser import build_parser
+from pkd.config.runs import MODEL_SOURCES
 from pkd.progress import progress
 
 SST2 = ["--task", "sst2", "--max-length", "16"]
@@ -66,7 +66,7 @@ def test_help_shows_each_commands_own_defaults():
     assert finetune["--lr"].endswith("(default: 2e-05)")
     assert distill["--pt-normalize"].endswith("(default: on)")
     assert distill["--teacher"].endswith("run directory (required, here or in --config)")
-    pretrain = option_help(commands["pretrain"])  # PretrainConfig's train section
+    pretrain = option_help(commands["pretrain"])  # PretrainRunConfig's train section
     assert pretrain["--lr"].endswith("(default: 0.0001)")
     assert pretrain["--epochs"].endswith("(default: 1)")
     assert pretrain["--pt-tokens"].endswith("(default: all)")

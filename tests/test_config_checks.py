@@ -16,7 +16,9 @@ import yaml
 from conftest import sentiment_rows, snapshot
 
 from pkd import fsio
-from pkd.config import options as C
+from pkd.config.files import build, config_drift, to_dict
+from pkd.config.runs import DistillRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.errors import PkdError
 
 TINY = ["--task", "sst2", "--max-length", "16", "--batch-size", "8", "--epochs", "1", "--quiet"]
@@ -140,18 +142,18 @@ def test_resume_after_the_data_changed_is_refused(
 
 
 def test_config_drift_names_each_setting():
-    old = C.to_dict(C.DistillRunConfig(teacher="t", output="a"))
-    new = C.DistillRunConfig(
+    old = to_dict(DistillRunConfig(teacher="t", output="a"))
+    new = DistillRunConfig(
         teacher="t",
         output="b",  # the run directory itself is not a setting
-        train=C.TrainConfig(lr=1e-4, quiet=True, logging_steps=3, save_total_limit=2),
-        distill=C.DistillConfig(beta=10.0, cache_dir="elsewhere"),
+        train=TrainConfig(lr=1e-4, quiet=True, logging_steps=3, save_total_limit=2),
+        distill=DistillConfig(beta=10.0, cache_dir="elsewhere"),
     )
-    assert C.config_drift(old, C.to_dict(new)) == [
+    assert config_drift(old, to_dict(new)) == [
         "train.lr: 5e-05 -> 0.0001",
         "distill.beta: 100.0 -> 10.0",
     ]
-    assert C.config_drift(old, {**old, "teacher": "u"}) == ["teacher: 't' -> 'u'"]
+    assert config_drift(old, {**old, "teacher": "u"}) == ["teacher: 't' -> 'u'"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,22 +161,22 @@ def test_config_drift_names_each_setting():
 
 
 def test_method_resolves_weights_and_saved_configs_still_load():
-    assert (C.DistillConfig().alpha, C.DistillConfig().beta) == (0.5, 100.0)
-    kd = C.DistillConfig(method="kd", alpha=0.7)
+    assert (DistillConfig().alpha, DistillConfig().beta) == (0.5, 100.0)
+    kd = DistillConfig(method="kd", alpha=0.7)
     assert (kd.alpha, kd.beta) == (0.7, 0.0)
-    ft = C.DistillConfig(method="ft")
+    ft = DistillConfig(method="ft")
     assert (ft.alpha, ft.beta, ft.layer_map) == (0.0, 0.0, None)
     # what a saved config.yaml of a kd / ft run holds (the resolved values) loads again
     for method in ("kd", "ft"):
-        saved = C.to_dict(
-            C.DistillRunConfig(teacher="t", output="o", distill=C.DistillConfig(method=method))
+        saved = to_dict(
+            DistillRunConfig(teacher="t", output="o", distill=DistillConfig(method=method))
         )
-        again = C.build(C.DistillRunConfig, yaml.safe_load(yaml.safe_dump(saved)))
-        assert C.to_dict(again) == saved
+        again = build(DistillRunConfig, yaml.safe_load(yaml.safe_dump(saved)))
+        assert to_dict(again) == saved
     with pytest.raises(PkdError, match=r"^--beta: 500.0 has no effect with --method kd"):
-        C.DistillConfig(method="kd", beta=500.0)
+        DistillConfig(method="kd", beta=500.0)
     with pytest.raises(PkdError, match=r"^--layer-map: 2,4 has no effect with --method ft"):
-        C.DistillConfig(method="ft", student_layers=3, layer_map=[2, 4])
+        DistillConfig(method="ft", student_layers=3, layer_map=[2, 4])
 
 
 def test_compare_shares_beta_only_with_pkd(tiny_teacher, sst2_dir, tmp_path):
@@ -290,11 +292,11 @@ def test_tiny_holdout_warns(sst2_dir, caplog):
     from pkd.data.loading import load_splits
 
     def held(fraction: float) -> int:
-        data = C.DataConfig(task="sst2", data_dir=str(sst2_dir), holdout_fraction=fraction)
+        data = DataConfig(task="sst2", data_dir=str(sst2_dir), holdout_fraction=fraction)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="pkd.data.loading"):
             _, splits = load_splits(
-                C.DataConfig(**{**vars(data), "max_train_samples": 20}), ["train"]
+                DataConfig(**{**vars(data), "max_train_samples": 20}), ["train"]
             )
         return len(splits["holdout"])
 

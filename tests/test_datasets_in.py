@@ -161,7 +161,8 @@ def test_predict_reads_the_test_split_of_a_saved_glue_dataset(
 
 def test_python_api_takes_datasetdict_and_dataset_objects(tiny_bert, tmp_path):
     import pkd
-    from pkd.config.options import DataConfig, FinetuneConfig, TrainConfig
+    from pkd.config.runs import FinetuneRunConfig
+    from pkd.config.sections import DataConfig, TrainConfig
 
     tweets = tweets_like()
     data = DataConfig(
@@ -174,7 +175,7 @@ def test_python_api_takes_datasetdict_and_dataset_objects(tiny_bert, tmp_path):
     train = TrainConfig(epochs=2, lr=3e-3, batch_size=8, quiet=True, report_to=["none"])
     out = tmp_path / "run"
     metrics = pkd.finetune(
-        FinetuneConfig(model=str(tiny_bert), output=str(out), data=data, train=train)
+        FinetuneRunConfig(model=str(tiny_bert), output=str(out), data=data, train=train)
     )
     assert metrics["data"]["train"]["source"] == "dataset:DatasetDict[train]"
     recorded = yaml.safe_load((out / "config.yaml").read_text())["data"]["dataset"]
@@ -299,7 +300,7 @@ def test_dataset_errors_are_one_line_and_name_the_option(
 
 
 def test_config_refuses_other_objects_and_a_datasetdict_for_one_split():
-    from pkd.config.options import DataConfig
+    from pkd.config.sections import DataConfig
     from pkd.errors import PkdError
 
     with pytest.raises(PkdError, match=r"^--train-file: expected a path or a `datasets` object"):
@@ -337,12 +338,13 @@ def test_a_bad_label_names_the_split_and_row(tiny_bert, tmp_path):
     from datasets import Dataset
 
     import pkd
-    from pkd.config.options import DataConfig, FinetuneConfig
+    from pkd.config.runs import FinetuneRunConfig
+    from pkd.config.sections import DataConfig
     from pkd.errors import PkdError
 
     rows = Dataset.from_dict({"sentence": ["good film", "bad film", "a film"], "label": [1, 0, 5]})
     data = DataConfig(task="sst2", train_file=rows, validation_file=rows)
-    cfg = FinetuneConfig(model=str(tiny_bert), output=str(tmp_path / "run"), data=data)
+    cfg = FinetuneRunConfig(model=str(tiny_bert), output=str(tmp_path / "run"), data=data)
     with pytest.raises(
         PkdError, match=r"^Dataset\[train\] row 2: label '5' is not one of \['0', '1'\]"
     ):

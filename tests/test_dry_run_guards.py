@@ -15,7 +15,9 @@ import torch
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
 from pkd import api
-from pkd.config import options as C
+from pkd.config.files import build
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.data import loading as D
 from pkd.data.loading import encode
 from pkd.data.splits import Split
@@ -33,11 +35,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("guards")
     bert = make_tiny_bert(root / "bert")
     data = write_sst2(root / "SST-2")
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(bert),
         output=str(root / "ft"),
-        data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
-        train=C.TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
+        data=DataConfig(task="sst2", data_dir=str(data), max_length=16),
+        train=TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
     )
     metrics = api.finetune(cfg)
     assert metrics["best"]["metrics"]["dev"]["accuracy"] >= 0.8  # a strong teacher
@@ -109,12 +111,12 @@ def test_distill_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, pkd
     assert not (tmp_path / "teacher-cache").exists()  # no cache built either
 
     # The Python API returns the same plan as data.
-    cfg = C.DistillRunConfig(
+    cfg = DistillRunConfig(
         teacher=str(world["teacher"]),
         output=str(out),
-        data=C.DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16),
-        train=C.TrainConfig(batch_size=8, epochs=2, quiet=True),
-        distill=C.DistillConfig(method="pkd", strategy="last", student_layers=2),
+        data=DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16),
+        train=TrainConfig(batch_size=8, epochs=2, quiet=True),
+        distill=DistillConfig(method="pkd", strategy="last", student_layers=2),
     )
     plan = api.distill(cfg, dry_run=True)
     assert plan["layer_map"] == [[3, 1]]
@@ -284,7 +286,7 @@ def test_evaluate_refuses_unlabelled_splits(world, tmp_path, pkd_cli):
 
 
 def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, caplog):
-    data = C.DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16)
+    data = DataConfig(task="sst2", data_dir=str(world["data"]), max_length=16)
     files = [
         api.predict(str(world[m]), data, "test", str(tmp_path / f"{m}.tsv"))
         for m in ("teacher", "reversed")
@@ -297,12 +299,12 @@ def test_reversed_label_order_gives_the_same_named_predictions(world, tmp_path, 
 
     # Distilling from the reversed teacher: labels follow the teacher's order, by name, and
     # its dev score is the original's.
-    cfg = C.DistillRunConfig(
+    cfg = DistillRunConfig(
         teacher=str(world["reversed"]),
         output=str(tmp_path / "run"),
         data=data,
-        train=C.TrainConfig(batch_size=8, quiet=True),
-        distill=C.DistillConfig(student_init=str(world["bert"])),
+        train=TrainConfig(batch_size=8, quiet=True),
+        distill=DistillConfig(student_init=str(world["bert"])),
     )
     with caplog.at_level(logging.INFO, logger="pkd"):
         plan = distillation.plan_distill(cfg)
@@ -325,7 +327,7 @@ def test_teacher_with_other_label_names_is_refused(world, tmp_path, pkd_cli):
 
 def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd_cli):
     argv = distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run")
-    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
+    with caplog.at_level(logging.WARNING, logger="pkd.models.students"):
         stdout = pkd_cli.ok([*argv, "--student-init", "teacher"]).out
     assert (
         f"--student-init: the student is initialised from the fine-tuned teacher "
@@ -333,7 +335,7 @@ def test_student_from_the_teacher_warns_naming_both(world, tmp_path, caplog, pkd
     ) in caplog.text
     assert f"student:    3 layers from {world['teacher']}" in stdout
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
+    with caplog.at_level(logging.WARNING, logger="pkd.models.students"):
         pkd_cli.ok(argv)  # default: the teacher's pre-trained base
     assert "initialised from the fine-tuned teacher" not in caplog.text
 
@@ -424,7 +426,7 @@ def test_collapse_warning(method, first, epoch1, cause, caplog):
     from pkd.tasks import get_task
 
     beta = {"beta": 500.0} if method == "pkd" else {}  # the others have no patient loss
-    d = C.DistillConfig(method=method, **beta)
+    d = DistillConfig(method=method, **beta)
     result = {**_history(first), "first_epoch": epoch1}
     with caplog.at_level(logging.WARNING, logger="pkd.recipes.distill"):
         distillation.warn_collapse(result, get_task("sst2"), _dev(), d)
@@ -437,7 +439,7 @@ def test_collapse_warning(method, first, epoch1, cause, caplog):
 
 def test_config_options_exist():
     """The guard-rail switches are real options of the command."""
-    cfg = C.build(C.DistillRunConfig, {"teacher": "t", "output": "o"})
+    cfg = build(DistillRunConfig, {"teacher": "t", "output": "o"})
     assert cfg.distill.allow_weak_teacher is False
     with pytest.raises(PkdError, match="--preset"):
-        C.DistillConfig(preset="book")
+        DistillConfig(preset="book")

@@ -137,6 +137,7 @@ def trainer_loss(teacher: Path, out: Path, cached: bool) -> float:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainingArguments
 
+    from pkd.config.sections import DistillConfig
     from pkd.hf import PatientDistillationTrainer, add_example_index
 
     tok = AutoTokenizer.from_pretrained(teacher)
@@ -149,7 +150,8 @@ def trainer_loss(teacher: Path, out: Path, cached: bool) -> float:
                              report_to="none", save_strategy="no", disable_tqdm=True,
                              logging_steps=1)  # fmt: skip
     trainer = PatientDistillationTrainer(
-        teacher=str(teacher), args=args, processing_class=tok, student_layers=2,
+        teacher=str(teacher), args=args, processing_class=tok,
+        distill=DistillConfig(student_layers=2),
         train_dataset=add_example_index(train) if cached else train,
     )  # fmt: skip
     assert (getattr(trainer, "teacher_cache", None) is not None) is cached
@@ -240,7 +242,7 @@ def test_mean_head_takes_the_attention_its_encoder_has(arch, attention):
 
 
 def test_student_cut_keeps_the_first_layer_types():
-    from pkd.models.encoders import depth_overrides
+    from pkd.models.students import depth_overrides
 
     config = tiny_config("modernbert")
     assert config.layer_types[:3] == ["full_attention", "sliding_attention", "sliding_attention"]

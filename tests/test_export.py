@@ -21,14 +21,15 @@ def trained(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
     """A `pkd finetune` run on the toy SST-2: predictions that vary, so agreement means
     something (an untrained head predicts one class for every text)."""
     from pkd.api import finetune
-    from pkd.config import options as C
+    from pkd.config.runs import FinetuneRunConfig
+    from pkd.config.sections import DataConfig, TrainConfig
 
     run = tmp_path_factory.mktemp("finetune") / "run"
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(run),
-        data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-        train=C.TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
+        data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+        train=TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
     )
     finetune(cfg)
     return run
@@ -332,7 +333,8 @@ def sst2_dev_sentences(n: int) -> list[str]:
 def test_minilm_student_export_int8(minilm, tmp_path, pkd_cli):
     from transformers import AutoTokenizer
 
-    from pkd.models.encoders import build_student, load_for_finetuning
+    from pkd.models.encoders import load_for_finetuning
+    from pkd.models.students import build_student
     from pkd.tasks import CLASSIFICATION
 
     teacher = load_for_finetuning(str(minilm), CLASSIFICATION, ("0", "1"))

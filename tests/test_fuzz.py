@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from pkd.config import options as C
+from pkd.config.files import SECTIONS, build
+from pkd.config.runs import DistillRunConfig
+from pkd.config.sections import DataConfig
 from pkd.data.loading import encode, load_split, load_splits
 from pkd.errors import PkdError
 from pkd.objectives.mapping import layer_map
@@ -59,7 +61,7 @@ def _one_line_error(e: PkdError) -> str:
 
 def _load_custom(path: Path, encoding: str = "utf-8"):
     """pkd's read of a user's train file, as `pkd finetune --task custom` does it."""
-    data = C.DataConfig(
+    data = DataConfig(
         task="custom", train_file=str(path), validation_file=str(path), text_columns=["text"],
         encoding=encoding,
     )  # fmt: skip
@@ -299,12 +301,10 @@ YAML_VALUE = (
 def test_any_yaml_values_give_a_config_or_an_error(section, values):
     import dataclasses
 
-    names = [f.name for f in dataclasses.fields(C.SECTIONS[section])]
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
     chosen = values.draw(st.dictionaries(st.sampled_from(names), YAML_VALUE, max_size=4))
     try:
-        cfg = C.build(
-            C.DistillRunConfig, {"teacher": "t", "output": "o", section: chosen}, "c.yaml"
-        )
+        cfg = build(DistillRunConfig, {"teacher": "t", "output": "o", section: chosen}, "c.yaml")
     except PkdError as e:
         assert _one_line_error(e).startswith("c.yaml:") or _one_line_error(e).startswith("--")
         return

@@ -3,6 +3,7 @@ models, and the example script that uses it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 import sys
@@ -46,16 +47,21 @@ def accuracy(p) -> dict:
 def make_trainer(teacher, tmp_path, train, **kw):
     from transformers import AutoTokenizer, TrainingArguments
 
+    from pkd.config.sections import DistillConfig
     from pkd.hf import PatientDistillationTrainer
 
     args = TrainingArguments(str(tmp_path / "hf"), **{
         "per_device_train_batch_size": 8, "learning_rate": 3e-3, "report_to": "none",
         "use_cpu": True, "save_strategy": "no", "disable_tqdm": True, **kw.pop("args", {}),
     })  # fmt: skip
-    options = {"student_layers": 2, "alpha": 0.5, "beta": 100.0, "temperature": 10.0, **kw}
+    fields = {f.name for f in dataclasses.fields(DistillConfig)} - {"teacher_mode"}  # the Trainer's
+    settings = {k: kw.pop(k) for k in list(kw) if k in fields}
+    distill = DistillConfig(
+        **{"student_layers": 2, "alpha": 0.5, "beta": 100.0, "temperature": 10.0, **settings}
+    )
     return PatientDistillationTrainer(
-        teacher=str(teacher), args=args, train_dataset=train,
-        processing_class=AutoTokenizer.from_pretrained(teacher), **options,
+        teacher=str(teacher), args=args, train_dataset=train, distill=distill,
+        processing_class=AutoTokenizer.from_pretrained(teacher), **kw,
     )  # fmt: skip
 
 
@@ -183,6 +189,9 @@ def test_options_pkd_distill_refuses_are_refused(tiny_teacher, tmp_path):
         make_trainer(tiny_teacher, tmp_path, None, method="kd")
     with pytest.raises(PkdError, match=r"^--layer-map: 2-layer student needs 1 teacher layers"):
         make_trainer(tiny_teacher, tmp_path, None, layer_map=[1, 2])
+    # pkd distill's own options: the Trainer would ignore them
+    with pytest.raises(PkdError, match=r"^distill.transfer_ratio: 2.0 has no effect in the Trai"):
+        make_trainer(tiny_teacher, tmp_path, None, transfer_ratio=2.0)
 
 
 def test_the_training_sets_class_labels_must_be_the_teachers(tiny_teacher, tmp_path):
@@ -284,7 +293,8 @@ def test_trainer_checkpoints_keep_the_projections_and_resume_restores_them(tiny_
 
 def tiny_student(teacher):
     """A 2-layer student as pkd builds it, for model_init."""
-    from pkd.models.encoders import build_student, load_finetuned
+    from pkd.models.encoders import load_finetuned
+    from pkd.models.students import build_student
 
     t = load_finetuned(str(teacher))
     return build_student(str(teacher), 2, t, "classification")
@@ -353,7 +363,8 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
     import transformers
 
     from pkd.api import distill
-    from pkd.config import options as C
+    from pkd.config.runs import DistillRunConfig
+    from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 
     records = []
 
@@ -367,11 +378,11 @@ def test_building_the_student_prints_no_load_report(tiny_teacher, sst2_dir, tmp_
     logging.getLogger("transformers").addHandler(keep)
     try:
         make_trainer(tiny_teacher, tmp_path, None)  # the Trainer path
-        cfg = C.DistillRunConfig(  # the API path
+        cfg = DistillRunConfig(  # the API path
             teacher=str(tiny_teacher), output=str(tmp_path / "run"),
-            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-            train=C.TrainConfig(batch_size=8, quiet=True),
-            distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+            data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=TrainConfig(batch_size=8, quiet=True),
+            distill=DistillConfig(student_layers=2, allow_weak_teacher=True),
         )  # fmt: skip
         distill(cfg, dry_run=True)
         assert transformers.logging.get_verbosity() == transformers.logging.WARNING  # restored

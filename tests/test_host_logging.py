@@ -10,7 +10,8 @@ from transformers.utils import logging as hf_logging
 
 import pkd
 from pkd.cli import run
-from pkd.config import options as C
+from pkd.config.runs import FinetuneRunConfig
+from pkd.config.sections import DataConfig, TrainConfig
 
 
 @contextlib.contextmanager
@@ -47,12 +48,12 @@ def _state(root: logging.Logger) -> dict:
 
 
 def test_library_calls_leave_the_hosts_logging_alone(tiny_bert, sst2_dir, tmp_path):
-    data = C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16, max_eval_samples=8)
-    cfg = C.FinetuneConfig(
+    data = DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16, max_eval_samples=8)
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(tmp_path / "run"),
         data=data,
-        train=C.TrainConfig(max_steps=1, batch_size=8, quiet=True),
+        train=TrainConfig(max_steps=1, batch_size=8, quiet=True),
     )
     with bare_host() as root:
         before = _state(root)

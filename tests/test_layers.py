@@ -180,7 +180,7 @@ def test_imports_form_no_cycle():
             "pkd.objectives.losses:",
         ),
         (
-            "pkd.config.options",
+            "pkd.config.sections",
             "import pkd.training.loop\n",
             "imports pkd.training.loop (layer 5 > 1)",
         ),

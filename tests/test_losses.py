@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pkd.config.options import KD_FORMS, PT_FORMS
+from pkd.config.choices import KD_FORMS, PT_FORMS
 from pkd.objectives.losses import ce_loss, kd_loss, patient_loss, term_weights, total_loss
 
 LN2, LN3 = math.log(2), math.log(3)

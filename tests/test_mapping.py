@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pkd.cli import build_parser
-from pkd.config.options import STRATEGIES
+from pkd.config.choices import STRATEGIES
 from pkd.errors import PkdError
 from pkd.objectives.mapping import layer_map
 

@@ -164,7 +164,8 @@ def test_f1_of_a_model_with_reversed_labels_scores_class_1(tiny_bert, tmp_path):
     from sklearn.metrics import f1_score
 
     from pkd.api import evaluate
-    from pkd.config import options as C
+    from pkd.config.runs import DistillRunConfig
+    from pkd.config.sections import DataConfig, DistillConfig
     from pkd.recipes.distill import plan_distill
 
     data = _write_mrpc(tmp_path / "MRPC")
@@ -176,17 +177,17 @@ def test_f1_of_a_model_with_reversed_labels_scores_class_1(tiny_bert, tmp_path):
     expected = f1_score(gold, pred, pos_label="1")
     assert expected != pytest.approx(f1_score(gold, pred, pos_label="0"))  # the test can fail
 
-    result = evaluate(str(teacher), C.DataConfig(task="mrpc", data_dir=str(data)))
+    result = evaluate(str(teacher), DataConfig(task="mrpc", data_dir=str(data)))
     assert result["f1"] == pytest.approx(expected)
     assert result["accuracy"] == pytest.approx(
         sum(g == p for g, p in zip(gold, pred, strict=True)) / 24
     )
 
-    cfg = C.DistillRunConfig(
+    cfg = DistillRunConfig(
         teacher=str(teacher),
         output=str(tmp_path / "run"),
-        data=C.DataConfig(task="mrpc", data_dir=str(data), max_length=32),
-        distill=C.DistillConfig(student_layers=2, allow_weak_teacher=True),
+        data=DataConfig(task="mrpc", data_dir=str(data), max_length=32),
+        distill=DistillConfig(student_layers=2, allow_weak_teacher=True),
     )
     plan = plan_distill(cfg)
     assert plan.spec.labels == ("1", "0")  # the teacher's order
@@ -200,7 +201,7 @@ def test_positive_label_for_custom_data(tiny_bert, tmp_path):
     from sklearn.metrics import f1_score
 
     from pkd.api import evaluate
-    from pkd.config import options as C
+    from pkd.config.sections import DataConfig
     from pkd.errors import PkdError
 
     rows = [(t, "pos" if y == "1" else "neg") for t, y in sentiment_rows(20, seed=4)]
@@ -209,17 +210,17 @@ def test_positive_label_for_custom_data(tiny_bert, tmp_path):
     model = make_tiny_teacher(tmp_path / "model", tiny_bert, labels=("pos", "neg"))
     data = {"validation_file": str(dev), "text_columns": ["text"]}
 
-    plain = evaluate(str(model), C.DataConfig(**data))
+    plain = evaluate(str(model), DataConfig(**data))
     assert "f1" not in plain  # custom data: accuracy and macro F1 only
 
     gold, pred = [y for _, y in rows], _predicted_names(model, [t for t, _ in rows])
     for positive in ("pos", "neg"):
-        m = evaluate(str(model), C.DataConfig(**data, positive_label=positive))
+        m = evaluate(str(model), DataConfig(**data, positive_label=positive))
         assert m["f1"] == pytest.approx(f1_score(gold, pred, pos_label=positive))
         assert (m["accuracy"], m["macro_f1"]) == (plain["accuracy"], plain["macro_f1"])
 
     with pytest.raises(PkdError) as e:
-        evaluate(str(model), C.DataConfig(**data, positive_label="1"))
+        evaluate(str(model), DataConfig(**data, positive_label="1"))
     assert (
         str(e.value)
         == "--positive-label: '1' is not one of the labels ['pos', 'neg'] of task custom"

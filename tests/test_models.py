@@ -9,12 +9,12 @@ from conftest import WORDS, make_tiny_bert, make_tiny_teacher
 from pkd.errors import PkdError
 from pkd.models.encoders import (
     BASE_MODEL_KEY,
-    build_student,
     layer_states,
     load_finetuned,
     model_labels,
     num_layers,
 )
+from pkd.models.students import build_student
 from pkd.tasks import MULTIPLE_CHOICE
 
 SLC = "single_label_classification"

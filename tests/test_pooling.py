@@ -15,7 +15,8 @@ import yaml
 from conftest import make_tiny_bert
 
 from pkd.api import distill, evaluate, finetune
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.models.encoders import checkpoint_pooling, layer_states, load_finetuned, resolve_pooling
 from pkd.models.pooling import MODEL_TYPE, mean_pool
 
@@ -47,11 +48,11 @@ def st_bert(tmp_path_factory) -> Path:
 def mean_teacher(tmp_path_factory, st_bert, sst2_dir) -> Path:
     """A mean-pooled teacher fine-tuned by pkd (`--pooling auto` on a sentence-transformers dir)."""
     out = tmp_path_factory.mktemp("runs") / "teacher"
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(st_bert),
         output=str(out),
-        data=C.DataConfig(data_dir=str(sst2_dir), **DATA),
-        train=C.TrainConfig(epochs=6, **TRAIN),
+        data=DataConfig(data_dir=str(sst2_dir), **DATA),
+        train=TrainConfig(epochs=6, **TRAIN),
     )
     finetune(cfg)
     return out
@@ -125,11 +126,11 @@ def test_mean_teacher_records_its_pooling(mean_teacher):
 
 @pytest.mark.slow
 def test_cls_checkpoint_keeps_the_papers_head(tiny_bert, sst2_dir, tmp_path):
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(tmp_path / "t"),
-        data=C.DataConfig(data_dir=str(sst2_dir), **DATA),
-        train=C.TrainConfig(epochs=1, **TRAIN),
+        data=DataConfig(data_dir=str(sst2_dir), **DATA),
+        train=TrainConfig(epochs=1, **TRAIN),
     )
     assert finetune(cfg)["pooling"] == "cls"
     conf = json.loads((tmp_path / "t" / "model" / "config.json").read_text())
@@ -169,12 +170,12 @@ def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     out = tmp_path / "student"
-    cfg = C.DistillRunConfig(
+    cfg = DistillRunConfig(
         teacher=str(mean_teacher),
         output=str(out),
-        data=C.DataConfig(data_dir=str(sst2_dir), **DATA),
-        train=C.TrainConfig(epochs=1, **TRAIN),
-        distill=C.DistillConfig(student_layers=2),
+        data=DataConfig(data_dir=str(sst2_dir), **DATA),
+        train=TrainConfig(epochs=1, **TRAIN),
+        distill=DistillConfig(student_layers=2),
     )
     m = distill(cfg)
     assert m["pooling"] == "mean"  # inherited from the teacher
@@ -193,7 +194,7 @@ def test_saved_mean_student_loads_with_auto_class_and_pipeline(mean_teacher, sst
     labels = [p["label"] for p in preds(texts)]
     assert labels == [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
     # evaluate scores it like training did
-    ev = evaluate(str(out), C.DataConfig(data_dir=str(sst2_dir), **DATA))
+    ev = evaluate(str(out), DataConfig(data_dir=str(sst2_dir), **DATA))
     assert ev["accuracy"] == m["final"]["metrics"]["dev"]["accuracy"]
 
 
@@ -259,7 +260,7 @@ def test_onnx_export_of_a_mean_pooled_model_passes_parity(mean_teacher, sst2_dir
 def test_patient_loss_with_mean_pooling_equals_a_hand_computation(mean_teacher, sst2_dir):
     from transformers import AutoTokenizer
 
-    from pkd.models.encoders import build_student
+    from pkd.models.students import build_student
     from pkd.objectives.mapping import layer_map
     from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
@@ -308,10 +309,10 @@ def test_cached_and_online_teacher_agree_with_mean_pooling(mean_teacher, sst2_di
 
     teacher = load_finetuned(str(mean_teacher), "teacher")
     tok = load_tokenizer(str(mean_teacher), "teacher")
-    data = C.DataConfig(data_dir=str(sst2_dir), **DATA)
+    data = DataConfig(data_dir=str(sst2_dir), **DATA)
     spec, splits = load_splits(data, ["train"])
     enc = encode_all(splits, tok, 16, dict(teacher.config.label2id), True)["train"]
-    cfg = C.DistillRunConfig(teacher=str(mean_teacher), output=str(tmp_path / "x"), data=data)
+    cfg = DistillRunConfig(teacher=str(mean_teacher), output=str(tmp_path / "x"), data=data)
     cache = build_or_load(
         teacher,
         enc,

@@ -15,9 +15,11 @@ import pytest
 import yaml
 from conftest import make_tiny_bert, make_tiny_teacher, write_sst2
 
-from pkd.cli import build_parser, resolve
-from pkd.config import options as C
+from pkd.cli.commands import resolve
+from pkd.cli.parser import build_parser
 from pkd.config import presets as P
+from pkd.config.files import save
+from pkd.config.runs import DistillRunConfig
 from pkd.errors import PkdError
 from pkd.recipes.compare import StudentGrid, plan_runs
 
@@ -112,7 +114,7 @@ def _distill_cfg(*argv, config=None):
     args = ["distill", "--teacher", "t", "--output", "o", *argv]
     if config:
         args += ["--config", str(config)]
-    return resolve(build_parser().parse_args(args), C.DistillRunConfig)
+    return resolve(build_parser().parse_args(args), DistillRunConfig)
 
 
 def test_preset_fills_values_and_options_override_it(tmp_path):
@@ -149,7 +151,7 @@ def test_preset_fills_values_and_options_override_it(tmp_path):
     assert cfg.distill.preset_source.endswith("kd_3layer_mean.csv")
 
     # Recorded in config.yaml, as a run writes it.
-    C.save(cfg, tmp_path / "config.yaml")
+    save(cfg, tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["distill"]
     assert saved["preset"] == "paper" and saved["preset_source"].endswith("kd_3layer_mean.csv")
 

@@ -20,7 +20,7 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from pkd.config import options as C
+from pkd.config.sections import TextConfig
 from pkd.data.text import MaskedText, load_texts, mlm_collator
 from pkd.models.projection import Projection
 from pkd.objectives.losses import mlm_distill_loss, mlm_loss, token_state_loss
@@ -160,7 +160,7 @@ def test_text_sources_in_order(tmp_path, sst2_dir):
     jsonl.write_text('{"body": "from jsonl", "n": 1}\n{"body": "  "}\n{"body": "again"}\n')
     saved = tmp_path / "ds"
     datasets.Dataset.from_dict({"text": ["row one", "row two", "row three"]}).save_to_disk(saved)
-    cfg = C.TextConfig(
+    cfg = TextConfig(
         text_file=[str(lines), str(tmp_path / "b*.txt")],
         task="sst2",
         data_dir=str(sst2_dir),
@@ -173,9 +173,9 @@ def test_text_sources_in_order(tmp_path, sst2_dir):
     ]
     expected += ["row one", "row two", "row three"]
     assert texts.text_a == expected and texts.labels is None
-    only_jsonl = load_texts(C.TextConfig(text_file=[str(jsonl)], text_column="body"))
+    only_jsonl = load_texts(TextConfig(text_file=[str(jsonl)], text_column="body"))
     assert only_jsonl.text_a == ["from jsonl", "again"]  # blank passages are skipped
-    capped = load_texts(C.TextConfig(dataset=str(saved), max_texts=2))
+    capped = load_texts(TextConfig(dataset=str(saved), max_texts=2))
     assert capped.text_a == ["row one", "row two"]
 
 

@@ -13,8 +13,11 @@ import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer, run_killed_after_checkpoint
 from safetensors.torch import load_file
 
-from pkd.cli import build_parser, resolve
-from pkd.config import options as C
+from pkd.cli.commands import resolve
+from pkd.cli.parser import build_parser
+from pkd.config.files import save
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig
 from pkd.data.loading import LengthGroupedSampler, collator, encode, load_split
 from pkd.data.multiple_choice import level_metrics, pad_choices
 from pkd.errors import PkdError
@@ -144,21 +147,21 @@ def test_race_task_registry_and_default_max_length(tmp_path):
         assert spec.problem_type == MULTIPLE_CHOICE and spec.labels == ("A", "B", "C", "D")
         assert spec.metrics == ("accuracy",) and spec.levels == levels
         assert (spec.hf_path, spec.hf_name) == ("ehovy/race", "all" if name == "race" else "middle")
-    assert C.DataConfig(task="race").max_length == 512
-    assert C.DataConfig(task="race", max_length=128).max_length == 128
-    assert C.DataConfig(task="sst2").max_length == 128
+    assert DataConfig(task="race").max_length == 512
+    assert DataConfig(task="race", max_length=128).max_length == 128
+    assert DataConfig(task="sst2").max_length == 128
     # CLI without --max-length: the RACE default, recorded in config.yaml.
     args = build_parser().parse_args(
         ["finetune", "--model", "m", "--output", "o", "--task", "race", "--data-dir", "d"]
     )
-    cfg = resolve(args, C.FinetuneConfig)
+    cfg = resolve(args, FinetuneRunConfig)
     assert cfg.data.max_length == 512
-    C.save(cfg, tmp_path / "config.yaml")
+    save(cfg, tmp_path / "config.yaml")
     assert "max_length: 512" in (tmp_path / "config.yaml").read_text()
     args = build_parser().parse_args(
         ["distill", "--teacher", "t", "--output", "o", "--task", "race", "--max-length", "256"]
     )
-    assert resolve(args, C.DistillRunConfig).data.max_length == 256
+    assert resolve(args, DistillRunConfig).data.max_length == 256
 
 
 def test_race_from_the_hub_offline_names_data_dir():
@@ -171,8 +174,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def choice_data(**kw) -> C.DataConfig:
-    return C.DataConfig(
+def choice_data(**kw) -> DataConfig:
+    return DataConfig(
         context_column="passage",
         question_column="question",
         choices_column="choices",
@@ -410,7 +413,8 @@ def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp
 def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_dir):
     """A distill config's patient loss on RACE: by default the authors' form (each question's
     choices joined into one vector per layer), `pt_choices="each"` per choice; by hand."""
-    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.models.students import build_student
     from pkd.objectives.objective import Objective, loss_terms, online_teacher
 
     teacher = load_finetuned(str(tiny_mc_teacher / "model")).eval()
@@ -432,15 +436,15 @@ def test_loss_terms_multiple_choice_pt_choices(tiny_mc_teacher, tiny_bert, race_
     each = (unit(s) - unit(t)).pow(2).sum() / (b * c * h)
     assert 2.0 < each / concat < 8.0  # about C = 4
 
-    assert C.DistillConfig().pt_choices == "concat"
-    for distill, expected in ((C.DistillConfig(student_layers=2), concat),
-                              (C.DistillConfig(student_layers=2, pt_choices="each"), each)):  # fmt: skip
+    assert DistillConfig().pt_choices == "concat"
+    for distill, expected in ((DistillConfig(student_layers=2), concat),
+                              (DistillConfig(student_layers=2, pt_choices="each"), each)):  # fmt: skip
         objective = Objective.from_config(distill, [(2, 1)], online_teacher(teacher))
         with torch.no_grad():
             pt = loss_terms(student, batch, objective, regression=False)["pt"]
         assert pt.item() == pytest.approx(expected.item(), rel=1e-5), distill.pt_choices
     with pytest.raises(PkdError, match="--pt-choices: 'avg' is not one of concat, each"):
-        C.DistillConfig(pt_choices="avg")
+        DistillConfig(pt_choices="avg")
 
 
 def test_tiny_cli_distill_evaluate_predict_compare(tiny_mc_teacher, race_dir, tmp_path, pkd_cli):
@@ -597,7 +601,7 @@ def test_bad_multiple_choice_inputs(tiny_bert, tiny_teacher, tmp_path, pkd_cli):
 def test_holdout_keeps_choices_aligned(race_dir):
     from pkd.data.loading import load_splits
 
-    data = C.DataConfig(task="race", data_dir=str(race_dir), holdout_fraction=0.25)
+    data = DataConfig(task="race", data_dir=str(race_dir), holdout_fraction=0.25)
     _, splits = load_splits(data, ["train", "dev"])
     train, held = splits["train"], splits["holdout"]
     assert len(train) + len(held) == 36 and len(held) == 9

@@ -22,7 +22,8 @@ from conftest import WORDS, make_tiny_teacher, snapshot, write_sst2
 from safetensors.torch import load_file
 
 from pkd.api import finetune
-from pkd.config import options as C
+from pkd.config.runs import FinetuneRunConfig
+from pkd.config.sections import DataConfig, TrainConfig
 
 TRAIN = ["--batch-size", "8", "--max-length", "16", "--quiet"]
 
@@ -51,11 +52,11 @@ def teacher(root, data, tiny_bert) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PKD_CACHE_DIR", str(root / "cache"))
         m = finetune(
-            C.FinetuneConfig(
+            FinetuneRunConfig(
                 model=str(tiny_bert),
                 output=str(root / "teacher"),
-                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
-                train=C.TrainConfig(
+                data=DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=TrainConfig(
                     epochs=8, lr=3e-3, batch_size=8, quiet=True, keep_checkpoints=True
                 ),
             )
@@ -326,23 +327,43 @@ def test_cache_estimate_is_logged_before_training(teacher, data, tmp_path, caplo
     assert not (tmp_path / "run").exists()  # --dry-run writes nothing
 
 
-def test_existing_cache_needs_no_new_space(finished, teacher, data, tmp_path, monkeypatch, pkd_cli):
+def test_existing_cache_needs_no_new_space(
+    finished, teacher, data, tmp_path, monkeypatch, caplog, pkd_cli
+):
     # the finished run's cache lies under PKD_CACHE_DIR=root/cache: a rerun reuses it
-    monkeypatch.setenv("PKD_CACHE_DIR", str(finished.parent / "cache"))
+    cache = finished.parent / "cache"
+    monkeypatch.setenv("PKD_CACHE_DIR", str(cache))
     free = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
-    pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run"))
+    before = {"run": snapshot(finished), "cache": snapshot(cache)}
+    caplog.set_level(logging.INFO, logger="pkd.recipes.distill")
+    stdout = pkd_cli.ok(distill_argv(teacher, data, tmp_path / "run", "--dry-run")).out
+    logged = [r.getMessage() for r in caplog.records if "teacher cache: about" in r.getMessage()]
+    assert logged == [f"teacher cache: about 21.0 kB for 64 examples under {cache} (1.0 kB free)"]
+    assert "layer map:" in stdout  # the plan, not a refusal
+    # the earlier run and the cache it would reuse are left exactly as they were
+    assert {"run": snapshot(finished), "cache": snapshot(cache)} == before
+    assert not (tmp_path / "run").exists()
+    # without that cache, the same free space is refused in one line, and nothing is written
+    monkeypatch.setenv("PKD_CACHE_DIR", str(tmp_path / "empty-cache"))
+    assert pkd_cli.error(distill_argv(teacher, data, tmp_path / "run", "--dry-run")) == (
+        "--cache-dir: the teacher cache needs about 21.0 kB but "
+        f"{tmp_path} has 1.0 kB free; free some space or pass --cache-dir on a larger disk"
+    )
+    assert {"run": snapshot(finished), "cache": snapshot(cache)} == before
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_yaml_numbers_written_as_text(tmp_path):
-    from pkd.cli import build_parser, resolve
+    from pkd.cli.commands import resolve
+    from pkd.cli.parser import build_parser
 
     # YAML 1.1 reads `lr: 1e-5` (no dot) as the string '1e-5'
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  lr: 1e-5\n  epochs: 2\ndata:\n  max_length: '64'\n")
     args = build_parser().parse_args(["finetune", "--config", str(f), "--model", "m",
                                       "--output", str(tmp_path / "r")])  # fmt: skip
-    cfg = resolve(args, C.FinetuneConfig)
+    cfg = resolve(args, FinetuneRunConfig)
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 2.0 and cfg.data.max_length == 64
 
@@ -398,11 +419,11 @@ def _encoder_change(run: Path, init: Path) -> float:
 def test_max_grad_norm_clips(tiny_bert, data, tmp_path):
     def run(name, norm):
         finetune(
-            C.FinetuneConfig(
+            FinetuneRunConfig(
                 model=str(tiny_bert),
                 output=str(tmp_path / name),
-                data=C.DataConfig(task="sst2", data_dir=str(data), max_length=16),
-                train=C.TrainConfig(
+                data=DataConfig(task="sst2", data_dir=str(data), max_length=16),
+                train=TrainConfig(
                     epochs=1,
                     lr=0.05,
                     batch_size=8,

@@ -289,7 +289,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sst2_dir, tmp_path, monke
 
 def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
     """compare/sweep/API users run several trainings in one Python process."""
-    from pkd.config.options import TrainConfig
+    from pkd.config.sections import TrainConfig
     from pkd.training.accelerator import make_accelerator
 
     seen = []

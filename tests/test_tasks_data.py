@@ -493,7 +493,7 @@ def test_unterminated_quote_names_the_line_where_it_opens(tmp_path, text, line):
 
 
 def test_a_directory_is_not_a_file(tmp_path):
-    from pkd.config import options as C
+    from pkd.config.files import load_yaml
 
     spec = custom_task(("text",), "label")
     for split, option in (("train", "--train-file"), ("dev", "--validation-file"),
@@ -506,7 +506,7 @@ def test_a_directory_is_not_a_file(tmp_path):
         load_split(get_task("sst2"), "train", data_dir=str(tmp_path / "SST-2"))
     assert str(e.value) == f"{tmp_path / 'SST-2' / 'train.tsv'}: is a directory, not a file"
     with pytest.raises(PkdError) as e:
-        C.load_yaml(str(tmp_path))
+        load_yaml(str(tmp_path))
     assert str(e.value) == f"--config: {tmp_path} is a directory, not a YAML file"
     with pytest.raises(PkdError, match="--validation-file: no file given for the dev split"):
         load_split(spec, "dev")

@@ -69,7 +69,7 @@ def test_report_to_none_writes_no_tracker_files(tiny_bert, sst2_dir, tmp_path, p
 
 
 def test_default_is_tensorboard():
-    from pkd.config.options import TrainConfig
+    from pkd.config.sections import TrainConfig
 
     assert TrainConfig().report_to == ["tensorboard"]
 
@@ -96,7 +96,7 @@ def test_a_tracker_not_installed_is_refused_before_anything_is_written(
 ):
     from accelerate.tracking import get_available_trackers
 
-    from pkd.config.options import TRACKERS
+    from pkd.config.choices import TRACKERS
 
     installed = {str(t) for t in get_available_trackers()}
     missing = [t for t in TRACKERS if t not in installed]

@@ -7,16 +7,17 @@ import torch
 
 import pkd.training.hooks as T
 from pkd.api import distill, finetune
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.training.checkpoints import LoopState
 
 
 def _finetune(tiny_bert, sst2_dir, out, **train):
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(out),
-        data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-        train=C.TrainConfig(
+        data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+        train=TrainConfig(
             epochs=train.pop("epochs", 3), lr=3e-3, batch_size=8, quiet=True, **train
         ),
     )
@@ -44,12 +45,12 @@ def test_distill_methods_log_their_terms(tiny_bert, sst2_dir, tmp_path):
     _finetune(tiny_bert, sst2_dir, tmp_path / "teacher", epochs=8)
     expected = {"ft": {"ce"}, "kd": {"ce", "kd"}, "pkd": {"ce", "kd", "pt"}}
     for method, terms in expected.items():
-        cfg = C.DistillRunConfig(
+        cfg = DistillRunConfig(
             teacher=str(tmp_path / "teacher" / "model"),
             output=str(tmp_path / method),
-            data=C.DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
-            train=C.TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True),
-            distill=C.DistillConfig(method=method, student_layers=2),
+            data=DataConfig(task="sst2", data_dir=str(sst2_dir), max_length=16),
+            train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True),
+            distill=DistillConfig(method=method, student_layers=2),
         )
         m = distill(cfg)
         rows = [
@@ -92,7 +93,8 @@ def test_loss_terms_pair_student_layer_j_with_teacher_layer_i_j(tiny_bert, tiny_
     """One batch: loss_terms (online and cached teacher) equals CE, KD and PT computed by hand,
     for the map 1 -> 1, 4 -> 2 of a 4-layer teacher and a 3-layer student."""
     from pkd.data.loading import collator, encode, load_split
-    from pkd.models.encoders import build_student, load_finetuned, load_tokenizer
+    from pkd.models.encoders import load_finetuned, load_tokenizer
+    from pkd.models.students import build_student
     from pkd.objectives.cache import build_or_load
     from pkd.objectives.objective import Objective, cached_teacher, loss_terms, online_teacher
     from pkd.tasks import get_task

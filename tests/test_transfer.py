@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import sentiment_rows
 
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig
+from pkd.config.sections import DataConfig, DistillConfig, TrainConfig
 from pkd.data.splits import EncodedSplit, Split
 from pkd.data.transfer import TransferMix, spread, with_transfer
 from pkd.recipes.distill import distill
@@ -32,25 +33,25 @@ def write_transfer(path: Path, n: int, seed: int = 7, header: str = "index\tsent
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_bert, sst2_dir) -> Path:
     out = tmp_path_factory.mktemp("transfer") / "teacher"
-    cfg = C.FinetuneConfig(
+    cfg = FinetuneRunConfig(
         model=str(tiny_bert),
         output=str(out),
-        data=C.DataConfig(data_dir=str(sst2_dir), **DATA),
-        train=C.TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
+        data=DataConfig(data_dir=str(sst2_dir), **DATA),
+        train=TrainConfig(epochs=8, lr=3e-3, batch_size=8, quiet=True),
     )
     finetune(cfg)
     return out
 
 
 def distill_cfg(teacher, sst2_dir, out, transfer=None, method="kd", **distill_opts):
-    return C.DistillRunConfig(
+    return DistillRunConfig(
         teacher=str(teacher),
         output=str(out),
-        data=C.DataConfig(
+        data=DataConfig(
             data_dir=str(sst2_dir), transfer_file=[str(t) for t in transfer or []], **DATA
         ),
-        train=C.TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True, logging_steps=2),
-        distill=C.DistillConfig(method=method, student_layers=2, **distill_opts),
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, quiet=True, logging_steps=2),
+        distill=DistillConfig(method=method, student_layers=2, **distill_opts),
     )
 
 
@@ -379,7 +380,7 @@ def test_evaluate_and_predict_take_no_transfer_file(tiny_teacher, sst2_dir, tmp_
         argv = [command, "--model", tiny_teacher, "--task", "sst2", "--data-dir", sst2_dir]
         code, out, err = pkd_cli([*argv, "--transfer-file", transfer])
         assert code == 2 and "unrecognized arguments: --transfer-file" in err
-    data = C.DataConfig(data_dir=str(sst2_dir), transfer_file=[str(transfer)], **DATA)
+    data = DataConfig(data_dir=str(sst2_dir), transfer_file=[str(transfer)], **DATA)
     for run in (evaluate, predict):
         with pytest.raises(PkdError, match=r"^--transfer-file: a training option; evaluate and"):
             run(str(tiny_teacher), data)

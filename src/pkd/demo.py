@@ -23,7 +23,8 @@ import random
 import time
 from pathlib import Path
 
-from pkd.config import options as C
+from pkd.config.files import build, config_drift, to_dict
+from pkd.config.runs import FinetuneRunConfig
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, file_sha256
 
@@ -213,8 +214,8 @@ def fine_tune_teacher(run: Path, data: dict, train: dict, files: list[Path]) -> 
     from pkd.recipes.finetune import finetune
     from pkd.training.rundir import read_run_config
 
-    cfg = C.build(
-        C.FinetuneConfig,
+    cfg = build(
+        FinetuneRunConfig,
         {"model": str(teacher_path()), "output": str(run), "overwrite": True, "data": data,
          "train": train},
         "demo",
@@ -226,7 +227,7 @@ def fine_tune_teacher(run: Path, data: dict, train: dict, files: list[Path]) -> 
             recorded = {}
         recorded = recorded if isinstance(recorded, dict) else {}
         seen = sorted(str(split.get("sha256")) for split in recorded.values())
-        drift = C.config_drift(read_run_config(run), C.to_dict(cfg))
+        drift = config_drift(read_run_config(run), to_dict(cfg))
         if not drift and seen == sorted(map(file_sha256, files)):
             logger.info("pkd demo: reusing the teacher in %s (same data and settings)", run)
             return

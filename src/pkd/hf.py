@@ -7,13 +7,16 @@ with pkd's layer maps (`pkd.objectives.mapping`) and pooled layer states (`pkd.m
 DDP, bf16/fp16, `report_to`, `push_to_hub`, callbacks, checkpoints.
 
     trainer = PatientDistillationTrainer(
-        teacher="runs/sst2-teacher", student_layers=3, strategy="skip",
-        alpha=0.5, beta=100, temperature=10,
+        teacher="runs/sst2-teacher",
+        distill=DistillConfig(student_layers=3, strategy="skip", alpha=0.5, beta=100),
         args=TrainingArguments("runs/sst2-pkd"), train_dataset=add_example_index(train),
         eval_dataset=dev, processing_class=tokenizer,
     )
 
-- The student is built as `pkd distill` builds it (`pkd.models.encoders.build_student`: the first M
+- The distillation settings are `pkd distill`'s: a `pkd.config.sections.DistillConfig`
+  (method, student_layers, strategy or layer_map, alpha, beta, temperature, the loss forms,
+  pooling, student_init, cache_dir), checked as `pkd distill` checks them.
+- The student is built as `pkd distill` builds it (`pkd.models.students.build_student`: the first M
   layers of the pre-trained checkpoint the teacher records, or `student_init`), passed as
   `model`, or made by `model_init` (per `train` and `hyperparameter_search` trial). A student
   of another width than its teacher (a `pkd pretrain` init) compares its states through
@@ -49,20 +52,19 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pkd.config.options import DistillConfig
+from pkd.config.sections import DistillConfig
 from pkd.data.loading import collator
 from pkd.data.splits import EncodedSplit
 from pkd.errors import PkdError
 from pkd.models.card import CARD_FILE, distillation_rows, summary_table
 from pkd.models.encoders import (
-    BASE_MODEL_KEY,
-    build_student,
     is_multiple_choice,
     load_finetuned,
     model_labels,
     model_pooling,
     num_layers,
 )
+from pkd.models.students import build_student, patient_projection, student_init, student_pooling
 from pkd.objectives import cache as cache_mod
 from pkd.objectives import mapping
 from pkd.objectives.losses import ce_loss
@@ -73,8 +75,6 @@ from pkd.objectives.objective import (
     model_inputs,
     online_teacher,
 )
-from pkd.recipes.distill import patient_projection
-from pkd.recipes.distill_checks import student_pooling
 from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, generic_labels
 
 logger = logging.getLogger(__name__)
@@ -170,25 +170,41 @@ def check_dataset_labels(
     )
 
 
+# DistillConfig options the Trainer has no use for: another value than the default is refused.
+NOT_FOR_THE_TRAINER = {
+    "teacher_mode": "pass the Trainer's own teacher_mode= (auto|cached|online)",
+    "transfer_ratio": "the Trainer trains on its train_dataset as it is (no transfer set)",
+    "allow_weak_teacher": "the Trainer does not score the teacher",
+    "preset": "pass the preset's values themselves (`pkd presets`)",
+}
+
+
+def check_trainer_settings(distill: DistillConfig) -> None:
+    """Refuse a `distill` option the Trainer would ignore, naming it."""
+    defaults = DistillConfig()
+    for name, why in NOT_FOR_THE_TRAINER.items():
+        value = getattr(distill, name)
+        if value != getattr(defaults, name):
+            raise PkdError(f"distill.{name}: {value!r} has no effect in the Trainer; {why}")
+
+
 class PatientDistillationTrainer(Trainer):
     """A `transformers.Trainer` that trains a student with pkd's CE + KD + PT (module
     docstring).
 
     Args:
-        model: the student; default: built from the first `student_layers` layers of
-            `student_init` (default: the base model the teacher records), with a new head.
+        model: the student; default: built from the first `distill.student_layers` layers of
+            `distill.student_init` (default: the base model the teacher records), with a new
+            head.
         args: the Trainer's `TrainingArguments`.
         teacher: the fine-tuned teacher: a model, or a model/run directory or Hub name.
-        method: ft | kd | pkd (the paper's baselines are modes, as in `pkd distill`).
-        student_layers: M, when the student is built here (default 3).
-        strategy, layer_map: the PKD layer map: skip | last, or explicit teacher layers.
-        alpha, beta, temperature: the weights of Eq. (5) and T (defaults as `pkd distill`).
-        kd_loss, pt_loss, pt_normalize, pt_choices, pooling: the loss forms and the student's
-            pooling, as `pkd distill`'s options of the same names.
-        student_init: the checkpoint the built student starts from.
+        distill: `pkd distill`'s distillation settings (default: its defaults): method (ft |
+            kd | pkd), student_layers, strategy or layer_map, alpha, beta, temperature, kd_loss,
+            pt_loss, pt_normalize, pt_choices, pooling, student_init and cache_dir (the teacher
+            cache root). Its teacher_mode, transfer_ratio, allow_weak_teacher and preset are
+            `pkd distill`'s only: another value than the default is refused.
         teacher_mode: auto (the cache when the training rows carry `example_index`) | cached
             | online.
-        cache_dir: the teacher cache root (default: $PKD_CACHE_DIR or ~/.cache/pkd/teacher).
         trust_remote_code: for loading the teacher and the student init.
         model_init: instead of `model`, the Trainer's student factory (0 or 1 argument, the
             trial), called again for each `train` and trial; `hyperparameter_search` without
@@ -197,8 +213,8 @@ class PatientDistillationTrainer(Trainer):
             compute_metrics, callbacks, ...).
 
     Raises:
-        PkdError: options `pkd distill` would refuse (an impossible map, a weight the method
-            ignores, a student that pools unlike the teacher for PKD), no student init, a
+        PkdError: options `pkd distill` would refuse (an impossible map, a student that pools
+            unlike the teacher for PKD) or the Trainer ignores, no student init, a
             training set whose class labels are not the teacher's (`check_dataset_labels`),
             or a cache requested without example indices or a tokenizer.
     """
@@ -211,21 +227,8 @@ class PatientDistillationTrainer(Trainer):
         args=None,
         *,
         teacher,
-        method: str = "pkd",
-        student_layers: int | None = None,
-        strategy: str = "skip",
-        layer_map: list[int] | None = None,
-        alpha: float | None = None,
-        beta: float | None = None,
-        temperature: float = 10.0,
-        kd_loss: str = "kl",
-        pt_loss: str = "mean",
-        pt_normalize: bool = True,
-        pt_choices: str = "concat",
-        pooling: str = "auto",
-        student_init: str | None = None,
+        distill: DistillConfig | None = None,
         teacher_mode: str = "auto",
-        cache_dir: str | None = None,
         trust_remote_code: bool = False,
         model_init=None,
         **kwargs,
@@ -234,6 +237,8 @@ class PatientDistillationTrainer(Trainer):
             raise PkdError(
                 f"teacher_mode: {teacher_mode!r} is not one of {', '.join(TEACHER_MODES)}"
             )
+        distill = distill or DistillConfig()
+        check_trainer_settings(distill)
         name = str(teacher) if isinstance(teacher, (str, Path)) else None
         if isinstance(teacher, (str, Path)):
             teacher = load_finetuned(str(teacher), "teacher", trust_remote_code)
@@ -245,25 +250,15 @@ class PatientDistillationTrainer(Trainer):
         for key, data in (evals if isinstance(evals, dict) else {"": evals}).items():
             option = f"eval_dataset[{key!r}]" if key else "eval_dataset"
             check_dataset_labels(labels, data, self.teacher_name, option)
-        self.options = dict(
-            method=method, strategy=strategy, layer_map=layer_map, alpha=alpha, beta=beta,
-            temperature=temperature, kd_loss=kd_loss, pt_loss=pt_loss,
-            pt_normalize=pt_normalize, pt_choices=pt_choices,
-        )  # fmt: skip
+        self.distill = distill
         self.recipe: tuple | None = None  # (init, layers, pooling, trust): pkd builds the student
         self.projection: torch.nn.Module | None = None
         self.resume_from: str | None = None  # the checkpoint train() resumes from
         if model is None and model_init is None:
-            layers = student_layers or 3
-            d = DistillConfig(**self.options, student_layers=layers, pooling=pooling)
+            d = distill
             pooling = student_pooling(d.pooling, teacher, self.teacher_name, d.method)
-            init = student_init or getattr(teacher.config, BASE_MODEL_KEY, None)
-            if not init:
-                raise PkdError(
-                    f"student_init: {self.teacher_name} does not record its pre-trained base "
-                    "model; pass student_init=NAME_OR_DIR, or the student as model="
-                )
-            self.recipe = (init, layers, pooling, trust_remote_code)
+            init = student_init(self.teacher_name, teacher.config, d.student_init, "student_init")
+            self.recipe = (init, d.student_layers, pooling, trust_remote_code)
             set_seed(args.seed if args is not None else 42)  # the new head, as pkd distill
             model = self.new_student()
         super().__init__(model=model, args=args, model_init=model_init, **kwargs)
@@ -273,12 +268,12 @@ class PatientDistillationTrainer(Trainer):
             self.use_student(self.model)
         self.cached_signals = None
         if len(self.settings.terms) > 1:
-            self.cached_signals = self.build_cache(teacher_mode, cache_dir)
+            self.cached_signals = self.build_cache(teacher_mode, distill.cache_dir)
         self.term_sums: dict[str, list[float]] = defaultdict(list)
 
     def new_student(self):
         """pkd's student: the first M layers of the init, with a new head for the teacher's
-        labels (`pkd.models.encoders.build_student`); the Trainer seeds before each build."""
+        labels (`pkd.models.students.build_student`); the Trainer seeds before each build."""
         init, layers, pooling, trust = self.recipe
         return build_student(init, layers, self.teacher, self.problem_type, trust, pooling)
 
@@ -293,8 +288,8 @@ class PatientDistillationTrainer(Trainer):
         """Set the objective up for `model`: its layer map and pooling, projections when it
         is narrower or wider than the teacher (trained with it, never in `save_model`), and
         the distillation settings in its config, where `report_to` trackers read them."""
-        d = DistillConfig(
-            **self.options,
+        d = dataclasses.replace(
+            self.distill,
             student_layers=num_layers(model.config),
             pooling=model_pooling(model.config),
         )
@@ -440,6 +435,9 @@ class PatientDistillationTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         # transformers keeps only the columns the model's forward takes (remove_unused_columns);
         # the teacher cache needs each row's example_index too. compute_loss drops it again.
+        # A private hook, for want of a public one in transformers 5.24: the columns it keeps
+        # are the forward's parameters and `label_names`, and a label name would reach
+        # prediction_step and compute_metrics as a label.
         super()._set_signature_columns_if_needed()
         if EXAMPLE_INDEX not in self._signature_columns:
             self._signature_columns.append(EXAMPLE_INDEX)

@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pkd.config.options import PRESETS, DistillConfig, DistillRunConfig, merge
+from pkd.config.choices import PRESETS
+from pkd.config.files import merge
+from pkd.config.runs import DistillRunConfig
+from pkd.config.sections import DistillConfig
 from pkd.errors import PkdError
 from pkd.tasks import get_task
 

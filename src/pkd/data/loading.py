@@ -22,11 +22,17 @@ from pathlib import Path
 
 import torch
 
-from pkd.config import options as C
+from pkd.config.choices import is_datasets_object
+from pkd.config.sections import DataConfig
 from pkd.data.kinds import KINDS, task_kind
 from pkd.data.multiple_choice import choice_task
 from pkd.data.readers import file_option
-from pkd.data.splits import EncodedSplit, Split, file_columns, open_dataset
+from pkd.data.splits import (
+    EncodedSplit,
+    Split,
+    file_columns,
+    open_dataset,
+)
 from pkd.errors import PkdError
 from pkd.tasks import (
     CLASSIFICATION,
@@ -66,7 +72,7 @@ def load_split(
     if labelled is None:
         labelled = spec.test_labelled or not split.startswith("test")
     kind = task_kind(spec)
-    if C.is_datasets_object(file):  # the Python API: a Dataset where a file goes
+    if is_datasets_object(file):  # the Python API: a Dataset where a file goes
         return kind.read_dataset(spec, file, split, f"{type(file).__name__}[{split}]", labelled)
     if file is not None and Path(file).is_dir():
         raise PkdError(f"--{file_option(split)}: {file} is a directory, not a file")
@@ -166,7 +172,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 # A run's data
 
 
-def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
+def resolve_task(data: DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
     """The task a DataConfig names: a GLUE task, or a custom one from its column options."""
     if data.task != "custom":
         return get_task(data.task)
@@ -186,7 +192,7 @@ def resolve_task(data: C.DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
     return custom_task(tuple(columns), data.label_column, problem, labels)
 
 
-def source_columns(data: C.DataConfig) -> list[str]:
+def source_columns(data: DataConfig) -> list[str]:
     """The columns of a custom task's data, from its first file (header row, first JSON
     object; [] when it does not read) or Dataset, else --dataset's train (or first) split.
 
@@ -194,7 +200,7 @@ def source_columns(data: C.DataConfig) -> list[str]:
         PkdError: --dataset does not load.
     """
     file = next((f for f in (data.train_file, data.validation_file, data.test_file) if f), None)
-    if C.is_datasets_object(file):
+    if is_datasets_object(file):
         return list(file.column_names)
     if file is not None:
         return file_columns(Path(file), data.encoding)
@@ -204,7 +210,7 @@ def source_columns(data: C.DataConfig) -> list[str]:
     return list(ds.get("train", next(iter(ds.values()))).column_names) if ds else []
 
 
-def file_for(data: C.DataConfig, split: str) -> str | None:
+def file_for(data: DataConfig, split: str) -> str | None:
     """The file a DataConfig gives for a split (--train/--validation/--test-file), if any."""
     if split == "train":
         return data.train_file
@@ -247,7 +253,7 @@ def dataset_split(spec: TaskSpec, ds, split: str, name: str, validation: str | N
 
 
 def load_data_split(
-    data: C.DataConfig, spec: TaskSpec, split: str, labelled: bool | None = None
+    data: DataConfig, spec: TaskSpec, split: str, labelled: bool | None = None
 ) -> Split:
     """One split where a DataConfig says: the split's own file (or Dataset), else --dataset
     (a name or path, or a DatasetDict), else the task directory or the Hub (`load_split`)."""
@@ -266,7 +272,7 @@ def load_data_split(
     return load_split(spec, split, data.data_dir, file, data.encoding, labelled)
 
 
-def load_splits(data: C.DataConfig, splits: list[str], labels: tuple[str, ...] = ()):
+def load_splits(data: DataConfig, splits: list[str], labels: tuple[str, ...] = ()):
     """The task spec (labels inferred from train for custom tasks) and raw splits."""
     spec = resolve_task(data, labels)
     out = {}

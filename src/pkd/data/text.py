@@ -1,6 +1,6 @@
 """Unlabelled text for `pkd pretrain`: read, held out, tokenised, masked for MLM.
 
-Sources (`pkd.config.options.TextConfig`), read in this order and joined into one `Split`:
+Sources (`pkd.config.sections.TextConfig`), read in this order and joined into one `Split`:
 
 - `--text-file`: plain-text files, one passage a line (blank lines skipped), or JSONL,
   CSV and TSV files whose `--text-column` holds the passage; several files or a glob;
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pkd.config import options as C
+from pkd.config.sections import TextConfig
 from pkd.data.kinds import task_kind
 from pkd.data.loading import collator, load_split, split_holdout
 from pkd.data.readers import read_table_split
@@ -85,7 +85,7 @@ def read_passages(path: Path, column: str | None, encoding: str) -> list[str]:
     return [t.strip() for t in values if t.strip()]
 
 
-def task_sentences(cfg: C.TextConfig) -> list[str]:
+def task_sentences(cfg: TextConfig) -> list[str]:
     """Every sentence of a GLUE task's `--glue-splits` (labels ignored; pairs: both)."""
     spec = get_task(cfg.task)
     if not task_kind(spec).plain_text:
@@ -104,7 +104,7 @@ def task_sentences(cfg: C.TextConfig) -> list[str]:
     return out
 
 
-def dataset_passages(cfg: C.TextConfig, limit: int | None) -> list[str]:
+def dataset_passages(cfg: TextConfig, limit: int | None) -> list[str]:
     """The `--text-column` of a `save_to_disk` directory or a streamed Hub dataset (at most
     `limit` rows read).
 
@@ -151,7 +151,7 @@ def dataset_passages(cfg: C.TextConfig, limit: int | None) -> list[str]:
     return out
 
 
-def load_texts(cfg: C.TextConfig) -> Split:
+def load_texts(cfg: TextConfig) -> Split:
     """Every passage of every source, in the order read, cut at `--max-texts`.
 
     Raises:

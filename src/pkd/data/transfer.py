@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from pkd.config import options as C
+from pkd.config.choices import is_datasets_object
+from pkd.config.sections import DataConfig
 from pkd.data.kinds import task_kind
 from pkd.data.readers import TRANSFER, read_dataset, read_table_split
 from pkd.data.splits import EncodedSplit, Split, input_file
@@ -35,7 +36,7 @@ from pkd.tasks import IGNORE_LABEL, TaskSpec
 logger = logging.getLogger(__name__)
 
 
-def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
+def load_transfer(spec: TaskSpec, data: DataConfig) -> Split | None:
     """The transfer file(s) as one unlabelled Split (first --max-transfer-samples rows), or
     None without --transfer-file.
 
@@ -48,7 +49,7 @@ def load_transfer(spec: TaskSpec, data: C.DataConfig) -> Split | None:
         raise PkdError("--transfer-file: not supported for multiple-choice tasks")
     parts = []
     for name in data.transfer_file:
-        if C.is_datasets_object(name):  # the Python API: a Dataset where a file goes
+        if is_datasets_object(name):  # the Python API: a Dataset where a file goes
             parts.append(read_dataset(spec, name, TRANSFER, f"Dataset[{TRANSFER}]", labelled=False))
             continue
         path = input_file("--transfer-file", name, data.transfer_file)

@@ -28,7 +28,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModel
 
-from pkd.config.options import resolve_model
+from pkd.config.runs import resolve_model
 from pkd.deploy.onnx_model import load_onnx
 from pkd.deploy.report import markdown_table
 from pkd.errors import PkdError
@@ -106,7 +106,7 @@ def describe_device(info: dict) -> str:
 
 
 def resolve_model_dir(path: str) -> Path:
-    """An ONNX export dir or file, else what `pkd.config.options.resolve_model` accepts: a run directory
+    """An ONNX export dir or file, else what `pkd.config.runs.resolve_model` accepts: a run dir
     (its `model/`), a model directory, or a Hub name (its local snapshot).
 
     Raises:

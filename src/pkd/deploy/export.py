@@ -65,8 +65,8 @@ import numpy as np
 import torch
 import transformers
 
-from pkd.config import options as C
-from pkd.config.options import resolve_model
+from pkd.config.runs import resolve_model
+from pkd.config.sections import DataConfig
 from pkd.data.loading import load_split, resolve_task
 from pkd.deploy.onnx_model import FP32_FILE, INT8_FILE, load_onnx
 from pkd.errors import PkdError
@@ -362,7 +362,7 @@ def _parity_texts(task, data_dir, validation_file, text_columns, encoding, n, ne
         return texts, None, "pkd.deploy.export.PARITY_SENTENCES"
     if data_dir is not None and task is None:
         raise PkdError("--data-dir: give --task too (the GLUE task whose dev split to read)")
-    data = C.DataConfig(
+    data = DataConfig(
         task=task or "custom",
         data_dir=data_dir,
         validation_file=validation_file,

@@ -1,9 +1,5 @@
-"""Load teachers, build students from the first M layers of a pre-trained checkpoint.
-
-The student (Sun et al. 2019, Sec. 4.1) has the teacher's architecture with M < N layers and
-is initialised from the *pre-trained* model the teacher was fine-tuned from, embeddings and
-layers 1..M, with a new classification head. `transformers` does the truncation: loading a
-checkpoint with `num_hidden_layers=M` keeps `encoder.layer.0..M-1` and drops the rest.
+"""Load models: configs, tokenizers, fine-tuned teachers, encoders with a new task head; read
+their layer states, positions and records. Students are built in `pkd.models.students`.
 
 Pooling (`--pooling auto|cls|mean`): how a model turns its token states into one vector, for
 the task head and for the patient loss. `cls` is the paper's setting and BERT's own classes
@@ -16,7 +12,6 @@ of `pkd.models.pooling`. `auto` reads a checkpoint's sentence-transformers pooli
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 from pathlib import Path
@@ -36,7 +31,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from pkd.config.options import MODEL_SOURCES, resolve_model
+from pkd.config.runs import MODEL_SOURCES, resolve_model
 from pkd.errors import PkdError
 from pkd.models import pooling as P
 from pkd.tasks import MULTIPLE_CHOICE, REGRESSION
@@ -156,19 +151,19 @@ def load_for_finetuning(
     """
     name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
-    kwargs = _head_kwargs(problem_type, labels)
+    kwargs = head_kwargs(problem_type, labels)
     if pooling == "mean":
         model = mean_pooled(
             load_encoder(name_or_path, option, trust_remote_code), problem_type, kwargs
         )
     else:
-        _check_cls_init(config, name_or_path, option)
+        check_cls_init(config, name_or_path, option)
         try:
             with quiet_load_report():  # a new head: its keys are missing by design
                 model = auto_class(problem_type).from_pretrained(
                     name_or_path,
                     trust_remote_code=trust_remote_code,
-                    use_safetensors=_use_safetensors(name_or_path),
+                    use_safetensors=safetensors_only(name_or_path),
                     **kwargs,
                 )
         except (ValueError, OSError) as e:
@@ -189,11 +184,11 @@ def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False
     cls = AutoModel
     if config.model_type == P.MODEL_TYPE:
         cls = auto_class(MULTIPLE_CHOICE if is_multiple_choice(config) else "")
-    with _load_errors(option, name_or_path), quiet_load_report():  # heads, layers dropped
+    with load_errors(option, name_or_path), quiet_load_report():  # heads, layers dropped
         model = cls.from_pretrained(
             name_or_path,
             trust_remote_code=trust_remote_code,
-            use_safetensors=_use_safetensors(name_or_path),
+            use_safetensors=safetensors_only(name_or_path),
             **overrides,
         )
     encoder = model.encoder if config.model_type == P.MODEL_TYPE else model
@@ -211,7 +206,7 @@ def mean_pooled(encoder, problem_type: str, head: dict):
     return model
 
 
-def _check_cls_init(config, name_or_path: str, option: str) -> None:
+def check_cls_init(config, name_or_path: str, option: str) -> None:
     if config.model_type == P.MODEL_TYPE:
         raise PkdError(
             f"--{option}: {name_or_path} is a mean-pooled model; a [CLS]-pooled model cannot "
@@ -303,7 +298,7 @@ def resolve_pooling(requested: str, name_or_path: str, config) -> tuple[str, str
     return pooling, why
 
 
-def _head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
+def head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
     if problem_type == REGRESSION:
         return {"num_labels": 1, "problem_type": "regression"}
     if problem_type == MULTIPLE_CHOICE:
@@ -316,7 +311,7 @@ def _head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
     }
 
 
-def _use_safetensors(name_or_path: str) -> bool | None:
+def safetensors_only(name_or_path: str) -> bool | None:
     """Local dirs: weights only through safetensors (no pickle). Hub names: let HF decide."""
     p = Path(name_or_path)
     if p.is_dir():
@@ -346,8 +341,8 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
         )
     problem_type = MULTIPLE_CHOICE if head[0].endswith("ForMultipleChoice") else None
     cls = auto_class(problem_type or "")
-    use_safetensors = _use_safetensors(name_or_path)
-    with _load_errors(option, name_or_path):
+    use_safetensors = safetensors_only(name_or_path)
+    with load_errors(option, name_or_path):
         model = cls.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
         )
@@ -356,7 +351,7 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
 
 
 @contextlib.contextmanager
-def _load_errors(option: str, name_or_path: str):
+def load_errors(option: str, name_or_path: str):
     """Damaged or mismatched weights -> a one-line PkdError naming the option."""
     try:
         yield
@@ -397,109 +392,6 @@ def feed_forward_size(config) -> int:
     return getattr(config, "intermediate_size", None) or config.hidden_dim
 
 
-def depth_overrides(config, layers: int, option: str) -> dict:
-    """Config values that keep an encoder's first `layers` layers: `num_hidden_layers` and
-    the per-layer settings cut with it (ModernBERT's `layer_types`, global or local attention).
-
-    ALBERT's layers are one shared layer run `num_hidden_layers` times: a student of M layers
-    runs that same layer M times (the teacher's parameters, M/N of its compute).
-
-    Raises:
-        PkdError: an ALBERT of several layer groups, whose first M layers are not a model.
-    """
-    overrides = {"num_hidden_layers": layers}
-    groups = getattr(config, "num_hidden_groups", 1)
-    if groups != 1 and layers != num_layers(config):
-        raise PkdError(
-            f"--{option}: ALBERT with num_hidden_groups={groups} cannot keep its first {layers} "
-            "layers (its groups are spread over all layers); pkd cuts ALBERTs of one shared "
-            "layer group"
-        )
-    if encoder_type(config) == "albert" and groups == 1:
-        logger.info(
-            "ALBERT: the %d-layer student runs the teacher's one shared layer %d times",
-            layers,
-            layers,
-        )
-    types = getattr(config, "layer_types", None)
-    if isinstance(types, (list, tuple)):
-        overrides["layer_types"] = list(types[:layers])
-    return overrides
-
-
-def build_student(
-    init: str,
-    student_layers: int,
-    teacher,
-    problem_type: str,
-    trust_remote_code: bool = False,
-    pooling: str = "cls",
-):
-    """An M-layer student initialised from the first M layers (and embeddings) of `init`,
-    with a new head that pools as `pooling` says (`cls` or `mean`). `init` may be of another
-    hidden size than the teacher (a `pkd pretrain` student): the patient loss then goes
-    through learned projections (`pkd.models.projection`).
-
-    Raises:
-        PkdError: init and teacher cannot match (architecture, vocabulary), or init has fewer
-            than M layers.
-    """
-    init = resolve_model(init, "student-init")
-    config = load_config(init, "student-init", trust_remote_code)
-    t = teacher.config
-    init_layers = num_layers(config)
-    check_same_architecture(config, t, init)
-    if not 1 <= student_layers <= init_layers:
-        raise PkdError(
-            f"--student-layers: {student_layers} is impossible for the {init_layers} layers of "
-            f"{init} (need 1 <= M <= {init_layers})"
-        )
-    kwargs = _head_kwargs(problem_type, model_labels(teacher))
-    depth = depth_overrides(config, student_layers, "student-layers")
-    if pooling == "mean":
-        encoder = load_encoder(init, "student-init", trust_remote_code, **depth)
-        model = mean_pooled(encoder, problem_type, kwargs)
-    else:
-        _check_cls_init(config, init, "student-init")
-        with _load_errors("student-init", init), quiet_load_report():  # new head, M layers
-            model = auto_class(problem_type).from_pretrained(
-                init,
-                **depth,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=_use_safetensors(init),
-                **kwargs,
-            )
-    model.config.update({BASE_MODEL_KEY: getattr(t, BASE_MODEL_KEY, None) or init})
-    model.config.update({ATTENTION_KEY: model.config._attn_implementation})
-    return model
-
-
-def check_same_architecture(config, teacher_config, init: str) -> None:
-    """A student (init `config`) must have its teacher's architecture and vocabulary; its
-    width and depth may differ."""
-    t = teacher_config
-    for what, a, b in (
-        ("model_type", encoder_type(config), encoder_type(t)),
-        ("vocab_size", getattr(config, "vocab_size", None), getattr(t, "vocab_size", None)),
-    ):
-        if a != b:
-            raise PkdError(
-                f"--student-init: {init} has {what}={a} but the teacher has {what}={b}; "
-                "student and teacher must share architecture and vocabulary"
-            )
-
-
-def student_init_name(
-    teacher: str, student_init: str | None, trust_remote_code: bool = False
-) -> str | None:
-    """--student-init as given ('teacher': the teacher), else the base model the teacher
-    records (None: it records none)."""
-    if student_init in (None, ""):
-        teacher_config = load_config(teacher, "teacher", trust_remote_code)
-        return getattr(teacher_config, BASE_MODEL_KEY, None)
-    return teacher if student_init == "teacher" else student_init
-
-
 def position_offset(config) -> int:
     """Positions an encoder's position ids skip: RoBERTa-style embeddings number tokens from
     padding_idx + 1 (pad_token_id + 1; MPNet: 2), so a 514-position RoBERTa takes 512 tokens."""
@@ -527,16 +419,6 @@ def max_length_limit(config, tokenizer) -> int | None:
     if tokenizer is not None and tokenizer.model_max_length < 1_000_000:  # else: 'unlimited'
         limits.append(tokenizer.model_max_length)
     return min((n for n in limits if n), default=None)
-
-
-def check_max_length(max_length: int, name: str, option: str, config, tokenizer) -> None:
-    """--max-length must fit the model's position embeddings (else a crash mid-run)."""
-    limit = max_length_limit(config, tokenizer)
-    if limit is not None and max_length > limit:
-        raise PkdError(
-            f"--max-length: {max_length} is more than the {limit} positions of --{option} "
-            f"{name}; pass --max-length {limit} or less"
-        )
 
 
 # What `layer_states` pools per layer, by pooling (the dry run's loss names it).
@@ -575,7 +457,7 @@ def count_parameters(model) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# `pkd pretrain`: a pre-trained teacher, and a student of any shape
+# `pkd pretrain`: a pre-trained teacher (its student: `pkd.models.students`)
 
 PRETRAIN_KEY = "pkd_pretrain"  # in a `pkd pretrain` student's config.json: where it came from
 
@@ -592,11 +474,11 @@ def load_pretrained_teacher(name_or_path: str, mlm: bool = False, trust_remote_c
     if not mlm:
         model = load_encoder(name_or_path, "teacher", trust_remote_code)
     else:
-        with _load_errors("teacher", name_or_path):
+        with load_errors("teacher", name_or_path):
             model, info = AutoModelForMaskedLM.from_pretrained(
                 name_or_path,
                 trust_remote_code=trust_remote_code,
-                use_safetensors=_use_safetensors(name_or_path),
+                use_safetensors=safetensors_only(name_or_path),
                 output_loading_info=True,
             )
         prefix = model.base_model_prefix + "."
@@ -610,114 +492,3 @@ def load_pretrained_teacher(name_or_path: str, mlm: bool = False, trust_remote_c
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def general_student_config(teacher_config, layers: int, hidden, heads, intermediate):
-    """The config of a fresh student of another shape, derived from the teacher's: the same
-    architecture, vocabulary and positions; by default the teacher's head size and its ratio
-    of feed-forward to hidden size.
-
-    Raises:
-        PkdError: a width its heads do not divide.
-    """
-    t = teacher_config
-    hidden = hidden or t.hidden_size
-    if heads is None:
-        head_size = t.hidden_size // t.num_attention_heads
-        if hidden % head_size:
-            raise PkdError(
-                f"--student-heads: the teacher's head size {head_size} does not divide "
-                f"--student-hidden-size {hidden}; give --student-heads"
-            )
-        heads = hidden // head_size
-    if hidden % heads:
-        raise PkdError(f"--student-heads: {heads} heads do not divide the width {hidden}")
-    config = copy.deepcopy(t)
-    for key, value in depth_overrides(t, layers, "student-layers").items():
-        setattr(config, key, value)
-    config.hidden_size = hidden
-    config.num_attention_heads = heads
-    feed_forward = "intermediate_size" if hasattr(t, "intermediate_size") else "hidden_dim"
-    setattr(
-        config,
-        feed_forward,
-        intermediate or round(feed_forward_size(t) * hidden / t.hidden_size),
-    )
-    config.architectures = None
-    return without_pkd_records(config)
-
-
-def without_pkd_records(config):
-    """`config` without what pkd recorded in it (`pkd_task`, `pkd_dev_metric`, ...): a new
-    student's records are its own."""
-    for key in [k for k in config.to_dict() if k.startswith("pkd_")]:
-        delattr(config, key)
-    return config
-
-
-def build_general_student(
-    teacher_name: str,
-    teacher_config,
-    layers: int,
-    shape: dict[str, int | None],
-    init: str | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[object, str]:
-    """`pkd pretrain`'s student encoder (`AutoModel`, with its pooler) and how it starts:
-    `init`'s first M layers; else at the teacher's shape its first M layers (as `pkd
-    distill`); else a fresh model of that shape (seeded by the caller).
-
-    Args:
-        teacher_config: the teacher encoder's config.
-        shape: hidden_size, num_attention_heads, intermediate_size (None: the teacher's or,
-            for a fresh student, derived by `general_student_config`).
-
-    Raises:
-        PkdError: an init of another architecture or vocabulary, with fewer than M layers, or
-            whose shape differs from the one asked for.
-    """
-    if init is not None:
-        config = load_config(init, "student-init", trust_remote_code)
-        check_same_architecture(config, teacher_config, init)
-        for key, value in shape.items():
-            if value is not None and value != getattr(config, key):
-                option = {"num_attention_heads": "heads"}.get(key, key).replace("_", "-")
-                raise PkdError(
-                    f"--student-{option}: {value} differs from the {getattr(config, key)} of "
-                    f"--student-init {init}, which fixes the student's shape; drop one of them"
-                )
-        if layers > num_layers(config):
-            raise PkdError(
-                f"--student-layers: {layers} > the {num_layers(config)} layers of {init}"
-            )
-        encoder = _pretrained_encoder(init, "student-init", trust_remote_code, layers)
-        without_pkd_records(encoder.config)
-        return encoder, init
-    t = teacher_config
-    if all(v is None or v == getattr(t, k) for k, v in shape.items()):
-        encoder = _pretrained_encoder(teacher_name, "teacher", trust_remote_code, layers)
-        without_pkd_records(encoder.config)
-        return encoder, f"the teacher's first {layers} layers"
-    config = general_student_config(
-        t,
-        layers,
-        shape["hidden_size"],
-        shape["num_attention_heads"],
-        shape["intermediate_size"],
-    )
-    return AutoModel.from_config(config), "fresh (random) weights"
-
-
-def _pretrained_encoder(name_or_path: str, option: str, trust_remote_code: bool, layers: int):
-    """The first `layers` layers (and embeddings, and pooler) of a checkpoint as `AutoModel`."""
-    config = load_config(name_or_path, option, trust_remote_code)
-    depth = depth_overrides(config, layers, "student-layers")
-    if config.model_type == P.MODEL_TYPE:  # a mean-pooled pkd model: its encoder
-        return load_encoder(name_or_path, option, trust_remote_code, **depth)
-    with _load_errors(option, name_or_path), quiet_load_report():  # layers beyond `layers`
-        return AutoModel.from_pretrained(
-            name_or_path,
-            **depth,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=_use_safetensors(name_or_path),
-        )

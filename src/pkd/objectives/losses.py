@@ -1,6 +1,6 @@
 """The loss terms of Eq. (1)-(4): L = (1 - alpha) * L_CE + alpha * L_DS + beta * L_PT.
 
-Each term is a small pure function; `pkd.config.options` names the variants a config may
+Each term is a small pure function; `pkd.config.choices` names the variants a config may
 choose (`KD_FORMS`, `PT_FORMS`, `PT_CHOICES`).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pkd.config.options import KD_FORMS, PT_CHOICES, PT_FORMS
+from pkd.config.choices import KD_FORMS, PT_CHOICES, PT_FORMS
 from pkd.tasks import IGNORE_LABEL
 
 

@@ -9,7 +9,7 @@ layers 1..M-1 only: the top student layer is taught through the logits.
 
 from __future__ import annotations
 
-from pkd.config.options import STRATEGIES
+from pkd.config.choices import STRATEGIES
 from pkd.errors import PkdError
 
 

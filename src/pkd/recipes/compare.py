@@ -21,8 +21,7 @@ import logging
 import time
 from pathlib import Path
 
-from pkd.config import options as C
-from pkd.config.options import resolve_model
+from pkd.config.runs import DistillRunConfig, inference_data, resolve_model
 from pkd.data.loading import check_label_sets, load_splits, majority_baselines, resolve_task
 from pkd.deploy import report as R
 from pkd.deploy.bench import benchmark, check_bench_options
@@ -35,11 +34,12 @@ from pkd.models.encoders import (
     token_positions,
 )
 from pkd.models.results import RunResult
+from pkd.models.students import student_init
 from pkd.objectives.mapping import layer_map
 from pkd.recipes.compare_plan import Checked, Run, StudentGrid, config_drift, describe, plan_runs
 from pkd.recipes.compare_report import to_markdown, write_cards, write_results
 from pkd.recipes.distill import distill
-from pkd.recipes.distill_checks import check_teacher_strength, student_init, teacher_task
+from pkd.recipes.distill_checks import check_teacher_strength, teacher_task
 from pkd.recipes.inference import evaluate
 from pkd.tasks import readable_labels
 from pkd.training.rundir import check_not_replaced, run_inputs, run_lock
@@ -60,7 +60,7 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
         )
     for run in runs:
         layer_map(run.cfg.distill.strategy, n, run.layers)  # 1 <= M < N for every method
-    init = student_init(cfg)
+    init = student_init(cfg.teacher, model.config, cfg.distill.student_init)
     init_layers = num_layers(load_config(init, "student-init", trust))
     deepest = max(r.layers for r in runs)
     if deepest > init_layers:
@@ -89,10 +89,10 @@ def validate(runs: list[Run], teacher: str, bench_seq_length: int | None = None)
     return Checked(spec, n, teacher_eval)
 
 
-def evaluate_model(model_dir: str | Path, cfg: C.DistillRunConfig, spec) -> dict:
+def evaluate_model(model_dir: str | Path, cfg: DistillRunConfig, spec) -> dict:
     out = {}
     for split in spec.eval_splits:
-        m = evaluate(str(model_dir), C.inference_data(cfg.data), split, cfg.train.eval_batch_size)
+        m = evaluate(str(model_dir), inference_data(cfg.data), split, cfg.train.eval_batch_size)
         out[split] = {k: v for k, v in m.items() if k not in ("task", "split", "source")}
     return out
 

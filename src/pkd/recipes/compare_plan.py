@@ -12,8 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from pkd.config import options as C
+from pkd.config.choices import check_seed
+from pkd.config.files import build, merge, to_dict
+from pkd.config.files import config_drift as settings_drift
 from pkd.config.presets import apply
+from pkd.config.runs import DistillRunConfig, for_method
 from pkd.deploy import report as R
 from pkd.errors import PkdError
 from pkd.models.results import RunResult
@@ -41,7 +44,7 @@ class Run:
     method: str
     seed: int
     path: Path
-    cfg: C.DistillRunConfig
+    cfg: DistillRunConfig
     status: str  # train | reuse (finished) | replace (unfinished, overwritten)
 
 
@@ -73,7 +76,7 @@ class StudentGrid:
             if len(set(values)) != len(values):
                 raise PkdError(f"--{option}: repeated values in {values}")
         for seed in self.seeds:
-            C.check_seed("seeds", seed)
+            check_seed("seeds", seed)
 
 
 def _clean_base(base: dict) -> dict:
@@ -123,7 +126,7 @@ def plan_runs(
                 finished = RunResult.exists(path)
                 unfinished = path.exists() and not finished
                 kind, strategy = METHODS[method]
-                shared = C.for_method(base, kind)  # alpha/beta, a transfer set: where they act
+                shared = for_method(base, kind)  # alpha/beta, a transfer set: where they act
                 values = {
                     "teacher": teacher,
                     "output": str(path),
@@ -140,9 +143,9 @@ def plan_runs(
                 }
                 own = {"method": kind, "strategy": strategy, "student_layers": layers}
                 forced = {"train": {"seed": seed}, "distill": own}
-                given = C.for_method(options, kind)
-                values = apply(values, C.merge(given, forced), warned)
-                cfg = C.build(C.DistillRunConfig, values, "compare")
+                given = for_method(options, kind)
+                values = apply(values, merge(given, forced), warned)
+                cfg = build(DistillRunConfig, values, "compare")
                 status = "reuse" if finished else ("replace" if unfinished else "train")
                 runs.append(Run(name, layers, method, seed, path, cfg, status))
     return runs
@@ -154,7 +157,7 @@ def config_drift(run: Run) -> list[str]:
     if not path.is_file():
         logger.warning("%s has no config.yaml; reusing it unchecked", run.path)
         return []
-    return C.config_drift(yaml.safe_load(path.read_text()) or {}, C.to_dict(run.cfg))
+    return settings_drift(yaml.safe_load(path.read_text()) or {}, to_dict(run.cfg))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import DistillRunConfig
 from pkd.data.loading import (
     check_label_sets,
     collator,
@@ -40,8 +40,6 @@ from pkd.data.transfer import (
 from pkd.models.encoders import (
     DEV_METRIC_KEY,
     TASK_KEY,
-    build_student,
-    check_max_length,
     count_parameters,
     load_finetuned,
     load_tokenizer,
@@ -51,15 +49,20 @@ from pkd.models.encoders import (
 )
 from pkd.models.projection import Projection
 from pkd.models.results import RunResult
+from pkd.models.students import (
+    build_student,
+    check_max_length,
+    check_same_tokenizer,
+    patient_projection,
+    student_init,
+    student_pooling,
+)
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.objective import Objective, cached_teacher, online_teacher
 from pkd.recipes.distill_checks import (
     check_cache_space,
-    check_same_tokenizer,
     check_teacher_strength,
-    student_init,
-    student_pooling,
     teacher_scores,
     teacher_task,
     warn_collapse,
@@ -99,7 +102,7 @@ logger = logging.getLogger(__name__)
 class DistillPlan:
     """Everything `distill` resolved before training: shown by --dry-run, used by the run."""
 
-    cfg: C.DistillRunConfig
+    cfg: DistillRunConfig
     spec: TaskSpec
     teacher: object
     tokenizer: object
@@ -116,7 +119,7 @@ class DistillPlan:
     # PKD into a student of another width: its states reach the teacher's through these
     projection: Projection | None = None
 
-    def training_set(self, cfg: C.DistillRunConfig):
+    def training_set(self, cfg: DistillRunConfig):
         """The labelled training set; with a transfer set, each labelled example together
         with its --transfer-ratio transfer partners (`pkd.data.transfer.TransferMix`)."""
         labelled = self.encoded["train"]
@@ -283,7 +286,7 @@ class DistillPlan:
 
 
 def plan_distill(
-    cfg: C.DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
+    cfg: DistillRunConfig, accelerator=None, teacher_metrics: dict | None = None
 ) -> DistillPlan:
     """Every up-front check of `pkd distill`, and the loaded teacher, student and data.
 
@@ -314,7 +317,7 @@ def plan_distill(
             cfg.data.max_length,
             num_choices(splits["train"]),
         )
-    init = student_init(cfg)
+    init = student_init(cfg.teacher, teacher.config, d.student_init)
     tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)
     check_max_length(cfg.data.max_length, cfg.teacher, "teacher", teacher.config, tokenizer)
     if init != cfg.teacher:
@@ -351,18 +354,6 @@ def plan_distill(
         transfer,
         projection,
     )
-
-
-def patient_projection(d: C.DistillConfig, pairs, student_config, teacher_config):
-    """PKD into a student of another width (a `pkd pretrain` student as --student-init):
-    a learned projection per mapped layer, student H -> teacher H, trained with the student
-    and never saved in its model/ (seeded: build it right after the student). None when
-    the widths agree or the method has no patient loss."""
-    hs, ht = student_config.hidden_size, teacher_config.hidden_size
-    if "pt" not in d.terms or hs == ht:
-        return None
-    logger.info("student width %d, teacher %d: the patient loss goes through projections", hs, ht)
-    return Projection(len(pairs), hs, ht)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +433,7 @@ DISTILL = Recipe("distill", plan_distill, run_distill, plan_on_device=True)
 
 
 @locks_output
-def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
+def distill(cfg: DistillRunConfig, dry_run: bool = False, on_evaluate=None) -> dict:
     """Distill a fine-tuned teacher into an M-layer student (FT, KD, PKD-Skip/Last).
 
     `on_evaluate`: see `run_distill`. Returns the contents of metrics.json (or the plan, with
@@ -453,7 +444,7 @@ def distill(cfg: C.DistillRunConfig, dry_run: bool = False, on_evaluate=None) ->
 
 
 def teacher_signal(
-    cfg: C.DistillRunConfig, plan: DistillPlan, accelerator, train_set
+    cfg: DistillRunConfig, plan: DistillPlan, accelerator, train_set
 ) -> tuple[Callable | None, dict | None]:
     """What the student learns from besides labels: the teacher cache (built once, by the
     main process, or reused) over the training set (and its transfer set) or the teacher run

@@ -11,22 +11,16 @@ import json
 import logging
 import math
 import shutil
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from pkd.config import options as C
+from pkd.config.sections import DistillConfig
 from pkd.data.loading import collator
 from pkd.errors import PkdError
 from pkd.models.encoders import (
-    BASE_MODEL_KEY,
     is_multiple_choice,
-    load_config,
-    load_tokenizer,
     model_labels,
-    model_pooling,
-    student_init_name,
 )
 from pkd.objectives import cache as cache_mod
 from pkd.recipes.dryrun import human_bytes
@@ -36,7 +30,6 @@ from pkd.training.evaluation import score
 logger = logging.getLogger("pkd.recipes.distill")
 
 WEAK_TEACHER_MARGIN = 0.02  # a teacher must beat the majority baseline by 2 points
-TOKENIZER_PROBE = "The film was GOOD: naïve café, 123 — don't!"  # case, accents, digits
 
 
 def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
@@ -57,75 +50,6 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
             f"--teacher: a classifier with labels {list(teacher_labels)} cannot teach regression"
         )
     return spec
-
-
-def student_init(cfg: C.DistillRunConfig) -> str:
-    """The checkpoint the student starts from (see `models.student_init_name`); a warning
-    when it is the fine-tuned teacher, an error when the teacher records no base model."""
-    init = student_init_name(cfg.teacher, cfg.distill.student_init, cfg.trust_remote_code)
-    if not init:
-        raise PkdError(
-            f"--student-init: {cfg.teacher} does not record its pre-trained base model; "
-            "pass --student-init NAME_OR_DIR (or 'teacher')"
-        )
-    if init == cfg.teacher or (
-        Path(init).exists() and Path(init).resolve() == Path(cfg.teacher).resolve()
-    ):
-        teacher_config = load_config(cfg.teacher, "teacher", cfg.trust_remote_code)
-        base = getattr(teacher_config, BASE_MODEL_KEY, None)
-        logger.warning(
-            "--student-init: the student is initialised from the fine-tuned teacher %s, not from "
-            "the pre-trained %s; the paper initialises from the pre-trained model",
-            cfg.teacher,
-            base or "checkpoint it was fine-tuned from",
-        )
-        init = cfg.teacher
-    return init
-
-
-def student_pooling(requested: str, teacher, teacher_name: str, method: str) -> str:
-    """The student's pooling: `--pooling`, or the teacher's for auto.
-
-    PKD matches each model's pooled layer states, so a student that pools otherwise than its
-    teacher is refused there; FT and KD only use logits, so it is allowed with a warning.
-    """
-    theirs = model_pooling(teacher.config)
-    pooling = theirs if requested == "auto" else requested
-    if pooling != theirs:
-        msg = f"--pooling: the student would pool {pooling} but the teacher {teacher_name} pools {theirs}"
-        if method == "pkd":
-            raise PkdError(
-                f"{msg}; the patient loss compares the states each model reads, so both must "
-                "pool alike (drop --pooling, or use --method kd)"
-            )
-        logger.warning("%s; allowed for --method %s, which learns from logits only", msg, method)
-    return pooling
-
-
-def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
-    """The student reads the teacher's token ids, so its init must tokenise identically."""
-    try:
-        theirs = load_tokenizer(init, "student-init", trust_remote_code)
-    except PkdError:
-        logger.warning("--student-init: %s has no loadable tokenizer; not compared", init)
-        return
-    ours, other = teacher_tokenizer.get_vocab(), theirs.get_vocab()
-    if ours != other:
-        differ = sorted({t for t in ours.keys() | other.keys() if ours.get(t) != other.get(t)})
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} differs from the teacher's ({len(differ)} "
-            f"vocabulary entries differ, e.g. {differ[0]!r}: {other.get(differ[0])} vs "
-            f"{ours.get(differ[0])}); student and teacher must share one tokenizer"
-        )
-    a, b = teacher_tokenizer(TOKENIZER_PROBE)["input_ids"], theirs(TOKENIZER_PROBE)["input_ids"]
-    if a != b:
-        words = [theirs.convert_ids_to_tokens(b), teacher_tokenizer.convert_ids_to_tokens(a)]
-        raise PkdError(
-            f"--student-init: the tokenizer of {init} has the teacher's vocabulary but splits "
-            f"text differently (lower-casing or accents? {TOKENIZER_PROBE!r} gives "
-            f"{' '.join(words[0][1:5])} ... vs {' '.join(words[1][1:5])} ...); "
-            "student and teacher must share one tokenizer"
-        )
 
 
 def check_cache_space(
@@ -210,7 +134,7 @@ def check_teacher_strength(spec, teacher_metrics, baseline, allow: bool) -> None
         logger.warning("--teacher: it %s (allowed)", score)
 
 
-def warn_collapse(result: dict, spec: TaskSpec, dev, d: C.DistillConfig) -> None:
+def warn_collapse(result: dict, spec: TaskSpec, dev, d: DistillConfig) -> None:
     """A student that predicts one class for all of dev after epoch 1 (its accuracy is one
     class's share): say why, from what the first epoch logged. Blame beta only when the
     patient term's gradient share says so; a cross-entropy still at log(C), a uniform guess,

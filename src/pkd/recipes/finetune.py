@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import FinetuneRunConfig
 from pkd.data.loading import (
     check_label_sets,
     collator,
@@ -24,7 +24,6 @@ from pkd.data.loading import (
 from pkd.data.transfer import labelled_count
 from pkd.models.encoders import (
     TASK_KEY,
-    check_max_length,
     count_parameters,
     encoder_type,
     load_config,
@@ -35,6 +34,7 @@ from pkd.models.encoders import (
     resolve_pooling,
 )
 from pkd.models.results import RunResult
+from pkd.models.students import check_max_length
 from pkd.objectives.objective import Objective
 from pkd.recipes.dryrun import (
     POOLING_TEXT,
@@ -61,7 +61,7 @@ from pkd.training.rundir import (
 class FinetunePlan:
     """Everything `finetune` resolved before training: shown by --dry-run, used by the run."""
 
-    cfg: C.FinetuneConfig
+    cfg: FinetuneRunConfig
     spec: TaskSpec
     model: object
     tokenizer: object
@@ -133,7 +133,7 @@ class FinetunePlan:
         return plan_text(plan, lines)
 
 
-def plan_finetune(cfg: C.FinetuneConfig) -> FinetunePlan:
+def plan_finetune(cfg: FinetuneRunConfig) -> FinetunePlan:
     """Every up-front check of `pkd finetune`, and the loaded data and model."""
     spec = resolve_task(cfg.data)
     spec, splits = load_splits(cfg.data, ["train", *spec.eval_splits])
@@ -196,7 +196,7 @@ FINETUNE = Recipe("finetune", plan_finetune, run_finetune)
 
 
 @locks_output
-def finetune(cfg: C.FinetuneConfig, dry_run: bool = False) -> dict:
+def finetune(cfg: FinetuneRunConfig, dry_run: bool = False) -> dict:
     """Fine-tune a pre-trained encoder on a task (the teacher, or the FT baseline).
 
     Returns the contents of metrics.json (or, with dry_run, the plan: every check is run

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from pkd.config import options as C
-from pkd.config.options import resolve_model
+from pkd.config.runs import check_inference_data, resolve_model
+from pkd.config.sections import DataConfig
 from pkd.data.kinds import task_kind
 from pkd.data.loading import (
     check_label_sets,
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 PKD_OUTPUTS = ("eval_*.json", "predictions_*.tsv")  # what evaluate/predict write by a model
 
 
-def load_for_inference(model: str, data: C.DataConfig, split: str, labelled: bool):
+def load_for_inference(model: str, data: DataConfig, split: str, labelled: bool):
     """The model, its tokenizer, the task, and the raw and encoded split to run it on."""
     net = load_finetuned(model, "model")
     tokenizer = load_tokenizer(model, "model")
@@ -59,7 +59,7 @@ def load_for_inference(model: str, data: C.DataConfig, split: str, labelled: boo
     return net, tokenizer, spec, raw, enc
 
 
-def loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str | None) -> bool:
+def loads_unlabelled(spec: TaskSpec, split: str, data: DataConfig, file: str | None) -> bool:
     """Whether a split that failed to load with labels is unlabelled (test) data: it has no
     label column (key) at all, and reads fine without one."""
     if not isinstance(spec.label_column, str):
@@ -75,7 +75,7 @@ def loads_unlabelled(spec: TaskSpec, split: str, data: C.DataConfig, file: str |
     return spec.label_column not in [h.strip() for h in header]
 
 
-def inference_split(data: C.DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
+def inference_split(data: DataConfig, split: str, labels: tuple[str, ...], labelled: bool):
     """The task (labels: the data's names in the model's order, `pkd.tasks.align_labels`)
     and the raw split to run a model on."""
     spec = resolve_task(data, readable_labels(labels))
@@ -116,7 +116,7 @@ def model_files(model: str) -> list[Path]:
     return [f for f in p.iterdir() if f.is_file() and not any(f.match(g) for g in PKD_OUTPUTS)]
 
 
-def check_output_file(path: Path, model: str, data: C.DataConfig, source: str) -> Path:
+def check_output_file(path: Path, model: str, data: DataConfig, source: str) -> Path:
     """Refuse an --output-file that is a directory, lies under a file, cannot be written (a
     read-only model directory, for the default), or would replace an input: one of the
     model's files or the data read (`source`, the split's file)."""
@@ -136,7 +136,7 @@ def check_batch_size(batch_size: int) -> None:
 
 def evaluate(
     model: str,
-    data: C.DataConfig,
+    data: DataConfig,
     split: str = "dev",
     batch_size: int = 128,
     write: bool = False,
@@ -148,7 +148,7 @@ def evaluate(
     the model directory), checked before the model runs.
     """
     check_batch_size(batch_size)
-    C.check_inference_data(data)
+    check_inference_data(data)
     model = resolve_model(model, "model")
     spec = resolve_task(data) if data.task != "custom" else None
     if split.startswith("test") and not (spec is not None and spec.test_labelled):
@@ -184,7 +184,7 @@ def evaluate(
 
 
 def eval_output(
-    model: str, data: C.DataConfig, name: str, output_file: str | None, source: str
+    model: str, data: DataConfig, name: str, output_file: str | None, source: str
 ) -> Path | None:
     """Where `evaluate` writes its metrics: --output-file (checked: a bad one is refused before
     the model runs), else `name` beside the model directory (in its run directory); None,
@@ -201,7 +201,7 @@ def eval_output(
 
 def predict(
     model: str,
-    data: C.DataConfig,
+    data: DataConfig,
     split: str = "test",
     output: str | None = None,
     batch_size: int = 128,
@@ -211,7 +211,7 @@ def predict(
     output: the TSV to write (default: predictions_TASK_SPLIT.tsv in the model directory).
     """
     check_batch_size(batch_size)
-    C.check_inference_data(data)
+    check_inference_data(data)
     onnx = Path(model).suffix == ".onnx" or (Path(model) / "model.onnx").is_file()
     model = model if onnx else resolve_model(model, "model")
     model_dir = Path(model) if Path(model).is_dir() else Path(model).parent

@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from pkd.config import options as C
+from pkd.config.runs import PretrainRunConfig
+from pkd.config.sections import PretrainConfig
 from pkd.data.loading import collator, encode, warn_truncation
 from pkd.data.text import HELD_OUT, MaskedText, hold_out, load_texts, mlm_collator
 from pkd.models.encoders import (
     PRETRAIN_KEY,
-    build_general_student,
-    check_max_length,
     count_parameters,
     feed_forward_size,
     load_pretrained_teacher,
@@ -37,6 +36,7 @@ from pkd.models.encoders import (
     num_layers,
 )
 from pkd.models.results import RunResult
+from pkd.models.students import build_general_student, check_max_length, check_same_tokenizer
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.mapping import layer_map
 from pkd.objectives.pretraining import (
@@ -49,7 +49,6 @@ from pkd.objectives.pretraining import (
     heldout_score,
     online_signals,
 )
-from pkd.recipes.distill_checks import check_same_tokenizer
 from pkd.recipes.dryrun import (
     cache_line,
     cached_plan,
@@ -72,7 +71,7 @@ logger = logging.getLogger(__name__)
 class PretrainPlan:
     """Everything `pretrain` resolved before training: shown by --dry-run, used by the run."""
 
-    cfg: C.PretrainConfig
+    cfg: PretrainRunConfig
     teacher: object  # the encoder, or its AutoModelForMaskedLM with MLM terms
     tokenizer: object
     student: object  # AutoModel
@@ -84,7 +83,7 @@ class PretrainPlan:
     encoded: dict  # train, heldout: tokenised
     truncated: float
 
-    def datasets(self, cfg: C.PretrainConfig) -> tuple[object, object, object]:
+    def datasets(self, cfg: PretrainRunConfig) -> tuple[object, object, object]:
         """(training set, held-out set, collate): masked for MLM when asked for."""
         train_set, held = self.encoded["train"], self.encoded[HELD_OUT]
         o = cfg.pretrain
@@ -97,7 +96,7 @@ class PretrainPlan:
             mlm_collator(self.tokenizer),
         )
 
-    def objective(self, cfg: C.PretrainConfig, teacher=None) -> GeneralObjective:
+    def objective(self, cfg: PretrainRunConfig, teacher=None) -> GeneralObjective:
         o = cfg.pretrain
         return GeneralObjective(
             o.weights,
@@ -198,7 +197,7 @@ class PretrainPlan:
         return plan_text(plan, lines)
 
 
-def formula(o: C.PretrainOptions) -> str:
+def formula(o: PretrainConfig) -> str:
     """`pkd pretrain`'s loss with this run's weights, e.g. `1*PT(all tokens) + 1*TOP(...)`."""
     tokens = "every token" if o.pt_tokens == "all" else "[CLS]"
     shown = {
@@ -210,7 +209,7 @@ def formula(o: C.PretrainOptions) -> str:
     return " + ".join(f"{w:g}*{shown[k]}" for k, w in o.weights.items())
 
 
-def plan_pretrain(cfg: C.PretrainConfig) -> PretrainPlan:
+def plan_pretrain(cfg: PretrainRunConfig) -> PretrainPlan:
     """Every up-front check of `pkd pretrain`, and the loaded teacher, student and text."""
     o, quiet = cfg.pretrain, cfg.train.quiet
     texts = load_texts(cfg.text)  # bad text fails first, before any model loads
@@ -320,13 +319,13 @@ PRETRAIN = Recipe("pretrain", plan_pretrain, run_pretrain)
 
 
 @locks_output
-def pretrain(cfg: C.PretrainConfig, dry_run: bool = False) -> dict:
+def pretrain(cfg: PretrainRunConfig, dry_run: bool = False) -> dict:
     """Distil a pre-trained encoder into an M-layer student of any width on unlabelled text:
     metrics.json's content, or with dry_run the plan (as `finetune`'s)."""
     return run_recipe(PRETRAIN, cfg, dry_run)
 
 
-def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:
+def provenance(cfg: PretrainRunConfig, plan: PretrainPlan) -> dict:
     """What the student is and where it came from (its config.json's `pkd_pretrain`)."""
     c = plan.student.config
     return {
@@ -340,7 +339,7 @@ def provenance(cfg: C.PretrainConfig, plan: PretrainPlan) -> dict:
     }
 
 
-def teacher_signal(cfg: C.PretrainConfig, plan: PretrainPlan, accelerator):
+def teacher_signal(cfg: PretrainRunConfig, plan: PretrainPlan, accelerator):
     """The teacher's signals for training: online (its forward on each batch), or with
     --teacher-mode cached its [CLS] states read from a teacher cache built once by the main
     process (`pkd.objectives.cache`). Also the cache's record for metrics.json (None when online)."""

@@ -17,7 +17,8 @@ from accelerate.tracking import TensorBoardTracker, get_available_trackers
 from accelerate.utils import DataLoaderConfiguration
 from transformers import get_linear_schedule_with_warmup
 
-from pkd.config.options import TRACKERS, TrainConfig
+from pkd.config.choices import TRACKERS
+from pkd.config.sections import TrainConfig
 from pkd.data.loading import LengthGroupedSampler
 from pkd.errors import PkdError
 from pkd.objectives.objective import (
@@ -37,7 +38,7 @@ PIP_NAMES = {"comet_ml": "comet-ml"}  # --report-to name -> its package, where t
 
 
 def trackers(names: list[str]) -> list[str]:
-    """The trackers `--report-to` names (`pkd.config.options.check_trackers`), `all` resolved to
+    """The trackers `--report-to` names (`pkd.config.choices.check_trackers`), `all` resolved to
     those installed; none for `none`.
 
     Raises:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from pkd.config.options import TrainConfig
+from pkd.config.sections import TrainConfig
 from pkd.errors import PkdError
 from pkd.models.encoders import DEV_METRIC_KEY
 from pkd.objectives.objective import batch_examples, gradient_shares

@@ -31,7 +31,9 @@ import transformers
 import yaml
 
 from pkd import __version__
-from pkd.config import options as C
+from pkd.config.files import config_drift, save, to_dict
+from pkd.config.runs import DistillRunConfig, FinetuneRunConfig, PretrainRunConfig
+from pkd.config.sections import DataConfig
 from pkd.data.loading import truncated_fraction
 from pkd.errors import PkdError
 from pkd.fsio import (
@@ -43,8 +45,9 @@ from pkd.fsio import (
     write_error,
 )
 from pkd.models.card import write_model_card
-from pkd.models.encoders import DEV_METRIC_KEY, student_init_name
+from pkd.models.encoders import DEV_METRIC_KEY
 from pkd.models.results import RunResult
+from pkd.models.students import student_init_name
 from pkd.training.checkpoints import checkpoints
 
 Inputs = Sequence[tuple[str, str | None]]  # (option, path) pairs that a command reads
@@ -124,7 +127,7 @@ def check_not_replaced(output: Path, replaced: tuple[str, ...], inputs: Inputs) 
         check_not_input(output / sub, "--output", inputs)
 
 
-def data_inputs(data: C.DataConfig) -> Inputs:
+def data_inputs(data: DataConfig) -> Inputs:
     """The data paths a command reads, with their options."""
     return [
         ("--data-dir", data.data_dir),
@@ -135,11 +138,11 @@ def data_inputs(data: C.DataConfig) -> Inputs:
     ]
 
 
-def run_inputs(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Inputs:
+def run_inputs(cfg: FinetuneRunConfig | DistillRunConfig | PretrainRunConfig) -> Inputs:
     """What a finetune/distill/pretrain run reads: its --output must not be or hold any of it."""
-    if isinstance(cfg, C.FinetuneConfig):
+    if isinstance(cfg, FinetuneRunConfig):
         return [("--model", cfg.model), *data_inputs(cfg.data)]
-    if isinstance(cfg, C.PretrainConfig):
+    if isinstance(cfg, PretrainRunConfig):
         t = cfg.text
         files = [("--text-file", f) for f in t.text_file or []]
         sources = [("--data-dir", t.data_dir), ("--dataset", t.dataset), *files]
@@ -223,7 +226,7 @@ def locks_output(run):
 # Resuming
 
 
-def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> Path | None:
+def resume_point(cfg: FinetuneRunConfig | DistillRunConfig | PretrainRunConfig) -> Path | None:
     """The checkpoint to continue from (--resume: latest in the run dir; --resume-from: given)."""
     if cfg.resume_from:
         ckpt = Path(cfg.resume_from)
@@ -242,7 +245,7 @@ def resume_point(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) 
     return found[-1]
 
 
-def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig) -> None:
+def check_resume_config(cfg: FinetuneRunConfig | DistillRunConfig | PretrainRunConfig) -> None:
     """A resumed run must continue with the settings it started with (its config.yaml).
 
     Only settings that cannot change the result (`config.NO_EFFECT`: --logging-steps,
@@ -255,7 +258,7 @@ def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainC
         saved = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise PkdError(f"{path}: cannot read the run's config ({e})") from None
-    diffs = C.config_drift(saved if isinstance(saved, dict) else {}, C.to_dict(cfg))
+    diffs = config_drift(saved if isinstance(saved, dict) else {}, to_dict(cfg))
     if diffs:
         option = "--resume-from" if cfg.resume_from else "--resume"
         raise PkdError(
@@ -265,7 +268,7 @@ def check_resume_config(cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainC
 
 
 def open_run(
-    cfg: C.FinetuneConfig | C.DistillRunConfig | C.PretrainConfig,
+    cfg: FinetuneRunConfig | DistillRunConfig | PretrainRunConfig,
 ) -> tuple[Path, Path | None]:
     """Every check of a run's --output and resume options: (run dir, checkpoint or None).
 
@@ -321,7 +324,7 @@ def start_run(
             meta["resolved"] = resolved
         if hashes:
             meta["data"] = hashes
-        C.save(cfg, path / "config.yaml", meta=meta)
+        save(cfg, path / "config.yaml", meta=meta)
     accelerator.wait_for_everyone()
 
 

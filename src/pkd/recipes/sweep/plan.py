@@ -11,8 +11,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pkd.config import options as C
-from pkd.config.options import STRATEGIES, resolve_model
+from pkd.config.choices import STRATEGIES, check_method_options, check_seed
+from pkd.config.files import NO_EFFECT as RUN_NO_EFFECT
+from pkd.config.files import build, to_dict
+from pkd.config.runs import DistillRunConfig, resolve_model
+from pkd.config.sections import TrainConfig
 from pkd.data.loading import HOLDOUT, resolve_task
 from pkd.errors import PkdError
 from pkd.models.encoders import load_config, num_layers
@@ -42,7 +45,7 @@ JOURNAL = "study.journal"
 # Settings that do not change what a trial learns: excluded from the study's identity, like
 # paths, which differ between machines sharing one --storage.
 # (`preset` stays in: a sweep has none, and existing studies' identities list it.)
-NO_EFFECT = tuple(k for k in C.NO_EFFECT if k != "preset")
+NO_EFFECT = tuple(k for k in RUN_NO_EFFECT if k != "preset")
 PATHS = ("data_dir", "train_file", "validation_file", "test_file", "student_init")
 PATHS += ("dataset", "dataset_config")  # where the data comes from, as data_dir
 
@@ -119,7 +122,7 @@ class SweepOptions:
         if len(set(self.seeds)) != len(self.seeds):
             raise PkdError(f"--seeds: repeated values in {self.seeds}")
         for value in self.seeds:
-            C.check_seed("seeds", value)
+            check_seed("seeds", value)
         if self.strategies and self.method != "pkd":
             raise PkdError(f"--strategy: only --method pkd has a layer map, not {self.method}")
         if len(self.strategies) != len(set(self.strategies)):
@@ -163,19 +166,19 @@ class SweepPlan:
         """The split that picks epochs and the best config."""
         return HOLDOUT if self.selection_split == "holdout" else self.eval_split
 
-    def config(self, params: dict, output: Path, seed: int | None = None) -> C.DistillRunConfig:
+    def config(self, params: dict, output: Path, seed: int | None = None) -> DistillRunConfig:
         """One trial's complete config: the shared values with these parameters."""
         return trial_config(self.base, params, output, seed)
 
     def planned_epochs(self, params: dict) -> int:
         """How many epochs a trial with these parameters trains (started epochs count)."""
-        epochs = params.get("epochs", self.base["train"].get("epochs", C.TrainConfig().epochs))
+        epochs = params.get("epochs", self.base["train"].get("epochs", TrainConfig().epochs))
         return math.ceil(float(epochs))
 
     def identity(self) -> dict:
         """What makes two invocations the same study: the resolved settings every trial shares
         (paths, which differ between machines, and cosmetic settings aside) and the space."""
-        resolved = C.to_dict(self.config(range_probes(self.space)[0], self.output / "trials"))
+        resolved = to_dict(self.config(range_probes(self.space)[0], self.output / "trials"))
         fixed = {
             f"{section}.{k}": v
             for section in ("data", "train", "distill")
@@ -197,7 +200,7 @@ class SweepPlan:
 
 def trial_config(
     base: dict, params: dict, output: Path, seed: int | None = None
-) -> C.DistillRunConfig:
+) -> DistillRunConfig:
     """The shared config values with a trial's parameters (and seed), writing to `output`."""
     values = copy.deepcopy(base)
     for name, value in params.items():
@@ -207,7 +210,7 @@ def trial_config(
         values["train"]["seed"] = seed
     values["output"] = str(output)
     values["overwrite"] = True  # trial numbers are unique: a leftover dir is stale
-    return C.build(C.DistillRunConfig, values, "sweep")
+    return build(DistillRunConfig, values, "sweep")
 
 
 def plan_sweep(options: SweepOptions) -> SweepPlan:
@@ -233,7 +236,7 @@ def plan_sweep(options: SweepOptions) -> SweepPlan:
     out = Path(o.output)
     if out.exists() and not out.is_dir():
         raise PkdError(f"--output: {o.output} exists and is not a directory")
-    seed = int(base["train"].get("seed", C.TrainConfig().seed))
+    seed = int(base["train"].get("seed", TrainConfig().seed))
     points = grid_points(space, seed) if sampler == "grid" else None
     budget = _budget(o.trials, points)
     cfgs = _check_configs(base, points if points is not None else range_probes(space), out)
@@ -264,7 +267,7 @@ def plan_sweep(options: SweepOptions) -> SweepPlan:
 def _shared_values(o: SweepOptions, space: dict[str, Param], teacher: str) -> tuple[dict, str]:
     """The config values every trial shares, and the selection split they imply."""
     base = _clean_base(o.base, space)
-    C.check_method_options(o.method, base["distill"])  # before the points name it
+    check_method_options(o.method, base["distill"])  # before the points name it
     base["teacher"] = teacher
     base["distill"].update(method=o.method, student_layers=o.student_layers)
     if len(o.strategies) == 1:
@@ -315,7 +318,7 @@ def _budget(trials: int | None, points: list[dict] | None) -> int:
     return min(trials, budget) if points is not None else trials
 
 
-def _check_configs(base: dict, probes: list[dict], out: Path) -> list[C.DistillRunConfig]:
+def _check_configs(base: dict, probes: list[dict], out: Path) -> list[DistillRunConfig]:
     """One config per grid point (or per range end): catches what the dataclasses check (e.g.
     batch size vs gradient accumulation) before anything runs."""
     cfgs = []

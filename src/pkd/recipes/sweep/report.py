@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pkd.config import options as C
+from pkd.config.files import save
+from pkd.config.runs import DistillRunConfig
 from pkd.data.loading import HOLDOUT, HOLDOUT_SEED, load_splits
 from pkd.deploy import report as R
 from pkd.fsio import atomic_write, staged_dir, write_json
@@ -204,7 +205,7 @@ def write_best(plan: SweepPlan, best: dict) -> dict:
     cfg = dataclasses.replace(
         cfg, overwrite=False, train=dataclasses.replace(cfg.train, quiet=False)
     )
-    C.save(cfg, out / "best.yaml", meta={"sweep_trial": best["trial"], "study": plan.study_name})
+    save(cfg, out / "best.yaml", meta={"sweep_trial": best["trial"], "study": plan.study_name})
     info = {"config": str(out / "best.yaml"), "model": None}
     src = Path(best["run_dir"] or "")
     if (src / "metrics.json").is_file():
@@ -244,7 +245,7 @@ def best_card(plan: SweepPlan, best: dict, tmp: Path, dst: Path) -> None:
     )
 
 
-def write_holdout(plan: SweepPlan, cfg: C.DistillRunConfig) -> None:
+def write_holdout(plan: SweepPlan, cfg: DistillRunConfig) -> None:
     """holdout.json: the held-out fraction, its seed and the ids of the held-out rows."""
     _, splits = load_splits(cfg.data, ["train"])
     held = splits[HOLDOUT]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pkd.config.options import STRATEGIES
+from pkd.config.choices import STRATEGIES
 from pkd.errors import PkdError
 from pkd.objectives.mapping import layer_map
 
