@@ -184,19 +184,25 @@ def align_labels(spec: TaskSpec, names: tuple[str, ...], option: str) -> TaskSpe
     return dataclasses.replace(spec, labels=order)
 
 
-def _glue(name: str, hf_fields: tuple[str, ...], **kw) -> TaskSpec:
-    return TaskSpec(name=name, hf_path="nyu-mll/glue", hf_name=name, hf_text_fields=hf_fields, **kw)
-
-
 BINARY = ("0", "1")
 NLI2 = ("entailment", "not_entailment")
+
+
+def _glue(name: str, hf_fields: tuple[str, ...], **kw) -> TaskSpec:
+    """A GLUE task on the Hub's `nyu-mll/glue`; by default a binary classification scored by
+    accuracy, whose TSV files name their text and label columns as the Hub does."""
+    kw.setdefault("problem_type", CLASSIFICATION)
+    kw.setdefault("labels", BINARY)
+    kw.setdefault("text_columns", hf_fields)
+    kw.setdefault("label_column", "label")
+    kw.setdefault("metrics", ("accuracy",))
+    return TaskSpec(name=name, hf_path="nyu-mll/glue", hf_name=name, hf_text_fields=hf_fields, **kw)
+
 
 GLUE_TASKS: dict[str, TaskSpec] = {
     "cola": _glue(
         "cola",
         ("sentence",),
-        problem_type=CLASSIFICATION,
-        labels=BINARY,
         text_columns=(3,),
         label_column=1,
         header=False,
@@ -207,18 +213,11 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "sst2": _glue(
         "sst2",
         ("sentence",),
-        problem_type=CLASSIFICATION,
-        labels=BINARY,
-        text_columns=("sentence",),
-        label_column="label",
-        metrics=("accuracy",),
         hub_labels=("negative", "positive"),
     ),
     "mrpc": _glue(
         "mrpc",
         ("sentence1", "sentence2"),
-        problem_type=CLASSIFICATION,
-        labels=BINARY,
         text_columns=("#1 String", "#2 String"),
         label_column="Quality",
         metrics=("f1", "accuracy"),
@@ -228,9 +227,6 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "qqp": _glue(
         "qqp",
         ("question1", "question2"),
-        problem_type=CLASSIFICATION,
-        labels=BINARY,
-        text_columns=("question1", "question2"),
         label_column="is_duplicate",
         id_column="id",
         metrics=("f1", "accuracy"),
@@ -242,7 +238,6 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         ("sentence1", "sentence2"),
         problem_type=REGRESSION,
         labels=(),
-        text_columns=("sentence1", "sentence2"),
         label_column="score",
         metrics=("pearson", "spearman"),
         score_range=(0.0, 5.0),
@@ -250,11 +245,9 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "mnli": _glue(
         "mnli",
         ("premise", "hypothesis"),
-        problem_type=CLASSIFICATION,
         labels=("contradiction", "entailment", "neutral"),
         text_columns=("sentence1", "sentence2"),
         label_column="gold_label",
-        metrics=("accuracy",),
         hub_labels=("entailment", "neutral", "contradiction"),
         splits={
             "train": "train.tsv",
@@ -274,31 +267,18 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "qnli": _glue(
         "qnli",
         ("question", "sentence"),
-        problem_type=CLASSIFICATION,
         labels=NLI2,
-        text_columns=("question", "sentence"),
-        label_column="label",
-        metrics=("accuracy",),
         hub_labels=("entailment", "not_entailment"),
     ),
     "rte": _glue(
         "rte",
         ("sentence1", "sentence2"),
-        problem_type=CLASSIFICATION,
         labels=NLI2,
-        text_columns=("sentence1", "sentence2"),
-        label_column="label",
-        metrics=("accuracy",),
         hub_labels=("entailment", "not_entailment"),
     ),
     "wnli": _glue(
         "wnli",
         ("sentence1", "sentence2"),
-        problem_type=CLASSIFICATION,
-        labels=BINARY,
-        text_columns=("sentence1", "sentence2"),
-        label_column="label",
-        metrics=("accuracy",),
         hub_labels=("not_entailment", "entailment"),
     ),
 }
