@@ -58,8 +58,8 @@ from pkd.data.splits import EncodedSplit
 from pkd.errors import PkdError
 from pkd.models.card import CARD_FILE, distillation_rows, summary_table
 from pkd.models.encoders import (
-    is_multiple_choice,
     load_finetuned,
+    model_head,
     model_labels,
     model_pooling,
     num_layers,
@@ -75,7 +75,7 @@ from pkd.objectives.objective import (
     model_inputs,
     online_teacher,
 )
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, generic_labels
+from pkd.tasks import CLASSIFICATION, REGRESSION, generic_labels
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,9 @@ def indexed_rows(dataset, tokenizer) -> EncodedSplit | TokenisedRows | None:
 
 
 def teacher_problem(teacher) -> str:
-    """What the teacher's head predicts: classes, one score, or one of several choices."""
-    if is_multiple_choice(teacher.config):
-        return MULTIPLE_CHOICE
-    return CLASSIFICATION if model_labels(teacher) else REGRESSION
+    """What the teacher's head predicts: one of several choices, classes, or one score."""
+    problem_type = model_head(teacher).problem_type  # multiple choice
+    return problem_type or (CLASSIFICATION if model_labels(teacher) else REGRESSION)
 
 
 def check_dataset_labels(

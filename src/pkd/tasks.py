@@ -25,6 +25,77 @@ SCORE_TYPES = (REGRESSION, PAIR_SCORES)  # a float score per example, one output
 
 
 @dataclass(frozen=True)
+class Head:
+    """The kind of model a problem type fine-tunes, for the rooms that build, describe,
+    benchmark and export models (what differs in the data: `pkd.data.kinds`). Classification,
+    regression and pair scores share the sequence classifier; multiple choice has its own.
+
+    Attributes:
+        suffix: the end of its transformers class name (`BertForMultipleChoice`), which also
+            names its Auto class (`AutoModelForMultipleChoice`).
+        noun: how messages name it ("a multiple-choice classifier").
+        per_choice: its inputs are (B, choices, T) and it scores each choice: no label names.
+        exportable: `pkd export` writes it (the ONNX graph takes one text or a pair).
+        card_task: the model card's model-index task type.
+        pipeline_tag: the Hub's pipeline tag; None where no pipeline reads the model.
+        problem_type: the problem type a model with this head solves; None where its outputs
+            tell (label names: classification, one output: regression).
+    """
+
+    suffix: str
+    noun: str
+    per_choice: bool
+    exportable: bool
+    card_task: str
+    pipeline_tag: str | None
+    problem_type: str | None = None
+
+
+SEQUENCE_HEAD = Head(
+    suffix="ForSequenceClassification",
+    noun="sequence",
+    per_choice=False,
+    exportable=True,
+    card_task="text-classification",
+    pipeline_tag="text-classification",
+)
+CHOICE_HEAD = Head(
+    suffix="ForMultipleChoice",
+    noun="multiple-choice",
+    per_choice=True,
+    exportable=False,
+    card_task="multiple-choice",
+    pipeline_tag=None,
+    problem_type=MULTIPLE_CHOICE,
+)
+HEADS = {problem: SEQUENCE_HEAD for problem in PROBLEM_TYPES} | {MULTIPLE_CHOICE: CHOICE_HEAD}
+
+
+def architecture_head(architectures: list[str] | tuple[str, ...]) -> Head | None:
+    """The head of a model whose config lists these architectures (class names); None for
+    a model without a task head (a bare or pre-trained encoder)."""
+    for head in (CHOICE_HEAD, SEQUENCE_HEAD):
+        if any(a.endswith(head.suffix) for a in architectures):
+            return head
+    return None
+
+
+def head_config(problem_type: str, labels: tuple[str, ...]) -> dict:
+    """The config values of a new task head: the label names (classification), one output
+    (regression, pair scores), or none (multiple choice: one score per choice)."""
+    if problem_type == CLASSIFICATION:
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "problem_type": CLASSIFICATION,
+        }
+    if problem_type in SCORE_TYPES:
+        return {"num_labels": 1, "problem_type": REGRESSION}
+    return {}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """How to read, label and score one task.
 
@@ -363,6 +434,27 @@ def custom_task(
         id_column=None,
         source="custom",
     )
+
+
+def custom_problem(problem_type: str, choices_column: str | None) -> str:
+    """The problem type of custom data from --problem-type (classification, regression or
+    multiple_choice) and --choices-column (a column of choices: multiple choice)."""
+    if choices_column or problem_type == MULTIPLE_CHOICE:
+        return MULTIPLE_CHOICE
+    return REGRESSION if problem_type == REGRESSION else CLASSIFICATION
+
+
+def check_choice_options(problem_type: str, choices_column: str | None) -> None:
+    """Custom data: --problem-type against --choices-column (multiple choice needs the
+    column; regression cannot have one).
+
+    Raises:
+        PkdError: they do not fit.
+    """
+    if problem_type == MULTIPLE_CHOICE and not choices_column:
+        raise PkdError("--choices-column: required for multiple-choice files")
+    if choices_column and problem_type == REGRESSION:
+        raise PkdError("--problem-type: regression cannot have --choices-column")
 
 
 def with_positive_label(spec: TaskSpec, positive_label: str | None) -> TaskSpec:

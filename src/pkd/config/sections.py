@@ -33,7 +33,7 @@ from pkd.config.choices import (
     is_datasets_object,
 )
 from pkd.errors import PkdError
-from pkd.tasks import default_max_length
+from pkd.tasks import check_choice_options, default_max_length
 
 
 @dataclass
@@ -119,11 +119,8 @@ class DataConfig:
         if self.max_length is None:  # the task's default, recorded as such in config.yaml
             self.max_length = default_max_length(self.task)
         check_positive("max-length", self.max_length)
-        if self.task == "custom" and self.problem_type == "multiple_choice":
-            if not self.choices_column:
-                raise PkdError("--choices-column: required for multiple-choice files")
-        if self.task == "custom" and self.choices_column and self.problem_type == "regression":
-            raise PkdError("--problem-type: regression cannot have --choices-column")
+        if self.task == "custom":
+            check_choice_options(self.problem_type, self.choices_column)
         check_positive("max-train-samples", self.max_train_samples)
         check_positive("max-eval-samples", self.max_eval_samples)
         if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:

@@ -22,9 +22,10 @@ import math
 import numpy as np
 from transformers import DataCollatorWithPadding
 
+from pkd.config.sections import DataConfig
 from pkd.data import multiple_choice as mc
 from pkd.data.metrics import compute_metrics, majority_baseline
-from pkd.data.readers import read_dataset, read_text_split
+from pkd.data.readers import read_dataset, read_text_split, source_columns
 from pkd.data.splits import EncodedSplit, Split
 from pkd.errors import PkdError
 from pkd.progress import progress
@@ -35,6 +36,7 @@ from pkd.tasks import (
     PAIR_SCORES,
     REGRESSION,
     TaskSpec,
+    custom_task,
 )
 
 
@@ -111,6 +113,18 @@ class TaskKind:
     def majority_baseline(self, spec: TaskSpec, labels: list) -> float:
         """The main metric of always predicting the most frequent label."""
         return majority_baseline(spec.metrics, labels, False, spec.positive_index())
+
+    def custom_task(self, data: DataConfig, labels: tuple[str, ...]) -> TaskSpec:
+        """The task over the user's files or dataset: --text-columns (else a `text` column)
+        and --label-column; labels given, or inferred from train later."""
+        columns = data.text_columns or (["text"] if "text" in source_columns(data) else None)
+        if not columns:
+            raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
+        return custom_task(tuple(columns), data.label_column, self.name, labels)
+
+    def choices_per_example(self, split: Split) -> int:
+        """The choices of each example (multiple choice); 0 where an example is its texts."""
+        return 0
 
 
 class Classification(TaskKind):
@@ -217,6 +231,16 @@ class MultipleChoice(TaskKind):
         """The chosen option as a letter."""
         return [mc.choice_letter(p) for p in predictions]
 
+    def custom_task(self, data: DataConfig, labels: tuple[str, ...]) -> TaskSpec:
+        """The task over the user's choice files: --context-column, --question-column,
+        --choices-column and --label-column (the answers)."""
+        return mc.choice_task(
+            data.context_column, data.question_column, data.choices_column, data.label_column
+        )
+
+    def choices_per_example(self, split: Split) -> int:
+        return mc.num_choices(split)
+
 
 KINDS: dict[str, TaskKind] = {
     kind.name: kind for kind in (Classification(), Regression(), PairScores(), MultipleChoice())
@@ -226,3 +250,19 @@ KINDS: dict[str, TaskKind] = {
 def task_kind(task: TaskSpec | str) -> TaskKind:
     """The kind of a task (or of a problem type)."""
     return KINDS[task if isinstance(task, str) else task.problem_type]
+
+
+def split_kind(split: Split, label2id: dict[str, int] | None) -> TaskKind:
+    """The kind of a split, from its data: multiple choice where it holds choices; else
+    classification with label ids, regression without."""
+    if split.choices is not None:
+        return KINDS[MULTIPLE_CHOICE]
+    return KINDS[REGRESSION if label2id is None else CLASSIFICATION]
+
+
+def batch_kind(items: list[dict]) -> TaskKind:
+    """The kind of a batch of encoded examples: multiple choice where an example's input_ids
+    are one list per choice."""
+    if items and items[0]["input_ids"] and isinstance(items[0]["input_ids"][0], list):
+        return KINDS[MULTIPLE_CHOICE]
+    return KINDS[CLASSIFICATION]

@@ -24,25 +24,11 @@ import torch
 
 from pkd.config.choices import is_datasets_object
 from pkd.config.sections import DataConfig
-from pkd.data.kinds import KINDS, task_kind
-from pkd.data.multiple_choice import choice_task
+from pkd.data.kinds import batch_kind, split_kind, task_kind
 from pkd.data.readers import file_option
-from pkd.data.splits import (
-    EncodedSplit,
-    Split,
-    file_columns,
-    open_dataset,
-)
+from pkd.data.splits import EncodedSplit, Split, open_dataset
 from pkd.errors import PkdError
-from pkd.tasks import (
-    CLASSIFICATION,
-    MULTIPLE_CHOICE,
-    REGRESSION,
-    TaskSpec,
-    custom_task,
-    get_task,
-    with_positive_label,
-)
+from pkd.tasks import CLASSIFICATION, TaskSpec, custom_problem, get_task, with_positive_label
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +98,7 @@ def encode(
     Multiple-choice splits (those with choices) are encoded per choice
     (`pkd.data.multiple_choice.encode_choices`).
     """
-    if split.choices is not None:
-        return KINDS[MULTIPLE_CHOICE].encode(split, tokenizer, max_length, None, show_progress)
-    kind = KINDS[REGRESSION if label2id is None else CLASSIFICATION]
+    kind = split_kind(split, label2id)
     return kind.encode(split, tokenizer, max_length, label2id, show_progress)
 
 
@@ -129,15 +113,15 @@ def collator(tokenizer):
     (B, choices, T) with `pkd.data.multiple_choice.pad_choices`. An item may be a list of
     examples (a labelled example with its transfer partners, `pkd.data.transfer.TransferMix`):
     they join the batch."""
-    flat = KINDS[CLASSIFICATION].collator(tokenizer)
-    choices = KINDS[MULTIPLE_CHOICE].collator(tokenizer)
+    pads = {}  # kind name -> its collator
 
     def collate(items: list) -> dict:
         if items and isinstance(items[0], list):
             items = [example for group in items for example in group]
-        if items and items[0]["input_ids"] and isinstance(items[0]["input_ids"][0], list):
-            return choices(items)
-        return flat(items)
+        kind = batch_kind(items)
+        if kind.name not in pads:
+            pads[kind.name] = kind.collator(tokenizer)
+        return pads[kind.name](items)
 
     return collate
 
@@ -181,33 +165,8 @@ def resolve_task(data: DataConfig, labels: tuple[str, ...] = ()) -> TaskSpec:
         raise PkdError(
             "--task: give a GLUE task name, or --train-file/--validation-file, or --dataset"
         )
-    if data.choices_column or data.problem_type == "multiple_choice":
-        return choice_task(
-            data.context_column, data.question_column, data.choices_column, data.label_column
-        )
-    columns = data.text_columns or (["text"] if "text" in source_columns(data) else None)
-    if not columns:
-        raise PkdError("--text-columns: required for custom files (e.g. --text-columns text)")
-    problem = REGRESSION if data.problem_type == "regression" else CLASSIFICATION
-    return custom_task(tuple(columns), data.label_column, problem, labels)
-
-
-def source_columns(data: DataConfig) -> list[str]:
-    """The columns of a custom task's data, from its first file (header row, first JSON
-    object; [] when it does not read) or Dataset, else --dataset's train (or first) split.
-
-    Raises:
-        PkdError: --dataset does not load.
-    """
-    file = next((f for f in (data.train_file, data.validation_file, data.test_file) if f), None)
-    if is_datasets_object(file):
-        return list(file.column_names)
-    if file is not None:
-        return file_columns(Path(file), data.encoding)
-    ds = data.dataset
-    if isinstance(ds, str):
-        ds = open_dataset(ds, data.dataset_config)  # one that does not load: its error first
-    return list(ds.get("train", next(iter(ds.values()))).column_names) if ds else []
+    kind = task_kind(custom_problem(data.problem_type, data.choices_column))
+    return kind.custom_task(data, labels)
 
 
 def file_for(data: DataConfig, split: str) -> str | None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pkd.data.splits import Split, hub_dataset, read_jsonl, read_rows
+from pkd.config.choices import is_datasets_object
+from pkd.config.sections import DataConfig
+from pkd.data.splits import Split, file_columns, hub_dataset, open_dataset, read_jsonl, read_rows
 from pkd.errors import PkdError
 from pkd.tasks import CLASSIFICATION, SCORE_TYPES, TaskSpec
 
@@ -153,6 +155,24 @@ def read_dataset(spec: TaskSpec, ds, split: str, source: str, labelled: bool) ->
     ids = [str(i) for i in (ds["idx"] if "idx" in ds.column_names else range(len(ds)))]
     text_b = [str(t) for t in ds[columns[1]]] if len(columns) > 1 else None
     return Split(split, source, ids, [str(t) for t in ds[columns[0]]], text_b, labels)
+
+
+def source_columns(data: DataConfig) -> list[str]:
+    """The columns of a custom task's data, from its first file (header row, first JSON
+    object; [] when it does not read) or Dataset, else --dataset's train (or first) split.
+
+    Raises:
+        PkdError: --dataset does not load.
+    """
+    file = next((f for f in (data.train_file, data.validation_file, data.test_file) if f), None)
+    if is_datasets_object(file):
+        return list(file.column_names)
+    if file is not None:
+        return file_columns(Path(file), data.encoding)
+    ds = data.dataset
+    if isinstance(ds, str):
+        ds = open_dataset(ds, data.dataset_config)  # one that does not load: its error first
+    return list(ds.get("train", next(iter(ds.values()))).column_names) if ds else []
 
 
 def file_option(split: str) -> str:

@@ -34,8 +34,8 @@ from pkd.deploy.report import markdown_table
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
 from pkd.models.encoders import (
+    config_head,
     count_parameters,
-    is_multiple_choice,
     load_finetuned,
     token_positions,
 )
@@ -156,9 +156,8 @@ def _load_torch(name: str, d: Path) -> Loaded:
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PkdError(f"--models: cannot load a model config from {d} ({first})") from None
-    archs = getattr(config, "architectures", None) or []
-    multiple_choice = is_multiple_choice(config)
-    if any(a.endswith(("ForSequenceClassification", "ForMultipleChoice")) for a in archs):
+    head = config_head(config)
+    if head is not None:
         model = load_finetuned(str(d), "models")
     else:  # a bare pre-trained encoder: time the encoder itself
         if not any(d.glob("*.safetensors")):
@@ -169,7 +168,7 @@ def _load_torch(name: str, d: Path) -> Loaded:
     @torch.inference_mode()
     def forward(feeds: dict[str, np.ndarray]):
         inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in accepts}
-        if multiple_choice:  # (B, T) -> (B, 1, T): one choice per example
+        if head is not None and head.per_choice:  # (B, T) -> (B, 1, T): one choice per example
             inputs = {k: v.unsqueeze(1) for k, v in inputs.items()}
         return model(**inputs)
 

@@ -73,7 +73,7 @@ from pkd.errors import PkdError
 from pkd.fsio import staged_dir
 from pkd.models import pooling as P
 from pkd.models.card import CARD_FILE, export_card
-from pkd.models.encoders import load_finetuned, load_tokenizer, model_labels
+from pkd.models.encoders import load_finetuned, load_tokenizer, model_head, model_labels
 from pkd.training.rundir import check_output, run_lock
 
 logger = logging.getLogger(__name__)
@@ -198,11 +198,13 @@ def export(
 
 
 def _load_classifier(model_dir: Path):
-    """(model, tokenizer) of a fine-tuned sequence classifier; multiple choice is refused."""
+    """(model, tokenizer) of a fine-tuned sequence classifier; other heads (multiple choice)
+    are refused."""
     net = load_finetuned(str(model_dir), "model")
-    if type(net).__name__.endswith("ForMultipleChoice"):
+    head = model_head(net)
+    if not head.exportable:
         raise PkdError(
-            f"--model: {model_dir} is a multiple-choice model; `pkd export` supports "
+            f"--model: {model_dir} is a {head.noun} model; `pkd export` supports "
             "sequence classifiers (one text or a text pair per example)"
         )
     return net, load_tokenizer(str(model_dir), "model")

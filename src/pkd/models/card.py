@@ -35,7 +35,7 @@ from huggingface_hub import (
 from pkd import __version__
 from pkd.fsio import atomic_write
 from pkd.models.results import Evaluation, RunResult
-from pkd.tasks import ALIASES, MULTIPLE_CHOICE, TASKS
+from pkd.tasks import ALIASES, CLASSIFICATION, HEADS, TASKS, Head
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ CARD_FILE = "README.md"
 REPO = "YOUR_NAME"  # the placeholder owner of the Hub repository the card is written for
 DATASET_SOURCE = re.compile(r"dataset:(.*)\[([^\]]*)\]")  # a --dataset split: NAME[split]
 PAPER = "https://arxiv.org/abs/1908.09355"  # Sun et al., EMNLP 2019
-TASK_TYPES = {MULTIPLE_CHOICE: "multiple-choice"}  # model-index task type; else classification
 METHOD_NAMES = {"ft": "fine-tuning (FT)", "kd": "knowledge distillation (KD)"}
 
 
@@ -59,6 +58,12 @@ def task_spec(config: dict, result: RunResult):
     """The registered task (GLUE, RACE) of a run, or None for custom data."""
     name = str(result.task or (config.get("data") or {}).get("task") or "").lower()
     return TASKS.get(ALIASES.get(name, name))
+
+
+def task_head(spec) -> Head:
+    """The head of a registered task's models (`pkd.tasks.HEADS`); custom data: a sequence
+    classifier's."""
+    return HEADS[spec.problem_type if spec is not None else CLASSIFICATION]
 
 
 def shown_name(name) -> str | None:
@@ -126,7 +131,7 @@ def eval_results(config: dict, result: RunResult) -> list[EvalResult]:
     if unclaimed(config):
         return []
     dataset, pretty, hf_config = dataset_ids(config, result)
-    task_type = TASK_TYPES.get(getattr(spec, "problem_type", None), "text-classification")
+    task_type = task_head(spec).card_task
     results = []
     for split, values in best.items():
         if spec is not None and spec.hf_path and split not in spec.hf_splits:
@@ -181,16 +186,15 @@ def card_data(name: str, config: dict, result: RunResult, command: str) -> Model
         tags += ["knowledge-distillation", str(result.method or "")]
     if command == "pretrain":  # a general student: no task head, no task metrics
         tags += ["knowledge-distillation", "general-distillation"]
-    multiple_choice = getattr(spec, "problem_type", None) == MULTIPLE_CHOICE
     results = eval_results(config, result) if command != "pretrain" else []
-    pipeline_tag = "feature-extraction" if command == "pretrain" else "text-classification"
+    pipeline_tag = "feature-extraction" if command == "pretrain" else task_head(spec).pipeline_tag
     parents = [config.get("teacher"), base, config.get("model")]
     return ModelCardData(
         model_name=name,
         language=["en"] if spec is not None and spec.hf_path else None,  # GLUE, RACE
         license=known_license(parents),
         library_name="transformers",
-        pipeline_tag=None if multiple_choice else pipeline_tag,
+        pipeline_tag=pipeline_tag,
         base_model=base if is_hub_id(base) else None,
         datasets=[dataset] if is_hub_id(dataset) and dataset != "custom" else None,
         tags=[t for t in tags if t],

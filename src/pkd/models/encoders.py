@@ -34,7 +34,14 @@ from transformers import (
 from pkd.config.runs import MODEL_SOURCES, resolve_model
 from pkd.errors import PkdError
 from pkd.models import pooling as P
-from pkd.tasks import MULTIPLE_CHOICE, REGRESSION
+from pkd.tasks import (
+    CHOICE_HEAD,
+    HEADS,
+    SEQUENCE_HEAD,
+    Head,
+    architecture_head,
+    head_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +83,20 @@ def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).exists()
 
 
+# The classes of each head (`pkd.tasks.HEADS`): transformers' Auto class, `pkd.models.pooling`'s.
+AUTO_CLASSES = {
+    SEQUENCE_HEAD: AutoModelForSequenceClassification,
+    CHOICE_HEAD: AutoModelForMultipleChoice,
+}
+MEAN_POOLED = {
+    SEQUENCE_HEAD: P.PkdPooledForSequenceClassification,
+    CHOICE_HEAD: P.PkdPooledForMultipleChoice,
+}
+
+
 def auto_class(problem_type: str):
-    if problem_type == MULTIPLE_CHOICE:
-        return AutoModelForMultipleChoice
-    return AutoModelForSequenceClassification
+    """The Auto class of a problem type's head."""
+    return AUTO_CLASSES[HEADS[problem_type]]
 
 
 def load_config(name_or_path: str, option: str, trust_remote_code: bool = False):
@@ -151,7 +168,7 @@ def load_for_finetuning(
     """
     name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
-    kwargs = head_kwargs(problem_type, labels)
+    kwargs = head_config(problem_type, labels)
     if pooling == "mean":
         model = mean_pooled(
             load_encoder(name_or_path, option, trust_remote_code), problem_type, kwargs
@@ -183,7 +200,7 @@ def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False
     config = load_config(name_or_path, option, trust_remote_code)
     cls = AutoModel
     if config.model_type == P.MODEL_TYPE:
-        cls = auto_class(MULTIPLE_CHOICE if is_multiple_choice(config) else "")
+        cls = AUTO_CLASSES[config_head(config) or SEQUENCE_HEAD]
     with load_errors(option, name_or_path), quiet_load_report():  # heads, layers dropped
         model = cls.from_pretrained(
             name_or_path,
@@ -200,8 +217,7 @@ def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False
 def mean_pooled(encoder, problem_type: str, head: dict):
     """A `pkd.models.pooling` model around a loaded encoder, with a new (seeded) head."""
     config = P.PkdPooledConfig.from_encoder(encoder.config, "mean", **head)
-    cls = P.PkdPooledForMultipleChoice if problem_type == MULTIPLE_CHOICE else None
-    model = (cls or P.PkdPooledForSequenceClassification)(config)
+    model = MEAN_POOLED[HEADS[problem_type]](config)
     model.encoder.load_state_dict(encoder.state_dict())
     return model
 
@@ -298,19 +314,6 @@ def resolve_pooling(requested: str, name_or_path: str, config) -> tuple[str, str
     return pooling, why
 
 
-def head_kwargs(problem_type: str, labels: tuple[str, ...]) -> dict:
-    if problem_type == REGRESSION:
-        return {"num_labels": 1, "problem_type": "regression"}
-    if problem_type == MULTIPLE_CHOICE:
-        return {}
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": "single_label_classification",
-    }
-
-
 def safetensors_only(name_or_path: str) -> bool | None:
     """Local dirs: weights only through safetensors (no pickle). Hub names: let HF decide."""
     p = Path(name_or_path)
@@ -332,15 +335,14 @@ def load_finetuned(name_or_path: str, option: str = "teacher", trust_remote_code
     """
     name_or_path = resolve_model(name_or_path, option)
     config = load_config(name_or_path, option, trust_remote_code)
-    archs = getattr(config, "architectures", None) or []
-    head = [a for a in archs if a.endswith(("ForSequenceClassification", "ForMultipleChoice"))]
-    if not head:
+    head = config_head(config)
+    if head is None:
+        archs = getattr(config, "architectures", None) or []
         raise PkdError(
             f"--{option}: {name_or_path} has no fine-tuned task head (architectures: {archs}); "
             "fine-tune it first with `pkd finetune`"
         )
-    problem_type = MULTIPLE_CHOICE if head[0].endswith("ForMultipleChoice") else None
-    cls = auto_class(problem_type or "")
+    cls = AUTO_CLASSES[head]
     use_safetensors = safetensors_only(name_or_path)
     with load_errors(option, name_or_path):
         model = cls.from_pretrained(
@@ -363,18 +365,22 @@ def load_errors(option: str, name_or_path: str):
 def model_labels(model) -> tuple[str, ...]:
     """Label names in the model's output order (empty for regression and multiple choice,
     whose outputs are the choices of each example)."""
-    if getattr(model.config, "problem_type", None) == "regression" or model.config.num_labels == 1:
-        return ()
-    if type(model).__name__.endswith("ForMultipleChoice") or is_multiple_choice(model.config):
+    regression = getattr(model.config, "problem_type", None) == "regression"
+    if regression or model.config.num_labels == 1 or model_head(model).per_choice:
         return ()
     id2label = model.config.id2label
     return tuple(id2label[i] for i in range(len(id2label)))
 
 
-def is_multiple_choice(config) -> bool:
-    """Whether a model config belongs to a `*ForMultipleChoice` model."""
-    archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForMultipleChoice") for a in archs)
+def config_head(config) -> Head | None:
+    """The task head (`pkd.tasks.Head`) a model config's architectures name; None without one."""
+    return architecture_head(getattr(config, "architectures", None) or [])
+
+
+def model_head(model) -> Head:
+    """The task head of a loaded model: its class's (a model built in this run has no
+    architectures yet), else its config's; a sequence classifier by default."""
+    return architecture_head([type(model).__name__]) or config_head(model.config) or SEQUENCE_HEAD
 
 
 def num_layers(config) -> int:

@@ -29,7 +29,6 @@ from pkd.models.encoders import (
     check_cls_init,
     encoder_type,
     feed_forward_size,
-    head_kwargs,
     load_config,
     load_encoder,
     load_errors,
@@ -43,6 +42,7 @@ from pkd.models.encoders import (
     safetensors_only,
 )
 from pkd.models.projection import Projection
+from pkd.tasks import head_config
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def build_student(
             f"--student-layers: {student_layers} is impossible for the {init_layers} layers of "
             f"{init} (need 1 <= M <= {init_layers})"
         )
-    kwargs = head_kwargs(problem_type, model_labels(teacher))
+    kwargs = head_config(problem_type, model_labels(teacher))
     depth = depth_overrides(config, student_layers, "student-layers")
     if pooling == "mean":
         encoder = load_encoder(init, "student-init", trust_remote_code, **depth)

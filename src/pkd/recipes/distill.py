@@ -17,6 +17,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from pkd.config.runs import DistillRunConfig
+from pkd.data.kinds import task_kind
 from pkd.data.loading import (
     check_label_sets,
     collator,
@@ -27,7 +28,6 @@ from pkd.data.loading import (
     resolve_task,
     warn_truncation,
 )
-from pkd.data.multiple_choice import num_choices
 from pkd.data.readers import TRANSFER
 from pkd.data.splits import EncodedSplit
 from pkd.data.transfer import (
@@ -228,7 +228,8 @@ class DistillPlan:
         if self.transfer is not None:
             dataset = with_transfer(dataset, self.transfer, self.spec.problem_type)
         n = len(dataset)
-        choices = num_choices(self.splits["train"])  # multiple choice: (n, C), (n, C, N+1, H)
+        # multiple choice: (n, C) and (n, C, N+1, H)
+        choices = task_kind(self.spec).choices_per_example(self.splits["train"])
         size = cache_mod.estimate_bytes(n, *cache_mod.teacher_shapes(t, choices))
         if d.teacher_mode == "online":
             return {
@@ -315,7 +316,7 @@ def plan_distill(
             teacher.config,
             len(splits["train"]) + (len(transfer) if transfer else 0),
             cfg.data.max_length,
-            num_choices(splits["train"]),
+            task_kind(spec).choices_per_example(splits["train"]),
         )
     init = student_init(cfg.teacher, teacher.config, d.student_init)
     tokenizer = load_tokenizer(cfg.teacher, "teacher", cfg.trust_remote_code)

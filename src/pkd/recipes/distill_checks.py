@@ -18,13 +18,10 @@ from accelerate import Accelerator
 from pkd.config.sections import DistillConfig
 from pkd.data.loading import collator
 from pkd.errors import PkdError
-from pkd.models.encoders import (
-    is_multiple_choice,
-    model_labels,
-)
+from pkd.models.encoders import model_head, model_labels
 from pkd.objectives import cache as cache_mod
 from pkd.recipes.dryrun import human_bytes
-from pkd.tasks import CLASSIFICATION, MULTIPLE_CHOICE, TaskSpec, align_labels
+from pkd.tasks import CLASSIFICATION, HEADS, TaskSpec, align_labels
 from pkd.training.evaluation import score
 
 logger = logging.getLogger("pkd.recipes.distill")
@@ -37,10 +34,10 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
     same kind of head, and the data's label names (by name, or by class id for the Hub's
     GLUE names and LABEL_0.., `pkd.tasks.align_labels`)."""
     teacher_labels = model_labels(teacher)
-    if (spec.problem_type == MULTIPLE_CHOICE) != is_multiple_choice(teacher.config):
-        kind = "multiple-choice" if is_multiple_choice(teacher.config) else "sequence"
+    head = model_head(teacher)
+    if head != HEADS[spec.problem_type]:
         raise PkdError(
-            f"--teacher: {teacher_name} is a {kind} classifier but task {spec.name} is "
+            f"--teacher: {teacher_name} is a {head.noun} classifier but task {spec.name} is "
             f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
         )
     if spec.problem_type == CLASSIFICATION:
