@@ -36,7 +36,7 @@ def given_sections(args: argparse.Namespace) -> dict:
 
 def resolve(args: argparse.Namespace, cls):
     """defaults < --config YAML < command-line options -> a validated config dataclass."""
-    values = load_yaml(args.config) if args.config else {}
+    values = _config_file(args)
     source = args.config or "options"
     given = given_options(args)
     if cls is DistillRunConfig:  # defaults < YAML < --preset < options
@@ -46,8 +46,12 @@ def resolve(args: argparse.Namespace, cls):
 
 def resolve_sections(args: argparse.Namespace) -> dict:
     """--config YAML merged with the section options given: a nested dict for `compare`."""
-    values = load_yaml(args.config) if args.config else {}
-    return merge(values, given_sections(args))
+    return merge(_config_file(args), given_sections(args))
+
+
+def _config_file(args: argparse.Namespace) -> dict:
+    """The values of --config FILE.yaml ({} without one)."""
+    return load_yaml(args.config) if args.config else {}
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
@@ -61,12 +65,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 def _finetune(args: argparse.Namespace, quiet: bool) -> None:
     from pkd.api import finetune
 
-    cfg = resolve(args, FinetuneRunConfig)
-    if args.dry_run:
-        print(finetune(cfg, dry_run=True).describe())
-        return
-    metrics = finetune(cfg)
-    print(json.dumps({"output": cfg.output, "best": metrics["best"]}, indent=2))
+    _run_or_plan(args, FinetuneRunConfig, finetune)
 
 
 def _distill(args: argparse.Namespace, quiet: bool) -> None:

@@ -50,6 +50,15 @@ def for_method(sections: dict, method: str) -> dict:
     return out
 
 
+def require(option: str, value: str, what: str) -> None:
+    """Refuse an empty required option (--model, --teacher, --output), saying what it takes."""
+    if not value:
+        raise PkdError(f"--{option}: required ({what})")
+
+
+RUN_DIR = "the run directory"
+
+
 @dataclass
 class FinetuneRunConfig:
     """`pkd finetune`: train a teacher (or any classifier) on labels."""
@@ -67,10 +76,8 @@ class FinetuneRunConfig:
 
     def __post_init__(self):
         check_choice("pooling", self.pooling, POOLINGS)
-        if not self.model:
-            raise PkdError("--model: required (a checkpoint name or directory)")
-        if not self.output:
-            raise PkdError("--output: required (the run directory)")
+        require("model", self.model, "a checkpoint name or directory")
+        require("output", self.output, RUN_DIR)
         if self.data.transfer_file:
             raise PkdError(
                 "--transfer-file: finetune learns from labels only; pass unlabelled text to "
@@ -80,8 +87,9 @@ class FinetuneRunConfig:
 
 
 @dataclass
-class DistillRunConfig:
-    """`pkd distill`: train an M-layer student from a fine-tuned teacher."""
+class TeacherRunConfig:
+    """What the runs of a teacher share (`pkd distill`, `pkd pretrain`): the teacher, the run
+    directory and its flags (the first keys of their config.yaml, in this order)."""
 
     teacher: str = ""
     output: str = ""
@@ -89,15 +97,23 @@ class DistillRunConfig:
     resume: bool = False
     resume_from: str | None = None
     trust_remote_code: bool = False
+
+    def check_required(self, teacher: str) -> None:
+        """--teacher (`teacher` says what it takes) and --output are required."""
+        require("teacher", self.teacher, teacher)
+        require("output", self.output, RUN_DIR)
+
+
+@dataclass
+class DistillRunConfig(TeacherRunConfig):
+    """`pkd distill`: train an M-layer student from a fine-tuned teacher."""
+
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5))
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
-        if not self.teacher:
-            raise PkdError("--teacher: required (a fine-tuned model directory)")
-        if not self.output:
-            raise PkdError("--output: required (the run directory)")
+        self.check_required("a fine-tuned model directory")
         if self.data.transfer_file and self.distill.method == "ft":
             raise PkdError(
                 "--transfer-file: has no effect with --method ft (no teacher terms: unlabelled "
@@ -114,24 +130,15 @@ class DistillRunConfig:
 
 
 @dataclass
-class PretrainRunConfig:
+class PretrainRunConfig(TeacherRunConfig):
     """`pkd pretrain`: distil a pre-trained encoder into a smaller one on unlabelled text."""
 
-    teacher: str = ""
-    output: str = ""
-    overwrite: bool = False
-    resume: bool = False
-    resume_from: str | None = None
-    trust_remote_code: bool = False
     text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1))
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self):
-        if not self.teacher:
-            raise PkdError("--teacher: required (a pre-trained encoder: a name or directory)")
-        if not self.output:
-            raise PkdError("--output: required (the run directory)")
+        self.check_required("a pre-trained encoder: a name or directory")
         self.text.check_source()
         self.teacher = resolve_model(self.teacher, "teacher")
         if self.pretrain.student_init:
