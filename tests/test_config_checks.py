@@ -307,3 +307,23 @@ def test_tiny_holdout_warns(sst2_dir, caplog):
         "use a larger fraction or more data (at least 10 examples)"
     )
     assert held(0.5) == 10 and not caplog.records
+
+
+def test_run_configs_keep_their_keys_in_order():
+    """config.yaml lists a run config's fields in order: the shared teacher-run fields first."""
+    import dataclasses
+
+    from pkd.config import DistillRunConfig, FinetuneRunConfig, PretrainRunConfig
+
+    flags = ["output", "overwrite", "resume", "resume_from", "trust_remote_code"]
+    names = {
+        c: [f.name for f in dataclasses.fields(c)]
+        for c in (FinetuneRunConfig, DistillRunConfig, PretrainRunConfig)
+    }
+    assert names[FinetuneRunConfig] == ["model", *flags, "pooling", "data", "train"]
+    assert names[DistillRunConfig] == ["teacher", *flags, "data", "train", "distill"]
+    assert names[PretrainRunConfig] == ["teacher", *flags, "text", "train", "pretrain"]
+    with pytest.raises(PkdError, match=r"--teacher: required \(a fine-tuned model directory\)"):
+        DistillRunConfig(output="x")
+    with pytest.raises(PkdError, match=r"--output: required \(the run directory\)"):
+        PretrainRunConfig(teacher="bert-base-uncased")

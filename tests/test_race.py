@@ -379,6 +379,19 @@ def tiny_args(race_dir: Path) -> list[str]:
     return ["--task", "race", "--data-dir", str(race_dir), "--max-length", "32", "--quiet"]
 
 
+def test_a_multiple_choice_model_is_known_by_its_head(tiny_mc_teacher, tiny_teacher):
+    """Every room asks the head (`pkd.tasks.Head`), never the class name."""
+    from pkd.hf import teacher_problem
+    from pkd.models.encoders import config_head, load_finetuned, model_head, model_labels
+    from pkd.tasks import CHOICE_HEAD, MULTIPLE_CHOICE, SEQUENCE_HEAD
+
+    mc = load_finetuned(str(tiny_mc_teacher / "model"))
+    assert model_head(mc) is CHOICE_HEAD and config_head(mc.config) is CHOICE_HEAD
+    assert model_labels(mc) == () and teacher_problem(mc) == MULTIPLE_CHOICE
+    sequence = load_finetuned(str(tiny_teacher))
+    assert model_head(sequence) is SEQUENCE_HEAD and model_labels(sequence)
+
+
 def test_teacher_cache_round_trip_multiple_choice(tiny_mc_teacher, race_dir, tmp_path, caplog):
     from pkd.models.encoders import load_finetuned, load_tokenizer
     from pkd.objectives import cache as cache_mod

@@ -696,6 +696,59 @@ def test_every_problem_type_has_a_kind():
     assert task_kind(PAIR_SCORES).name == PAIR_SCORES
 
 
+def test_every_problem_type_has_a_head():
+    """The model side of a problem type: one table (`pkd.tasks.HEADS`), two heads."""
+    from pkd.tasks import CHOICE_HEAD, HEADS, SEQUENCE_HEAD, architecture_head, head_config
+
+    assert set(HEADS) == set(PROBLEM_TYPES)
+    assert {p for p, h in HEADS.items() if h is CHOICE_HEAD} == {MULTIPLE_CHOICE}
+    assert architecture_head(["BertForMultipleChoice"]) is CHOICE_HEAD
+    assert architecture_head(["RobertaForSequenceClassification"]) is SEQUENCE_HEAD
+    assert architecture_head(["BertForMaskedLM"]) is None and architecture_head([]) is None
+    assert not CHOICE_HEAD.exportable and CHOICE_HEAD.pipeline_tag is None
+    assert (CHOICE_HEAD.card_task, SEQUENCE_HEAD.card_task) == (
+        "multiple-choice",
+        "text-classification",
+    )
+    assert head_config(MULTIPLE_CHOICE, ()) == {}
+    assert head_config(REGRESSION, ()) == {"num_labels": 1, "problem_type": "regression"}
+    assert head_config(CLASSIFICATION, ("neg", "pos")) == {
+        "num_labels": 2,
+        "id2label": {0: "neg", 1: "pos"},
+        "label2id": {"neg": 0, "pos": 1},
+        "problem_type": "single_label_classification",
+    }
+
+
+def test_custom_data_options_choose_the_problem_type():
+    from pkd.tasks import check_choice_options, custom_problem
+
+    assert custom_problem("classification", None) == CLASSIFICATION
+    assert custom_problem("regression", None) == REGRESSION
+    assert custom_problem("multiple_choice", "options") == MULTIPLE_CHOICE
+    assert custom_problem("classification", "options") == MULTIPLE_CHOICE  # a choices column
+    check_choice_options("classification", "options")
+    with pytest.raises(PkdError, match="--choices-column: required for multiple-choice files"):
+        check_choice_options("multiple_choice", None)
+    with pytest.raises(PkdError, match="--problem-type: regression cannot have --choices-column"):
+        check_choice_options("regression", "options")
+
+
+def test_the_kind_of_a_split_or_batch_comes_from_its_data(tokenizer):
+    from pkd.data.kinds import batch_kind, split_kind, task_kind
+    from pkd.data.splits import Split
+
+    texts = Split("dev", "x", ["0"], ["a text"], None, ["pos"])
+    choices = Split("dev", "x", ["0"], ["an article"], ["a question"], ["B"], [["yes", "no"]])
+    assert split_kind(texts, {"pos": 0}).name == CLASSIFICATION
+    assert split_kind(texts, None).name == REGRESSION
+    assert split_kind(choices, None).name == MULTIPLE_CHOICE
+    assert task_kind(MULTIPLE_CHOICE).choices_per_example(choices) == 2
+    assert task_kind(CLASSIFICATION).choices_per_example(texts) == 0
+    assert batch_kind([{"input_ids": [[1, 2], [1, 3]]}]).name == MULTIPLE_CHOICE
+    assert batch_kind([{"input_ids": [1, 2]}]).name == CLASSIFICATION
+
+
 def test_each_kind_turns_logits_into_predictions_names_and_metrics():
     from pkd.data.kinds import task_kind
 
