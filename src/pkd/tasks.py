@@ -1,7 +1,10 @@
-"""Task registry: where each GLUE task keeps its texts and labels, and how it is scored.
+"""Task registry: where each GLUE and RACE task keeps its texts and labels, and how it is
+scored; the problem types and the model head each one fine-tunes (`HEADS`).
 
 Tasks are data (like `task_to_keys` in transformers' run_glue.py). A column is a header name
-for files with a header row, or a 0-based position for CoLA, which has none.
+for files with a header row, or a 0-based position for CoLA, which has none. Multiple choice
+is here where every room sees it (its head, the RACE registry, the checks of its options, which
+`pkd.config` runs); its data is `pkd.data.multiple_choice`.
 """
 
 from __future__ import annotations
@@ -68,7 +71,12 @@ CHOICE_HEAD = Head(
     pipeline_tag=None,
     problem_type=MULTIPLE_CHOICE,
 )
-HEADS = {problem: SEQUENCE_HEAD for problem in PROBLEM_TYPES} | {MULTIPLE_CHOICE: CHOICE_HEAD}
+HEADS = {
+    CLASSIFICATION: SEQUENCE_HEAD,
+    REGRESSION: SEQUENCE_HEAD,
+    PAIR_SCORES: SEQUENCE_HEAD,
+    MULTIPLE_CHOICE: CHOICE_HEAD,
+}
 
 
 def architecture_head(architectures: list[str] | tuple[str, ...]) -> Head | None:

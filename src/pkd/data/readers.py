@@ -2,7 +2,8 @@
 
 A GLUE-layout TSV directory or the user's CSV/TSV/JSONL files (`read_table_split`), the
 Hub's GLUE (`load_hub_split`) and a `datasets` dataset (`read_dataset`); `read_text_split`
-picks one for a split. Bad input names the file and line (or the dataset and row).
+picks one for a split; `source_columns` lists the columns of the user's data. Bad input names
+the file and line (or the dataset and row).
 Multiple-choice data has its own readers in `pkd.data.multiple_choice`; `pkd.data.kinds`
 chooses between them by the task's kind.
 """
