@@ -698,7 +698,14 @@ def test_every_problem_type_has_a_kind():
 
 def test_every_problem_type_has_a_head():
     """The model side of a problem type: one table (`pkd.tasks.HEADS`), two heads."""
-    from pkd.tasks import CHOICE_HEAD, HEADS, SEQUENCE_HEAD, architecture_head, head_config
+    from pkd.tasks import (
+        CHOICE_HEAD,
+        HEADS,
+        SEQUENCE_HEAD,
+        architecture_head,
+        head_config,
+        problem_head,
+    )
 
     assert set(HEADS) == set(PROBLEM_TYPES)
     assert {p for p, h in HEADS.items() if h is CHOICE_HEAD} == {MULTIPLE_CHOICE}
@@ -710,6 +717,7 @@ def test_every_problem_type_has_a_head():
         "multiple-choice",
         "text-classification",
     )
+    assert problem_head("classification") is SEQUENCE_HEAD  # transformers' name, as callers pass it
     assert head_config(MULTIPLE_CHOICE, ()) == {}
     assert head_config(REGRESSION, ()) == {"num_labels": 1, "problem_type": "regression"}
     assert head_config(CLASSIFICATION, ("neg", "pos")) == {

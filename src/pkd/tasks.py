@@ -88,19 +88,25 @@ def architecture_head(architectures: list[str] | tuple[str, ...]) -> Head | None
     return None
 
 
-def head_config(problem_type: str, labels: tuple[str, ...]) -> dict:
-    """The config values of a new task head: the label names (classification), one output
-    (regression, pair scores), or none (multiple choice: one score per choice)."""
-    if problem_type == CLASSIFICATION:
-        return {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {name: i for i, name in enumerate(labels)},
-            "problem_type": CLASSIFICATION,
-        }
+def problem_head(problem_type: str | None) -> Head:
+    """The head a problem type fine-tunes (`HEADS`); a sequence classifier for any other
+    name (transformers' `classification`, none)."""
+    return HEADS.get(problem_type, SEQUENCE_HEAD)
+
+
+def head_config(problem_type: str | None, labels: tuple[str, ...]) -> dict:
+    """The config values of a new task head: none (multiple choice: one score per choice),
+    one output (regression, pair scores), else the label names (classification)."""
+    if problem_head(problem_type).per_choice:
+        return {}
     if problem_type in SCORE_TYPES:
         return {"num_labels": 1, "problem_type": REGRESSION}
-    return {}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "problem_type": CLASSIFICATION,
+    }
 
 
 @dataclass(frozen=True)

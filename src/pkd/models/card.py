@@ -35,7 +35,7 @@ from huggingface_hub import (
 from pkd import __version__
 from pkd.fsio import atomic_write
 from pkd.models.results import Evaluation, RunResult
-from pkd.tasks import ALIASES, CLASSIFICATION, HEADS, TASKS, Head
+from pkd.tasks import ALIASES, TASKS, problem_head
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,6 @@ def task_spec(config: dict, result: RunResult):
     """The registered task (GLUE, RACE) of a run, or None for custom data."""
     name = str(result.task or (config.get("data") or {}).get("task") or "").lower()
     return TASKS.get(ALIASES.get(name, name))
-
-
-def task_head(spec) -> Head:
-    """The head of a registered task's models (`pkd.tasks.HEADS`); custom data: a sequence
-    classifier's."""
-    return HEADS[spec.problem_type if spec is not None else CLASSIFICATION]
 
 
 def shown_name(name) -> str | None:
@@ -131,7 +125,7 @@ def eval_results(config: dict, result: RunResult) -> list[EvalResult]:
     if unclaimed(config):
         return []
     dataset, pretty, hf_config = dataset_ids(config, result)
-    task_type = task_head(spec).card_task
+    task_type = problem_head(getattr(spec, "problem_type", None)).card_task
     results = []
     for split, values in best.items():
         if spec is not None and spec.hf_path and split not in spec.hf_splits:
@@ -187,7 +181,8 @@ def card_data(name: str, config: dict, result: RunResult, command: str) -> Model
     if command == "pretrain":  # a general student: no task head, no task metrics
         tags += ["knowledge-distillation", "general-distillation"]
     results = eval_results(config, result) if command != "pretrain" else []
-    pipeline_tag = "feature-extraction" if command == "pretrain" else task_head(spec).pipeline_tag
+    head = problem_head(getattr(spec, "problem_type", None))  # custom data: a sequence head
+    pipeline_tag = "feature-extraction" if command == "pretrain" else head.pipeline_tag
     parents = [config.get("teacher"), base, config.get("model")]
     return ModelCardData(
         model_name=name,

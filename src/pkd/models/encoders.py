@@ -36,11 +36,11 @@ from pkd.errors import PkdError
 from pkd.models import pooling as P
 from pkd.tasks import (
     CHOICE_HEAD,
-    HEADS,
     SEQUENCE_HEAD,
     Head,
     architecture_head,
     head_config,
+    problem_head,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ MEAN_POOLED = {
 
 
 def auto_class(problem_type: str):
-    """The Auto class of a problem type's head."""
-    return AUTO_CLASSES[HEADS[problem_type]]
+    """The Auto class of a problem type's head (`pkd.tasks.problem_head`)."""
+    return AUTO_CLASSES[problem_head(problem_type)]
 
 
 def load_config(name_or_path: str, option: str, trust_remote_code: bool = False):
@@ -217,7 +217,7 @@ def load_encoder(name_or_path: str, option: str, trust_remote_code: bool = False
 def mean_pooled(encoder, problem_type: str, head: dict):
     """A `pkd.models.pooling` model around a loaded encoder, with a new (seeded) head."""
     config = P.PkdPooledConfig.from_encoder(encoder.config, "mean", **head)
-    model = MEAN_POOLED[HEADS[problem_type]](config)
+    model = MEAN_POOLED[problem_head(problem_type)](config)
     model.encoder.load_state_dict(encoder.state_dict())
     return model
 

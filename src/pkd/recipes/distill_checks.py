@@ -21,7 +21,7 @@ from pkd.errors import PkdError
 from pkd.models.encoders import model_head, model_labels
 from pkd.objectives import cache as cache_mod
 from pkd.recipes.dryrun import human_bytes
-from pkd.tasks import CLASSIFICATION, HEADS, TaskSpec, align_labels
+from pkd.tasks import CLASSIFICATION, TaskSpec, align_labels, problem_head
 from pkd.training.evaluation import score
 
 logger = logging.getLogger("pkd.recipes.distill")
@@ -35,7 +35,7 @@ def teacher_task(spec: TaskSpec, teacher, teacher_name: str) -> TaskSpec:
     GLUE names and LABEL_0.., `pkd.tasks.align_labels`)."""
     teacher_labels = model_labels(teacher)
     head = model_head(teacher)
-    if head != HEADS[spec.problem_type]:
+    if head != problem_head(spec.problem_type):
         raise PkdError(
             f"--teacher: {teacher_name} is a {head.noun} classifier but task {spec.name} is "
             f"{spec.problem_type}; fine-tune a teacher for it with `pkd finetune`"
