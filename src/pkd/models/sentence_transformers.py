@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pkd.errors import PkdError
-from pkd.models.encoders import _read_json, checkpoint_pooling
-from pkd.models.pooling import mean_pool
+from pkd.models.encoders import _read_json, checkpoint_pooling, load_config
+from pkd.models.pooling import MODEL_TYPE, mean_pool
 
 logger = logging.getLogger(__name__)
 
 MODULES = "sentence_transformers.models."  # the module types modules.json names (all versions)
 IDENTITY = "torch.nn.modules.linear.Identity"  # a Dense module without an activation
 DEFAULT_MAX_SEQ_LENGTH = 256
+HEADS = ("ForSequenceClassification", "ForMultipleChoice")  # a task model's architectures
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,19 @@ def load_dense(model_dir: str) -> torch.nn.Linear | None:
     weights = load_file(path / "model.safetensors")
     layer.load_state_dict({k.removeprefix("linear."): v for k, v in weights.items()})
     return layer.eval()
+
+
+def embedding_model_head(model: str) -> SentenceHead | None:
+    """How `model` embeds a sentence when it is an embedding model: a local
+    sentence-transformers directory (modules.json with a Pooling module) without a task
+    head (`pkd evaluate` and `pkd export` treat it as one); else None."""
+    if not Path(model).is_dir():
+        return None
+    head = sentence_head(model)
+    if head is None:
+        return None
+    config = load_config(model, "model")
+    task = config.model_type == MODEL_TYPE or any(
+        a.endswith(HEADS) for a in getattr(config, "architectures", None) or []
+    )
+    return None if task else head

@@ -37,15 +37,13 @@ from pkd.deploy.onnx_model import load_onnx
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
 from pkd.models.encoders import (
-    load_config,
     load_encoder,
     load_finetuned,
     load_tokenizer,
     max_length_limit,
     model_labels,
 )
-from pkd.models.pooling import MODEL_TYPE
-from pkd.models.sentence_transformers import SentenceHead, load_dense, sentence_head
+from pkd.models.sentence_transformers import SentenceHead, embedding_model_head, load_dense
 from pkd.objectives.embedding import embed_model, pair_scores
 from pkd.tasks import (
     CLASSIFICATION,
@@ -174,7 +172,7 @@ def evaluate(
         )
     if spec is not None and split == "dev" and "dev" not in spec.splits:
         split = spec.eval_splits[0]
-    head = embedding_head(model)
+    head = embedding_model_head(model)
     if head is not None:
         return evaluate_embedding(model, head, data, split, batch_size, write, output_file)
     net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=True)
@@ -206,24 +204,6 @@ def written(out: Path | None, metrics: dict) -> dict:
                 f"{json.dumps(metrics)}"
             ) from None
     return metrics
-
-
-HEADS = ("ForSequenceClassification", "ForMultipleChoice")  # a task model's architectures
-
-
-def embedding_head(model: str) -> SentenceHead | None:
-    """How `model` embeds a sentence, when it is an embedding model: a sentence-transformers
-    directory (modules.json with a Pooling module) without a task head; else None."""
-    if not Path(model).is_dir():
-        return None
-    head = sentence_head(model)
-    if head is None:
-        return None
-    config = load_config(model, "model")
-    task = config.model_type == MODEL_TYPE or any(
-        a.endswith(HEADS) for a in getattr(config, "architectures", None) or []
-    )
-    return None if task else head
 
 
 def evaluate_embedding(
