@@ -281,3 +281,23 @@ def test_a_teacher_that_is_not_an_encoder(corpus, tmp_path, pkd_cli):
     msg = pkd_cli.error(["pretrain", "--teacher", path, "--text-file", corpus,
                          "--output", tmp_path / "r", *TRAIN])  # fmt: skip
     assert msg.startswith(f"--teacher: {path} is a gpt2 model, not an encoder; pkd distils")
+
+
+def test_a_mean_pooled_classifiers_encoder_in_sentence_transformers(tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from pkd.models.encoders import load_for_finetuning
+    from pkd.models.sentence_transformers import write_encoder
+
+    clf = load_for_finetuning(str(tiny_bert), "classification", ("0", "1"), pooling="mean")
+    clf.save_pretrained(tmp_path / "clf")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "clf")
+    st = SentenceTransformer(str(write_encoder(str(tmp_path / "clf"), str(tmp_path / "st"))))
+    got = st.encode(SENTENCES, convert_to_tensor=True).cpu()
+    batch = AutoTokenizer.from_pretrained(tiny_bert)(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = clf.eval().encoder(**batch).last_hidden_state
+    assert torch.allclose(
+        got, SentenceHead("mean", False)(states, batch["attention_mask"]), atol=1e-5
+    )

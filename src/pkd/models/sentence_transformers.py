@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pkd.errors import PkdError
-from pkd.models.encoders import _read_json, checkpoint_pooling, load_config
+from pkd.models.encoders import (
+    _read_json,
+    checkpoint_pooling,
+    load_config,
+    load_encoder,
+    load_tokenizer,
+)
 from pkd.models.pooling import MODEL_TYPE, mean_pool
 
 logger = logging.getLogger(__name__)
@@ -165,3 +171,15 @@ def embedding_model_head(model: str) -> SentenceHead | None:
         a.endswith(HEADS) for a in getattr(config, "architectures", None) or []
     )
     return None if task else head
+
+
+def write_encoder(model_dir: str, output: str) -> Path:
+    """The encoder of a mean-pooled classifier (`pkd distill`/`finetune --pooling mean`) as a
+    sentence-transformers directory at `output`: the plain encoder (`AutoModel`), its
+    tokenizer, mean pooling, no normalisation (the vector its head reads). Returns `output`."""
+    out = Path(output)
+    encoder = load_encoder(model_dir, "model")
+    encoder.save_pretrained(out)
+    load_tokenizer(model_dir, "model").save_pretrained(out)
+    write_sentence_transformer(out, SentenceHead("mean", False), encoder.config.hidden_size)
+    return out
