@@ -414,7 +414,10 @@ class PretrainConfig:
     layer_map: list[int] | None = field(default=None, metadata={"help": "explicit map, e.g. 2,4"})
     pt_tokens: str = field(
         default="all",
-        metadata={"help": "states matched: all (every token, padding excluded)|cls ([CLS] only)"},
+        metadata={
+            "help": "states matched: all (every token, padding excluded)|cls ([CLS] only)|mean "
+            "(each layer's token mean)"
+        },
     )
     pt_normalize: bool = field(default=True, metadata={"help": "L2-normalise each state"})
     beta: float = field(default=1.0, metadata={"help": "weight of the patient loss"})
@@ -442,7 +445,7 @@ class PretrainConfig:
     )
     teacher_mode: str = field(
         default="online",
-        metadata={"help": "online|cached (cached: --pt-tokens cls without MLM terms only)"},
+        metadata={"help": "online|cached (cached: --pt-tokens cls or mean, no MLM terms)"},
     )
     cache_dir: str | None = field(
         default=None,
