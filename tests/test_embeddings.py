@@ -236,6 +236,7 @@ def test_export_and_benchmark_an_embedding_student(narrow, tmp_path, pkd_cli):
     report = json.loads(out.out)
     assert report["fp32"]["max_abs_diff"] < 1e-4 and report["int8"]["cosine_mean"] > 0.9
     assert not (tmp_path / "onnx" / "modules.json").exists()
+    assert report["output_names"] == ["logits"]
     pkd_cli.ok(["benchmark", "--models", narrow, "--batch-sizes", "2", "--seq-lengths", "8",
                 "--iterations", "2", "--warmup", "1"])  # fmt: skip
     pkd_cli.ok(["benchmark", "--models", tmp_path / "onnx", "--backend", "onnx",

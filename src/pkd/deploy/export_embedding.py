@@ -3,7 +3,8 @@ embedding students): ONNX (+ int8) whose output is the sentence embedding, with 
 
 The graph holds the whole embedding: encoder, pooling, the dense layer of a narrower student,
 normalisation, so onnxruntime needs no custom code: inputs `input_ids`, `attention_mask` (and
-`token_type_ids`), output `sentence_embedding` (B, H). `parity.json` records the fp32 graph's
+`token_type_ids`), output `logits`: the sentence embeddings (B, H), named as a classifier's
+output so that `pkd.deploy.onnx_model` and `pkd benchmark --backend onnx` run it as they are. `parity.json` records the fp32 graph's
 max |difference| to PyTorch's embeddings (held to `pkd.deploy.export.FP32_MAX_ABS_DIFF`) and,
 with `--quantize int8`, the int8 graph's cosine similarity to them (mean and minimum over the
 texts: reported, not held to a bound; published MiniLM int8 exports fall to about 0.96).
@@ -16,8 +17,8 @@ import json
 import logging
 import shutil
 import time
-import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from pkd.training.rundir import check_output, run_lock
 
 logger = logging.getLogger(__name__)
 
-OUTPUT = "sentence_embedding"
+OUTPUT = "logits"  # the graph's output: the sentence embeddings (B, H)
 NOT_COPIED = ("model.safetensors", "modules.json", "sentence_bert_config.json")
 NOT_COPIED += ("config_sentence_transformers.json",)  # an export is not a sentence-transformers dir
 
@@ -50,16 +51,19 @@ def export_model(model: str, output: str, **options) -> dict:
 
 
 class Embedder(torch.nn.Module):
-    """Token tensors (positional, in `names`' order) -> the model's sentence embeddings."""
+    """Token tensors -> the model's sentence embeddings (as `logits`, so that the graph is
+    traced and named as a classifier's: `pkd.deploy.export._export_graph`)."""
 
     def __init__(self, encoder, head: SentenceHead, dense, names: list[str]):
         super().__init__()
         self.encoder, self.dense, self.head, self.names = encoder, dense, head, names
 
-    def forward(self, *inputs):
-        feeds = dict(zip(self.names, inputs, strict=True))
+    def forward(self, **feeds) -> SimpleNamespace:
+        """`logits`: the embeddings (the output a `pkd export` graph has)."""
         pooled = self.head(self.encoder(**feeds).last_hidden_state, feeds["attention_mask"])
-        return self.head.finish(self.dense(pooled) if self.dense is not None else pooled)
+        return SimpleNamespace(
+            logits=self.head.finish(self.dense(pooled) if self.dense is not None else pooled)
+        )
 
 
 def export_embedding(
@@ -95,7 +99,7 @@ def export_embedding(
         )
         texts = texts + (pairs or [])  # an embedding model embeds each text on its own
         with staged_dir(out) as tmp:
-            export_graph(net, tokenizer, names, tmp / FP32_FILE, opset)
+            X._export_graph(net, tokenizer, names, tmp / FP32_FILE, opset)
             for f in model_dir.iterdir():  # tokenizer and config.json (the graph holds the rest)
                 if f.is_file() and f.name not in NOT_COPIED and f.suffix not in (".bin", ".md"):
                     shutil.copy2(f, tmp / f.name)
@@ -116,31 +120,6 @@ def export_embedding(
         return {**report, "output": str(out), "files": sorted(f.name for f in out.iterdir())}
 
 
-def export_graph(net: Embedder, tokenizer, names: list[str], path: Path, opset: int) -> None:
-    """The traced graph: dynamic batch and sequence axes."""
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[OUTPUT] = {0: "batch"}
-    example = tokenizer(["a short one", "a longer sentence, so that one is padded"], padding=True)
-    inputs = tuple(torch.tensor(example[n]) for n in names)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings: the parity check decides
-            torch.onnx.export(
-                net,
-                inputs,
-                str(path),
-                input_names=names,
-                output_names=[OUTPUT],
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PkdError(f"--opset {opset}: the ONNX exporter failed ({first})") from None
-
-
 def parity(net: Embedder, tokenizer, directory: Path, texts: list[str], int8: bool) -> dict:
     """The fp32 graph's max |difference| to PyTorch's embeddings, and each graph's cosine
     similarity to them (mean, min)."""
@@ -154,7 +133,9 @@ def parity(net: Embedder, tokenizer, directory: Path, texts: list[str], int8: bo
     ]
     feeds = [{n: np.asarray(b[n], dtype=np.int64) for n in net.names} for b in batches]
     with torch.inference_mode():
-        ref = torch.cat([net(*(torch.from_numpy(f[n]) for n in net.names)) for f in feeds])
+        ref = torch.cat(
+            [net(**{n: torch.from_numpy(f[n]) for n in net.names}).logits for f in feeds]
+        )
     report = {"samples": len(texts), "batch_size": X.PARITY_BATCH}
     for key, file in [("fp32", FP32_FILE), *([("int8", INT8_FILE)] if int8 else [])]:
         session = ort.InferenceSession(str(directory / file), providers=["CPUExecutionProvider"])

@@ -48,10 +48,9 @@ class OnnxModel:
     config: dict = field(default_factory=dict)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits (B, C) for token arrays (B, T) (an embedding export's embeddings, its one
-        output); extra keys in `feeds` are ignored."""
+        """Logits (B, C) for token arrays (B, T); extra keys in `feeds` are ignored."""
         inputs = {n: np.asarray(feeds[n], dtype=np.int64) for n in self.input_names}
-        return self.session.run(None, inputs)[0]
+        return self.session.run(["logits"], inputs)[0]
 
     def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> dict:
         return self.tokenizer(

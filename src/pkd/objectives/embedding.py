@@ -46,17 +46,10 @@ PAIR_METRICS = ("spearman", "pearson")  # of the cosine similarity against the g
 
 
 def embedding_weights(o) -> dict[str, float]:
-    """The embedding objective's weights (terms above 0) from `pkd.config.sections.PretrainConfig`."""
-    every = {
-        "pt": o.beta,
-        "top": o.top_weight,
-        "emb": o.embedding_weight,
-        "cos": o.cosine_weight,
-        "sim": o.similarity_weight,
-        "mlm_kd": o.mlm_distill_weight,
-        "mlm": o.mlm_weight,
-    }
-    return {k: v for k, v in every.items() if v > 0}
+    """The embedding objective's weights (terms above 0) from `pkd.config.sections.PretrainConfig`:
+    the general objective's and the embedding terms'."""
+    sentence = {"emb": o.embedding_weight, "cos": o.cosine_weight, "sim": o.similarity_weight}
+    return {**o.weights, **{k: v for k, v in sentence.items() if v > 0}}
 
 
 def similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:

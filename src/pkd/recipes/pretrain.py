@@ -403,7 +403,7 @@ def run_pretrain(plan: PretrainPlan, run: RunContext) -> RunResult:
             collate,
             resume_from=run.resume_from,
             evaluation=plan.evaluation(cfg),
-            hooks=[PatientShareCheck(objective.beta), *sentence_writer(plan, run.output)],
+            hooks=[PatientShareCheck(objective.beta), *sentence_writer(plan, run)],
         )
     )
     return RunResult.of(
@@ -456,20 +456,23 @@ class SentenceWriter(LoopHooks):
     """Writes the sentence-transformers modules into model/ each time the loop saves a new
     best model there (`pkd.models.sentence_transformers`), with the dense layer as trained."""
 
-    def __init__(self, plan: PretrainPlan, model_dir: Path):
-        self.plan, self.model_dir = plan, model_dir
+    def __init__(self, plan: PretrainPlan, model_dir: Path, main: bool = True):
+        self.plan, self.model_dir, self.main = plan, model_dir, main
 
     def on_evaluate(self, state, metrics) -> None:
-        if state.best is state.history[-1] and self.model_dir.is_dir():
+        if self.main and state.best is state.history[-1] and self.model_dir.is_dir():
             plan = self.plan
             dense = getattr(plan.heads, "dense", None)
             width = plan.student.config.hidden_size
             write_sentence_transformer(self.model_dir, plan.head, width, dense)
 
 
-def sentence_writer(plan: PretrainPlan, output: Path) -> list[LoopHooks]:
-    """The hook that makes an embedding student's model/ a sentence-transformers directory."""
-    return [] if plan.head is None else [SentenceWriter(plan, Path(output) / "model")]
+def sentence_writer(plan: PretrainPlan, run: RunContext) -> list[LoopHooks]:
+    """The hook that makes an embedding student's model/ a sentence-transformers directory
+    (the main process writes it, as it saves the model)."""
+    if plan.head is None:
+        return []
+    return [SentenceWriter(plan, Path(run.output) / "model", run.accelerator.is_main_process)]
 
 
 def teacher_signal(cfg: PretrainRunConfig, plan: PretrainPlan, accelerator):
