@@ -13,7 +13,8 @@ Data (../shared/data/glue by default, `--glue-dir`):
   the Spearman correlation of the cosine similarity of their embeddings with the gold scores;
 - unlabelled text: the sentences of the other STS-B training pairs (never a sentence of a
   held-out pair), SST-2's training sentences and any `--text-file` (e.g. tweets, one a line),
-  shuffled (seed 0), deduplicated, the first `--max-sentences`.
+  shuffled (seed 0), deduplicated, the first `--max-sentences`. `pkd pretrain` holds
+  `--eval-texts` of them out (its held-out loss); sentence-transformers trains on the rest too.
 
 Models, each scored by sentence-transformers' own `SentenceTransformer.encode`:
 1. the teacher;
@@ -58,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--eval-texts", type=int, default=1000, help="pkd's held-out sentences")
     p.add_argument("--pkd-args", default="", help="extra `pkd pretrain` options, one string")
     p.add_argument("--tag", default="minilm-L3")
     p.add_argument("--output", type=Path, default=ROOT / "runs" / "embed_compare")
@@ -119,9 +121,21 @@ def run_pkd(args, teacher: str, start: Path, corpus: Path, out: Path) -> Path:
            "--epochs", str(args.epochs), "--max-steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--max-length", str(args.max_length), "--seed", str(args.seed), "--quiet",
+           "--eval-texts", str(args.eval_texts),
            *args.pkd_args.split()]  # fmt: skip
     subprocess.run(cmd, check=True)
     return out / "model"
+
+
+def pkd_training_sentences(sentences: list[str], eval_texts: int) -> list[str]:
+    """The sentences `pkd pretrain` trains on: all but those it holds out (`hold_out`, the
+    same fixed sample), so that sentence-transformers trains on exactly the same ones."""
+    from pkd.data.splits import Split
+    from pkd.data.text import TEXT, hold_out
+
+    ids = [str(i) for i in range(len(sentences))]
+    train, _ = hold_out(Split(TEXT, "sentences", ids, sentences, None, None), eval_texts)
+    return train.text_a
 
 
 def run_mse(args, teacher: str, start: Path, sentences: list[str], out: Path) -> Path:
@@ -227,7 +241,8 @@ def main(argv=None) -> None:
     models["pkd pretrain"] = run_pkd(args, teacher, start, corpus, out / "pkd")
     seconds = {"pkd pretrain": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
-    models["sentence-transformers MSELoss"] = run_mse(args, teacher, start, sentences, out / "mse")
+    trained = pkd_training_sentences(sentences, args.eval_texts)
+    models["sentence-transformers MSELoss"] = run_mse(args, teacher, start, trained, out / "mse")
     seconds["sentence-transformers MSELoss"] = round(time.perf_counter() - t0, 1)
     budget = f"{args.steps} steps" if args.steps > 0 else f"{args.epochs:g} epoch(s)"
     result = {
