@@ -141,6 +141,7 @@ def test_embedding_objective_is_the_default_for_a_sentence_transformers_teacher(
     assert best["pairs"]["spearman"] == max(history)
     config = json.loads((student / "model" / "config.json").read_text())
     assert config["pkd_pretrain"]["objective"] == "embedding"
+    assert "SentenceTransformer(" in (student / "model" / "README.md").read_text()  # the card
 
 
 def test_general_teacher_keeps_the_general_objective(tiny_bert, corpus, tmp_path, pkd_cli):
