@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_bert, sentiment_rows
+from conftest import make_tiny_bert, run_killed_after_checkpoint, sentiment_rows
+from safetensors.torch import load_file
 
 from pkd.models.sentence_transformers import SentenceHead, load_dense, sentence_head
 from pkd.objectives.embedding import embedding_losses, similarity_matrix
@@ -78,13 +79,17 @@ def student(tmp_path_factory, st_teacher, corpus, pairs, pkd_cli) -> Path:
     return out
 
 
+def narrow_args(teacher: Path, corpus: Path, out: Path) -> list:
+    return ["pretrain", "--teacher", teacher, "--text-file", corpus, "--output", out,
+            "--student-hidden-size", "16", "--teacher-mode", "cached", "--pt-tokens", "mean",
+            "--cosine-weight", "1", *TRAIN]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def narrow(tmp_path_factory, st_teacher, corpus, pkd_cli) -> Path:
     """A narrower embedding student (hidden 16 < 32), with the teacher cache."""
     out = tmp_path_factory.mktemp("emb") / "narrow"
-    pkd_cli.ok(["pretrain", "--teacher", st_teacher, "--text-file", corpus, "--output", out,
-                "--student-hidden-size", "16", "--teacher-mode", "cached", "--pt-tokens", "mean",
-                "--cosine-weight", "1", *TRAIN])  # fmt: skip
+    pkd_cli.ok(narrow_args(st_teacher, corpus, out))
     return out
 
 
@@ -180,6 +185,18 @@ def test_narrow_student_has_its_dense_layer(narrow, st_teacher):
     metrics = json.loads((narrow / "metrics.json").read_text())
     assert metrics["teacher_cache"]["path"].split("/")[-1].startswith("embedding-mean-")
     assert set(metrics["loss_weights"]) == {"pt", "top", "emb", "cos"}
+
+
+def test_resume_keeps_the_dense_layer(narrow, st_teacher, corpus, tmp_path, pkd_cli):
+    """Killed mid-epoch 2 and resumed: the weights and the dense layer of an uninterrupted run."""
+    run = tmp_path / "killed"
+    args = [*narrow_args(st_teacher, corpus, run), "--save-steps", "4"]
+    proc = run_killed_after_checkpoint(12, args)  # 9 steps per epoch
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    pkd_cli.ok([*args, "--resume"])
+    for f in ("model.safetensors", "2_Dense/model.safetensors"):
+        a, b = load_file(narrow / "model" / f), load_file(run / "model" / f)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), f
 
 
 def test_cached_embedding_equals_the_online_one(st_teacher):
