@@ -41,7 +41,7 @@ from pkd.models.sentence_transformers import SentenceHead
 from pkd.objectives.objective import model_inputs
 from pkd.objectives.pretraining import EMBEDDING_TERMS, GeneralObjective
 
-EMBEDDING_OBJECTIVE, GENERAL_OBJECTIVE = "embedding", "general"
+EMBEDDING_OBJECTIVE, GENERAL_OBJECTIVE = "embedding", "general"  # --objective values
 PAIR_METRICS = ("spearman", "pearson")  # of the cosine similarity against the gold scores
 
 

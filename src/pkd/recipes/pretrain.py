@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from transformers import MODEL_FOR_MASKED_LM_MAPPING
 
 from pkd.config.runs import PretrainRunConfig
 from pkd.config.sections import PretrainConfig
@@ -48,18 +47,22 @@ from pkd.models.encoders import (
     PRETRAIN_KEY,
     count_parameters,
     feed_forward_size,
-    load_config,
     load_pretrained_teacher,
     load_tokenizer,
     num_layers,
 )
-from pkd.models.pooling import MODEL_TYPE
 from pkd.models.results import RunResult
 from pkd.models.sentence_transformers import SentenceHead, sentence_head, write_sentence_transformer
-from pkd.models.students import build_general_student, check_max_length, check_same_tokenizer
+from pkd.models.students import (
+    build_general_student,
+    check_encoder,
+    check_max_length,
+    check_same_tokenizer,
+)
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.embedding import (
     EMBEDDING_OBJECTIVE,
+    GENERAL_OBJECTIVE,
     EmbeddingObjective,
     embedding_weights,
     pairs_score,
@@ -150,7 +153,8 @@ class PretrainPlan:
 
     def eval_sets(self, held) -> dict:
         """The splits each epoch is scored on: --eval-pairs first (it selects), held-out text."""
-        return {PAIRS: self.eval_pairs, HELD_OUT: held} if self.eval_pairs else {HELD_OUT: held}
+        pairs = {} if self.eval_pairs is None else {PAIRS: self.eval_pairs}
+        return {**pairs, HELD_OUT: held}
 
     def evaluation(self, cfg: PretrainRunConfig) -> Evaluation:
         """Held-out pairs' Spearman (--eval-pairs) or the held-out distillation loss."""
@@ -331,27 +335,6 @@ def plan_pretrain(cfg: PretrainRunConfig) -> PretrainPlan:
     )
 
 
-def check_encoder(name: str, trust_remote_code: bool) -> None:
-    """A teacher must be an encoder (BERT-like: pre-trained as a masked language model), not a
-    decoder (GPT-2) or an encoder-decoder (T5), whose states pkd cannot distil.
-
-    Raises:
-        PkdError: in one line, naming its architecture.
-    """
-    config = load_config(name, "teacher", trust_remote_code)
-    if config.model_type == MODEL_TYPE:
-        return
-    encoder = type(config) in MODEL_FOR_MASKED_LM_MAPPING or trust_remote_code
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
-        encoder = False
-    if not encoder:
-        raise PkdError(
-            f"--teacher: {name} is a {config.model_type} model, not an encoder; pkd distils "
-            "encoders (BERT-like models pre-trained with masked language modelling, e.g. "
-            "bert-base-uncased or a sentence-transformers model)"
-        )
-
-
 def resolve_objective(o: PretrainConfig, teacher: str) -> tuple[SentenceHead | None, dict]:
     """(the sentence head, the weights) of the objective `--objective` resolves to: the
     embedding one (`auto`: for a sentence-transformers teacher) or the general one (no head).
@@ -359,7 +342,7 @@ def resolve_objective(o: PretrainConfig, teacher: str) -> tuple[SentenceHead | N
     Raises:
         PkdError: every weight of the resolved objective is 0.
     """
-    head = sentence_head(teacher) if o.objective != "general" else None
+    head = sentence_head(teacher) if o.objective != GENERAL_OBJECTIVE else None
     if o.objective == EMBEDDING_OBJECTIVE and head is None:
         head = SentenceHead()  # not a sentence-transformers model: mean, normalised
     weights = embedding_weights(o) if head is not None else o.weights
