@@ -82,7 +82,7 @@ class EmbeddingObjective(GeneralObjective):
     def sentence_states(self, out, batch: dict) -> torch.Tensor | None:
         if not any(k in self.weights_by_term for k in EMBEDDING_TERMS):
             return None
-        return self.head(out.hidden_states[-1], batch["attention_mask"])
+        return self.head(out.hidden_states[-1].float(), batch["attention_mask"])  # as the teacher's
 
     def embedding_terms(self, pooled, signals: dict) -> dict[str, torch.Tensor]:
         if pooled is None:
