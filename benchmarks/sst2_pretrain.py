@@ -140,6 +140,7 @@ def general_run(args, corpus: Path, run: Path, narrow: bool) -> dict:
 
     if not (run / "metrics.json").is_file():
         o = {"student_layers": 3, "strategy": args.strategy, "pt_tokens": args.pt_tokens}
+        o["objective"] = "general"  # as benchmarked (MiniLM's default became the embedding one)
         texts, train = args.pretrain_texts, {"epochs": args.pretrain_epochs, "lr": args.pretrain_lr}
         if narrow:
             o = {

@@ -171,7 +171,7 @@ def _presets(args: argparse.Namespace, quiet: bool) -> None:
 
 
 def _export(args: argparse.Namespace, quiet: bool) -> None:
-    from pkd.deploy.export import export
+    from pkd.deploy.export_embedding import export_model as export
 
     parity = export(
         args.model,

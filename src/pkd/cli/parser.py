@@ -251,7 +251,10 @@ PARSERS = {
         "task-agnostic patient distillation on unlabelled text (students of any width)",
         _pretrain_options,
     ),
-    "evaluate": ("task metrics of a fine-tuned model (JSON)", _evaluate_options),
+    "evaluate": (
+        "task metrics of a fine-tuned model, or of an embedding model on scored pairs (JSON)",
+        _evaluate_options,
+    ),
     "predict": ("predictions file in GLUE submission format", _predict_options),
     "benchmark": ("size, latency and throughput of several models", _benchmark_options),
     "compare": ("teacher vs FT/KD/PKD-Skip/PKD-Last students, several seeds", _compare_options),

@@ -45,7 +45,7 @@ FIXED_BY_METHOD: dict[str, dict[str, Any]] = {
 }
 DEFAULT_WEIGHTS = {"alpha": 0.5, "beta": 100.0}  # where the method has the term
 TRANSFER_RATIO = 1.0  # --transfer-ratio's default; another value needs --transfer-file
-PT_TOKENS = ("cls", "all")
+PT_TOKENS = ("cls", "all", "mean")
 
 
 def check_choice(option: str, value, valid) -> None:

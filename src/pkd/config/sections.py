@@ -381,6 +381,9 @@ class TextConfig:
             )
 
 
+EMBEDDING_WEIGHTS = ("embedding_weight", "cosine_weight", "similarity_weight")
+
+
 @dataclass
 class PretrainConfig:
     """`pkd pretrain`'s student and loss: task-agnostic patient distillation."""
@@ -408,7 +411,10 @@ class PretrainConfig:
     layer_map: list[int] | None = field(default=None, metadata={"help": "explicit map, e.g. 2,4"})
     pt_tokens: str = field(
         default="all",
-        metadata={"help": "states matched: all (every token, padding excluded)|cls ([CLS] only)"},
+        metadata={
+            "help": "states matched: all (every token, padding excluded)|cls ([CLS] only)|mean "
+            "(each layer's token mean)"
+        },
     )
     pt_normalize: bool = field(default=True, metadata={"help": "L2-normalise each state"})
     beta: float = field(default=1.0, metadata={"help": "weight of the patient loss"})
@@ -423,9 +429,20 @@ class PretrainConfig:
     )
     temperature: float = field(default=2.0, metadata={"help": "MLM distillation temperature"})
     mask_probability: float = field(default=0.15, metadata={"help": "MLM: share of tokens masked"})
+    objective: str = field(
+        default="auto",
+        metadata={"help": "auto (embedding for a sentence-transformers teacher)|embedding|general"},
+    )
+    embedding_weight: float = field(default=1.0, metadata={"help": "embedding: weight of EMB"})
+    cosine_weight: float = field(default=0.0, metadata={"help": "embedding: weight of COS"})
+    similarity_weight: float = field(default=0.0, metadata={"help": "embedding: weight of SIM"})
+    eval_pairs: str | None = field(
+        default=None,
+        metadata={"help": "scored pairs (sentence1, sentence2, score) selecting by Spearman"},
+    )
     teacher_mode: str = field(
         default="online",
-        metadata={"help": "online|cached (cached: --pt-tokens cls without MLM terms only)"},
+        metadata={"help": "online|cached (cached: --pt-tokens cls or mean, no MLM terms)"},
     )
     cache_dir: str | None = field(
         default=None,
@@ -436,14 +453,16 @@ class PretrainConfig:
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("pt-tokens", self.pt_tokens, PT_TOKENS)
         check_choice("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        check_choice("objective", self.objective, ("auto", "embedding", "general"))
         check_positive("student-layers", self.student_layers)
         check_positive("student-hidden-size", self.student_hidden_size)
         check_positive("student-heads", self.student_heads)
         check_positive("student-intermediate-size", self.student_intermediate_size)
         check_positive("temperature", self.temperature)
-        for name in ("beta", "top_weight", "mlm_distill_weight", "mlm_weight"):
+        for name in ("beta", "top_weight", "mlm_distill_weight", "mlm_weight", *EMBEDDING_WEIGHTS):
             check_positive(name.replace("_", "-"), getattr(self, name), allow_zero=True)
-        if not self.weights:
+        embedding = self.objective != "general" and any(getattr(self, n) for n in EMBEDDING_WEIGHTS)
+        if not self.weights and not embedding:  # an auto objective that is general: the recipe's
             raise PkdError("--beta: every loss weight is 0; the student would learn nothing")
         if not 0 < self.mask_probability < 1:
             raise PkdError(f"--mask-probability: must be in (0, 1), got {self.mask_probability}")

@@ -17,6 +17,7 @@ that are not the `--encoding`; an empty file; a JSONL line without the column).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 from pathlib import Path
@@ -29,13 +30,17 @@ from pkd.data.loading import collator, load_split, split_holdout
 from pkd.data.readers import read_table_split
 from pkd.data.splits import EncodedSplit, Split, input_file, read_jsonl, read_text
 from pkd.errors import PkdError
-from pkd.tasks import IGNORE_LABEL, custom_task, get_task
+from pkd.tasks import IGNORE_LABEL, REGRESSION, custom_task, get_task
 
 logger = logging.getLogger(__name__)
 
 TEXT = "text"  # the split name of the corpus
 HELD_OUT = "heldout"  # the split the distillation loss is evaluated on each epoch
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+PAIRS = (
+    "pairs"  # the split name of scored pairs (`--eval-pairs`, `pkd evaluate` of an embedding model)
+)
+PAIR_COLUMNS = ("sentence1", "sentence2", "score")  # --eval-pairs' columns (STS-B's names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,11 +242,14 @@ class MaskedText(torch.utils.data.Dataset):
 
 
 def mlm_collator(tokenizer):
-    """`pkd.data.loading.collator`, with each item's `mlm_labels` padded by IGNORE_LABEL."""
+    """`pkd.data.loading.collator`, with each item's `mlm_labels` padded by IGNORE_LABEL
+    (items without them, as they are)."""
     pad = collator(tokenizer)
     left = tokenizer.padding_side == "left"
 
     def collate(items: list[dict]) -> dict:
+        if "mlm_labels" not in items[0]:  # scored pairs (--eval-pairs): never masked
+            return pad(items)
         labels = [item["mlm_labels"] for item in items]
         batch = pad([{k: v for k, v in item.items() if k != "mlm_labels"} for item in items])
         width = batch["input_ids"].shape[1]
@@ -251,3 +259,39 @@ def mlm_collator(tokenizer):
         return batch
 
     return collate
+
+
+# ---------------------------------------------------------------------------------------------
+# Scored pairs (embedding models)
+
+
+def read_pairs(name: str, encoding: str = "utf-8") -> Split:
+    """`--eval-pairs`: sentence pairs with a score, in a file with a header (TSV as GLUE's
+    STS-B files, unquoted; CSV; or JSONL) whose columns are `PAIR_COLUMNS`.
+
+    Raises:
+        PkdError: a missing file or column, or a score that is not a number (file:line).
+    """
+    path = input_file("--eval-pairs", name)
+    spec = custom_task(PAIR_COLUMNS[:2], PAIR_COLUMNS[2], REGRESSION)
+    if path.suffix.lower() == ".tsv":
+        spec = dataclasses.replace(spec, source="glue")  # GLUE's TSV: a quote is text
+    return read_table_split(spec, path, PAIRS, encoding, True, header=True)
+
+
+def pair_texts(pairs: Split) -> Split:
+    """The sentences of scored pairs interleaved (a_0, b_0, a_1, b_1, ...), each labelled with
+    its pair's score: one text per example, as an embedding model encodes them.
+
+    Raises:
+        PkdError: the split has one text column, not two.
+    """
+    if pairs.text_b is None:
+        raise PkdError(
+            f"{pairs.source}: scored pairs need two text columns (e.g. --text-columns "
+            "sentence1,sentence2), found one"
+        )
+    texts = [t for pair in zip(pairs.text_a, pairs.text_b, strict=True) for t in pair]
+    labels = [y for y in pairs.labels for _ in range(2)]
+    ids = [f"{i}{side}" for i in pairs.ids for side in "ab"]
+    return Split(pairs.name, pairs.source, ids, texts, None, labels)

@@ -354,7 +354,8 @@ def body(name, config, result, model_dir, command, speed, note, rerun, shown) ->
         "```",
     ]
     repo = f"{REPO}/{name}"
-    use = general_usage(repo) if command == "pretrain" else usage(repo, result)
+    embedding = (Path(model_dir) / "modules.json").is_file()  # `pkd.models.sentence_transformers`
+    use = general_usage(repo, embedding) if command == "pretrain" else usage(repo, result)
     return "\n".join([*lines, "", *use, "", *provenance(meta, version)])
 
 
@@ -377,12 +378,22 @@ def usage(repo: str, result: RunResult) -> list[str]:
     ]
 
 
-def general_usage(repo: str) -> list[str]:
-    """How a `pkd pretrain` student is used: as an encoder, or as a task student's init
+def general_usage(repo: str, embedding: bool = False) -> list[str]:
+    """How a `pkd pretrain` student is used: as an embedding model (`embedding`: its model
+    directory is a sentence-transformers one), as an encoder, or as a task student's init
     (`repo`: its Hub id, a placeholder owner)."""
+    sentence = [
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'embeddings = SentenceTransformer("{repo}").encode(["A sentence to embed."])',
+        "```",
+        "",
+    ]
     return [
         "## Use",
         "",
+        *(sentence if embedding else []),
         "```python",
         "from transformers import AutoModel, AutoTokenizer",
         "",

@@ -16,7 +16,7 @@ import copy
 import logging
 from pathlib import Path
 
-from transformers import AutoModel
+from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoModel
 
 from pkd.config.runs import resolve_model
 from pkd.config.sections import DistillConfig
@@ -111,6 +111,27 @@ def check_same_architecture(config, teacher_config, init: str) -> None:
                 f"--student-init: {init} has {what}={a} but the teacher has {what}={b}; "
                 "student and teacher must share architecture and vocabulary"
             )
+
+
+def check_encoder(name: str, trust_remote_code: bool) -> None:
+    """A teacher must be an encoder (BERT-like: pre-trained as a masked language model), not a
+    decoder (GPT-2) or an encoder-decoder (T5), whose states pkd cannot distil.
+
+    Raises:
+        PkdError: in one line, naming its architecture.
+    """
+    config = load_config(name, "teacher", trust_remote_code)
+    if config.model_type == P.MODEL_TYPE:
+        return
+    encoder = type(config) in MODEL_FOR_MASKED_LM_MAPPING or trust_remote_code
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        encoder = False
+    if not encoder:
+        raise PkdError(
+            f"--teacher: {name} is a {config.model_type} model, not an encoder; pkd distils "
+            "encoders (BERT-like models pre-trained with masked language modelling, e.g. "
+            "bert-base-uncased or a sentence-transformers model)"
+        )
 
 
 def check_same_tokenizer(init: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:

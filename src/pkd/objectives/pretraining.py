@@ -6,7 +6,8 @@ teacher's states and, where the teacher has one, its MLM head:
     L = beta * PT + top_weight * TOP + mlm_distill_weight * MLM_KD + mlm_weight * MLM
 
 - PT: the patient loss over the mapped layers (`pkd.objectives.mapping`: student layer j <-> teacher
-  layer I(j), j = 1..M-1), on [CLS] or on every token (`--pt-tokens`): per token the squared
+  layer I(j), j = 1..M-1), on [CLS], on every token, or on each layer's token mean
+  (`--pt-tokens cls|all|mean`): per token the squared
   distance between the L2-normalised states, a masked mean over tokens (padding never
   counts), averaged over layers (`pkd.objectives.losses.token_state_loss`);
 - TOP: the same distance between the top layers (student M <-> teacher N);
@@ -31,6 +32,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from pkd.errors import PkdError
+from pkd.models.pooling import mean_pool
 from pkd.models.projection import Projection
 from pkd.objectives.losses import mlm_distill_loss, mlm_loss, token_state_loss, total_loss
 from pkd.objectives.objective import batch_examples, model_inputs, teacher_signals
@@ -38,6 +40,11 @@ from pkd.tasks import IGNORE_LABEL
 
 CLS_TOKENS = 1  # --pt-tokens cls: only the first token's state is compared
 CACHE_NAME = "pretrain"  # the teacher cache's directory prefix (`pkd.objectives.cache`)
+EMBEDDING_TERMS = (
+    "emb",
+    "cos",
+    "sim",
+)  # terms on the sentence embedding (`pkd.objectives.embedding`)
 
 
 @dataclass
@@ -88,18 +95,18 @@ class GeneralObjective:
         signals = self.teacher(batch, self.teacher_layers())
         student = [j for _, j in self.pairs] + [self.top[1]]
         states = torch.stack([out.hidden_states[j] for j in student], dim=1)  # (B, L, T, H_s)
-        mask = batch["attention_mask"]
-        if self.tokens == "cls":
-            states, mask = states[:, :, :CLS_TOKENS], mask[:, :CLS_TOKENS]
+        states, mask = compared_tokens(states, batch["attention_mask"], self.tokens)
+        pooled = self.sentence_states(out, batch)  # (B, H_s), or None: no embedding terms
         logits = None
         if self.aux is not None:  # one call per step: under DDP its forward syncs gradients
             last = embeddings = None
             if self.uses_mlm:
                 last = out.hidden_states[-1][batch["mlm_labels"] != IGNORE_LABEL]
                 embeddings = getattr(model, "module", model).get_input_embeddings().weight
-            states, logits = self.aux(states, last, embeddings)  # (B, L, T, H_t), (n, V)
+            # (B, L, T, H_t), (n, V), (B, H_t)
+            states, logits, pooled = self.aux(states, last, embeddings, pooled)
         target = signals["states"].to(states.device)
-        terms = {}
+        terms = self.embedding_terms(pooled, signals)
         if "pt" in self.weights_by_term:
             terms["pt"] = token_state_loss(states[:, :-1], target[:, :-1], mask, self.normalize)
         if "top" in self.weights_by_term:
@@ -107,6 +114,14 @@ class GeneralObjective:
         if self.uses_mlm:
             terms.update(self.mlm_terms(logits, batch, signals))
         return terms
+
+    def sentence_states(self, out, batch: dict) -> torch.Tensor | None:
+        """The student's pooled sentence states, for embedding terms (`EmbeddingObjective`)."""
+        return None
+
+    def embedding_terms(self, pooled, signals: dict) -> dict[str, torch.Tensor]:
+        """The terms on the sentence embedding (`EmbeddingObjective`); none here."""
+        return {}
 
     def mlm_terms(self, logits: torch.Tensor, batch: dict, signals: dict) -> dict:
         """The MLM terms from the student's (n, V) logits at the batch's n masked tokens."""
@@ -120,41 +135,71 @@ class GeneralObjective:
         return terms
 
 
+def compared_tokens(states: torch.Tensor, mask: torch.Tensor, tokens: str):
+    """The (B, L, T, H) states and (B, T) mask as `--pt-tokens` compares them: every token
+    (`all`), the first one (`cls`), or each layer's masked token mean as one token (`mean`)."""
+    if tokens == "cls":
+        return states[:, :, :CLS_TOKENS], mask[:, :CLS_TOKENS]
+    if tokens == "mean":
+        return mean_pool(states, mask[:, None])[:, :, None], mask.new_ones(len(mask), 1)
+    return states, mask
+
+
 class GeneralHeads(nn.Module):
     """The objective's trained modules: `projection` (student H -> teacher H for each matched
-    layer and the top one, another width) and `mlm_head` (MLM terms); either may be None.
+    layer and the top one, another width), `mlm_head` (MLM terms) and `dense` (the sentence
+    embedding's student H -> teacher H, `pkd.objectives.embedding`); any may be None.
     One forward per step, so that under DDP their gradients are synchronised."""
 
-    def __init__(self, projection: Projection | None, mlm_head: MlmHead | None):
+    def __init__(
+        self,
+        projection: Projection | None,
+        mlm_head: MlmHead | None,
+        dense: nn.Linear | None = None,
+    ):
         super().__init__()
         self.projection, self.mlm_head = projection, mlm_head
+        if dense is not None:  # registered only when there is one: the checkpoints' keys
+            self.dense = dense
 
-    def forward(self, states, masked_last=None, embeddings=None):
-        """(B, L, T, H_s) states -> (B, L, T, H_t) (as they are without a projection), and
-        the (n, V) MLM logits of the n masked tokens' last states (None without a head)."""
+    def forward(self, states, masked_last=None, embeddings=None, pooled=None):
+        """(B, L, T, H_s) states -> (B, L, T, H_t) (as they are without a projection), the
+        (n, V) MLM logits of the n masked tokens' last states (None without a head), and
+        the (B, H_s) pooled sentence states through `dense` (as they are without one)."""
         if self.projection is not None:
             states = self.projection(states, dim=1)
         logits = None
         if self.mlm_head is not None and masked_last is not None:
             logits = self.mlm_head(masked_last, embeddings)
-        return states, logits
+        if pooled is not None and hasattr(self, "dense"):
+            pooled = self.dense(pooled)
+        return states, logits, pooled
 
 
-def build_heads(options, pairs: list, student_config, teacher_config, teacher_mlm=None):
-    """`GeneralHeads` for a run (seed first), or None when neither module is needed: a
+def build_heads(
+    options, pairs: list, student_config, teacher_config, teacher_mlm=None, weights=None
+):
+    """`GeneralHeads` for a run (seed first), or None when no module is needed: a
     projection when the widths differ and a term compares states (none with MLM terms
     alone: DDP refuses a trained module no loss reads); an MLM head with MLM terms, at the
-    student's width, a copy of `teacher_mlm`'s where the widths are equal."""
+    student's width, a copy of `teacher_mlm`'s where the widths are equal; a dense layer
+    when the widths differ and a term compares sentence embeddings. `weights`: the
+    objective's (default: `options.weights`, the general objective's)."""
+    weights = options.weights if weights is None else weights
     hs, ht = student_config.hidden_size, teacher_config.hidden_size
-    states = "pt" in options.weights or "top" in options.weights  # a term compares states
+    states = "pt" in weights or "top" in weights  # a term compares states
     projection = Projection(len(pairs) + 1, hs, ht) if hs != ht and states else None
+    sentence = any(k in weights for k in EMBEDDING_TERMS)
+    dense = nn.Linear(hs, ht) if hs != ht and sentence else None
     head = None
     if options.uses_mlm:
         c = student_config
         head = MlmHead(hs, c.vocab_size, c.hidden_act, c.layer_norm_eps)
         if teacher_mlm is not None and hs == ht:
             head.copy_from(teacher_mlm)
-    return GeneralHeads(projection, head) if projection is not None or head is not None else None
+    if projection is None and head is None and dense is None:
+        return None
+    return GeneralHeads(projection, head, dense)
 
 
 class MlmHead(nn.Module):
@@ -219,41 +264,50 @@ def freeze_pooler(student) -> None:
         pooler.requires_grad_(False)
 
 
-def online_signals(teacher, tokens: str, mlm: bool) -> Callable:
+def online_signals(teacher, tokens: str, mlm: bool, sentence: Callable | None = None) -> Callable:
     """Teacher signals from a forward pass per batch. `teacher`: the encoder, or with `mlm`
-    an `AutoModelForMaskedLM` whose head gives the masked tokens' logits."""
+    an `AutoModelForMaskedLM` whose head gives the masked tokens' logits. `sentence`: the
+    teacher's sentence embedding of its last states and mask (`embedding`, (B, H)), if any."""
     encoder = teacher.base_model if mlm else teacher
     head = mlm_head_module(teacher) if mlm else None
 
     @torch.no_grad()
     def signals(batch: dict, layers: list[int]) -> dict:
         out, states = teacher_signals(encoder, batch, layers, pooling=None)  # (B, L, T, H)
-        result = {"states": states[:, :, :CLS_TOKENS] if tokens == "cls" else states}
+        result = {"states": compared_tokens(states, batch["attention_mask"], tokens)[0]}
         if head is not None:
             masked = batch["mlm_labels"] != IGNORE_LABEL
             result["mlm_logits"] = head(out.hidden_states[-1][masked]).float()
+        if sentence is not None:
+            last = out.hidden_states[-1].float()
+            result["embedding"] = sentence(last, batch["attention_mask"])
         return result
 
     return signals
 
 
 def cached_signals(cache) -> Callable:
-    """[CLS] states of the teacher read from a `pkd.objectives.cache.TeacherCache` by example index."""
+    """The teacher's pooled states (and sentence embeddings, `CacheableTeacher`'s logits) read
+    from a `pkd.objectives.cache.TeacherCache` by example index."""
 
     def signals(batch: dict, layers: list[int]) -> dict:
-        _, states = cache.targets(batch["example_index"], layers)  # (B, L, H)
-        return {"states": states[:, :, None, :]}
+        logits, states = cache.targets(batch["example_index"], layers)  # (B, E), (B, L, H)
+        return {"states": states[:, :, None, :], "embedding": logits}
 
     return signals
 
 
 class CacheableTeacher(nn.Module):
-    """A bare encoder as `pkd.objectives.cache` runs teachers: outputs with `logits` (one zero per
-    example: there are none) and `hidden_states`; pooled [CLS] states get cached."""
+    """A bare encoder as `pkd.objectives.cache` runs teachers: outputs with `logits` and
+    `hidden_states`; the cache keeps the first token of every layer's states.
 
-    def __init__(self, encoder):
+    `tokens` `cls`: the states as they are ([CLS] gets cached); `mean`: each layer's masked
+    token mean as its only token. `sentence`: the logits are the teacher's sentence
+    embedding (B, H), else one zero per example (there are none)."""
+
+    def __init__(self, encoder, tokens: str = "cls", sentence: Callable | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.tokens, self.sentence = encoder, tokens, sentence
         self.config = encoder.config
 
     @property
@@ -262,8 +316,14 @@ class CacheableTeacher(nn.Module):
 
     def forward(self, **inputs):
         out = self.encoder(**inputs)
-        logits = out.hidden_states[0].new_zeros(len(inputs["input_ids"]), 1)
-        return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
+        hidden, mask = out.hidden_states, inputs["attention_mask"]
+        if self.sentence is not None:
+            logits = self.sentence(hidden[-1].float(), mask)
+        else:
+            logits = hidden[0].new_zeros(len(inputs["input_ids"]), 1)
+        if self.tokens == "mean":
+            hidden = tuple(mean_pool(h, mask)[:, None] for h in hidden)
+        return SimpleNamespace(logits=logits, hidden_states=hidden)
 
 
 def heldout_score(objective: GeneralObjective) -> Callable:

@@ -1,12 +1,16 @@
 """`pkd evaluate` and `pkd predict`: run a fine-tuned model (or an ONNX export) on a split.
 
 The split is read with the model's label names and order (ids mean its labels); `evaluate`
-scores a labelled split, `predict` writes GLUE submission files. Outputs are checked before
+scores a labelled split, `predict` writes GLUE submission files. An embedding model (a
+sentence-transformers directory: modules.json with a Pooling module, no task head) is scored
+on sentence pairs with a score instead: the Spearman and Pearson correlations of its
+embeddings' cosine similarities with the gold scores (`evaluate_embedding`). Outputs are checked before
 the model runs: they may not replace one of the model's files or the data read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,12 +32,23 @@ from pkd.data.loading import (
 )
 from pkd.data.readers import file_option
 from pkd.data.splits import read_jsonl, read_rows
+from pkd.data.text import pair_texts
 from pkd.deploy.onnx_model import load_onnx
 from pkd.errors import PkdError
 from pkd.fsio import atomic_write, write_json
-from pkd.models.encoders import load_finetuned, load_tokenizer, max_length_limit, model_labels
+from pkd.models.encoders import (
+    load_encoder,
+    load_finetuned,
+    load_tokenizer,
+    max_length_limit,
+    model_labels,
+)
+from pkd.models.sentence_transformers import SentenceHead, embedding_model_head, load_dense
+from pkd.objectives.embedding import embed_model, pair_scores
 from pkd.tasks import (
     CLASSIFICATION,
+    REGRESSION,
+    SCORE_TYPES,
     TaskSpec,
     align_labels,
     readable_labels,
@@ -157,6 +172,9 @@ def evaluate(
         )
     if spec is not None and split == "dev" and "dev" not in spec.splits:
         split = spec.eval_splits[0]
+    head = embedding_model_head(model)
+    if head is not None:
+        return evaluate_embedding(model, head, data, split, batch_size, write, output_file)
     net, tokenizer, spec, raw, enc = load_for_inference(model, data, split, labelled=True)
     name = f"eval_{spec.name}_{split}.json"
     out = eval_output(model, data, name, output_file, raw.source) if write else None
@@ -172,6 +190,11 @@ def evaluate(
         "source": raw.source,
         **score(net, loader, spec, acc),
     }
+    return written(out, metrics)
+
+
+def written(out: Path | None, metrics: dict) -> dict:
+    """The metrics, written to `out` (when not None) as JSON."""
     if out is not None:
         try:
             write_json(out, metrics)
@@ -181,6 +204,48 @@ def evaluate(
                 f"{json.dumps(metrics)}"
             ) from None
     return metrics
+
+
+def evaluate_embedding(
+    model: str,
+    head: SentenceHead,
+    data: DataConfig,
+    split: str,
+    batch_size: int,
+    write: bool,
+    output_file: str | None,
+) -> dict:
+    """An embedding model's Spearman and Pearson (of its cosine similarities) on a split of
+    scored pairs: STS-B (`--task stsb`) or the user's files with two text columns and a
+    score column (`--text-columns a,b --label-column score`). No head, no training."""
+    if data.task == "custom":
+        data = dataclasses.replace(data, problem_type=REGRESSION)
+    spec = resolve_task(data)
+    if spec.problem_type not in SCORE_TYPES:
+        raise PkdError(
+            f"--task: {spec.name} is not scored pairs; an embedding model ({model}) is "
+            "evaluated on sentence pairs with a score (--task stsb, or files with "
+            "--text-columns a,b --label-column score)"
+        )
+    raw = load_data_split(data, spec, split, labelled=True).head(data.max_eval_samples)
+    texts = pair_texts(raw)
+    name = f"eval_{spec.name}_{split}.json"
+    out = eval_output(model, data, name, output_file, raw.source) if write else None
+    tokenizer = load_tokenizer(model, "model")
+    encoder = load_encoder(model, "model")
+    limit = max_length_limit(encoder.config, tokenizer) or head.max_seq_length
+    enc = encode(texts, tokenizer, min(data.max_length, head.max_seq_length, limit), None, False)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    dense = load_dense(model)
+    encoder.to(acc.device)
+    dense = dense.to(acc.device) if dense is not None else None
+    loader = acc.prepare(
+        torch.utils.data.DataLoader(enc, batch_size=batch_size, collate_fn=collator(tokenizer))
+    )
+    embeddings = embed_model(encoder, loader, acc, head, dense)
+    metrics = {"task": spec.name, "split": split, "examples": len(raw), "source": raw.source}
+    metrics.update({"embedding": True, **pair_scores(embeddings, raw.labels)})
+    return written(out, metrics)
 
 
 def eval_output(
