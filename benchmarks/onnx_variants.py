@@ -34,7 +34,7 @@ def main() -> None:
     from pkd.data.loading import load_split
     from pkd.data.metrics import compute_metrics
     from pkd.deploy.bench import benchmark, time_forwards
-    from pkd.deploy.export import _export_graph, export, load_onnx
+    from pkd.deploy.export import export, export_graph, load_onnx
     from pkd.models.encoders import load_finetuned, load_tokenizer
     from pkd.tasks import get_task
 
@@ -54,7 +54,7 @@ def main() -> None:
         for attention in ("sdpa", "eager"):
             net.set_attn_implementation(attention)
             fp32 = s_dir / f"{attention}.onnx"
-            _export_graph(net, tokenizer, names, fp32, 17)
+            export_graph(net, tokenizer, names, fp32, 17)
             for per_channel in (False, True):
                 name = f"{attention}, per {'channel' if per_channel else 'tensor'}"
                 files[name] = s_dir / f"{attention}.{'channel' if per_channel else 'tensor'}.onnx"

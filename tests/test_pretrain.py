@@ -417,9 +417,9 @@ def test_narrower_student_trains_through_projections_saved_only_in_checkpoints(
     assert (config["hidden_size"], config["num_attention_heads"]) == (16, 2)  # head size 8 kept
     assert config["intermediate_size"] == round(37 * 16 / 32)
     assert config["pkd_pretrain"]["init"] == "fresh (random) weights"
-    aux = load_file(next((out / "checkpoints").glob("step-*")) / "model_1.safetensors")
+    heads = load_file(next((out / "checkpoints").glob("step-*")) / "model_1.safetensors")
     # one map per mapped layer (2->1) and one for the top (4->2), 16 -> 32
-    assert {k: tuple(v.shape) for k, v in aux.items() if k.endswith("weight")} == {
+    assert {k: tuple(v.shape) for k, v in heads.items() if k.endswith("weight")} == {
         "projection.maps.0.weight": (32, 16),
         "projection.maps.1.weight": (32, 16),
     }
@@ -541,8 +541,8 @@ def test_distill_into_another_width_then_benchmark_and_export(
     saved = load_file(run / "model" / "model.safetensors")
     assert not [k for k in saved if "maps" in k]
     assert saved["bert.embeddings.word_embeddings.weight"].shape == (27, 16)
-    aux = load_file(next((run / "checkpoints").glob("step-*")) / "model_1.safetensors")
-    assert tuple(aux["maps.0.weight"].shape) == (32, 16)  # student 16 -> teacher 32
+    heads = load_file(next((run / "checkpoints").glob("step-*")) / "model_1.safetensors")
+    assert tuple(heads["maps.0.weight"].shape) == (32, 16)  # student 16 -> teacher 32
 
     bench = pkd_cli.ok(["benchmark", "--models", tiny_teacher, run, "--batch-sizes", "2",
                         "--seq-lengths", "8", "--warmup", "1", "--iterations", "2"]).out  # fmt: skip

@@ -162,7 +162,7 @@ def export(
             failure, or a parity check beyond the tolerances in the module docstring.
     """
     t0 = time.perf_counter()
-    _check_options(quantize, opset, parity_samples)
+    check_export_options(quantize, opset, parity_samples)
     model_dir = Path(resolve_model(model, "model"))
     inputs = [
         ("--model", str(model_dir)),
@@ -173,7 +173,7 @@ def export(
         out = check_output(output, overwrite, inputs=inputs)
         net, tokenizer = _load_classifier(model_dir)
         names = list(tokenizer.model_input_names)
-        texts, pairs, source = _parity_texts(
+        texts, pairs, source = parity_texts(
             task, data_dir, validation_file, text_columns, encoding, parity_samples, net
         )
         with staged_dir(out) as tmp:  # written whole or not at all
@@ -225,7 +225,7 @@ def _settings(net, model_dir: Path, source: str, opset: int, names: list[str]) -
             "int8_min_agreement": INT8_MIN_AGREEMENT,
             "int8_tie_margin": INT8_TIE_MARGIN,
         },
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
@@ -241,12 +241,12 @@ def _write_models(
     # Traced from the eager attention path (same weights, same logits): plain MatMul +
     # Softmax per layer, which int8 quantises and runs faster than the traced SDPA graph.
     net.set_attn_implementation("eager")
-    _export_graph(net, tokenizer, names, directory / FP32_FILE, opset)
+    export_graph(net, tokenizer, names, directory / FP32_FILE, opset)
     seconds = time.perf_counter() - t0
     tokenizer.save_pretrained(directory)
     export_config(net.config).save_pretrained(directory)
     if quantize == "int8":
-        _quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
+        quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
     return seconds
 
 
@@ -261,7 +261,7 @@ def export_config(config):
     return plain
 
 
-def _check_options(quantize: str | None, opset: int, parity_samples: int) -> None:
+def check_export_options(quantize: str | None, opset: int, parity_samples: int) -> None:
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise PkdError(f"--quantize: expected one of {list(QUANTIZE_CHOICES)}, got {quantize!r}")
     low, high = supported_opsets()
@@ -308,7 +308,7 @@ def _example_inputs(tokenizer, names: list[str]):
     return tuple(enc[n] for n in names)
 
 
-def _export_graph(net, tokenizer, names: list[str], path: Path, opset: int) -> None:
+def export_graph(net, tokenizer, names: list[str], path: Path, opset: int) -> None:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     try:
@@ -332,7 +332,7 @@ def _export_graph(net, tokenizer, names: list[str], path: Path, opset: int) -> N
         raise PkdError(f"--opset {opset}: the ONNX exporter failed ({first})") from None
 
 
-def _quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8: weights QInt8 per output channel, activations quantised per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional: pkd[onnx]
 
@@ -357,7 +357,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
 # Parity
 
 
-def _parity_texts(task, data_dir, validation_file, text_columns, encoding, n, net):
+def parity_texts(task, data_dir, validation_file, text_columns, encoding, n, net):
     """(texts, text pairs or None, source) for the parity check."""
     if task is None and data_dir is None and validation_file is None:
         texts = (PARITY_SENTENCES * (n // len(PARITY_SENTENCES) + 1))[:n]
@@ -462,7 +462,7 @@ def _check_parity(report: dict) -> None:
         )
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     import onnx  # optional dependencies (pkd[onnx]), imported when used
     import onnxruntime
 

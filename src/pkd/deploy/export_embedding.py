@@ -52,7 +52,7 @@ def export_model(model: str, output: str, **options) -> dict:
 
 class Embedder(torch.nn.Module):
     """Token tensors -> the model's sentence embeddings (as `logits`, so that the graph is
-    traced and named as a classifier's: `pkd.deploy.export._export_graph`)."""
+    traced and named as a classifier's: `pkd.deploy.export.export_graph`)."""
 
     def __init__(self, encoder, head: SentenceHead, dense, names: list[str]):
         super().__init__()
@@ -80,7 +80,7 @@ def export_embedding(
     parity texts' options of `pkd.deploy.export.export` (task, data_dir, validation_file,
     text_columns, encoding). Returns the parity report with `output` and `files`."""
     t0 = time.perf_counter()
-    X._check_options(quantize, opset, parity_samples)
+    X.check_export_options(quantize, opset, parity_samples)
     with run_lock(output):
         out = check_output(output, overwrite, inputs=[("--model", str(model_dir))])
         tokenizer = load_tokenizer(str(model_dir), "model")
@@ -88,7 +88,7 @@ def export_embedding(
         encoder.set_attn_implementation("eager")  # as classifiers: MatMul + Softmax, int8-able
         names = list(tokenizer.model_input_names)
         net = Embedder(encoder, head, load_dense(str(model_dir)), names).eval()
-        texts, pairs, source = X._parity_texts(
+        texts, pairs, source = X.parity_texts(
             data.get("task"),
             data.get("data_dir"),
             data.get("validation_file"),
@@ -99,17 +99,17 @@ def export_embedding(
         )
         texts = texts + (pairs or [])  # an embedding model embeds each text on its own
         with staged_dir(out) as tmp:
-            X._export_graph(net, tokenizer, names, tmp / FP32_FILE, opset)
+            X.export_graph(net, tokenizer, names, tmp / FP32_FILE, opset)
             for f in model_dir.iterdir():  # tokenizer and config.json (the graph holds the rest)
                 if f.is_file() and f.name not in NOT_COPIED and f.suffix not in (".bin", ".md"):
                     shutil.copy2(f, tmp / f.name)
             if quantize == "int8":
-                X._quantize_int8(tmp / FP32_FILE, tmp / INT8_FILE)
+                X.quantize_int8(tmp / FP32_FILE, tmp / INT8_FILE)
             report = parity(net, tokenizer, tmp, texts, quantize == "int8")
             report.update({"model": str(model_dir), "source": source, "opset": opset})
             report.update({"output_names": [OUTPUT], "embedding": True})
             report.update(
-                {"versions": X._versions(), "seconds": round(time.perf_counter() - t0, 2)}
+                {"versions": X.library_versions(), "seconds": round(time.perf_counter() - t0, 2)}
             )
             (tmp / X.PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
             if not report["fp32"]["max_abs_diff"] <= X.FP32_MAX_ABS_DIFF:

@@ -248,14 +248,14 @@ def checkpoint_pooling(name_or_path: str) -> tuple[str | None, str]:
     name (max, weightedmean, lasttoken, ...). Hub names are looked up when the Hub is
     reachable; `why` says what was read, or what was missing or could not be read.
     """
-    modules, problem = _read_json(name_or_path, "modules.json")
+    modules, problem = read_json(name_or_path, "modules.json")
     if not isinstance(modules, list):
         return None, problem or "its modules.json is not a list of modules"
     pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
     if pool is None:
         return None, "its modules.json has no Pooling module"
     filename = f"{pool.get('path', '')}/config.json".lstrip("/")
-    conf, problem = _read_json(name_or_path, filename)
+    conf, problem = read_json(name_or_path, filename)
     if not isinstance(conf, dict):
         return None, problem or f"its {filename} is not a JSON object"
     modes = [
@@ -268,7 +268,7 @@ def checkpoint_pooling(name_or_path: str) -> tuple[str | None, str]:
     return found, f"its {filename} says {', '.join(modes) or 'no pooling mode'}"
 
 
-def _read_json(name_or_path: str, filename: str) -> tuple[dict | list | None, str | None]:
+def read_json(name_or_path: str, filename: str) -> tuple[dict | list | None, str | None]:
     """A checkpoint file's JSON (local, or from the Hub), or None and why it was not read."""
     path = Path(name_or_path) / filename
     if not is_local(name_or_path):

@@ -28,11 +28,11 @@ from safetensors.torch import load_file, save_file
 
 from pkd.errors import PkdError
 from pkd.models.encoders import (
-    _read_json,
     checkpoint_pooling,
     load_config,
     load_encoder,
     load_tokenizer,
+    read_json,
 )
 from pkd.models.pooling import MODEL_TYPE, mean_pool
 
@@ -76,9 +76,9 @@ def sentence_head(name_or_path: str) -> SentenceHead | None:
         return None
     if found not in ("mean", "cls"):
         logger.warning("%s pools by %s, which pkd does not have; using mean", name_or_path, found)
-    modules, _ = _read_json(name_or_path, "modules.json")
+    modules, _ = read_json(name_or_path, "modules.json")
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-    config, _ = _read_json(name_or_path, "sentence_bert_config.json")
+    config, _ = read_json(name_or_path, "sentence_bert_config.json")
     config = config if isinstance(config, dict) else {}
     return SentenceHead(
         "cls" if found == "cls" else "mean",
@@ -140,7 +140,7 @@ def write_sentence_transformer(
 def load_dense(model_dir: str) -> torch.nn.Linear | None:
     """A sentence-transformers directory's Dense module (as `write_sentence_transformer`
     writes it: no activation), or None when it has none."""
-    modules, _ = _read_json(model_dir, "modules.json")
+    modules, _ = read_json(model_dir, "modules.json")
     dense = next((m for m in modules or [] if str(m.get("type", "")).endswith("Dense")), None)
     if dense is None:
         return None

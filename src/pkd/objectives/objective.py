@@ -51,7 +51,7 @@ class Objective:
     teacher: Callable | None = None
     # Trained with the student, saved in checkpoints, never in model/: a student of another
     # width maps its states to the teacher's through these (`pkd.models.projection.Projection`).
-    aux: torch.nn.Module | None = None
+    heads: torch.nn.Module | None = None
 
     @classmethod
     def from_config(
@@ -60,10 +60,10 @@ class Objective:
         pairs: list[tuple[int, int]],
         teacher: Callable | None = None,
         pooling: str = "cls",
-        aux: torch.nn.Module | None = None,
+        heads: torch.nn.Module | None = None,
     ):
         """The objective a `DistillConfig` asks for (terms and weights from its method);
-        pooling: the student's, resolved (`pkd.models.encoders.resolve_pooling`); aux: the patient
+        pooling: the student's, resolved (`pkd.models.encoders.resolve_pooling`); heads: the patient
         loss's projections for a student of another width."""
         return cls(
             terms=d.terms,
@@ -77,7 +77,7 @@ class Objective:
             pooling=pooling,
             pairs=pairs,
             teacher=teacher,
-            aux=aux,
+            heads=heads,
         )
 
     def weights(self) -> dict[str, float]:
@@ -130,8 +130,8 @@ def loss_terms(
             s_states = layer_states(
                 out.hidden_states, batch["attention_mask"], out.logits, objective.pooling
             )[..., s_layers, :]
-            if objective.aux is not None:  # another width: student H -> teacher H per layer
-                s_states = objective.aux(s_states)
+            if objective.heads is not None:  # another width: student H -> teacher H per layer
+                s_states = objective.heads(s_states)
             terms["pt"] = patient_loss(
                 s_states,
                 t_states.to(s_states.device),

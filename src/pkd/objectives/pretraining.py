@@ -16,9 +16,9 @@ teacher's states and, where the teacher has one, its MLM head:
 
 A student of another width compares through a learned projection per matched layer
 (`pkd.models.projection.Projection`, student H -> teacher H). The projections and the student's MLM
-head are the objective's `aux` modules: trained with the student and kept in checkpoints,
+head are the objective's `heads` modules: trained with the student and kept in checkpoints,
 never in its `model/`. `GeneralObjective` has the interface `pkd.training.loop.training_step` calls
-(`loss_terms`, `weights`, `total`, `aux`), so pretraining runs through the one training loop.
+(`loss_terms`, `weights`, `total`, `heads`), so pretraining runs through the one training loop.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class GeneralObjective:
     `teacher(batch, layers)` returns a dict: `states` (B, len(layers), T, H_t) of the teacher
     layers asked for (T = 1 for [CLS]), and with MLM terms `mlm_logits` (n, V) at the
     batch's n masked tokens. `pairs` map teacher to student layers (the patient term); `top`
-    is (N, M). `aux`: the run's `GeneralHeads` (projection, MLM head), or None.
+    is (N, M). `heads`: the run's `GeneralHeads` (projection, MLM head), or None.
     """
 
     weights_by_term: dict[str, float]
@@ -64,7 +64,7 @@ class GeneralObjective:
     normalize: bool = True
     temperature: float = 2.0
     teacher: Callable | None = None
-    aux: nn.Module | None = None
+    heads: nn.Module | None = None
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -98,13 +98,13 @@ class GeneralObjective:
         states, mask = compared_tokens(states, batch["attention_mask"], self.tokens)
         pooled = self.sentence_states(out, batch)  # (B, H_s), or None: no embedding terms
         logits = None
-        if self.aux is not None:  # one call per step: under DDP its forward syncs gradients
+        if self.heads is not None:  # one call per step: under DDP its forward syncs gradients
             last = embeddings = None
             if self.uses_mlm:
                 last = out.hidden_states[-1][batch["mlm_labels"] != IGNORE_LABEL]
                 embeddings = getattr(model, "module", model).get_input_embeddings().weight
             # (B, L, T, H_t), (n, V), (B, H_t)
-            states, logits, pooled = self.aux(states, last, embeddings, pooled)
+            states, logits, pooled = self.heads(states, last, embeddings, pooled)
         target = signals["states"].to(states.device)
         terms = self.embedding_terms(pooled, signals)
         if "pt" in self.weights_by_term:

@@ -151,7 +151,9 @@ class DistillPlan:
         cfg, d, t = self.cfg, self.cfg.distill, self.teacher.config
         cache = self.teacher_cache()
         pt = "pt" in d.terms
-        objective = Objective.from_config(d, self.pairs, pooling=self.pooling, aux=self.projection)
+        objective = Objective.from_config(
+            d, self.pairs, pooling=self.pooling, heads=self.projection
+        )
         out = {
             "command": "distill",
             "output": str(cfg.output),

@@ -65,7 +65,7 @@ def time_steps(
     """
 
     accelerator = make_accelerator(train_cfg)
-    p = prepare(accelerator, model, train_set, {}, train_cfg, collate, objective.aux)
+    p = prepare(accelerator, model, train_set, {}, train_cfg, collate, objective.heads)
     device = p.accelerator.device
     batches = [
         {k: v.to(device) for k, v in b.items()}

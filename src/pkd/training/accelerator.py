@@ -102,15 +102,15 @@ class Prepared:
     micro_batch: int  # examples per process per micro-batch
     total_steps: int  # optimizer steps of the whole run
     cfg: TrainConfig
-    aux: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
+    heads: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
 
 
-def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, aux=None):
+def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, heads=None):
     """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
-    over the student's parameters and those of `aux` (projections)."""
+    over the student's parameters and those of `heads` (projections)."""
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    named = [*model.named_parameters(), *(aux.named_parameters() if aux is not None else ())]
+    named = [*model.named_parameters(), *(heads.named_parameters() if heads is not None else ())]
     groups = [
         {
             "params": [p for n, p in named if not n.endswith(no_decay)],
@@ -124,9 +124,9 @@ def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, aux=None):
 
 
 def prepare(
-    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, aux=None
+    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, heads=None
 ) -> Prepared:
-    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `aux`
+    """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `heads`
     (an objective's projections) is prepared beside the model and trained with it.
 
     Raises:
@@ -159,12 +159,12 @@ def prepare(
     }
     steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, aux)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, heads)
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
-    if aux is not None:  # its own model_1 in checkpoints, after the student's model
-        aux = accelerator.prepare(aux)
+    if heads is not None:  # its own model_1 in checkpoints, after the student's model
+        heads = accelerator.prepare(heads)
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     return Prepared(
         accelerator,
@@ -176,7 +176,7 @@ def prepare(
         micro,
         total_steps,
         cfg,
-        aux,
+        heads,
     )
 
 

@@ -113,7 +113,7 @@ def training_step(
     log.jsonl; `output` is the run dir whose last checkpoint a non-finite loss names. With
     `shares` (logged steps of a run with several terms), each term's `gradient_shares` too.
     `objective`: an `Objective`, or any object with its `loss_terms`, `weights`, `total` and
-    `aux` (`pkd.objectives.pretraining.GeneralObjective`).
+    `heads` (`pkd.objectives.pretraining.GeneralObjective`).
 
     Returns:
         This process's loss terms and total (and shares) as floats, and the step's lr.
@@ -129,7 +129,7 @@ def training_step(
             values.update(gradient_shares(model, terms, objective))
         accelerator.backward(loss)
         if accelerator.sync_gradients and p.cfg.max_grad_norm > 0:
-            params = [*model.parameters(), *(p.aux.parameters() if p.aux is not None else ())]
+            params = [*model.parameters(), *(p.heads.parameters() if p.heads is not None else ())]
             accelerator.clip_grad_norm_(params, p.cfg.max_grad_norm)
         lr = p.scheduler.get_last_lr()[0]  # the lr this step uses, logged with it
         optimizer.step()
@@ -145,7 +145,7 @@ class Run:
     """Everything one run of `train` needs.
 
     `spec`: the task (None for `pkd pretrain`, which has no labels). `objective`: an
-    `Objective`, or any object with its `loss_terms`, `weights`, `total` and `aux`
+    `Objective`, or any object with its `loss_terms`, `weights`, `total` and `heads`
     (`pkd.objectives.pretraining.GeneralObjective`). `evaluation`: how epochs are scored
     (default: the task's metrics). `on_evaluate(step, epoch, metrics)` runs after each
     evaluation on every process, after the hooks'; an exception from it (a sweep's
@@ -182,10 +182,10 @@ def train(run: Run) -> dict:
     set_seed(cfg.seed)
     evaluation = run.evaluation or Evaluation.of_task(run.spec)
     p = prepare(
-        accelerator, run.model, run.train_set, run.eval_sets, cfg, run.collate, objective.aux
+        accelerator, run.model, run.train_set, run.eval_sets, cfg, run.collate, objective.heads
     )
-    if objective.aux is not None:  # the prepared one (DDP-wrapped under several processes)
-        objective = dataclasses.replace(objective, aux=p.aux)
+    if objective.heads is not None:  # the prepared one (DDP-wrapped under several processes)
+        objective = dataclasses.replace(objective, heads=p.heads)
     start_trackers(accelerator, output, cfg, objective, run.run_params)
     state = resume(accelerator, run.resume_from) if run.resume_from is not None else LoopState()
     hooks = [*run.hooks, *installed()]  # the recipe's, then those of use_hooks blocks
