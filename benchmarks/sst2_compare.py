@@ -12,6 +12,8 @@
    `--student-init`, e.g. a `pkd pretrain` run: benchmarks/sst2_pretrain.py), trained with
    FT, KD, PKD-Skip (teacher layers 2,4) and PKD-Last (4,5), one run per seed, all sharing
    one teacher cache; evaluation on the dev set and a CPU benchmark against the teacher.
+   `--student-layers 6,3` trains every method at each depth (12-layer teachers:
+   benchmarks/mpnet_sst2.py); `--betas` uses the first depth.
    Writes OUTPUT/results.{json,md,csv}, OUTPUT/pareto.png and OUTPUT/benchmark.{json,md},
    and copies them with each run's config, metrics and gzipped log (no weights) to `--results`
    (default benchmarks/results/sst2_compare).
@@ -106,7 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="student seeds (comma-separated; >= 3 for mean ± std)",
     )
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument(
+        "--student-layers",
+        type=_ints,
+        default=[3],
+        help="student depth(s), comma-separated (e.g. 6,3); --betas uses the first",
+    )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--temperature", type=float, default=10.0)
@@ -135,6 +142,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def student_base(args: argparse.Namespace) -> dict:
+    """The data/train/distill sections every student shares (`pkd.recipes.compare.compare`'s base),
+    without the transfer set."""
+    return {
+        "data": {
+            "task": "sst2",
+            "data_dir": str(args.data_dir),
+            "max_length": args.max_length,
+            "max_train_samples": args.train_samples,
+            "max_eval_samples": args.eval_samples,
+        },
+        "train": {
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "quiet": args.quiet,
+        },
+        "distill": {
+            "temperature": args.temperature,
+            "alpha": args.alpha,
+            "beta": args.beta,
+            "allow_weak_teacher": args.allow_weak_teacher,
+            "transfer_ratio": args.transfer_ratio,
+            "student_init": args.student_init,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from pkd.api import finetune
     from pkd.cli import configure_logging
@@ -154,19 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
             teacher_model = str(get_model_path())
         out = Path(args.output)
-        data = {
-            "task": "sst2",
-            "data_dir": str(args.data_dir),
-            "max_length": args.max_length,
-            "max_train_samples": args.train_samples,
-            "max_eval_samples": args.eval_samples,
-        }
-        train = {
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "quiet": args.quiet,
-        }
+        base = student_base(args)
+        data, train = base["data"], base["train"]
         teacher_samples = args.teacher_train_samples
         if teacher_samples is None:
             teacher_samples = args.train_samples
@@ -194,23 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.transfer_rest:
             rest = write_transfer(Path(args.data_dir) / "train.tsv", args.train_samples, out)
             data = {**data, "transfer_file": [str(rest)]}
-        base = {
-            "data": data,
-            "train": train,
-            "distill": {
-                "temperature": args.temperature,
-                "alpha": args.alpha,
-                "beta": args.beta,
-                "allow_weak_teacher": args.allow_weak_teacher,
-                "transfer_ratio": args.transfer_ratio,
-                "student_init": args.student_init,
-            },
-        }
+        base = {**base, "data": data}
         result = compare(
             str(teacher_run / "model"),
             str(out),
             base,
-            [args.student_layers],
+            args.student_layers,
             [m.strip() for m in args.methods.split(",") if m.strip()],
             args.seeds,
             bench_batch_size=args.bench_batch_size,
@@ -256,16 +269,16 @@ def beta_runs(teacher: str, out: Path, base: dict, args) -> None:
     from pkd.config.runs import DistillRunConfig
     from pkd.recipes.distill import distill
 
-    seed, rows = args.seeds[0], []
+    seed, rows, layers = args.seeds[0], [], args.student_layers[0]
     for beta in args.betas:
-        run = out / "runs" / f"L{args.student_layers}-pkd-last-seed{seed}"
+        run = out / "runs" / f"L{layers}-pkd-last-seed{seed}"
         if beta != args.beta:
             run = out / "betas" / f"beta{beta:g}"
         if not (run / "metrics.json").is_file():
             values = merge(base, {"teacher": teacher, "output": str(run), "overwrite": True})
             values["train"] = {**values["train"], "seed": seed}
             values["distill"] = {**values["distill"], "method": "pkd", "strategy": "last",
-                                 "beta": beta, "student_layers": args.student_layers}  # fmt: skip
+                                 "beta": beta, "student_layers": layers}  # fmt: skip
             distill(build(DistillRunConfig, values, "sst2_compare"))
         m = json.loads((run / "metrics.json").read_text())
         rows.append(

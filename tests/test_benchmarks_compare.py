@@ -1,0 +1,218 @@
+"""The pure parts of the 12-layer study's scripts: benchmarks/sst2_compare.py's and
+benchmarks/step_cost.py's comma lists of depths, and benchmarks/mpnet_sst2.py's verdict,
+load-average reading and README on a synthetic results.json. No model, no training."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sc = load("sst2_compare")
+cost = load("step_cost")
+ms = load("mpnet_sst2")
+
+
+def test_sst2_compare_takes_one_depth_or_a_comma_list():
+    assert sc.parse_args([]).student_layers == [3]
+    assert sc.parse_args(["--student-layers", "3"]).student_layers == [3]
+    assert sc.parse_args(["--student-layers", "6,3"]).student_layers == [6, 3]
+
+
+def test_step_cost_depths():
+    assert cost.parse_args([]).student_layers == [3]
+    assert cost.parse_args(["--student-layers", "3,6"]).student_layers == [3, 6]
+    args = cost.parse_args([])
+    assert (args.teacher, args.pooling, args.name) == (None, "mean", "step_cost")
+    for bad in ["3,x", "3,3", "0", ""]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            cost.depths(bad)
+
+
+def test_the_study_passes_its_depths_to_the_compare():
+    args = ms.parse_args(["--eval-samples", "500", "--quiet"])
+    argv = ms.compare_argv(args, Path("runs/mpnet/teacher"))
+    c = sc.parse_args(argv)
+    assert c.student_layers == [6, 3]
+    assert (c.train_samples, c.epochs, c.max_length, c.seeds) == (1000, 1, 64, [1, 2, 3])
+    assert (c.temperature, c.alpha, c.beta, c.lr, c.eval_samples) == (10, 0.5, 100, 5e-5, 500)
+    assert c.teacher_run == "runs/mpnet/teacher"
+    s = cost.parse_args(ms.step_cost_argv(args, Path("t")))
+    assert (s.student_layers, s.examples, s.steps, s.teacher) == ([3, 6], 512, 12, "t")
+
+
+def group(layers, method, values):
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"layers": layers, "method": method, "seeds": [1, 2, 3], "n": len(values),
+            "mean": mean, "std": std, "min": min(values), "max": max(values)}  # fmt: skip
+
+
+def results(kd6, skip6, last6, kd3, skip3, last3) -> dict:
+    summary = [
+        group(6, "ft", [0.86, 0.87, 0.865]),
+        group(6, "kd", kd6),
+        group(6, "pkd-skip", skip6),
+        group(6, "pkd-last", last6),
+        group(3, "ft", [0.80, 0.81, 0.805]),
+        group(3, "kd", kd3),
+        group(3, "pkd-skip", skip3),
+        group(3, "pkd-last", last3),
+    ]
+    return {
+        "task": "sst2",
+        "split": "dev",
+        "metric": "accuracy",
+        "teacher": {"path": "t", "layers": 12, "metrics": {"dev": {"accuracy": 0.9}}},
+        "rows": [{"name": "teacher"}],
+        "summary": summary,
+        "wall_seconds": {
+            "validate": 60,
+            "teacher_cache": 30,
+            "evaluation": 300,
+            "benchmark": 200,
+            "total": 4000,
+            "students": {"L6-ft-seed1": {"seconds": 100}},
+        },  # fmt: skip
+    }
+
+
+def test_verdict_pkd_clearly_beats_kd():
+    r = results(
+        kd6=[0.85, 0.851, 0.852], skip6=[0.88, 0.881, 0.882], last6=[0.87, 0.871, 0.872],
+        kd3=[0.80, 0.801, 0.802], skip3=[0.83, 0.831, 0.832], last3=[0.82, 0.821, 0.822],
+    )  # fmt: skip
+    v = ms.verdict(r)
+    assert [(c["layers"], c["method"]) for c in v["comparisons"]] == [
+        (6, "pkd-skip"), (6, "pkd-last"), (3, "pkd-skip"), (3, "pkd-last"),
+    ]  # fmt: skip
+    assert all(c["beats"] and c["beyond_spread"] for c in v["comparisons"])
+    assert v["comparisons"][0]["diff_points"] == pytest.approx(3.0)
+    assert "At 6 layers, PKD-Skip beats KD by 3.00 points (88.10 vs 85.10), beyond" in v["text"]
+    assert "PKD beats KD in 4 of 4 depth x strategy comparisons, 4 of them beyond" in v["text"]
+    assert "does not separate" not in v["text"]
+    # the paper's share of its teacher beside ours: 91.1 / 92.6 and 88.1 / 92.6
+    assert "paper's PKD-6 keeps 98.4%" in v["text"] and "PKD-3 keeps 95.1%" in v["text"]
+    assert "(PKD-Skip) keeps 97.9% of our teacher" in v["text"]
+
+
+def test_verdict_within_the_seed_spread_or_behind():
+    r = results(
+        kd6=[0.85, 0.87, 0.86], skip6=[0.865, 0.855, 0.875], last6=[0.84, 0.845, 0.85],
+        kd3=[0.80, 0.82, 0.81], skip3=[0.79, 0.80, 0.795], last3=[0.81, 0.805, 0.815],
+    )  # fmt: skip
+    v = ms.verdict(r)
+    by = {(c["layers"], c["method"]): c for c in v["comparisons"]}
+    assert by[(6, "pkd-skip")]["beats"] and not by[(6, "pkd-skip")]["beyond_spread"]
+    assert not by[(6, "pkd-last")]["beats"] and by[(6, "pkd-last")]["beyond_spread"]
+    assert "PKD-Skip beats KD by 0.50 points (86.50 vs 86.00), within the seed spread" in v["text"]
+    assert "PKD-Last trails KD by 1.50 points" in v["text"]
+    assert "At 3 layers, PKD-Skip trails KD by 1.50 points" in v["text"]
+    assert "PKD-Last ties with KD (81.00)" in v["text"]
+    assert "PKD beats KD in 1 of 4 depth x strategy comparisons, 0 of them beyond" in v["text"]
+    assert "with 3 seeds per method this budget does not separate PKD from KD" in v["text"]
+
+
+def test_verdict_without_kd():
+    r = results([0.8] * 3, [0.8] * 3, [0.8] * 3, [0.8] * 3, [0.8] * 3, [0.8] * 3)
+    r["summary"] = [g for g in r["summary"] if g["method"] != "kd"]
+    assert ms.verdict(r) == {
+        "comparisons": [],
+        "text": "No PKD and KD runs at the same depth to compare.",
+    }
+
+
+def test_sharing_reads_the_load_average():
+    busy = ms.sharing({"start": [4.1, 3, 2], "samples": [[0, 2.1], [60, 3.9]], "end": [2, 2, 2]}, 2, 2)  # fmt: skip
+    assert busy["shared"] and busy["over"] == 2 and busy["samples"] == 4
+    assert "other processes shared the machine" in busy["text"]
+    idle = ms.sharing({"start": [1.0, 1, 1], "samples": [[0, 2.2]], "end": [2.4, 2, 2]}, 2, 2)
+    assert idle["shared"] is False and "was not shared" in idle["text"]
+    assert ms.sharing({}, 2, 2)["shared"] is None
+
+
+def test_report_on_a_synthetic_results_json(tmp_path):
+    r = results(
+        kd6=[0.85, 0.851, 0.852], skip6=[0.88, 0.881, 0.882], last6=[0.87, 0.871, 0.872],
+        kd3=[0.80, 0.801, 0.802], skip3=[0.83, 0.831, 0.832], last3=[0.82, 0.821, 0.822],
+    )  # fmt: skip
+    compare_dir, results_dir = tmp_path / "compare", tmp_path / "results"
+    compare_dir.mkdir()
+    results_dir.mkdir()
+    (compare_dir / "results.json").write_text(json.dumps(r))
+    step = {
+        "machine": {"loadavg_start": [2.0, 2.0, 2.0], "loadavg_end": [2.1, 2.0, 2.0]},
+        "setup": {"batch_size": 32, "max_length": 64, "timed_steps": 12, "examples": 512},
+        "cache_build_seconds": 40.0,
+        "cache_bytes": 10_300_000,
+        "teacher_finetune_epoch_seconds_est": 150.0,
+        "by_depth": {
+            str(d): {
+                "step_seconds_median": {
+                    "ft": d,
+                    "kd_cached": d,
+                    "pkd_cached": d,
+                    "pkd_online": d + 2,
+                },  # fmt: skip
+                "ratio_vs_ft": {"ft": 1, "kd_cached": 1, "pkd_cached": 1, "pkd_online": 1.5},
+            }
+            for d in (3, 6)
+        },
+    }
+    (results_dir / "step_cost.json").write_text(json.dumps(step))
+    args = vars(ms.parse_args([]))
+    study = {
+        "argv": [],
+        "args": args,
+        "machine": {
+            "cpu": "AMD EPYC",
+            "cores": 2,
+            "torch": "2",
+            "torch_threads": 2,
+            "transformers": "5",
+        },  # fmt: skip
+        "load": {"start": [2.0, 1.5, 1.2], "samples": [[0, 2.0]], "end": [2.1, 2.0, 1.9]},
+        "teacher": {
+            "run": "runs/mpnet/teacher",
+            "trained_here": False,
+            "own_seconds": 600,
+            "budget": {
+                "train_samples": 1000,
+                "epochs": 2.0,
+                "lr": 5e-5,
+                "batch_size": 32,
+                "max_length": 64,
+                "seed": 42,
+                "pooling": "mean",
+            },
+        },  # fmt: skip
+        "wall_seconds": {"compare": 4000, "step_cost": 500, "total": 4500},
+    }
+    text = ms.write_report(study, results_dir, compare_dir)
+    assert (results_dir / "README.md").read_text() == text
+    summary = json.loads((results_dir / "summary.json").read_text())
+    assert summary["teacher_accuracy"] == 0.9 and len(summary["table"]) == 8
+    assert summary["paper"]["pkd"] == {"6": 0.911, "3": 0.881}
+    assert "| teacher, 12 layers | - | 90.00 | - | 100 | 92.60 |" in text
+    assert "| 6-layer PKD-Skip | 3 | 88.10 ± 0.10 | 88.00-88.20 | 97.9 | PKD-6: 91.10 |" in text
+    assert "| 3-layer KD | 3 | 80.10 ± 0.10 | 80.00-80.20 | 89.0 | - |" in text
+    assert "all 872 sentences" in text and "seeds 1, 2, 3" in text and "beta=100" in text
+    assert "fine-tuned on the first 1000 sentences, 2 epochs, lr 5e-05, batch 32" in text
+    assert "| pkd_online | 5.00 (1.50) | 8.00 (1.50) |" in text
+    assert "against a cached one: 1.67x the time at 3 layers (+2.00 s/step), 1.33x the" in text
+    assert "Whole study: 75.0 min of wall time (plus the reused teacher's 10.0 min)" in text
+    assert "10.3 MB on disk" in text and "was not shared" in text
+    assert summary["verdict"]["text"] in text
