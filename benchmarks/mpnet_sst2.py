@@ -102,16 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The machine
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -148,6 +138,8 @@ class LoadSampler:
 def machine() -> dict:
     import torch
     import transformers
+
+    from pkd.deploy.bench import cpu_name
 
     return {
         "cpu": cpu_name(),

@@ -11,10 +11,10 @@ benchmarks/results/onnx_speed/onnx_speed.json and onnx_speed.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 from pathlib import Path
 
+from pkd.deploy.bench import cpu_name
 from pkd.fsio import atomic_write, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_teacher_torch"] = r["throughput"] / ref[(r["batch"], r["length"])]
     out = {
-        "machine": {"cpu": _cpu(), "threads": args.threads, "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
         "teacher": args.teacher, "student": args.student, "accuracy_sst2_dev": accuracy,
         "parity": {k: parity[k] for k in parity if k in ("fp32", "int8")}, "rows": rows,
     }  # fmt: skip
@@ -126,13 +126,6 @@ def _model(run: str) -> str:
 def _kw(shapes: dict) -> dict:
     return {"batch_sizes": shapes["batch_sizes"], "seq_lengths": shapes["seq_lengths"],
             "threads": shapes["threads"], "iterations": shapes["iterations"]}  # fmt: skip
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

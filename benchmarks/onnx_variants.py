@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from onnx_speed import _cpu, _model, parse_args  # benchmarks/ is on sys.path when run as a script
+from onnx_speed import _model, parse_args  # benchmarks/ is on sys.path when run as a script
 
+from pkd.deploy.bench import cpu_name
 from pkd.fsio import atomic_write, write_json
 
 
@@ -95,7 +96,7 @@ def main() -> None:
             }
 
     out = {
-        "machine": {"cpu": _cpu(), "threads": args.threads, "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
         "student": args.student, "teacher": args.teacher,
         "parity_builtin_sentences": parity["int8"], "accuracy_sst2_dev": accuracy,
         "int8_latency_ms_b32_l128": latency, "round_robin_ms_b32_l128": spinning,

@@ -26,7 +26,6 @@ import argparse
 import gc
 import itertools
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 from pkd.config.runs import resolve_model
 from pkd.config.sections import TrainConfig
 from pkd.data.loading import collator, encode, load_split
+from pkd.deploy.bench import cpu_name
 from pkd.fsio import atomic_write, write_json
 from pkd.models.encoders import (
     load_finetuned,
@@ -57,16 +57,6 @@ from pkd.training.loop import training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLING = "mean"  # what `--pooling auto` gives MiniLM-L6 (its sentence-transformers config)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> list[float] | None:
