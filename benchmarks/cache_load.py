@@ -142,6 +142,7 @@ def fresh_process(mode: str, path: Path, fp: str, commit: str) -> dict:
 def fingerprints(old, teacher, features: dict, extra: dict) -> dict:
     """Fingerprint components, old code vs new: weights (no features) and all."""
     out = {}
+    cache_mod.fingerprint(teacher, {}, extra)  # warm-up: the first pass over the weights
     for name, module in (("old", old), ("new", cache_mod)):
         weights_fp, weights_s, _ = timed(module.fingerprint, teacher, {}, extra)
         fp, total_s, _ = timed(module.fingerprint, teacher, features, extra)
@@ -213,9 +214,9 @@ def table(results: dict) -> list[str]:
     row("fingerprint: token ids, s", lambda r, m: f"{r['fingerprint'][m]['features_s']:.2f}")
     for key, label in (("warm", "first load after build"), ("cold", "load, files evicted")):
         row(f"{label}, s", lambda r, m, k=key: f"{r[k][m]['load_s']:.3f}")
-        row(f"{label}, GB read", lambda r, m, k=key: f"{r[k][m]['gb_read']:.4f}")
+        row(f"{label}, MB read", lambda r, m, k=key: f"{r[k][m]['gb_read'] * 1e3:.3f}")
     row("fresh process: load, s", lambda r, m: f"{r['fresh_process'][m]['load_s']:.3f}")
-    row("fresh process: GB read", lambda r, m: f"{r['fresh_process'][m]['gb_read']:.4f}")
+    row("fresh process: MB read", lambda r, m: f"{r['fresh_process'][m]['gb_read'] * 1e3:.3f}")
     row("sweep trial (fingerprint + load), s", lambda r, m: trial(r["sweep_trial"][m]))
     return rows
 
@@ -257,7 +258,12 @@ def report(results: dict, out: Path) -> None:
         "The page cache could not be dropped (no root): for the evicted row each file was",
         "fsynced and `posix_fadvise(DONTNEED)`-ed; `resident` in the JSON is the share of",
         "states.npy still cached just before the load (util-linux fincore).",
-        "GB read: the process's `rchar` (reads through the page cache included).",
+        "MB read: the process's `rchar` (reads through the page cache included); a new load",
+        "reads manifest.json, verified.json and the two .npy headers.",
+        "The fresh processes ran after the evicted loads, so the old one read the files from",
+        "disk, as a process started later (another `pkd distill`, a sweep worker) may.",
+        "Fingerprint components: weights = a call without token ids, token ids = a full call",
+        "minus that; a small or negative one is within the noise of the shared machine.",
         "",
     ]
     atomic_write(out / "cache_load.md", "\n".join(lines))
