@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from conftest import write_sst2
 
 from pkd.data.loading import collator, encode, load_split
+from pkd.errors import PkdError
 from pkd.models.encoders import load_finetuned, load_tokenizer
 from pkd.objectives import cache as cache_mod
 from pkd.objectives.objective import online_teacher
@@ -266,9 +268,12 @@ def _truncate_cls(path):
 
 def _flip_logits_byte(path):
     f = path / "logits.npy"
+    built = f.stat().st_mtime_ns
     raw = bytearray(f.read_bytes())
     raw[-3] ^= 0xFF  # in the data, past the .npy header: the shape still reads fine
     f.write_bytes(bytes(raw))
+    # a write after the build: a coarse clock may give a quick one the build's mtime
+    os.utime(f, ns=(built, built + 10**9))
 
 
 def _wrong_fingerprint(path):
@@ -354,3 +359,120 @@ def test_failed_build_leaves_no_tmp_dir(teacher, tokenizer, sst2_dir, tmp_path):
     with pytest.raises(RuntimeError, match="out of memory"):
         build(teacher, data, tokenizer, root)
     assert cache_dirs(root) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Verified once: stat stamps instead of re-reading the files
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """The files cache.py hashes, in order."""
+    seen = []
+    real = cache_mod.file_sha256
+
+    def counting(path):
+        seen.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(cache_mod, "file_sha256", counting)
+    return seen
+
+
+def stamps(path):
+    return json.loads((path / "verified.json").read_text())
+
+
+def test_files_are_hashed_once_at_build_and_not_on_load(
+    teacher, tokenizer, sst2_dir, tmp_path, hashes
+):
+    data = encoded(sst2_dir, tokenizer)
+    first = build(teacher, data, tokenizer, tmp_path / "cache")
+    assert hashes == ["logits.npy", "states.npy"]  # once each, after writing
+    recorded = stamps(first.path)
+    for name in ("logits", "states"):
+        f = first.path / f"{name}.npy"
+        assert recorded[name]["sha256"] == first.manifest["files"][name]["sha256"]
+        assert recorded[name]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert recorded[name]["bytes"] == f.stat().st_size
+        assert recorded[name]["mtime_ns"] == f.stat().st_mtime_ns
+        assert recorded[name]["ino"] == f.stat().st_ino
+
+    hashes.clear()
+    for _ in range(3):  # each process, each sweep trial
+        again = build(teacher, data, tokenizer, tmp_path / "cache")
+        assert again.manifest["reused"] is True and teacher.calls == 5
+    assert hashes == []
+    assert np.array_equal(np.asarray(again.states), np.asarray(first.states))
+
+
+def test_touched_file_is_hashed_again_and_its_stamp_recorded(
+    teacher, tokenizer, sst2_dir, tmp_path, hashes, caplog
+):
+    data = encoded(sst2_dir, tokenizer)
+    path = build(teacher, data, tokenizer, tmp_path / "cache").path
+    f = path / "states.npy"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - 5 * 10**9))  # same bytes, other mtime
+    hashes.clear()
+    with caplog.at_level(logging.WARNING, logger="pkd.objectives.cache"):
+        again = build(teacher, data, tokenizer, tmp_path / "cache")
+    assert not caplog.records and again.manifest["reused"] is True and teacher.calls == 5
+    assert hashes == ["states.npy"]  # only the touched file
+    assert stamps(path)["states"]["mtime_ns"] == st.st_mtime_ns - 5 * 10**9  # recorded
+
+    hashes.clear()
+    build(teacher, data, tokenizer, tmp_path / "cache")
+    assert hashes == []  # the new stamp holds
+
+    (path / "verified.json").write_text("{")  # unreadable stamps: every file hashed again
+    assert build(teacher, data, tokenizer, tmp_path / "cache").manifest["reused"] is True
+    assert hashes == ["logits.npy", "states.npy"]
+    assert set(stamps(path)) == {"logits", "states"}
+
+
+def test_full_verification_catches_what_the_stamps_cannot(
+    teacher, tokenizer, sst2_dir, tmp_path, hashes, monkeypatch, caplog
+):
+    """Damage that keeps a file's stat stamp (bit rot) is the case the stamps accept not
+    catching; PKD_CACHE_VERIFY=full hashes every file and rebuilds the cache."""
+    data = encoded(sst2_dir, tokenizer)
+    good = build(teacher, data, tokenizer, tmp_path / "cache")
+    path, logits = good.path, np.array(good.logits)
+    del good
+    _flip_logits_byte(path)
+    recorded = stamps(path)  # as if the file's stat had not changed
+    sha = recorded["logits"]["sha256"]
+    recorded["logits"] = cache_mod.file_stamp(path / "logits.npy", sha)
+    (path / "verified.json").write_text(json.dumps(recorded))
+
+    hashes.clear()
+    unchecked = build(teacher, data, tokenizer, tmp_path / "cache")
+    assert hashes == [] and unchecked.manifest["reused"] is True
+    assert not np.array_equal(np.asarray(unchecked.logits), logits)  # not caught
+    del unchecked
+
+    monkeypatch.setenv("PKD_CACHE_VERIFY", "full")
+    teacher.calls = 0
+    with caplog.at_level(logging.WARNING, logger="pkd.objectives.cache"):
+        rebuilt = build(teacher, data, tokenizer, tmp_path / "cache")
+    assert "logits.npy checksum differs" in caplog.text and "rebuilding" in caplog.text
+    assert teacher.calls == 5 and rebuilt.manifest["reused"] is False
+    assert np.array_equal(np.asarray(rebuilt.logits), logits)
+
+    hashes.clear()
+    assert build(teacher, data, tokenizer, tmp_path / "cache").manifest["reused"] is True
+    assert hashes == ["logits.npy", "states.npy"]  # full: every load hashes every file
+
+    monkeypatch.setenv("PKD_CACHE_VERIFY", "sometimes")  # refused before any work
+    teacher.calls = 0
+    with pytest.raises(PkdError, match="PKD_CACHE_VERIFY: expected 'full' or 'stat', got"):
+        build(teacher, data, tokenizer, tmp_path / "other")
+    assert teacher.calls == 0 and not (tmp_path / "other").exists()
+
+
+def test_token_ids_in_bulk_keep_rows_and_choices_apart():
+    assert cache_mod.token_ids([[1, 2], [3]]).tolist() == [1, 2, 3]
+    assert cache_mod.token_ids([[[1, 2], [3]], [[4], []]]).tolist() == [1, 2, -1, 3, -1, 4, -1, -1]
+    assert cache_mod.token_ids([[[1], [2, 3]]]).tolist() == [1, -1, 2, 3, -1]
+    assert cache_mod.token_ids([]).dtype == np.int64

@@ -6,6 +6,15 @@ tokenised inputs, which already reflect tokenizer, data, max length and truncati
 the label order), carries a manifest with per-file checksums, and is rebuilt, never read,
 when any check fails.
 
+Verified once: the files are hashed once, after they are written, and `verified.json` records
+each file's stat stamp (size, mtime, ctime, inode) with its sha256. A load whose files still
+have those stamps checks sizes, shapes and dtypes (the .npy headers) but reads no data; a
+file with another stamp (touched, replaced, copied) is hashed in full and, when it matches
+the manifest, its new stamp is recorded (atomically). `PKD_CACHE_VERIFY=full` hashes every
+file on every load. Not caught without it: damage that leaves a file's size, mtime and ctime
+as they were (bit rot on the disk, a write that bypasses the file system); the
+file system's own writes, `os.utime` included, change the ctime.
+
 The teacher's config counts too: settings that change its forward pass without changing its
 weights (`hidden_act`, `layer_norm_eps`, `position_embedding_type`, the attention kernel, the
 parameters' dtype) change the fingerprint; names, versions and pkd's own records do not.
@@ -16,6 +25,7 @@ Layout of `<root>/<task>-<fingerprint[:16]>/`:
                                                 [CLS], or the masked token mean for a mean-pooled
                                                 teacher (`pkd.models.encoders.layer_states`)
     manifest.json
+    verified.json  the files' stat stamps when last hashed
 Rows are indexed by `example_index`, so shuffled batches read the right targets and any
 layer map reuses the same cache.
 """
@@ -23,6 +33,7 @@ layer map reuses the same cache.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -36,13 +47,14 @@ import numpy as np
 import torch
 
 from pkd.errors import PkdError
-from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error
+from pkd.fsio import file_sha256, nearest_existing, temp_dir, write_error, write_json
 from pkd.models.encoders import model_pooling
 from pkd.objectives.objective import teacher_signals
 from pkd.progress import progress
 
 logger = logging.getLogger(__name__)
 
+VERIFY_ENV = "PKD_CACHE_VERIFY"  # "full": hash every file on every load; "stat" (default)
 FORMAT_VERSION = 3  # 2: the fingerprint covers the teacher's config and tensor dtypes;
 # 3: states.npy holds the teacher's pooled states ([CLS] or token mean)
 
@@ -126,27 +138,32 @@ def fingerprint(teacher, features: dict[str, list], extra: dict) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     settings = {**forward_config(teacher.config), "encoder_attention": attention_kernel(teacher)}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for key in sorted(features):
         rows = features[key]
         h.update(key.encode())
-        h.update(np.asarray([len(r) for r in rows], dtype=np.int64).tobytes())
-        h.update(np.fromiter((t for r in rows for t in _flat(r)), dtype=np.int64).tobytes())
+        h.update(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+        h.update(token_ids(rows))
     h.update(json.dumps(extra, sort_keys=True).encode())
     h.update(str(FORMAT_VERSION).encode())
     return h.hexdigest()
 
 
-def _flat(row):
-    """Token ids of one example; multiple-choice rows are lists of per-choice lists."""
-    if row and isinstance(row[0], list):
-        for r in row:
-            yield from r
-            yield -1  # choice separator, so [[1, 2], [3]] != [[1], [2, 3]]
+def token_ids(rows: Sequence) -> np.ndarray:
+    """Every token id of `rows` in order, as one int64 array (no per-token Python loop).
+
+    Multiple-choice rows are lists of per-choice lists: -1 follows each choice, so
+    [[1, 2], [3]] != [[1], [2, 3]].
+    """
+    first = next((r for r in rows if len(r)), None)
+    if first is not None and isinstance(first[0], list):
+        choices = itertools.chain.from_iterable(rows)
+        ids = itertools.chain.from_iterable(itertools.chain(c, (-1,)) for c in choices)
     else:
-        yield from row
+        ids = itertools.chain.from_iterable(rows)
+    return np.fromiter(ids, dtype=np.int64)
 
 
 @dataclass
@@ -194,28 +211,79 @@ def teacher_shapes(config, choices: int = 0) -> tuple[tuple, tuple]:
     return (max(1, config.num_labels),), states
 
 
-def _load(path: Path, fp: str) -> TeacherCache:
-    """Open a cache dir, checking manifest, fingerprint, shapes, dtypes and checksums."""
+def full_check() -> bool:
+    """Whether `$PKD_CACHE_VERIFY` asks for every file to be hashed on every load."""
+    mode = os.environ.get(VERIFY_ENV, "").strip().lower()
+    if mode not in ("", "stat", "full"):
+        raise PkdError(f"${VERIFY_ENV}: expected 'full' or 'stat', got {mode!r}")
+    return mode == "full"
+
+
+def file_stamp(f: Path, sha256: str) -> dict:
+    """What a file's stat says of it (size, mtime, ctime, inode), with the sha256 its bytes
+    had when hashed: equal stamps, and the bytes need not be read again."""
+    st = f.stat()
+    return {
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+        "sha256": sha256,
+    }
+
+
+def checked_stamp(f: Path, sha256: str) -> dict:
+    """Hash `f` in full; its stamp, taken before the read (a write during it changes the
+    file's times, so the next load hashes it again), when the bytes match `sha256`."""
+    stamp = file_stamp(f, sha256)
+    if file_sha256(f) != sha256:
+        raise ValueError(f"{f.name} checksum differs from the manifest's")
+    return stamp
+
+
+def _read_stamps(path: Path) -> dict:
+    """verified.json's stamps; {} when missing or unreadable (the files are then hashed)."""
+    try:
+        stamps = json.loads((path / "verified.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _write_stamps(path: Path, stamps: dict) -> None:
+    try:
+        write_json(path / "verified.json", stamps)
+    except OSError as e:  # a read-only cache: still usable, each load hashes it again
+        logger.info("teacher cache: cannot record its check in %s (%s)", path, e)
+
+
+def load_cache(path: Path, fp: str, full: bool = False) -> TeacherCache:
+    """Open a cache dir, checking manifest, fingerprint, sizes, shapes, dtypes, and the
+    checksums of files whose stat stamps differ from verified.json's (of all when `full`)."""
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise ValueError("no manifest")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("fingerprint") != fp:
         raise ValueError("fingerprint differs from the manifest's")
-    arrays = {}
+    stamps = _read_stamps(path)
+    checked, arrays = {}, {}
     for name, dtype in (("logits", "float32"), ("states", "float16")):
         f = path / f"{name}.npy"
         meta = manifest["files"][name]
         if not f.is_file() or f.stat().st_size != meta["bytes"]:
             raise ValueError(f"{f.name} is missing or truncated")
-        if file_sha256(f) != meta["sha256"]:
-            raise ValueError(f"{f.name} checksum differs from the manifest's")
-        arr = np.load(f, mmap_mode="r")
+        checked[name] = stamps.get(name)
+        if full or checked[name] != file_stamp(f, meta["sha256"]):
+            checked[name] = checked_stamp(f, meta["sha256"])
+        arr = np.load(f, mmap_mode="r")  # reads the header; the data stay on disk
         if arr.dtype != np.dtype(dtype) or list(arr.shape) != meta["shape"]:
             raise ValueError(
                 f"{f.name} has shape {arr.shape} {arr.dtype}, expected {meta['shape']}"
             )
         arrays[name] = arr
+    if checked != stamps:
+        _write_stamps(path, checked)
     return TeacherCache(path, arrays["logits"], arrays["states"], manifest)
 
 
@@ -256,14 +324,18 @@ def build_or_load(
         task: task name, for the directory name.
         extra: other inputs to the fingerprint (label order, max length, truncation).
         root: cache root (default `$PKD_CACHE_DIR` or ~/.cache/pkd/teacher).
+
+    A reused cache's files are hashed again only when their stat stamps changed, or all of
+    them under `$PKD_CACHE_VERIFY=full`.
     """
     root = Path(root) if root else default_root()
+    full = full_check()
     t0 = time.perf_counter()
     fp = fingerprint(teacher, dataset.features, extra)
     path = root / f"{task}-{fp[:16]}"
     if path.exists():
         try:
-            cache = _load(path, fp)
+            cache = load_cache(path, fp, full)
             logger.info(
                 "teacher cache: reusing %s (checked in %.1fs)", path, time.perf_counter() - t0
             )
@@ -276,10 +348,23 @@ def build_or_load(
 
 
 def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_progress):
-    n = len(dataset)
     # One forward on a single example tells the shapes of logits and [CLS] states.
     first = next(_run_teacher(teacher, _Subset(dataset, [0]), collate, 1, device, False))
-    logit_shape, states_shape = first[1].shape[1:], first[2].shape[1:]
+    shapes = first[1].shape[1:], first[2].shape[1:]
+    batches = _run_teacher(teacher, dataset, collate, batch_size, device, show_progress)
+    info = {"pooling": model_pooling(teacher.config), **extra}
+    return write_cache(path, fp, len(dataset), shapes, batches, info)
+
+
+def write_cache(path: Path, fp: str, n: int, shapes: tuple, batches, info: dict) -> TeacherCache:
+    """Write the cache at `path` from `batches` of (example indices, logits, states) and open
+    it: built aside and moved into place, each file hashed once, after it is written.
+
+    Args:
+        shapes: per-example shapes of the logits and of the states (`teacher_shapes`).
+        info: what else the manifest records (pooling, `extra`).
+    """
+    logit_shape, states_shape = (tuple(s) for s in shapes)
     size = estimate_bytes(n, logit_shape, states_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path.parent).free
@@ -294,48 +379,47 @@ def _build(teacher, dataset, collate, path, fp, extra, batch_size, device, show_
         t0 = time.perf_counter()
         logits = np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (n, *logit_shape))
         states = np.lib.format.open_memmap(tmp / "states.npy", "w+", np.float16, (n, *states_shape))
-        for idx, lg, cs in _run_teacher(
-            teacher, dataset, collate, batch_size, device, show_progress
-        ):
+        for idx, lg, cs in batches:
             logits[idx] = lg
             states[idx] = cs
         logits.flush()
         states.flush()
         del logits, states
         seconds = time.perf_counter() - t0
-        files = {}
+        files, stamps = {}, {}
         for name in ("logits", "states"):
             f = tmp / f"{name}.npy"
-            arr = np.load(f, mmap_mode="r")
+            stamp = file_stamp(f, file_sha256(f))  # no write comes after: the stamp holds
             files[name] = {
-                "shape": list(arr.shape),
-                "bytes": f.stat().st_size,
-                "sha256": file_sha256(f),
+                "shape": list(np.load(f, mmap_mode="r").shape),
+                "bytes": stamp["bytes"],
+                "sha256": stamp["sha256"],
             }
+            stamps[name] = stamp
         manifest = {
             "format": FORMAT_VERSION,
             "fingerprint": fp,
             "examples": n,
             "teacher_layers": int(states_shape[-2]) - 1,
             "hidden_size": int(states_shape[-1]),
-            "pooling": model_pooling(teacher.config),
             "build_seconds": round(seconds, 3),
             "files": files,
-            **extra,
+            **info,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _write_stamps(tmp, stamps)  # a directory rename keeps the files' stamps
         try:
             # atomic: a half-built cache is never at `path`; not fsio.replace_dir, which
             # would replace a cache another process has just finished
             os.replace(tmp, path)
         except OSError:  # another process finished the same cache first
             shutil.rmtree(tmp, ignore_errors=True)
-            return _load(path, fp)
+            return load_cache(path, fp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("teacher cache: built in %.1fs", seconds)
-    cache = _load(path, fp)
+    cache = load_cache(path, fp)
     cache.manifest["reused"] = False
     return cache
 
