@@ -85,7 +85,10 @@ def make_accelerator(cfg: TrainConfig, output: Path | None = None):
         step_scheduler_with_optimizer=False,
         log_with=log_with,
         project_dir=str(output) if output is not None else None,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # on a GPU, batches from pinned memory (`prepare`) are copied without blocking
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, non_blocking=torch.cuda.is_available()
+        ),
     )
 
 
@@ -105,9 +108,13 @@ class Prepared:
     heads: torch.nn.Module | None = None  # the objective's own trained modules, prepared too
 
 
-def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, heads=None):
+def optimizer_and_schedule(
+    model, cfg: TrainConfig, total_steps: int, heads=None, fused: bool = False
+):
     """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
-    over the student's parameters and those of `heads` (projections)."""
+    over the student's parameters and those of `heads` (projections). `fused`: torch's fused
+    CUDA kernel (a few launches for all parameters instead of several per tensor group), for
+    parameters that will be on a GPU; else torch's default."""
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     named = [*model.named_parameters(), *(heads.named_parameters() if heads is not None else ())]
@@ -118,16 +125,32 @@ def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int, heads=None
         },
         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True if fused else None)
     warmup = int(cfg.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
+def on_gpu(accelerator) -> bool:
+    """Whether the run's tensors live on a CUDA device."""
+    return accelerator.device.type == "cuda"
+
+
 def prepare(
-    accelerator, model, train_set, eval_sets: dict, cfg: TrainConfig, collate, heads=None
+    accelerator,
+    model,
+    train_set,
+    eval_sets: dict,
+    cfg: TrainConfig,
+    collate,
+    heads=None,
+    fused: bool | None = None,
 ) -> Prepared:
     """Loaders, optimizer and schedule for `cfg`, passed through `accelerator.prepare`; `heads`
-    (an objective's projections) is prepared beside the model and trained with it.
+    (an objective's projections) is prepared beside the model and trained with it. On a GPU
+    the loaders pin their batches (copied without blocking, `make_accelerator`) and AdamW is
+    fused, except under fp16: the fused step runs even on a gradient overflow (skipping the
+    update inside the kernel), so accelerate could not tell the loop to hold the schedule.
+    `fused` overrides that choice (a benchmark's comparison).
 
     Raises:
         PkdError: --batch-size does not split into micro-batches over accumulation x processes.
@@ -142,6 +165,7 @@ def prepare(
     # Its own generator: creating a loader iterator (e.g. on resume) must not draw from the
     # global RNG, or dropout masks after a resume would differ from an uninterrupted run.
     # --group-by-length: similar lengths per batch, in an order fixed by (seed, epoch).
+    gpu = on_gpu(accelerator)
     sampler = None
     if cfg.group_by_length:
         sampler = LengthGroupedSampler(train_set.lengths(), micro, cfg.seed)
@@ -152,14 +176,18 @@ def prepare(
         sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=gpu,
     )
     eval_loaders = {
-        name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        name: torch.utils.data.DataLoader(
+            ds, batch_size=cfg.eval_batch_size, collate_fn=collate, pin_memory=gpu
+        )
         for name, ds in eval_sets.items()
     }
     steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, heads)
+    fused = (gpu and cfg.mixed_precision != "fp16") if fused is None else fused
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, heads, fused)
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
