@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import sentiment_rows
 
 import pkd.training.hooks as T
 from pkd.api import distill, finetune
@@ -207,3 +208,31 @@ def test_the_optimizer_is_fused_adamw_with_the_default_sums():
             g["lr"] = schedule.get_last_lr()[0]
     for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scoring_reads_longest_first_and_answers_in_the_split_order(tiny_teacher, tmp_path):
+    """Evaluation batches come longest first (little padding); the logits come back in the
+    split's order, equal to those of a loader in file order."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pkd.data.loading import collator, encode, eval_loader, load_splits
+    from pkd.training.evaluation import predict_logits
+
+    rows = sentiment_rows(20)
+    lines = [" ".join([text] * (1 + i % 4)) + f"\t{label}" for i, (text, label) in enumerate(rows)]
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
+    data = DataConfig(task="sst2", data_dir=str(tmp_path), max_length=32)
+    _, splits = load_splits(data, ["dev"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    dev = encode(splits["dev"], tokenizer, 32, {"0": 0, "1": 1}, False)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    acc, collate = Accelerator(cpu=True), collator(tokenizer)
+    sorted_loader = eval_loader(dev, 8, collate)
+    firsts = [b["input_ids"].shape[1] for b in sorted_loader]
+    assert firsts == sorted(firsts, reverse=True) and len(set(dev.lengths())) > 1
+    plain = torch.utils.data.DataLoader(dev, batch_size=8, collate_fn=collate)
+    want, gold = predict_logits(model, acc.prepare(plain), acc)
+    got, labels = predict_logits(model, acc.prepare(sorted_loader), acc)
+    assert (labels == gold).all() and list(gold) == [float(x) for x in dev.labels]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)

@@ -19,7 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from pkd.config.choices import TRACKERS
 from pkd.config.sections import TrainConfig
-from pkd.data.loading import LengthGroupedSampler
+from pkd.data.loading import LengthGroupedSampler, eval_loader
 from pkd.errors import PkdError
 from pkd.objectives.objective import (
     Objective,
@@ -160,8 +160,7 @@ def prepare(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     eval_loaders = {
-        name: torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
-        for name, ds in eval_sets.items()
+        name: eval_loader(ds, cfg.eval_batch_size, collate) for name, ds in eval_sets.items()
     }
     steps_per_epoch = math.ceil(len(train_loader) / (world * cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
