@@ -32,9 +32,9 @@ def prepared(cfg: TrainConfig, **kwargs) -> A.Prepared:
     return A.prepare(accelerator, tiny_model(), list(range(8)), {}, cfg, lambda x: x, **kwargs)
 
 
-def test_cpu_step_keeps_torchs_default_adamw_and_plain_loader():
+def test_cpu_step_fuses_adamw_and_keeps_a_plain_loader():
     p = prepared(TrainConfig(batch_size=4))
-    assert [g["fused"] for g in p.optimizer.param_groups] == [None, None]
+    assert [g["fused"] for g in p.optimizer.param_groups] == [True, True]
     assert p.train_loader.pin_memory is False
     assert p.accelerator.dataloader_config.non_blocking is False
 

@@ -152,6 +152,22 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             yield from sorted(chunk, key=lambda i: -self.lengths[i])
 
 
+def eval_loader(
+    dataset, batch_size: int, collate, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A loader for scoring a tokenised split (`EncodedSplit`): its examples longest first, so
+    each batch pads to about its own length (SST-2's dev set: half the padded tokens of the
+    file's order). Predictions come back in the split's order: `predict_logits` puts them
+    there by `example_index`. Other datasets keep their order."""
+    order = None
+    if isinstance(dataset, EncodedSplit):
+        lengths = dataset.lengths()
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=order, collate_fn=collate, pin_memory=pin_memory
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # A run's data
 

@@ -1,20 +1,55 @@
-"""GLUE metrics from predictions and gold labels, computed with scikit-learn and scipy."""
+"""GLUE metrics from predictions and gold labels: accuracy with numpy, the others with
+scikit-learn and scipy, imported when a task asks for them (scikit-learn pulls in pandas: about
+a second of every run's start-up, for a metric most tasks do not use)."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+
+def accuracy(p, y, pos) -> float:
+    return float(np.mean(np.asarray(p) == np.asarray(y)))
+
+
+def f1(p, y, pos) -> float:
+    """F1 of the positive class (GLUE: MRPC's paraphrase, QQP's duplicate), one class against
+    the rest; `pos` is its label id in the model's order (`TaskSpec.positive_index`)."""
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, p, labels=[pos], average="macro")
+
+
+def macro_f1(p, y, pos) -> float:
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, p, average="macro")
+
+
+def matthews_correlation(p, y, pos) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(y, p)
+
+
+def pearson(p, y, pos) -> float:
+    from scipy.stats import pearsonr
+
+    return pearsonr(p, y)[0]
+
+
+def spearman(p, y, pos) -> float:
+    from scipy.stats import spearmanr
+
+    return spearmanr(p, y)[0]
+
 
 METRICS = {
-    "accuracy": lambda p, y, pos: accuracy_score(y, p),
-    # F1 of the positive class (GLUE: MRPC's paraphrase, QQP's duplicate), one class against
-    # the rest; `pos` is its label id in the model's order (`TaskSpec.positive_index`).
-    "f1": lambda p, y, pos: f1_score(y, p, labels=[pos], average="macro"),
-    "macro_f1": lambda p, y, pos: f1_score(y, p, average="macro"),
-    "matthews_correlation": lambda p, y, pos: matthews_corrcoef(y, p),
-    "pearson": lambda p, y, pos: pearsonr(p, y)[0],
-    "spearman": lambda p, y, pos: spearmanr(p, y)[0],
+    "accuracy": accuracy,
+    "f1": f1,
+    "macro_f1": macro_f1,
+    "matthews_correlation": matthews_correlation,
+    "pearson": pearson,
+    "spearman": spearman,
 }
 
 

@@ -12,11 +12,10 @@ import logging
 import math
 import shutil
 
-import torch
 from accelerate import Accelerator
 
 from pkd.config.sections import DistillConfig
-from pkd.data.loading import collator
+from pkd.data.loading import collator, eval_loader
 from pkd.errors import PkdError
 from pkd.models.encoders import model_head, model_labels
 from pkd.objectives import cache as cache_mod
@@ -100,9 +99,7 @@ def teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator=None) -> 
     teacher.to(acc.device)
     out = {}
     for name in spec.eval_splits:
-        loader = torch.utils.data.DataLoader(
-            encoded[name], batch_size=cfg.train.eval_batch_size, collate_fn=collator(tokenizer)
-        )
+        loader = eval_loader(encoded[name], cfg.train.eval_batch_size, collator(tokenizer))
         out[name] = score(teacher, acc.prepare(loader), spec, acc)
     return out
 

@@ -21,25 +21,33 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_logits(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and gold labels, if any) for a prepared loader, gathered over processes."""
+    """Logits (and gold labels, if any) for a prepared loader, gathered over processes, in
+    the dataset's order: batches that carry `example_index` (a length-sorted
+    `pkd.data.loading.eval_loader`) are put back in it."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, all_index = [], [], []
     for batch in loader:
         logits = model(**model_inputs(batch)).logits
+        extra = [batch[k] for k in ("labels", "example_index") if k in batch]
+        logits, *extra = accelerator.gather_for_metrics((logits, *extra))
         if "labels" in batch:
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
-            all_labels.append(labels.float().cpu().numpy())
-        else:
-            logits = accelerator.gather_for_metrics(logits)
+            all_labels.append(extra.pop(0).float().cpu().numpy())
+        if "example_index" in batch:
+            all_index.append(extra.pop(0).cpu().numpy())
         all_logits.append(logits.float().cpu().numpy())
     model.train()
+    logits = np.concatenate(all_logits)
     labels = np.concatenate(all_labels) if all_labels else None
-    return np.concatenate(all_logits), labels
+    if all_index:
+        order = np.argsort(np.concatenate(all_index), kind="stable")
+        logits, labels = logits[order], labels[order] if labels is not None else None
+    return logits, labels
 
 
 def score(model, loader, spec: TaskSpec, accelerator) -> dict[str, float]:
     """The task's metrics of a model on a prepared, labelled loader (RACE: also accuracy per
-    level; eval loaders keep the dataset's order, so predictions line up with its examples).
+    level; `predict_logits` returns the dataset's order, so predictions line up with its
+    examples).
 
     spec.labels must be in the model's output order: F1 scores `spec.positive_label` by name.
     """
