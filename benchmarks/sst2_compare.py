@@ -115,6 +115,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="student depth(s), comma-separated (e.g. 6,3); --betas uses the first",
     )
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=["constant", "linear", "cosine"],
+        help="the students', after --warmup-ratio (default: pkd distill's, constant; the "
+        "tables committed before 2026-12-02 are linear after a 10%% warm-up)",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.0,
+        help="the students' (default: pkd distill's, 0; the teacher's is 0.1)",
+    )
+    p.add_argument(
+        "--teacher-lr-schedule",
+        default="linear",
+        choices=["constant", "linear", "cosine"],
+        help="the teacher's (pkd finetune's default, that of every committed teacher)",
+    )
+    p.add_argument("--group-by-length", action="store_true", help="the students: pkd's option")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--temperature", type=float, default=10.0)
     p.add_argument("--alpha", type=float, default=0.5)
@@ -157,6 +177,9 @@ def student_base(args: argparse.Namespace) -> dict:
             "epochs": args.epochs,
             "lr": args.lr,
             "batch_size": args.batch_size,
+            "group_by_length": args.group_by_length,
+            "lr_schedule": args.lr_schedule,
+            "warmup_ratio": args.warmup_ratio,
             "quiet": args.quiet,
         },
         "distill": {
@@ -195,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         if teacher_samples is None:
             teacher_samples = args.train_samples
         teacher_data = {**data, "max_train_samples": teacher_samples or None}
-        teacher_train = {**train, "epochs": args.teacher_epochs or args.epochs}
+        teacher_train = {
+            **train,
+            "epochs": args.teacher_epochs or args.epochs,
+            "lr_schedule": args.teacher_lr_schedule,
+            "warmup_ratio": 0.1,
+            "group_by_length": False,
+        }
         t0 = time.perf_counter()
         teacher_run = Path(args.teacher_run) if args.teacher_run else out / "teacher"
         if args.teacher_run and not (teacher_run / "metrics.json").is_file():
@@ -325,7 +354,7 @@ def copy_run_file(src: Path, dst: Path) -> None:
     if src.suffix != ".jsonl":
         shutil.copy2(src, dst)
         return
-    with src.open("rb") as f, gzip.open(f"{dst}.gz", "wb", mtime=0) as g:
+    with src.open("rb") as f, gzip.GzipFile(f"{dst}.gz", "wb", mtime=0) as g:
         shutil.copyfileobj(f, g)
 
 

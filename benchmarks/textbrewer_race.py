@@ -7,13 +7,15 @@
 The job (issue 28): SST-2, the first 4,000 training sentences, 1 epoch, batch 32, max length
 64, a 3-layer student from the pre-trained MiniLM-L6's first layers ([CLS] pooling), the
 teacher a MiniLM-L6 fine-tuned on the same sentences (`pkd finetune`, reused when finished;
-or `--teacher-run`), T=10, alpha 0.5, beta 100, lr 5e-5, accuracy on the 872 dev sentences.
+or `--teacher-run`), T=10, alpha 0.5, beta 100, lr 5e-5, accuracy on the 872 dev sentences. pkd runs at its
+defaults otherwise (`pkd distill`: 10% warm-up, then a constant lr; TextBrewer: constant).
 Runs, in this order each repeat:
 
   textbrewer        benchmarks/textbrewer_sst2.py under --textbrewer-python (TextBrewer's own
                     venv: pip install torch==2.13.0 textbrewer==0.2.1 transformers): the
                     GeneralDistiller, online teacher, constant lr, pkd's loss in its terms
   pkd cold          `pkd distill` into a fresh empty --cache-dir: a user's first run
+  pkd cold grouped  the same with --group-by-length (the cache emptied again)
   pkd warm          the same again: the cache is reused
   pkd warm grouped  the same with --group-by-length
   pkd online        --teacher-mode online: no cache, the teacher runs every step
@@ -43,6 +45,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue" / "SST-2"
 TEXTBREWER_SCRIPT = REPO / "benchmarks" / "textbrewer_sst2.py"
 RUNS = {  # name -> the options it adds to the common `pkd distill` command
     "pkd cold": ["--cache-dir", "{cache}"],
+    "pkd cold grouped": ["--cache-dir", "{cache}", "--group-by-length"],
     "pkd warm": ["--cache-dir", "{cache}"],
     "pkd warm grouped": ["--cache-dir", "{cache}", "--group-by-length"],
     "pkd online": ["--teacher-mode", "online"],
@@ -160,7 +163,7 @@ def one_run(args, name: str, teacher: Path, base_model: str, root: Path, cache: 
         seconds = timed(textbrewer_command(args, teacher, base_model, out), root / "textbrewer.log")
         r = json.loads((out / "result.json").read_text())
         return {"seconds": seconds, "dev_accuracy": r["dev_accuracy"], "inside": r["seconds"]}
-    if name == "pkd cold":
+    if name.startswith("pkd cold"):
         shutil.rmtree(cache, ignore_errors=True)  # a user's first run: nothing cached
     log = root / f"{out.name}.log"
     seconds = timed(pkd_command(args, name, teacher, out, cache), log)

@@ -6,7 +6,7 @@
 Runs in TextBrewer's own venv (textbrewer 0.2.1, torch, transformers; no pkd): the fine-tuned
 teacher runs online each step, the student is the first `--student-layers` layers of the
 pre-trained encoder with a new head ([CLS] through the pooler), 1 epoch at a constant lr
-(TextBrewer's default: no scheduler; `--schedule linear` gives pkd's warm-up and decay),
+(TextBrewer's default: no scheduler; `--schedule linear` gives `pkd --lr-schedule linear`),
 then accuracy on the dev set.
 
 The loss is pkd's at the same alpha, T and beta, written in TextBrewer's terms:

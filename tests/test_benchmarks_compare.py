@@ -216,3 +216,72 @@ def test_report_on_a_synthetic_results_json(tmp_path):
     assert "Whole study: 75.0 min of wall time (plus the reused teacher's 10.0 min)" in text
     assert "10.3 MB on disk" in text and "was not shared" in text
     assert summary["verdict"]["text"] in text
+
+
+def test_sst2_compare_students_take_the_schedule_and_grouping_the_teacher_does_not():
+    """Students: pkd distill's constant schedule unless --lr-schedule; --group-by-length only
+    for them. The teacher keeps the linear decay every committed teacher was trained with."""
+    args = sc.parse_args([])
+    train = sc.student_base(args)["train"]
+    assert (train["lr_schedule"], train["group_by_length"]) == ("constant", False)
+    assert args.teacher_lr_schedule == "linear"
+    args = sc.parse_args(["--lr-schedule", "linear", "--group-by-length"])
+    train = sc.student_base(args)["train"]
+    assert (train["lr_schedule"], train["group_by_length"]) == ("linear", True)
+
+
+def test_schedule_compare_tables_two_folders(tmp_path, capsys):
+    """Mean ± std per method, the change against the base, and the step the CE left 0.6."""
+    import gzip
+
+    sched = load("schedule_compare")
+
+    def folder(name, accs, ce_steps):
+        root = tmp_path / name
+        rows = [{"name": "teacher", "role": "teacher", "metric": 0.85}]
+        for seed, (acc, step) in enumerate(zip(accs, ce_steps, strict=True), 1):
+            run = f"L3-ft-seed{seed}"
+            rows.append({"name": run, "role": "student", "method": "ft", "metric": acc})
+            (root / "runs" / run).mkdir(parents=True)
+            log = [{"step": s, "ce": 0.69 if s < step else 0.5} for s in (20, 40, 60, 80)]
+            with gzip.open(root / "runs" / run / "log.jsonl.gz", "wt") as f:
+                f.write("\n".join(json.dumps(r) for r in log) + "\n")
+            (root / "runs" / run / "metrics.json").write_text(
+                json.dumps({"wall_seconds": {"train": 100.0}})
+            )
+        teacher = {"metrics": {"dev": {"accuracy": 0.85}}}
+        (root / "results.json").write_text(json.dumps({"rows": rows, "teacher": teacher}))
+        return root
+
+    base = folder("lin", [0.78, 0.80], [60, 80])
+    other = folder("const", [0.81, 0.83], [20, 40])
+    out = tmp_path / "out"
+    assert sched.main(["--base", f"linear={base}", "--other", f"constant={other}",
+                       "--output", str(out)]) == 0  # fmt: skip
+    md = (out / "schedule.md").read_text()
+    assert "| ft | 79.00 ± 1.41; step 70; 100 s | 82.00 ± 1.41 (+3.00); step 30; 100 s |" in md
+    assert "| teacher | 85.00 | 85.00 |" in md
+    data = json.loads((out / "schedule.json").read_text())
+    assert data["runs"]["constant"]["methods"]["ft"]["plateau_step"] == [20, 40]
+    assert sched.main(["--base", str(base), "--output", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"schedule_compare: '{base}': expected NAME=FOLDER with results.json\n"
+    )
+
+
+def test_sst2_compare_copies_run_files_and_gzips_logs(tmp_path):
+    """copy_run_file: configs as they are, a log.jsonl gzipped (byte-identical for equal
+    input: no timestamp in the header)."""
+    import gzip
+
+    src = tmp_path / "run"
+    src.mkdir()
+    (src / "log.jsonl").write_text('{"step": 1}\n')
+    (src / "metrics.json").write_text("{}")
+    for name in ("log.jsonl", "metrics.json"):
+        sc.copy_run_file(src / name, tmp_path / f"a_{name}")
+    assert gzip.open(tmp_path / "a_log.jsonl.gz", "rt").read() == '{"step": 1}\n'
+    assert (tmp_path / "a_metrics.json").read_text() == "{}"
+    first = (tmp_path / "a_log.jsonl.gz").read_bytes()
+    sc.copy_run_file(src / "log.jsonl", tmp_path / "a_log.jsonl")  # a re-run's copy
+    assert (tmp_path / "a_log.jsonl.gz").read_bytes() == first

@@ -20,6 +20,9 @@ def test_each_run_gets_its_options():
     assert cold[cold.index("--max-train-samples") + 1] == "4000"
     assert "--group-by-length" not in cold and "--allow-weak-teacher" not in cold
     assert "--group-by-length" in race.pkd_command(args, "pkd warm grouped", teacher, out, cache)
+    cold_grouped = race.pkd_command(args, "pkd cold grouped", teacher, out, cache)
+    assert cold_grouped == [*cold, "--group-by-length"]
+    assert race.ORDER[:3] == ["textbrewer", "pkd cold", "pkd cold grouped"]  # cold before warm
     online = race.pkd_command(args, "pkd online", teacher, out, cache)
     assert online[online.index("--teacher-mode") + 1] == "online" and "--cache-dir" not in online
     tb = race.textbrewer_command(args, teacher, "/base", out)

@@ -185,6 +185,8 @@ def test_a_directory_without_a_model_says_what_it_found(runs, pkd_cli):
 def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch):
     """The library leaves `datasets`' bars as the host set them; the command turns them off
     where stderr is not a terminal."""
+    import importlib
+
     import datasets
     from datasets.utils import are_progress_bars_disabled
 
@@ -193,6 +195,10 @@ def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch):
     from pkd.tasks import get_task
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: "the split")
+    # commands run in this process before may have set the CLI's environment variable, which
+    # `datasets` read when imported and which outranks its switches: as if it were unset
+    bars = importlib.import_module("datasets.utils.tqdm")  # the module, not its tqdm class
+    monkeypatch.setattr(bars, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
     datasets.enable_progress_bars()
     try:
         assert hub_dataset(get_task("sst2"), "dev", "the GLUE files") == "the split"
@@ -201,3 +207,20 @@ def test_hub_downloads_draw_no_bars_in_a_non_terminal_stream(monkeypatch):
         assert are_progress_bars_disabled()
     finally:
         datasets.enable_progress_bars()
+
+
+def test_a_command_without_hub_data_does_not_import_datasets(tmp_path):
+    """Where stderr is not a terminal the CLI turns `datasets`' bars off through its
+    environment variable, so a run on local files never pays for importing it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pkd.cli import configure_logging; configure_logging(True); "
+        "import os; print('datasets' in sys.modules, os.environ['HF_DATASETS_DISABLE_PROGRESS_BARS'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "1"]
+    code += "; import datasets.utils as u; print(u.are_progress_bars_disabled())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "1", "True"]

@@ -55,10 +55,11 @@ def interrupted(request, tiny_bert, tiny_teacher, sst2_dir, tmp_path, pkd_cli):
 def test_resume_with_other_options_is_refused(interrupted, pkd_cli):
     command, out, argv = interrupted
     before = snapshot(out)
-    msg = pkd_cli.error(argv("--lr", "1e-3", "--warmup-ratio", "0", "--resume"))
+    msg = pkd_cli.error(argv("--lr", "1e-3", "--warmup-ratio", "0.2", "--resume"))
+    warmup = "0.0" if command == "distill" else "0.1"  # distill's default: no warm-up
     assert msg == (
         f"--resume: {out} was started with other settings (train.lr: 0.003 -> 0.001; "
-        f"train.warmup_ratio: 0.1 -> 0.0); resume with its own (--config {out}/config.yaml "
+        f"train.warmup_ratio: {warmup} -> 0.2); resume with its own (--config {out}/config.yaml "
         "--resume) or start a new --output"
     )
     assert snapshot(out) == before  # nothing trained, nothing rewritten
@@ -146,7 +147,14 @@ def test_config_drift_names_each_setting():
     new = DistillRunConfig(
         teacher="t",
         output="b",  # the run directory itself is not a setting
-        train=TrainConfig(lr=1e-4, quiet=True, logging_steps=3, save_total_limit=2),
+        train=TrainConfig(
+            lr=1e-4,
+            warmup_ratio=0.0,  # distill's defaults: a constant lr from the first step
+            lr_schedule="constant",
+            quiet=True,
+            logging_steps=3,
+            save_total_limit=2,
+        ),
         distill=DistillConfig(beta=10.0, cache_dir="elsewhere"),
     )
     assert config_drift(old, to_dict(new)) == [

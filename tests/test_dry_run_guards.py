@@ -245,6 +245,48 @@ def test_near_chance_teacher_is_refused_unless_allowed(world, tmp_path, caplog, 
     pkd_cli.ok(distill_argv(world, world["teacher"], tmp_path / "run", "--dry-run"))
 
 
+def test_teacher_dev_scores_come_from_its_own_run_when_the_dev_data_match(
+    world, tmp_path, monkeypatch
+):
+    """A teacher fine-tuned by pkd on the same dev data is not scored again: its run's
+    recorded best scores are used. Other dev data (length, size), or weights newer than the
+    run's metrics.json, and it is scored."""
+    import os
+    import shutil
+
+    run = tmp_path / "ft"
+    shutil.copytree(world["root"] / "ft", run)  # copy2: the files keep their times
+    recorded = json.loads((run / "metrics.json").read_text())["best"]["metrics"]
+    calls = []
+    real = distillation.teacher_scores
+
+    def scored(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distillation, "teacher_scores", scored)
+
+    def plan(**data):
+        cfg = DistillRunConfig(
+            teacher=str(run / "model"),
+            output=str(tmp_path / "out"),
+            data=DataConfig(task="sst2", data_dir=str(world["data"]), **data),
+            train=TrainConfig(quiet=True),
+            distill=DistillConfig(student_layers=2),
+        )
+        return distillation.plan_distill(cfg).teacher_metrics
+
+    assert plan(max_length=16) == {"dev": recorded["dev"]} and calls == []
+    assert plan(max_length=12)["dev"]["accuracy"] >= 0.5 and len(calls) == 1
+    plan(max_length=16, max_eval_samples=16)
+    assert len(calls) == 2
+    weights = next(run.joinpath("model").glob("*.safetensors"))
+    later = (run / "metrics.json").stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # replaced after the run finished
+    assert plan(max_length=16)["dev"]["accuracy"] == pytest.approx(recorded["dev"]["accuracy"])
+    assert len(calls) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Unlabelled splits
 

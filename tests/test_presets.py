@@ -123,6 +123,7 @@ def test_preset_fills_values_and_options_override_it(tmp_path):
     # pkd_6layer_mean.csv, SST-2: lr 5e-5, T 10, alpha 0.5, beta 100, normalised
     assert (t.lr, d.temperature, d.alpha, d.beta, d.pt_normalize) == (5e-5, 10.0, 0.5, 100.0, True)
     assert (t.epochs, t.batch_size, d.kd_loss, d.pt_loss) == (4, 32, "kl", "mean")
+    assert (t.warmup_ratio, t.lr_schedule) == (0.1, "linear")  # the authors' BertAdam schedule
     assert d.preset == "paper" and d.preset_source.endswith("pkd_6layer_mean.csv")
 
     # An option on the command line beats the preset; the rest of the preset stays.
@@ -158,6 +159,7 @@ def test_preset_fills_values_and_options_override_it(tmp_path):
     # Without --preset nothing changes and nothing is recorded.
     cfg = _distill_cfg("--task", "sst2")
     assert (cfg.train.lr, cfg.distill.temperature, cfg.distill.preset_source) == (5e-5, 10.0, None)
+    assert cfg.train.lr_schedule == "constant"  # distill's own default (finetune: linear)
 
 
 def test_3layer_pkd_row_serves_both_maps_with_a_note(caplog):

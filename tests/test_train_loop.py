@@ -210,6 +210,35 @@ def test_the_optimizer_is_fused_adamw_with_the_default_sums():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ("constant", [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
+        ("cosine", [0.0, 0.5, 1.0, 0.962, 0.854, 0.691, 0.5, 0.309, 0.146, 0.038]),
+    ],
+)
+def test_lr_schedule_warms_up_then_follows_the_named_schedule(schedule, expected):
+    """--warmup-ratio 0.2 of 10 steps: two steps up from 0, then constant (the default: a
+    short run keeps its summed lr), linear decay to 0 (the paper's) or a cosine."""
+    from pkd.training.accelerator import optimizer_and_schedule
+
+    cfg = TrainConfig(lr=1.0, warmup_ratio=0.2, lr_schedule=schedule)
+    opt, sched = optimizer_and_schedule(torch.nn.Linear(2, 2), cfg, total_steps=10)
+    got = []
+    for _ in range(10):
+        got.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert got == pytest.approx(expected, abs=1e-3)
+    assert TrainConfig().lr_schedule == "linear"  # finetune, pretrain; distill: constant
+
+
+def test_unknown_lr_schedule_is_a_one_line_error(pkd_cli):
+    msg = pkd_cli.error(["distill", "--teacher", "t", "--task", "sst2", "--lr-schedule", "step"])
+    assert msg == "--lr-schedule: 'step' is not one of constant, linear, cosine"
+
+
 def test_scoring_reads_longest_first_and_answers_in_the_split_order(tiny_teacher, tmp_path):
     """Evaluation batches come longest first (little padding); the logits come back in the
     split's order, equal to those of a loader in file order."""
@@ -236,3 +265,39 @@ def test_scoring_reads_longest_first_and_answers_in_the_split_order(tiny_teacher
     got, labels = predict_logits(model, acc.prepare(sorted_loader), acc)
     assert (labels == gold).all() and list(gold) == [float(x) for x in dev.labels]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_shares_are_each_weighted_terms_gradient_norm_over_their_sum():
+    """share_k = |grad(w_k L_k)| / sum_j |grad(w_j L_j)| over all the student's parameters;
+    a term with weight 0 has share 0."""
+    from pkd.objectives.objective import gradient_shares
+
+    class Weights:
+        def weights(self):
+            return {"ce": 1.0, "kd": 0.5, "pt": 0.0}
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    out = model(x)
+    terms = {"ce": out.pow(2).mean(), "kd": out.sum(), "pt": out.abs().mean()}
+    got = gradient_shares(model, terms, Weights())
+
+    def norm(loss):
+        grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+        return float(torch.cat([g.flatten() for g in grads]).norm())
+
+    ce, kd = norm(terms["ce"]), norm(0.5 * terms["kd"])
+    assert got == pytest.approx({"share_ce": ce / (ce + kd), "share_kd": kd / (ce + kd),
+                                 "share_pt": 0.0})  # fmt: skip
+    assert sum(got.values()) == pytest.approx(1.0)
+
+
+def test_gradient_shares_are_measured_on_logged_steps_one_two_four_and_the_last():
+    """One extra backward per term: on logging intervals 1, 2, 4, 8, ... and the last step."""
+    from pkd.training.loop import measures_shares
+
+    measured = [s for s in range(1, 1001) if measures_shares(s, 20, 1000)]
+    assert measured == [20, 40, 80, 160, 320, 640, 1000]
+    assert [s for s in range(1, 126) if measures_shares(s, 20, 125)] == [20, 40, 80, 125]
+    assert [s for s in range(1, 9) if measures_shares(s, 1, 8)] == [1, 2, 4, 8]

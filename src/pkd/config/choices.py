@@ -20,6 +20,9 @@ STRATEGIES = ("skip", "last")  # PKD-Skip, PKD-Last (pkd.objectives.mapping)
 PRESETS = ("paper",)  # --preset names; their values: pkd.config.presets
 TEACHER_MODES = ("cached", "online")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# --lr-schedule after the --warmup-ratio warm-up: transformers' get_scheduler names
+# ("constant" is its constant_with_warmup); pkd.training.accelerator.optimizer_and_schedule
+LR_SCHEDULES = ("constant", "linear", "cosine")
 # auto: the checkpoint's own (its sentence-transformers pooling config; a pkd model's config)
 POOLINGS = ("auto", "cls", "mean")
 PROBLEM_TYPES = ("classification", "regression", "multiple_choice")

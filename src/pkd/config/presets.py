@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 TABLE = Path(__file__).with_name("presets.csv")
 # The loss forms of the authors' code (SPEC §1): KLDivLoss(mean) x T^2 and F.mse_loss.
 AUTHORS_FORMS = {"kd_loss": "kl", "pt_loss": "mean"}
+# Their optimizer: BertAdam's warmup_linear (10% warm-up, then linear decay to 0).
+AUTHORS_SCHEDULE = {"warmup_ratio": 0.1, "lr_schedule": "linear"}
 # Which preset values each method uses (the others do not exist for it).
 FIELDS = {
     "ft": ("lr", "epochs", "batch_size"),
@@ -83,7 +85,7 @@ class Preset:
 
     def values(self, method: str) -> dict:
         """The nested config values this preset sets for a `DistillConfig.method`."""
-        out: dict = {"train": {}, "distill": {}}
+        out: dict = {"train": dict(AUTHORS_SCHEDULE), "distill": {}}
         for name in FIELDS[method]:
             value = getattr(self, name)
             if value is not None:

@@ -109,7 +109,12 @@ class DistillRunConfig(TeacherRunConfig):
     """`pkd distill`: train an M-layer student from a fine-tuned teacher."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5))
+    # a constant lr from the first step (TextBrewer's default): a short distillation keeps the
+    # summed lr that takes a [CLS]-pooled student off its plateau
+    # (pkd.training.accelerator.optimizer_and_schedule)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=5e-5, warmup_ratio=0.0, lr_schedule="constant")
+    )
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):

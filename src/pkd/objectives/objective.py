@@ -4,7 +4,6 @@ teacher's signals (cached or online), and each term's gradient share."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -147,7 +146,7 @@ def gradient_shares(model, terms: dict[str, torch.Tensor], objective) -> dict:
     share_k = |grad(w_k L_k)| / sum_j |grad(w_j L_j)| (the shares sum to 1), with the
     objective's weights (Eq. 5 for distillation). It tells whether a term (beta's patient
     loss) moves the student at all. Costs one extra backward per term, on the micro-batches
-    of logged steps only.
+    of the steps `pkd.training.loop.measures_shares` picks.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     weights = objective.weights()
@@ -159,7 +158,9 @@ def gradient_shares(model, terms: dict[str, torch.Tensor], objective) -> dict:
         grads = torch.autograd.grad(
             weights[name] * value, params, retain_graph=True, allow_unused=True
         )
-        norms[name] = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+        per_tensor = [torch.linalg.vector_norm(g.float()) for g in grads if g is not None]
+        norms[name] = torch.linalg.vector_norm(torch.stack(per_tensor)) if per_tensor else 0.0
+    norms = {k: float(v) for k, v in norms.items()}  # one host sync per term, not per tensor
     total = sum(norms.values())
     return {f"share_{k}": (v / total if total > 0 else 0.0) for k, v in norms.items()}
 

@@ -63,6 +63,7 @@ from pkd.objectives.objective import Objective, cached_teacher, online_teacher
 from pkd.recipes.distill_checks import (
     check_cache_space,
     check_teacher_strength,
+    recorded_teacher_scores,
     teacher_scores,
     teacher_task,
     warn_collapse,
@@ -337,6 +338,8 @@ def plan_distill(
         transfer = encode(transfer, tokenizer, cfg.data.max_length, None, not cfg.train.quiet)
     trunc = warn_truncation(encoded["train"], cfg.data.max_length)
     baseline = majority_baselines(spec, splits)
+    if teacher_metrics is None:
+        teacher_metrics = recorded_teacher_scores(cfg.teacher, spec, splits, cfg.data)
     if teacher_metrics is None:
         teacher_metrics = teacher_scores(teacher, tokenizer, encoded, spec, cfg, accelerator)
     check_teacher_strength(spec, teacher_metrics, baseline, d.allow_weak_teacher)

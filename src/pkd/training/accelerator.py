@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import TensorBoardTracker, get_available_trackers
 from accelerate.utils import DataLoaderConfiguration
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 from pkd.config.choices import TRACKERS
 from pkd.config.sections import TrainConfig
@@ -111,8 +111,15 @@ class Prepared:
 def optimizer_and_schedule(
     model, cfg: TrainConfig, total_steps: int, heads=None, fused: bool = True
 ):
-    """AdamW (no weight decay on biases and LayerNorm weights) and its linear warm-up/decay,
-    over the student's parameters and those of `heads` (projections).
+    """AdamW (no weight decay on biases and LayerNorm weights) over the student's parameters
+    and those of `heads` (projections), and its schedule: a linear warm-up over
+    `cfg.warmup_ratio` of the steps, then `cfg.lr_schedule` (transformers' schedulers).
+
+    `pkd distill`'s default is constant after the warm-up: the paper's recipe (BERT's linear
+    decay to 0, the default of `finetune` and `pretrain`) gives a short run half the summed lr
+    of a constant one, and a [CLS]-pooled student initialised from a sentence-transformers
+    checkpoint (whose [CLS] state is the same for every sentence) needs about 6e-3 of it to
+    leave the majority-class plateau (benchmarks/results/textbrewer_race/README.md).
 
     `fused`: torch's fused kernel, one pass over each parameter instead of about ten (on a GPU,
     a few launches instead of several per tensor group). On the CPU torch's default is the
@@ -131,8 +138,9 @@ def optimizer_and_schedule(
         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True if fused else None)
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
     warmup = int(cfg.warmup_ratio * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    return optimizer, get_scheduler(name, optimizer, warmup, total_steps)
 
 
 def on_gpu(accelerator) -> bool:
