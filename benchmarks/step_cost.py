@@ -53,7 +53,7 @@ from pkd.objectives.objective import Objective, cached_teacher, online_teacher
 from pkd.recipes.distill_checks import teacher_task
 from pkd.tasks import get_task
 from pkd.training.accelerator import make_accelerator, prepare
-from pkd.training.loop import training_step
+from pkd.training.loop import measures_shares, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLING = "mean"  # what `--pooling auto` gives MiniLM-L6 (its sentence-transformers config)
@@ -318,12 +318,15 @@ def to_markdown(result: dict) -> str:
         ]
     ratios = next(iter(result["by_depth"].values()))["ratio_vs_ft"]
     if "pkd_cached_logged" in ratios:
-        extra = (ratios["pkd_cached_logged"] - ratios["pkd_cached"]) / 20
+        total = 1000
+        measured = sum(measures_shares(s, 20, total) for s in range(1, total + 1))
+        extra = (ratios["pkd_cached_logged"] - ratios["pkd_cached"]) * measured / total
         lines += [
             "",
-            "`pkd_cached_logged` is a PKD step that also measures the gradient shares (a logged "
-            "step: one extra backward per term); at the default `--logging-steps 20` it adds "
-            f"{extra:.1%} of an FT step on average.",
+            "`pkd_cached_logged` is a PKD step that also measures the gradient shares (one extra "
+            "backward per term). A run measures them on logged steps 1, 2, 4, 8, ... and its "
+            f"last step: {measured} of {total:,} steps at the default `--logging-steps 20`, "
+            f"which adds {extra:.1%} of an FT step on average.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,7 @@ The job (issue 28): SST-2, the first 4,000 training sentences, 1 epoch, batch 32
 64, a 3-layer student from the pre-trained MiniLM-L6's first layers ([CLS] pooling), the
 teacher a MiniLM-L6 fine-tuned on the same sentences (`pkd finetune`, reused when finished;
 or `--teacher-run`), T=10, alpha 0.5, beta 100, lr 5e-5, accuracy on the 872 dev sentences. pkd runs at its
-defaults otherwise (`pkd distill`: 10% warm-up, then a constant lr; TextBrewer: constant).
+defaults otherwise (`pkd distill` and TextBrewer: a constant lr, no warm-up).
 Runs, in this order each repeat:
 
   textbrewer        benchmarks/textbrewer_sst2.py under --textbrewer-python (TextBrewer's own

@@ -42,6 +42,23 @@ def test_step_cost_depths():
             cost.depths(bad)
 
 
+def test_step_cost_prices_the_share_steps_a_run_measures():
+    ratios = {"ft": 1.0, "pkd_cached": 1.0, "pkd_cached_logged": 2.82}
+    result = {
+        "machine": {"cpu": "cpu", "threads": 2, "torch": "2", "cores": 2},
+        "setup": {"teacher": "t", "batch_size": 32, "max_length": 64, "timed_steps": 12,
+                  "examples": 1024},  # fmt: skip
+        "by_depth": {"3": {"layer_map": [[2, 1]], "ratio_vs_ft": ratios,
+                           "step_seconds_median": {k: v / 3 for k, v in ratios.items()}}},  # fmt: skip
+        "cache_build_seconds": 2.5, "cache_bytes": 5e6,
+        "teacher_finetune_epoch_seconds_est": 19.0, "cache_build_vs_teacher_epoch": 0.13,
+    }  # fmt: skip
+    md = cost.to_markdown(result)
+    # logged steps 1, 2, 4, 8, 16, 32 of 50 at --logging-steps 20, and step 1,000: 7 steps
+    assert "7 of 1,000 steps" in md
+    assert f"adds {1.82 * 7 / 1000:.1%} of an FT step" in md
+
+
 def test_the_study_passes_its_depths_to_the_compare():
     args = ms.parse_args(["--eval-samples", "500", "--quiet"])
     argv = ms.compare_argv(args, Path("runs/mpnet/teacher"))
