@@ -175,12 +175,14 @@ def test_two_processes_follow_the_one_process_schedule(tiny_bert, sst2_dir, tmp_
 
     accelerate's prepared scheduler steps once per process per optimizer step, so 2 processes
     reached lr 0 after half the steps; 64 examples / 8 = 8 steps per epoch, 3 epochs: 24 steps,
-    warm-up int(0.1 * 24) = 2.
+    warm-up int(0.1 * 24) = 2 (the linear schedule, not `pkd distill`'s constant default, so
+    that every step's value differs).
     """
     teacher = tmp_path / "teacher"
     pkd_cli.ok(teacher_args(tiny_bert, sst2_dir, teacher))
     common = ["distill", "--teacher", str(teacher / "model"), "--task", "sst2", "--data-dir", str(sst2_dir),
-              "--student-layers", "2", *TRAIN, "--max-grad-norm", "0", "--logging-steps", "1"]  # fmt: skip
+              "--student-layers", "2", *TRAIN, "--max-grad-norm", "0", "--logging-steps", "1",
+              "--lr-schedule", "linear", "--warmup-ratio", "0.1"]  # fmt: skip
     one = tmp_path / "one"
     pkd_cli.ok(common + ["--output", str(one)])
     two = tmp_path / "two"
